@@ -1,0 +1,50 @@
+# hostagent: `make demo` and `make test` install what they need first (apt packages when
+# missing and we are root, and a .venv with the project installed editable).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := python3 python3-venv python3-pip
+
+.PHONY: demo test test-fast lint bench deps apt clean
+
+deps: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing apt packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else echo "missing apt packages:$$missing (run make as root, or install them)" >&2; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: deps
+	@echo "== hostagent check on this machine"; $(BIN)/hostagent check || true
+	@for host in examples/hosts/*/; do \
+	  echo; echo "== hostagent check --root $$host"; $(BIN)/hostagent check --root $$host || true; \
+	done
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+test-fast: lint
+	$(BIN)/pytest -m "not vm"
+
+bench: deps
+	$(BIN)/python bench/bench_md.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from hostagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Argument parsing only: each sub-command calls one function.
+
+Exit codes follow Nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for usage and
+configuration errors, so a monitoring system never reads a typo as CRITICAL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from hostagent import __version__
+from hostagent.errors import HostagentError
+
+EXIT_UNKNOWN = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_UNKNOWN)
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hostagent", description="Host-health and maintenance agent for md RAID hypervisors.")
+    parser.add_argument("--version", action="version", version=f"hostagent {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="configuration file (default: $HOSTAGENT_CONFIG or /etc/hostagent/hostagent.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser("check", help="run the health checks once and report (a Nagios plugin too)")
+    check.add_argument("--root", default="/", metavar="DIR",
+                       help="read proc/sys/dev and recorded commands under DIR (a snapshot); default /")
+    check.add_argument("--json", action="store_true", help="print the hostagent.report/1 JSON document")
+    check.add_argument("--prom", metavar="FILE", help="also write a node_exporter textfile to FILE (atomically)")
+    check.add_argument("--only", metavar="CHECKS", help="comma-separated checks to run (default: all enabled)")
+
+    collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
+    collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
+    collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args)
+        if args.command == "collect":
+            return _collect(args)
+    except HostagentError as err:
+        print(f"hostagent: {err}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    except KeyboardInterrupt:
+        print("hostagent: interrupted", file=sys.stderr)
+        return EXIT_UNKNOWN
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from hostagent.config import load_config
+    from hostagent.host import Host
+    from hostagent.output import render_json, render_prom, render_text, write_atomic
+    from hostagent.runner import run_checks
+
+    config = load_config(args.config)
+    if not _is_dir(args.root):
+        raise HostagentError(f"--root {args.root}: not a directory")
+    host = Host(args.root, command_timeout=config.agent.command_timeout)
+    only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
+    report = run_checks(host, config, only)
+    prom = args.prom or config.agent.prom_file
+    if prom:
+        try:
+            write_atomic(prom, render_prom(report))
+        except OSError as err:
+            raise HostagentError(f"--prom {prom}: cannot write: {err.strerror or err}") from None
+    sys.stdout.write(render_json(report) if args.json else render_text(report))
+    return report.exit_code
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from hostagent.collect import collect
+    from hostagent.config import load_config
+
+    config = load_config(args.config)
+    if not _is_dir(args.root):
+        raise HostagentError(f"--root {args.root}: not a directory")
+    print(f"collecting from {args.root} into {args.out} ...", file=sys.stderr)
+    report = collect(args.out, config, root=args.root)
+    for result in report.results:
+        state = f"failed: {result.error}" if result.error else result.status.label
+        print(f"  {result.name}: {state} ({result.duration_ms:.1f} ms)", file=sys.stderr)
+    print(f"snapshot written to {args.out}; replay with: hostagent check --root {args.out}")
+    return 0
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)

@@ -1,0 +1,130 @@
+"""/etc/hostagent/hostagent.toml -> frozen, typed objects, validated once.
+
+An unknown key is an error naming its path; a wrong type names the key and the type
+expected; a missing file means defaults.  The reference is docs/config.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checks import md
+from hostagent.errors import ConfigError
+
+DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
+ENV_VAR = "HOSTAGENT_CONFIG"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    command_timeout: float = 30.0
+    prom_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    md: md.Config = field(default_factory=md.Config)
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    source: str = "defaults"
+
+    def check_config(self, name: str) -> Any:
+        return getattr(self.checks, name)
+
+
+def config_path(explicit: str | None) -> tuple[str, bool]:
+    """The path to load and whether the operator named it (then it must exist)."""
+    if explicit:
+        return explicit, True
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env, True
+    return DEFAULT_PATH, False
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path, required = config_path(explicit)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return Config()
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read: {err.strerror or err}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    values: Config = _build(Config, dict(data), source, "", skip=("source",))
+    return dataclasses.replace(values, source=source)
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _build(cls: Any, data: Any, source: str, path: str, skip: tuple[str, ...] = ()) -> Any:
+    where = path or "top level"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {where}: expected a table, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name not in skip}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key {_join(path, key)} (known keys here: {known})")
+    kwargs = {key: _convert(value, hints[key], source, _join(path, key)) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, path)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, options[0], source, path)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {path}: expected a list of {_TYPE_NAMES[item][2:]}s, got {_describe(value)}")
+        return tuple(_convert(v, item, source, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict, typing.Mapping):
+        _, item = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {path}: expected a table, got {_describe(value)}")
+        return types.MappingProxyType({str(k): _convert(v, item, source, _join(path, k)) for k, v in value.items()})
+    if tp is float and type(value) is int:
+        value = float(value)
+    if tp in _TYPE_NAMES:
+        if type(value) is not tp:
+            raise ConfigError(f"{source}: {path}: expected {_TYPE_NAMES[tp]}, got {_describe(value)}")
+        if tp in (int, float) and value < 0:
+            raise ConfigError(f"{source}: {path}: must not be negative, got {value}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}"

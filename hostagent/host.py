@@ -1,0 +1,218 @@
+"""Host: every read of proc, sys, dev and every external command goes through here.
+
+A Host is rooted at ``root`` ("/" for the live machine, or a snapshot directory).  In a
+snapshot, command outputs are replayed from ``<root>/_commands/<tool>/<name>`` instead of
+being run (docs/snapshot-format.md).  A Host built with ``record_to`` copies everything it
+reads into that directory, which is how ``hostagent collect`` builds a snapshot that
+reproduces the same findings offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from hostagent.errors import CommandTimeout, ProbeUnavailable
+
+COMMANDS_DIR = "_commands"
+DEFAULT_COMMAND_TIMEOUT = 30.0
+# After killing a timed-out command, how long to wait for it to be reaped.  A process in
+# uninterruptible sleep (D state, a hung disk) cannot die; we leave it rather than hang too.
+REAP_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Host:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "/",
+        *,
+        record_to: str | os.PathLike[str] | None = None,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.is_snapshot = self.root != Path("/")
+        self.command_timeout = command_timeout
+        self._record_to = Path(record_to).resolve() if record_to is not None else None
+
+    def __repr__(self) -> str:
+        return f"Host(root={str(self.root)!r})"
+
+    # -- files ---------------------------------------------------------------------------
+
+    def path(self, path: str) -> Path:
+        """The real location of the absolute host path ``path`` ("/proc/mdstat")."""
+        if not path.startswith("/"):
+            raise ValueError(f"host paths are absolute, got {path!r}")
+        return self.root / path.lstrip("/")
+
+    def read_text(self, path: str) -> str:
+        """Read a text file; a missing file raises FileNotFoundError, other faults ProbeUnavailable."""
+        real = self.path(path)
+        try:
+            data = real.read_bytes()
+        except FileNotFoundError:
+            raise
+        except NotADirectoryError as err:
+            raise FileNotFoundError(errno.ENOENT, "not found", path) from err
+        except PermissionError as err:
+            raise ProbeUnavailable(f"{path}: permission denied (run as root)") from err
+        except OSError as err:
+            raise ProbeUnavailable(f"{path}: {err.strerror or err}") from err
+        self._record_file(path, data)
+        return data.decode("utf-8", errors="replace")
+
+    def read_optional(self, path: str) -> str | None:
+        """Like read_text, but a missing file is None ("no data is not an error")."""
+        try:
+            return self.read_text(path)
+        except FileNotFoundError:
+            return None
+
+    def listdir(self, path: str) -> list[str]:
+        """Sorted entries of a directory; a missing directory is empty."""
+        real = self.path(path)
+        try:
+            names = sorted(os.listdir(real))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except PermissionError as err:
+            raise ProbeUnavailable(f"{path}: permission denied (run as root)") from err
+        if self._record_to is not None:
+            (self._record_to / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        return names
+
+    def readlink(self, path: str) -> str | None:
+        real = self.path(path)
+        try:
+            target = os.readlink(real)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            return None
+        if self._record_to is not None:
+            dest = self._record_to / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_symlink() or dest.exists():
+                dest.unlink()
+            os.symlink(target, dest)
+        return target
+
+    def exists(self, path: str) -> bool:
+        found = self.path(path).exists()
+        if found and self._record_to is not None:
+            real = self.path(path)
+            dest = self._record_to / path.lstrip("/")
+            if real.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif not dest.exists():
+                self._record_file(path, b"")
+        return found
+
+    def hostname(self) -> str:
+        for source in ("/proc/sys/kernel/hostname", "/etc/hostname"):
+            try:
+                name = self.read_text(source).strip()
+            except (FileNotFoundError, ProbeUnavailable):
+                continue
+            if name:
+                return name
+        return "unknown"
+
+    def _record_file(self, path: str, data: bytes) -> None:
+        if self._record_to is None:
+            return
+        dest = self._record_to / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def run(
+        self, tool: str, args: list[str], *, name: str, timeout: float | None = None
+    ) -> CommandResult:
+        """Run ``tool args`` in a child process with a timeout, or replay it from a snapshot.
+
+        ``name`` identifies the output inside the snapshot: ``_commands/<tool>/<name>``.
+        """
+        argv = (tool, *args)
+        if self.is_snapshot:
+            return self._replay(argv, tool, name)
+        result = run_command(argv, timeout=self.command_timeout if timeout is None else timeout)
+        self._record_command(tool, name, result)
+        return result
+
+    def _replay(self, argv: tuple[str, ...], tool: str, name: str) -> CommandResult:
+        base = self.root / COMMANDS_DIR / tool / name
+        try:
+            stdout = base.read_text(errors="replace")
+        except FileNotFoundError as err:
+            raise ProbeUnavailable(
+                f"snapshot {self.root} has no recorded output of {' '.join(argv)} "
+                f"(expected {base})"
+            ) from err
+        rc_file = base.with_name(base.name + ".rc")
+        err_file = base.with_name(base.name + ".stderr")
+        rc_text = rc_file.read_text().strip() if rc_file.exists() else "0"
+        try:
+            returncode = int(rc_text)
+        except ValueError as err:
+            raise ProbeUnavailable(f"{rc_file}: exit code {rc_text!r} is not a number") from err
+        stderr = err_file.read_text(errors="replace") if err_file.exists() else ""
+        return CommandResult(argv, returncode, stdout, stderr)
+
+    def _record_command(self, tool: str, name: str, result: CommandResult) -> None:
+        if self._record_to is None:
+            return
+        base = self._record_to / COMMANDS_DIR / tool / name
+        base.parent.mkdir(parents=True, exist_ok=True)
+        base.write_text(result.stdout)
+        if result.returncode != 0:
+            base.with_name(base.name + ".rc").write_text(f"{result.returncode}\n")
+        if result.stderr:
+            base.with_name(base.name + ".stderr").write_text(result.stderr)
+
+
+def run_command(argv: tuple[str, ...], *, timeout: float) -> CommandResult:
+    """Run argv in its own process group; on timeout kill the group and never block on it."""
+    if shutil.which(argv[0]) is None:
+        raise ProbeUnavailable(f"{argv[0]}: command not found")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+    except OSError as err:
+        raise ProbeUnavailable(f"{argv[0]}: cannot run: {err.strerror or err}") from err
+    try:
+        out, err_out = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        # A child stuck in D state cannot be reaped: abandon it rather than hang with it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=REAP_GRACE)
+        raise CommandTimeout(
+            f"{' '.join(argv)}: no answer within {timeout:g} s; killed"
+        ) from None
+    return CommandResult(
+        argv,
+        proc.returncode,
+        out.decode("utf-8", errors="replace"),
+        err_out.decode("utf-8", errors="replace"),
+    )

@@ -1,0 +1,126 @@
+"""Severity, Finding, Remedy and the report they form (schema hostagent.report/1)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+REPORT_SCHEMA = "hostagent.report/1"
+
+
+class Severity(enum.Enum):
+    """Ordered states.  ``rank`` orders them for worst(); ``exit_code`` is the Nagios code.
+
+    UNKNOWN ranks below CRITICAL on purpose: a probe that could not run must never mask
+    a degraded array (see docs/design-notes.md).
+    """
+
+    OK = ("ok", 0, 0)
+    INFO = ("info", 1, 0)
+    WARNING = ("warning", 2, 1)
+    UNKNOWN = ("unknown", 3, 3)
+    CRITICAL = ("critical", 4, 2)
+
+    def __init__(self, label: str, rank: int, exit_code: int) -> None:
+        self.label = label
+        self.rank = rank
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def worst(cls, severities: Iterable[Severity]) -> Severity:
+        return max(severities, key=lambda s: s.rank, default=cls.OK)
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """What to do about a finding, why, and the exact commands (argv lists)."""
+
+    what: str
+    why: str = ""
+    commands: tuple[tuple[str, ...], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "why": self.why, "commands": [list(c) for c in self.commands]}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    check: str
+    subject: str
+    severity: Severity
+    summary: str
+    detail: str = ""
+    remedy: Remedy | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "check": self.check,
+            "subject": self.subject,
+            "severity": self.severity.name,
+            "summary": self.summary,
+            "detail": self.detail,
+            "remedy": self.remedy.to_json() if self.remedy else None,
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome: its findings, how long it took, and the error if it failed."""
+
+    name: str
+    findings: tuple[Finding, ...]
+    duration_ms: float
+    error: str | None = None
+
+    @property
+    def status(self) -> Severity:
+        return Severity.worst(f.severity for f in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.name,
+            "duration_ms": round(self.duration_ms, 3),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    hostname: str
+    root: str
+    generated_at: str
+    results: tuple[CheckResult, ...]
+    inventory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> list[Finding]:
+        found = [f for r in self.results for f in r.findings]
+        return sorted(found, key=lambda f: (-f.severity.rank, f.code, f.subject))
+
+    @property
+    def status(self) -> Severity:
+        return Severity.worst(r.status for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        return self.status.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": REPORT_SCHEMA,
+            "host": {"hostname": self.hostname, "root": self.root},
+            "generated_at": self.generated_at,
+            "status": self.status.name,
+            "exit_code": self.exit_code,
+            "findings": [f.to_json() for f in self.findings],
+            "checks": [r.to_json() for r in self.results],
+            "inventory": self.inventory,
+        }

@@ -1,0 +1,112 @@
+"""Presentations of a Report: human table, JSON, Prometheus textfile (written atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from hostagent.model import Report, Severity
+
+_ORDER = (Severity.CRITICAL, Severity.UNKNOWN, Severity.WARNING, Severity.INFO)
+
+
+def render_text(report: Report) -> str:
+    findings = report.findings
+    counts = ", ".join(
+        f"{sum(f.severity is s for f in findings)} {s.label}" for s in _ORDER if any(f.severity is s for f in findings)
+    )
+    lines = [f"hostagent on {report.hostname}: {report.status}" + (f" ({counts})" if counts else "")]
+    if report.root != "/":
+        lines[0] += f" [snapshot {report.root}]"
+    for severity in _ORDER:
+        group = [f for f in findings if f.severity is severity]
+        if not group:
+            continue
+        lines += ["", severity.name]
+        width = max(len(f.code) for f in group)
+        for f in group:
+            lines.append(f"  {f.code:<{width}}  {f.subject:<10} {f.summary}")
+            if f.remedy is not None:
+                lines.append(f"  {'':<{width}}  {'':<10} -> {f.remedy.what}")
+                for command in f.remedy.commands:
+                    lines.append(f"  {'':<{width}}  {'':<10}    $ {' '.join(command)}")
+    arrays = report.inventory.get("arrays", [])
+    if not findings:
+        lines.append(f"  no problems found ({len(arrays)} md array(s))")
+    if arrays:
+        lines += ["", "arrays:"]
+        for a in arrays:
+            disks = "" if a["raid_disks"] is None else f"{a['active_disks']}/{a['raid_disks']}"
+            members = " ".join(f"{m['device']}({','.join(m['states']) or '?'})" for m in a["members"])
+            sync = a["sync"]
+            doing = "" if sync["action"] == "idle" else f"  {sync['action']}"
+            if sync["progress"] is not None:
+                doing += f" {sync['progress']:.1%}"
+            lines.append(f"  {a['name']:<8} {a['level'] or '-':<9} {a['state']:<15} {disks:<6} {members}{doing}")
+    lines += ["", "checks: " + ", ".join(
+        f"{r.name} {r.status.label} {r.duration_ms:.1f} ms" + (" (failed)" if r.error else "") for r in report.results
+    )]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2, sort_keys=False) + "\n"
+
+
+def _labels(**labels: object) -> str:
+    def esc(value: object) -> str:
+        return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}"
+
+
+def render_prom(report: Report) -> str:
+    """node_exporter textfile-collector format; every metric is prefixed hostagent_."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP hostagent_{name} {help_text}")
+        out.append(f"# TYPE hostagent_{name} {kind}")
+        for labels, value in samples:
+            out.append(f"hostagent_{name}{labels} {value:g}")
+
+    metric("status", "gauge", "Worst status as a Nagios code (0 ok, 1 warning, 2 critical, 3 unknown).",
+           [("", report.exit_code)])
+    metric("check_success", "gauge", "1 if the check ran, 0 if it failed.",
+           [(_labels(check=r.name), 0 if r.error else 1) for r in report.results])
+    metric("check_duration_seconds", "gauge", "How long the check took.",
+           [(_labels(check=r.name), round(r.duration_ms / 1000, 6)) for r in report.results])
+    metric("finding", "gauge", "An open finding (1 per code and subject).",
+           [(_labels(code=f.code, subject=f.subject, severity=f.severity.label), 1) for f in report.findings])
+    arrays = report.inventory.get("arrays", [])
+    metric("md_array_degraded", "gauge", "1 if the md array is degraded.",
+           [(_labels(array=a["name"], level=a["level"] or ""), int(a["degraded"])) for a in arrays])
+    metric("md_array_disks", "gauge", "md array disks by role (raid = slots, active = working).",
+           [(_labels(array=a["name"], role=role), a[key]) for a in arrays
+            for role, key in (("raid", "raid_disks"), ("active", "active_disks")) if a[key] is not None])
+    metric("md_member_in_sync", "gauge", "1 if the member is in sync.",
+           [(_labels(array=a["name"], device=m["device"]), int("in_sync" in m["states"]))
+            for a in arrays for m in a["members"]])
+    metric("md_member_faulty", "gauge", "1 if the member is faulty.",
+           [(_labels(array=a["name"], device=m["device"]), int("faulty" in m["states"]))
+            for a in arrays for m in a["members"]])
+    metric("md_sync_progress_ratio", "gauge", "Progress of the running sync action (0..1).",
+           [(_labels(array=a["name"], action=a["sync"]["action"]), a["sync"]["progress"])
+            for a in arrays if a["sync"]["progress"] is not None])
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write via a temporary file in the same directory and rename, so readers never see half."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

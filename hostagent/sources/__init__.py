@@ -1,0 +1,1 @@
+"""Pure parsers (text -> typed records) and thin readers that fetch their input through Host."""

@@ -1,0 +1,43 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hostagent.sources.mdstat import MdstatArray
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+EXAMPLES = REPO / "examples" / "hosts"
+
+
+def summarize(array: MdstatArray) -> str:
+    """One line per parsed array, compact enough to check by eye against the fixture."""
+    head = f"{array.name} {array.state}"
+    if array.read_only:
+        head += f" ({array.read_only})"
+    head += f" {array.personality or '-'}"
+    members = " ".join(
+        f"{m.device}[{m.desc_nr}]" + "".join(f"({f})" for f in m.flags) for m in array.members
+    )
+    parts = [head, members]
+    if array.blocks is not None:
+        parts.append(f"{array.blocks}b")
+    if array.superblock:
+        parts.append(f"super={array.superblock}")
+    if array.raid_disks is not None:
+        parts.append(f"[{array.raid_disks}/{array.working_disks}] [{array.slot_map}]")
+    if array.chunk_kib is not None:
+        parts.append(f"chunk={array.chunk_kib}k")
+    if array.sync is not None:
+        sync = f"sync={array.sync.action}"
+        if array.sync.progress is not None:
+            sync += f":{array.sync.progress:.3f}"
+        if array.sync.speed_kbps is not None:
+            sync += f"@{array.sync.speed_kbps}"
+        if array.sync.finish_s is not None:
+            sync += f"/eta{array.sync.finish_s}"
+        parts.append(sync)
+    if array.bitmap is not None:
+        parts.append(f"bitmap={array.bitmap.pages_used}/{array.bitmap.pages_total}")
+    return " | ".join(parts)
