@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -64,6 +63,8 @@ def load_config(explicit: str | None = None) -> Config:
         return Config()
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot read: {err.strerror or err}") from None
+    import tomllib  # only when there is a file: keeps `hostagent check` quick without one
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

@@ -247,7 +247,7 @@ def _mdstat_members(stat: MdstatArray) -> list[MdMember]:
     The bracket number is the kernel's descriptor number, which equals the slot for members
     that were never re-added; a number beyond the slot count is no slot at all.
     """
-    candidates = [m for m in stat.members if not {"faulty", "spare", "journal"} & set(m.flags)]
+    candidates = {id(m) for m in stat.members if not {"faulty", "spare", "journal"} & set(m.flags)}
     slot_map = stat.slot_map or ""
     running = stat.state != "inactive"
     all_in_sync = running and (not slot_map or len(candidates) == slot_map.count("U"))
@@ -257,7 +257,7 @@ def _mdstat_members(stat: MdstatArray) -> list[MdMember]:
     for member in stat.members:
         states = list(member.flags)
         slot: int | None = member.desc_nr
-        if member in candidates and running:
+        if id(member) in candidates and running:
             synced = all_in_sync or (member.desc_nr < len(slot_map) and slot_map[member.desc_nr] == "U")
             states.insert(0, "in_sync" if synced else "rebuilding")
             rebuilding += not synced

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from hostagent.model import Report, Severity
@@ -100,6 +99,8 @@ def render_prom(report: Report) -> str:
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write via a temporary file in the same directory and rename, so readers never see half."""
+    import tempfile
+
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:

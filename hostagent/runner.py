@@ -7,7 +7,6 @@ message, and each check's duration is recorded whatever happened.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Sequence
 from types import ModuleType
@@ -18,8 +17,6 @@ from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.model import CheckResult, Finding, Report, Severity
-
-log = logging.getLogger(__name__)
 
 
 def enabled_checks(config: Config, only: Sequence[str] | None = None) -> list[ModuleType]:
@@ -41,8 +38,7 @@ def run_check(module: ModuleType, ctx: CheckContext, config: Config) -> CheckRes
     except HostagentError as err:
         error = str(err)
     except Exception as err:  # a bug must not blank the other checks
-        log.debug("check %s crashed", name, exc_info=True)
-        error = f"internal error: {type(err).__name__}: {err}"
+        error = f"internal error: {type(err).__name__}: {err} (at {_innermost_frame(err)})"
     duration_ms = (time.perf_counter() - start) * 1000
     if error is not None:
         findings = (Finding("check.failed", name, name, Severity.UNKNOWN, f"check {name} could not run: {error}"),)
@@ -62,3 +58,10 @@ def run_checks(
         results=results,
         inventory=ctx.inventory.to_json(),
     )
+
+
+def _innermost_frame(err: BaseException) -> str:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "unknown place" if tb is None else f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"

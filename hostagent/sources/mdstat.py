@@ -79,15 +79,20 @@ class Mdstat:
 
 
 _ARRAY_HEADER = re.compile(r"^(?P<name>md[\w.\-]*)\s*:\s*(?P<rest>.*)$")
+_FLAG = re.compile(r"\(([A-Z])\)")
 _MEMBER = re.compile(r"^(?P<dev>[^\s\[\]()]+)\[(?P<nr>\d+)\](?P<flags>(?:\([A-Z]\))*)$")
+_PERSONALITY = re.compile(r"\[([^\]]+)\]")
 _BLOCKS = re.compile(r"^(?P<blocks>\d+) blocks\b(?P<rest>.*)$")
-_BLOCKS_PARTS = (
-    ("superblock", re.compile(r"\bsuper (\S+)")),
-    ("disks", re.compile(r"\[(\d+)/(\d+)\]\s*\[([U_]*)\]")),
-    ("raid5", re.compile(r"\blevel (\d+), (\d+)k chunk, algorithm (\d+)")),
-    ("chunks", re.compile(r"\b(\d+)[kK] chunks?\b")),
-    ("rounding", re.compile(r"\b(\d+)k rounding\b")),
-    ("copies", re.compile(r"\b(\d+) (near|far|offset)-copies\b")),
+# The personality's status, in the order md.c and the personalities print its parts.
+_BLOCKS_TAIL = re.compile(
+    r"(?: super (?P<superblock>\S+))?"
+    r"(?: level \d+, (?P<chunk5>\d+)k chunk, algorithm (?P<algorithm>\d+))?"
+    r"(?: (?P<chunks>\d+)[kK] chunks)?"
+    r"(?: (?P<near>\d+) near-copies)?"
+    r"(?: (?P<far>\d+) far-copies| (?P<offset>\d+) offset-copies)?"
+    r"(?: \d+ devices per set)?"
+    r"(?: (?P<rounding>\d+)k rounding)?"
+    r"(?: \[(?P<raid_disks>\d+)/(?P<working>\d+)\] \[(?P<slot_map>[U_]*)\])?"
 )
 _PROGRESS = re.compile(
     r"^(?:\[[=>.]*\]\s*)?(?P<action>resync|recovery|check|reshape|repair)\s*=\s*"
@@ -139,7 +144,7 @@ def parse_mdstat(text: str, source: str = MDSTAT_PATH) -> Mdstat:
             if seen_header:
                 raise ParseError(source, number, "a second 'Personalities' line")
             seen_header = True
-            personalities = tuple(re.findall(r"\[([^\]]+)\]", line))
+            personalities = tuple(_PERSONALITY.findall(line))
             continue
         if seen_end:
             continue  # text after the last line the kernel prints: a pasted prompt
@@ -196,11 +201,11 @@ def _parse_array(
         member = _MEMBER.match(token)
         if not member:
             raise ParseError(source, number, f"{name}: cannot read member {token!r}")
-        flags = tuple(MEMBER_FLAGS[f] for f in re.findall(r"\(([A-Z])\)", member["flags"]) if f in MEMBER_FLAGS)
-        unknown = set(re.findall(r"\(([A-Z])\)", member["flags"])) - set(MEMBER_FLAGS)
+        letters = _FLAG.findall(member["flags"]) if member["flags"] else []
+        unknown = [f for f in letters if f not in MEMBER_FLAGS]
         if unknown:
-            raise ParseError(source, number, f"{name}: unknown member flag {sorted(unknown)} in {token!r}")
-        members.append(MdstatMember(member["dev"], int(member["nr"]), flags))
+            raise ParseError(source, number, f"{name}: unknown member flag {unknown} in {token!r}")
+        members.append(MdstatMember(member["dev"], int(member["nr"]), tuple(MEMBER_FLAGS[f] for f in letters)))
     fields: dict[str, object] = {}
     for line_no, line in block:
         _parse_status_line(name, line_no, line, fields, source)
@@ -259,30 +264,21 @@ def _parse_status_line(
 def _parse_blocks_tail(
     name: str, number: int, tail: str, fields: dict[str, object], source: str
 ) -> None:
-    leftover = tail
-    for key, pattern in _BLOCKS_PARTS:
-        for match in pattern.finditer(tail):
-            leftover = leftover.replace(match.group(0), " ", 1)
-            if key == "superblock":
-                fields["superblock"] = match[1]
-            elif key == "disks":
-                raid_disks, working, slot_map = int(match[1]), int(match[2]), match[3]
-                if working > raid_disks:
-                    raise ParseError(source, number, f"{name}: {working} working of {raid_disks} disks")
-                if len(slot_map) != raid_disks:
-                    raise ParseError(
-                        source, number,
-                        f"{name}: slot map [{slot_map}] does not have {raid_disks} slots",
-                    )
-                fields.update(raid_disks=raid_disks, working_disks=working, slot_map=slot_map)
-            elif key == "raid5":
-                fields.update(chunk_kib=int(match[2]), algorithm=int(match[3]))
-            elif key == "chunks":
-                fields["chunk_kib"] = int(match[1])
-            elif key == "rounding":
-                fields["rounding_kib"] = int(match[1])
-            elif key == "copies":
-                fields[f"{match[2]}_copies"] = int(match[1])
-    leftover = leftover.replace(",", " ").strip()
-    if leftover:
-        raise ParseError(source, number, f"{name}: unrecognised text {leftover!r} in the blocks line")
+    words = tail.split()
+    match = _BLOCKS_TAIL.fullmatch(" " + " ".join(words) if words else "")
+    if not match:
+        raise ParseError(source, number, f"{name}: unrecognised text in the blocks line: {tail.strip()!r}")
+    if match["superblock"]:
+        fields["superblock"] = match["superblock"]
+    for field, group in (("chunk_kib", "chunk5"), ("chunk_kib", "chunks"), ("algorithm", "algorithm"),
+                         ("rounding_kib", "rounding"), ("near_copies", "near"), ("far_copies", "far"),
+                         ("offset_copies", "offset")):
+        if match[group]:
+            fields[field] = int(match[group])
+    if match["slot_map"] is not None:
+        raid_disks, working, slot_map = int(match["raid_disks"]), int(match["working"]), match["slot_map"]
+        if working > raid_disks:
+            raise ParseError(source, number, f"{name}: {working} working of {raid_disks} disks")
+        if len(slot_map) != raid_disks:
+            raise ParseError(source, number, f"{name}: slot map [{slot_map}] does not have {raid_disks} slots")
+        fields.update(raid_disks=raid_disks, working_disks=working, slot_map=slot_map)

@@ -216,6 +216,12 @@ KERNEL_FORMATS = {
         "md2 active raid5 | nvme0n1p1[3](journal) sdc1[4](replacement) sdb1[1] sda1[0](write_mostly) sdd1[2] "
         "| 2000b | super=1.2 | [3/3] [UUU] | chunk=512k | sync=resync:0.120@1000/eta90 | bitmap=1/1",
     ),
+    "raid10 offset copies over far sets": (
+        "Personalities : [raid10]\nmd5 : active raid10 sdd1[3] sdc1[2] sdb1[1] sda1[0]\n"
+        "      2000 blocks super 1.2 512K chunks 2 offset-copies 4 devices per set [4/4] [UUUU]\n\n"
+        "unused devices: <none>\n",
+        "md5 active raid10 | sdd1[3] sdc1[2] sdb1[1] sda1[0] | 2000b | super=1.2 | [4/4] [UUUU] | chunk=512k",
+    ),
     "broken raid0, tab-indented delayed resync": (
         "Personalities : [raid0] [raid1]\nmd3 : broken raid0 sdb1[1] sda1[0]\n"
         "      2000 blocks super 1.2 512k chunks\n\n"
@@ -263,7 +269,7 @@ MALFORMED = {
     ),
     "junk in blocks line": (
         "Personalities : [raid1]\nmd0 : active raid1 sda1[0]\n      10 blocks [1/1] [U] sparkles\n", 3,
-        "unrecognised text 'sparkles'",
+        "unrecognised text in the blocks line: '[1/1] [U] sparkles'",
     ),
     "two blocks lines": (
         "Personalities : [raid1]\nmd0 : active raid1 sda1[0]\n      10 blocks [1/1] [U]\n      10 blocks\n", 4,
@@ -290,3 +296,17 @@ def test_malformed_input_raises_with_file_and_line(case: str) -> None:
 
 def test_empty_file_is_no_arrays() -> None:
     assert parse_mdstat("").arrays == ()
+
+
+def test_raid10_copies_are_recorded() -> None:
+    near = parse_mdstat(KERNEL_FORMATS["raid10 near"][0]).arrays[0]
+    far = parse_mdstat(KERNEL_FORMATS["raid10 far, degraded"][0]).arrays[0]
+    offset = parse_mdstat(KERNEL_FORMATS["raid10 offset copies over far sets"][0]).arrays[0]
+    assert (near.near_copies, near.far_copies) == (2, None)
+    assert (far.near_copies, far.far_copies) == (None, 2)
+    assert offset.offset_copies == 2
+
+
+def test_second_array_of_a_mixed_file() -> None:
+    second = parse_mdstat(KERNEL_FORMATS["broken raid0, tab-indented delayed resync"][0]).arrays[1]
+    assert summarize(second) == "md4 active raid1 | sdd1[1] sdc1[0] | 1000b | super=1.2 | [2/2] [UU] | sync=pending"

@@ -1,0 +1,162 @@
+"""md benchmark: our mdstat parse + evaluate against pymdstat, in-process and whole-process.
+
+Run: make bench   (or .venv/bin/python bench/bench_md.py)
+Prints a Markdown report; docs/benchmarks.md holds the figures of a recorded run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pymdstat import MdStat  # noqa: E402
+
+from checks import md  # noqa: E402
+from hostagent.inventory import merge_array  # noqa: E402
+from hostagent.sources.mdstat import parse_mdstat  # noqa: E402
+
+
+def synthetic_mdstat(arrays: int = 64, members_per_array: int = 4) -> str:
+    """64 arrays x 4 members: raid1/5/6/10 mixed, some degraded, some rebuilding, some with spares."""
+    lines = ["Personalities : [raid1] [raid6] [raid5] [raid4] [raid10] "]
+    disk = 0
+    for n in range(arrays):
+        kind = ("raid1", "raid5", "raid6", "raid10")[n % 4]
+        members, slot_map = [], ""
+        for i in range(members_per_array):
+            name = f"sd{chr(97 + disk // 26 % 26)}{chr(97 + disk % 26)}{n % 8 + 1}"
+            disk += 1
+            flag = ""
+            if kind == "raid1" and i >= 2:
+                flag = "(S)"
+            elif n % 7 == 3 and i == 1:
+                flag = "(F)"
+            members.append(f"{name}[{i}]{flag}")
+            if not flag.startswith("(S"):
+                slot_map += "_" if flag else "U"
+        raid_disks = len(slot_map)
+        working = slot_map.count("U")
+        lines.append(f"md{n} : active {kind} " + " ".join(members))
+        tail = {
+            "raid1": "",
+            "raid5": " level 5, 512k chunk, algorithm 2",
+            "raid6": " level 6, 512k chunk, algorithm 2",
+            "raid10": " 512K chunks 2 near-copies",
+        }[kind]
+        lines.append(f"      {976510976 + n} blocks super 1.2{tail} [{raid_disks}/{working}] [{slot_map}]")
+        if n % 5 == 1:
+            lines.append("      [====>................]  recovery = 21.3% (208000000/976510976) "
+                         "finish=93.1min speed=137500K/sec")
+        lines.append("      bitmap: 1/8 pages [4KB], 65536KB chunk")
+        lines.append("")
+    lines.append("unused devices: <none>")
+    return "\n".join(lines) + "\n"
+
+
+def ours(path: Path) -> int:
+    text = path.read_text()
+    config = md.Config()
+    found = 0
+    for array in parse_mdstat(text, str(path)).arrays:
+        found += len(md.evaluate(merge_array(array.name, array, None), config))
+    return found
+
+
+def theirs(path: Path) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):  # pymdstat prints lines of degraded arrays
+        return len(MdStat(str(path)).get_stats()["arrays"])
+
+
+def per_call_ms(func: Callable[[], object], repeat: int = 7, number: int = 200) -> float:
+    """Median over `repeat` rounds of the mean time per call, in ms."""
+    rounds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            func()
+        rounds.append((time.perf_counter() - start) / number * 1000)
+    return statistics.median(rounds)
+
+
+def process_ms(argv: list[str], runs: int = 15) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def fidelity() -> list[tuple[str, str]]:
+    """Fixtures where pymdstat fails or disagrees with us on the arrays and their members."""
+    problems = []
+    for path in sorted((REPO / "tests/fixtures/mdstat").rglob("*")):
+        if not path.is_file():
+            continue
+        arrays = parse_mdstat(path.read_text(errors="replace")).arrays
+        expected = {a.name: {m.device for m in a.members} for a in arrays}
+        name = str(path.relative_to(REPO / "tests/fixtures/mdstat"))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                got = MdStat(str(path)).get_stats()["arrays"]
+        except Exception as err:
+            problems.append((name, f"raises {type(err).__name__}: {err}"))
+            continue
+        got_members = {a: set(v.get("components", {})) for a, v in got.items()}
+        if got_members != expected:
+            missing = sorted(set(expected) - set(got_members))
+            wrong = sorted(a for a in expected if a in got_members and got_members[a] != expected[a])
+            problems.append((name, f"wrong result: arrays missed {missing or '-'}, members wrong in {wrong or '-'}"))
+    return problems
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mdstat"
+        path.write_text(synthetic_mdstat())
+        parsed = parse_mdstat(path.read_text())
+        members = sum(len(a.members) for a in parsed.arrays)
+        assert len(parsed.arrays) == 64 and members == 256, (len(parsed.arrays), members)
+        findings = ours(path)
+        their_count = theirs(path)
+        ours_ms = per_call_ms(lambda: ours(path))
+        theirs_ms = per_call_ms(lambda: theirs(path))
+
+        example = REPO / "examples/hosts/healthy-mirror"
+        python = sys.executable
+        hostagent_ms = process_ms([python, "-m", "hostagent", "check", "--root", str(example)])
+        mdstat_path = str(example / "proc/mdstat")
+        pymdstat_ms = process_ms([python, "-c", f"from pymdstat import MdStat; MdStat({mdstat_path!r})"])
+        bare_ms = process_ms([python, "-c", "pass"])
+
+    print(f"# md benchmark ({platform.python_implementation()} {platform.python_version()}, {platform.machine()})\n")
+    print(f"Synthetic /proc/mdstat: {len(parsed.arrays)} arrays, {members} members; "
+          f"we report {findings} findings, pymdstat returns {their_count} arrays.\n")
+    print("| measurement | hostagent | pymdstat | ratio (hostagent / pymdstat) |")
+    print("|---|---|---|---|")
+    print(f"| in-process read + parse (+ evaluate for us), 64 arrays | {ours_ms:.3f} ms | {theirs_ms:.3f} ms "
+          f"| {ours_ms / theirs_ms:.2f} |")
+    print(f"| whole process on examples/hosts/healthy-mirror | {hostagent_ms:.1f} ms | {pymdstat_ms:.1f} ms "
+          f"| {hostagent_ms / pymdstat_ms:.2f} |")
+    print(f"| bare `python -c pass` (floor) | {bare_ms:.1f} ms | | |\n")
+    print("Goals: in-process under 5 ms; whole process under 300 ms.\n")
+    problems = fidelity()
+    print(f"pymdstat on the {sum(1 for p in (REPO / 'tests/fixtures/mdstat').rglob('*') if p.is_file())} "
+          f"real fixtures: {len(problems)} fail or disagree with the arrays and members we verified:\n")
+    for name, problem in problems:
+        print(f"- `{name}`: {problem}")
+
+
+if __name__ == "__main__":
+    main()
