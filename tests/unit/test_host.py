@@ -1,0 +1,72 @@
+"""Host: rooted reads, the command runner's timeout, snapshot replay and recording."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hostagent.errors import CommandTimeout, ProbeUnavailable
+from hostagent.host import Host
+
+
+def test_reads_are_rooted(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/mdstat").write_text("Personalities : \n")
+    host = Host(tmp_path)
+    assert host.read_text("/proc/mdstat") == "Personalities : \n"
+    assert host.read_optional("/proc/nothing") is None
+    assert host.listdir("/proc") == ["mdstat"]
+    assert host.listdir("/sys/block") == []
+    with pytest.raises(ValueError):
+        host.read_text("proc/mdstat")
+
+
+def test_hung_command_is_killed_after_its_timeout() -> None:
+    host = Host("/")
+    with pytest.raises(CommandTimeout, match=r"sleep 60: no answer within 0.5 s; killed"):
+        host.run("sleep", ["60"], name="sleep", timeout=0.5)
+    # the process group is gone: no sleep 60 of ours is left
+    time.sleep(0.2)
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
+    assert leftovers == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def test_missing_tool_is_probe_unavailable() -> None:
+    with pytest.raises(ProbeUnavailable, match="no-such-tool-xyz: command not found"):
+        Host("/").run("no-such-tool-xyz", [], name="x")
+
+
+def test_record_then_replay_a_command(tmp_path: Path) -> None:
+    out = tmp_path / "snap"
+    live = Host("/", record_to=out)
+    result = live.run("sh", ["-c", "echo hello; echo oops >&2; exit 4"], name="demo")
+    assert (result.returncode, result.stdout, result.stderr) == (4, "hello\n", "oops\n")
+    assert (out / "_commands/sh/demo").read_text() == "hello\n"
+    replayed = Host(out).run("sh", ["-c", "this is never run"], name="demo")
+    assert (replayed.returncode, replayed.stdout, replayed.stderr) == (4, "hello\n", "oops\n")
+
+
+def test_replay_without_recording_names_the_file(tmp_path: Path) -> None:
+    expected = r"has no recorded output of smartctl -x /dev/sda .*_commands/smartctl/sda"
+    with pytest.raises(ProbeUnavailable, match=expected):
+        Host(tmp_path).run("smartctl", ["-x", "/dev/sda"], name="sda")
+
+
+def test_recording_keeps_symlinks(tmp_path: Path) -> None:
+    src = tmp_path / "src/sys/block/md0/md"
+    (src / "dev-sda1").mkdir(parents=True)
+    (src / "rd0").symlink_to("dev-sda1")
+    out = tmp_path / "out"
+    host = Host(tmp_path / "src", record_to=out)
+    assert host.readlink("/sys/block/md0/md/rd0") == "dev-sda1"
+    assert os.readlink(out / "sys/block/md0/md/rd0") == "dev-sda1"
