@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := python3 python3-venv python3-pip
+# the VM suite (tests/vm): Debian's kernel under QEMU with real md, dm and mdadm
+APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod
 
 .PHONY: demo test test-fast lint bench deps apt clean
 
@@ -46,5 +48,5 @@ bench: deps
 	$(BIN)/python bench/bench_md.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

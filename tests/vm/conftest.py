@@ -1,0 +1,86 @@
+"""Fixtures for the VM suite: one VM per test module, arrays torn down after every test."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.vm.harness import VM
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so fixtures still stop QEMU.
+signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/vm/" in str(item.path):
+            item.add_marker(pytest.mark.vm)
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    machine = VM(disks=4, disk_mib=64)
+    try:
+        yield machine
+    finally:
+        machine.close()
+
+
+TEARDOWN = (
+    "mdadm --stop --scan >/dev/null 2>&1; dmsetup remove_all >/dev/null 2>&1; "
+    "echo 200000 > /proc/sys/dev/raid/speed_limit_max; echo 1000 > /proc/sys/dev/raid/speed_limit_min; "
+    "for d in /dev/vd?; do dd if=/dev/zero of=$d bs=1M count=2 2>/dev/null; done; rm -rf /tmp/*; true"
+)
+
+
+@pytest.fixture
+def md(vm: VM) -> Iterator[MdHelper]:
+    vm.run(TEARDOWN)
+    try:
+        yield MdHelper(vm)
+    finally:
+        vm.run(TEARDOWN)
+
+
+class MdHelper:
+    """Arrays on dm-linear members over the VM's disks, so a test can hang or fail a member."""
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+
+    def members(self, count: int) -> list[str]:
+        names = []
+        for i in range(count):
+            disk = f"/dev/vd{chr(97 + i)}"
+            self.vm.run(f'dmsetup create m{i} --table "0 $(blockdev --getsz {disk}) linear {disk} 0"')
+            names.append(f"/dev/mapper/m{i}")
+        return names
+
+    def kernel_name(self, member: str) -> str:
+        name = member.rsplit("/", 1)[-1]
+        return self.vm.run(f"dmsetup info -c -o blkdevname --noheadings {name}").stdout.strip()
+
+    def create(self, level: str, members: list[str], name: str = "md0") -> None:
+        self.vm.run(f"mdadm --create /dev/{name} --run --level={level} --raid-devices={len(members)} "
+                    f"--metadata=1.2 --assume-clean --bitmap=internal {' '.join(members)}")
+
+    def report(self) -> dict[str, Any]:
+        result = self.vm.hostagent("check --json")
+        assert result.rc in (0, 1, 2), result
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
+
+    def findings(self) -> list[tuple[str, str, str]]:
+        return [(f["code"], f["subject"], f["severity"]) for f in self.report()["findings"]]
+
+    def fail(self, array: str, member: str) -> None:
+        self.vm.run(f"mdadm --manage /dev/{array} --fail {member}")

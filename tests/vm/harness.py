@@ -1,0 +1,353 @@
+"""A QEMU VM running Debian's own kernel with real md, dm and mdadm, driven from pytest.
+
+The VM boots a busybox initramfs that also holds mdadm, dmsetup, the VM's Python and this
+working tree's agent; /init loads the md/dm/virtio modules and serves commands as JSON lines
+on the second serial port.  The base image is cached under .cache/vm (``make clean``
+removes it); each VM gets a run directory there that is removed when it stops, and
+directories of runs whose pytest died are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "vm"
+RUNS = CACHE / "runs"
+HERE = Path(__file__).resolve().parent
+MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "md_mod", "raid1", "raid10", "crc32c_generic", "raid456",
+           "dm_mod", "dm_delay", "dm_flakey"]
+PYTHON = "/usr/bin/python3.11"
+PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
+           "site-packages", "dist-packages", "unittest", "config-3.11-x86_64-linux-gnu", "venv"}
+BOOT_TIMEOUT = 120.0
+_serial = itertools.count()
+
+
+class VMError(RuntimeError):
+    """The VM could not be built, booted or driven; the message says why."""
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def kernel_version() -> str:
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise VMError("no /boot/vmlinuz-*: install linux-image-amd64 (make test does)")
+    return kernels[-1].name.removeprefix("vmlinuz-")
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool) or next((p for p in (f"/sbin/{tool}", f"/usr/sbin/{tool}", f"/bin/{tool}")
+                                      if os.path.exists(p)), None)
+    if path is None:
+        raise VMError(f"{tool} not found: install the VM test packages (make test does)")
+    return path
+
+
+def _libraries(binary: str) -> list[str]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+            libs.append(parts[2])
+        elif parts and parts[0].startswith("/"):
+            libs.append(parts[0])
+    return libs
+
+
+def _module_order(kver: str) -> list[str]:
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        path = subprocess.run(["modinfo", "-k", kver, "-n", name], capture_output=True, text=True).stdout.strip()
+        if not path or path.startswith("(builtin)") or path in order:
+            return
+        deps = subprocess.run(["modinfo", "-k", kver, "-F", "depends", name], capture_output=True,
+                              text=True).stdout.strip()
+        for dep in filter(None, deps.split(",")):
+            visit(dep)
+        if path not in order:
+            order.append(path)
+
+    for module in MODULES:
+        visit(module)
+    return order
+
+
+def _copy(src: str, root: Path) -> None:
+    dest = root / src.lstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(os.path.realpath(src), dest)
+
+
+def _cpio(stage: Path, out: Path) -> None:
+    names = subprocess.run(["find", "."], cwd=stage, capture_output=True, check=True).stdout
+    with out.open("wb") as handle:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=stage, input=names, stdout=handle, check=True)
+
+
+def base_image() -> Path:
+    """The cached initramfs with busybox, mdadm, dmsetup, Python and the kernel modules."""
+    kver = kernel_version()
+    key = hashlib.sha256(f"{kver}|{sys.version}|{(HERE / 'init.sh').read_text()}|{MODULES}".encode()).hexdigest()[:12]
+    image = CACHE / f"base-{key}.cpio"
+    if image.exists():
+        return image
+    CACHE.mkdir(parents=True, exist_ok=True)
+    stage = CACHE / f"stage-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        busybox = _need("busybox")
+        (stage / "bin").mkdir(parents=True)
+        shutil.copy2(busybox, stage / "bin/busybox")
+        applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+        for applet in applets:
+            if applet != "busybox" and not (stage / "bin" / applet).exists():
+                (stage / "bin" / applet).symlink_to("busybox")
+        for tool in ("mdadm", "dmsetup", PYTHON):
+            path = _need(tool)
+            for lib in _libraries(path):
+                _copy(lib, stage)
+            _copy(path, stage)
+        (stage / "usr/bin/python3").symlink_to("python3.11")
+        pylib = Path("/usr/lib/python3.11")
+        shutil.copytree(pylib, stage / "usr/lib/python3.11", symlinks=True,
+                        ignore=lambda d, names: [n for n in names if n in PY_SKIP and Path(d) == pylib])
+        order = _module_order(kver)
+        (stage / "lib/modules").mkdir(parents=True)
+        for module in order:
+            shutil.copy2(module, stage / "lib/modules")
+        (stage / "etc").mkdir(exist_ok=True)
+        (stage / "etc/modules.order").write_text("\n".join(Path(m).name for m in order) + "\n")
+        shutil.copy2(HERE / "init.sh", stage / "init")
+        (stage / "init").chmod(0o755)
+        for lib in ("lib", "lib64", "usr/lib"):
+            (stage / lib).mkdir(parents=True, exist_ok=True)
+        tmp = image.with_suffix(".tmp")
+        _cpio(stage, tmp)
+        tmp.rename(image)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return image
+
+
+def agent_image(run_dir: Path) -> Path:
+    """A small cpio with this working tree's agent and the guest server, appended to the base."""
+    stage = run_dir / "agent-stage"
+    for package in ("hostagent", "checks"):
+        shutil.copytree(REPO / package, stage / "opt/hostagent" / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(HERE / "guest_server.py", stage / "opt/guest_server.py")
+    out = run_dir / "agent.cpio"
+    _cpio(stage, out)
+    shutil.rmtree(stage)
+    return out
+
+
+def remove_stale_runs() -> None:
+    """Remove run directories (and their QEMU) left by a test process that was killed."""
+    if not RUNS.exists():
+        return
+    for run in RUNS.iterdir():
+        owner = int(run.name.split("-")[0]) if run.name.split("-")[0].isdigit() else 0
+        if owner and Path(f"/proc/{owner}").exists():
+            continue
+        pidfile = run / "qemu.pid"
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class VM:
+    """A running VM with ``disks`` sparse virtio disks of ``disk_mib`` MiB each."""
+
+    def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512) -> None:
+        remove_stale_runs()
+        self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
+        self.run_dir.mkdir(parents=True)
+        self.disks = [self.run_dir / f"disk{i}.img" for i in range(disks)]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._cmd: socket.socket | None = None
+        self._qmp: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._buffer = b""
+        try:
+            self._boot(disk_mib, memory_mib)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def console(self) -> str:
+        path = self.run_dir / "console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _boot(self, disk_mib: int, memory_mib: int) -> None:
+        qemu = _need("qemu-system-x86_64")
+        initrd = self.run_dir / "initrd.cpio"
+        with initrd.open("wb") as out:
+            for part in (base_image(), agent_image(self.run_dir)):
+                out.write(part.read_bytes())
+        argv = [
+            qemu, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", str(memory_mib),
+            "-display", "none", "-no-reboot", "-nodefaults", "-monitor", "none",
+            "-kernel", f"/boot/vmlinuz-{kernel_version()}", "-initrd", str(initrd),
+            "-append", "console=ttyS0 panic=-1 rdinit=/init loglevel=4",
+            "-serial", f"file:{self.run_dir / 'console.log'}",
+            "-chardev", f"socket,id=cmd,path={self.run_dir / 'cmd.sock'},server=on,wait=off",
+            "-serial", "chardev:cmd",
+            "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
+            "-pidfile", str(self.run_dir / "qemu.pid"),
+        ]
+        for i, disk in enumerate(self.disks):
+            with disk.open("wb") as handle:
+                handle.truncate(disk_mib * 1024 * 1024)
+            argv += [
+                "-blockdev", f"driver=file,filename={disk},node-name=file{i},cache.direct=off,cache.no-flush=on",
+                "-blockdev", f"driver=blkdebug,image=file{i},node-name=debug{i}",
+                "-blockdev", f"driver=raw,file=debug{i},node-name=disk{i}",
+                "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial=disk{i}",
+            ]
+        log = (self.run_dir / "qemu.stderr").open("wb")
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                      preexec_fn=_die_with_parent)
+        self._cmd = self._connect("cmd.sock")
+        hello = self._read_message(BOOT_TIMEOUT)
+        if not hello.get("ready"):
+            raise VMError(f"unexpected first message from the VM: {hello}")
+        self._qmp = self._connect("qmp.sock")
+        self._qmp_read(10)
+        self.qmp("qmp_capabilities")
+
+    def _connect(self, name: str) -> socket.socket:
+        deadline = time.monotonic() + 30
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise VMError(f"QEMU exited with {self._proc.returncode}: "
+                              f"{(self.run_dir / 'qemu.stderr').read_text(errors='replace')}")
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(self.run_dir / name))
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise VMError(f"QEMU did not open {name}") from None
+                time.sleep(0.05)
+
+    def _read_message(self, timeout: float) -> dict[str, Any]:
+        assert self._cmd is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VMError(f"no answer from the VM within {timeout:g} s; console:\n{self.console[-3000:]}")
+            self._cmd.settimeout(remaining)
+            try:
+                chunk = self._cmd.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise VMError(f"the VM closed its command port; console:\n{self.console[-3000:]}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def run(self, cmd: str, timeout: float = 60, check: bool = True) -> Result:
+        """Run a shell command inside the VM."""
+        assert self._cmd is not None
+        request_id = next(self._ids)
+        self._cmd.sendall(json.dumps({"id": request_id, "cmd": cmd, "timeout": timeout}).encode() + b"\n")
+        reply = self._read_message(timeout + 30)
+        if reply.get("id") != request_id:
+            raise VMError(f"reply for request {reply.get('id')}, expected {request_id}")
+        result = Result(reply["rc"], reply["stdout"], reply["stderr"])
+        if check and result.rc != 0:
+            raise VMError(f"in the VM, `{cmd}` exited {result.rc}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def hostagent(self, args: str, timeout: float = 60) -> Result:
+        return self.run(f"python3 -m hostagent {args}", timeout=timeout, check=False)
+
+    def _qmp_read(self, timeout: float) -> dict[str, Any]:
+        assert self._qmp is not None
+        self._qmp.settimeout(timeout)
+        data = b""
+        while True:
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                message: dict[str, Any] = json.loads(line)
+                if "event" not in message:
+                    return message
+            chunk = self._qmp.recv(65536)
+            if not chunk:
+                raise VMError("QMP connection closed")
+            data += chunk
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        assert self._qmp is not None
+        self._qmp.sendall(json.dumps({"execute": command, "arguments": arguments}).encode() + b"\n")
+        reply = self._qmp_read(30)
+        if "error" in reply:
+            raise VMError(f"QMP {command}: {reply['error']}")
+        return reply.get("return")
+
+    def hmp(self, command: str) -> str:
+        out: str = self.qmp("human-monitor-command", **{"command-line": command})
+        return out
+
+    def break_writes(self, disk: int, tag: str = "A") -> None:
+        """Hold every write to disk N inside QEMU (a hang the guest's counters can see)."""
+        self.hmp(f'qemu-io disk{disk} "break write_aio {tag}"')
+
+    def resume_writes(self, tag: str = "A") -> None:
+        for disk in range(len(self.disks)):
+            self.hmp(f'qemu-io disk{disk} "resume {tag}"')
+
+    def close(self) -> None:
+        """Power off; QEMU is killed if it does not stop in time. Removes the run directory."""
+        for sock in (self._cmd, self._qmp):
+            if sock is not None:
+                sock.close()
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._proc.terminate()
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> VM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,117 @@
+"""Real md arrays under Debian's kernel: the agent's view matches what the kernel did."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from tests.vm.conftest import MdHelper
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_clean_raid1_reports_both_members_in_sync(md: MdHelper) -> None:
+    md.create("1", md.members(2))
+    report = md.report()
+    assert report["status"] == "OK"
+    [array] = report["inventory"]["arrays"]
+    assert (array["name"], array["level"], array["degraded"]) == ("md0", "raid1", False)
+    assert array["state"] in ("clean", "active")
+    assert [m["states"] for m in array["members"]] == [["in_sync"], ["in_sync"]]
+    assert [m["slot"] for m in array["members"]] == [0, 1]
+
+
+def test_member_returning_errors_is_failed_by_md_and_reported(md: MdHelper) -> None:
+    members = md.members(2)
+    md.create("1", members)
+    bad = md.kernel_name(members[1])
+    md.vm.run('dmsetup suspend m1 && dmsetup load m1 --table "0 $(blockdev --getsz /dev/vdb) error" '
+              "&& dmsetup resume m1")
+    md.vm.run("dd if=/dev/urandom of=/dev/md0 bs=4k count=16 oflag=direct conv=fsync", check=False)
+    wait_for(lambda: "(F)" in md.vm.run("cat /proc/mdstat").stdout, "md to fail the member")
+    findings = md.findings()
+    assert ("md.degraded", "md0", "CRITICAL") in findings
+    assert ("md.failed_member", f"md0/{bad}", "WARNING") in findings
+
+
+def test_recovery_in_progress_is_reported_with_progress(md: MdHelper) -> None:
+    members = md.members(2)
+    md.create("1", members)
+    md.vm.run("echo 100 > /proc/sys/dev/raid/speed_limit_min; echo 500 > /proc/sys/dev/raid/speed_limit_max")
+    md.vm.run(f"mdadm --manage /dev/md0 --fail {members[1]} && mdadm --manage /dev/md0 --remove {members[1]}")
+    md.vm.run(f"mdadm --zero-superblock {members[1]} && mdadm --manage /dev/md0 --add {members[1]}")
+
+    def recovering() -> dict[str, object] | None:
+        report = md.report()
+        found = [f for f in report["findings"] if f["code"] == "md.recovering"]
+        sync = report["inventory"]["arrays"][0]["sync"]
+        return {"finding": found[0], "sync": sync} if found and sync["progress"] else None
+
+    seen = wait_for(recovering, "md.recovering with progress")
+    assert seen["finding"]["severity"] == "WARNING"  # type: ignore[index]
+    sync = seen["sync"]
+    assert sync["action"] == "recover"  # type: ignore[index]
+    assert 0 < sync["progress"] < 1  # type: ignore[index,operator]
+    rebuilding = [m for m in md.report()["inventory"]["arrays"][0]["members"] if "rebuilding" in m["states"]]
+    assert [m["device"] for m in rebuilding] == [md.kernel_name(members[1])]
+
+
+def degraded_severity(md: MdHelper) -> str | None:
+    return next((f[2] for f in md.findings() if f[0] == "md.degraded"), None)
+
+
+def test_three_way_raid1_severity_against_the_kernel(md: MdHelper) -> None:
+    members = md.members(3)
+    md.create("1", members)
+    md.fail("md0", members[0])
+    assert degraded_severity(md) == "WARNING"
+    md.fail("md0", members[1])
+    assert degraded_severity(md) == "CRITICAL"
+
+
+def test_raid5_and_raid6_severity_against_the_kernel(md: MdHelper) -> None:
+    members = md.members(4)
+    md.create("5", members[:3])
+    md.fail("md0", members[0])
+    assert degraded_severity(md) == "CRITICAL"
+    md.vm.run("mdadm --stop /dev/md0")
+    md.vm.run(f"mdadm --zero-superblock {' '.join(members)}")
+    md.create("6", members)
+    md.fail("md0", members[0])
+    assert degraded_severity(md) == "WARNING"
+    md.fail("md0", members[3])
+    assert degraded_severity(md) == "CRITICAL"
+    array = md.report()["inventory"]["arrays"][0]
+    assert (array["level"], array["raid_disks"], array["active_disks"]) == ("raid6", 4, 2)
+
+
+def test_collect_in_the_vm_replays_on_the_host(md: MdHelper, tmp_path: Path) -> None:
+    members = md.members(3)
+    md.create("1", members)
+    md.fail("md0", members[2])
+    inside = md.report()
+    assert md.vm.hostagent("collect --out /tmp/snap").rc == 0
+    packed = md.vm.run("tar -C /tmp/snap -cf - . | base64").stdout
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(packed))) as archive:
+        archive.extractall(tmp_path / "snap", filter="tar")
+    proc = subprocess.run([sys.executable, "-m", "hostagent", "check", "--root", str(tmp_path / "snap"), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    outside = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert outside["findings"] == inside["findings"]
+    assert outside["inventory"] == inside["inventory"]
+    assert [f["code"] for f in outside["findings"]] == ["md.degraded", "md.failed_member"]
