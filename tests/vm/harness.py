@@ -9,6 +9,7 @@ directories of runs whose pytest died are removed by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -28,8 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "vm"
 RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
-MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "md_mod", "raid1", "raid10", "crc32c_generic", "raid456",
-           "dm_mod", "dm_delay", "dm_flakey"]
+MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "md_mod", "raid1", "raid10",
+           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey"]
 PYTHON = "/usr/bin/python3.11"
 PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
            "site-packages", "dist-packages", "unittest", "config-3.11-x86_64-linux-gnu", "venv"}
@@ -174,10 +175,8 @@ def remove_stale_runs() -> None:
             continue
         pidfile = run / "qemu.pid"
         if pidfile.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         shutil.rmtree(run, ignore_errors=True)
 
 
