@@ -115,3 +115,15 @@ def test_collect_in_the_vm_replays_on_the_host(md: MdHelper, tmp_path: Path) -> 
     assert outside["findings"] == inside["findings"]
     assert outside["inventory"] == inside["inventory"]
     assert [f["code"] for f in outside["findings"]] == ["md.degraded", "md.failed_member"]
+
+
+def test_blkdebug_holds_writes_until_resumed(md: MdHelper) -> None:
+    md.vm.break_writes(1)
+    md.vm.run("(dd if=/dev/urandom of=/dev/vdb bs=4k count=1 oflag=direct; echo done > /tmp/written) "
+              ">/dev/null 2>&1 &")
+    inflight = wait_for(lambda: md.vm.run("cat /sys/block/vdb/inflight").stdout.split() != ["0", "0"],
+                        "the held write to show in /sys/block/vdb/inflight")
+    assert inflight
+    assert md.vm.run("cat /tmp/written", check=False).rc != 0
+    md.vm.resume_writes()
+    wait_for(lambda: md.vm.run("cat /tmp/written", check=False).stdout.strip() == "done", "the write to finish")
