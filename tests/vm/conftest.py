@@ -36,6 +36,7 @@ def vm() -> Iterator[VM]:
 
 
 TEARDOWN = (
+    "for m in $(dmsetup ls 2>/dev/null | cut -f1); do dmsetup resume $m 2>/dev/null; done; "
     "mdadm --stop --scan >/dev/null 2>&1; dmsetup remove_all >/dev/null 2>&1; "
     "echo 200000 > /proc/sys/dev/raid/speed_limit_max; echo 1000 > /proc/sys/dev/raid/speed_limit_min; "
     "for d in /dev/vd?; do dd if=/dev/zero of=$d bs=1M count=2 2>/dev/null; done; rm -rf /tmp/*; true"
@@ -81,6 +82,22 @@ class MdHelper:
 
     def findings(self) -> list[tuple[str, str, str]]:
         return [(f["code"], f["subject"], f["severity"]) for f in self.report()["findings"]]
+
+    def hang(self, index: int) -> None:
+        """Suspend dm member m<index>: its I/O queues forever, invisible to the counters."""
+        self.vm.run(f"dmsetup suspend --noflush m{index}")
+
+    def error_out(self, index: int) -> None:
+        """Swap member m<index> to an error table: queued and new I/O fails with EIO."""
+        disk = f"/dev/vd{chr(97 + index)}"
+        self.vm.run(f"dmsetup suspend --noflush m{index} 2>/dev/null; "
+                    f'dmsetup load m{index} --table "0 $(blockdev --getsz {disk}) error" && dmsetup resume m{index}')
+
+    def restore(self, index: int) -> None:
+        """Back to the linear table over the member's disk."""
+        disk = f"/dev/vd{chr(97 + index)}"
+        self.vm.run(f'dmsetup load m{index} --table "0 $(blockdev --getsz {disk}) linear {disk} 0" '
+                    f"&& dmsetup resume m{index}")
 
     def fail(self, array: str, member: str) -> None:
         self.vm.run(f"mdadm --manage /dev/{array} --fail {member}")

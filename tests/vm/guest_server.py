@@ -4,12 +4,31 @@ Request:  {"id": 1, "cmd": "mdadm --detail /dev/md0", "timeout": 60}
 Response: {"id": 1, "rc": 0, "stdout": "...", "stderr": "..."}  (rc 124 on timeout)
 """
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import termios
 import tty
+
+
+def run(cmd: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run cmd; on timeout kill its process group and answer 124 without waiting on D-state children."""
+    proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            out, err = b"", b""  # stuck in D state: leave it
+        return 124, out or b"", (err or b"") + f"[timed out after {timeout:g} s]".encode()
 
 
 def main(port: str) -> None:
@@ -36,12 +55,7 @@ def main(port: str) -> None:
             if not line.strip():
                 continue
             request = json.loads(line)
-            try:
-                proc = subprocess.run(["/bin/sh", "-c", request["cmd"]], capture_output=True,
-                                      timeout=request.get("timeout", 60), stdin=subprocess.DEVNULL)
-                rc, out, err = proc.returncode, proc.stdout, proc.stderr
-            except subprocess.TimeoutExpired as exc:
-                rc, out, err = 124, exc.stdout or b"", (exc.stderr or b"") + b"\n[timed out]"
+            rc, out, err = run(request["cmd"], request.get("timeout", 60))
             send({"id": request["id"], "rc": rc, "stdout": out.decode(errors="replace"),
                   "stderr": err.decode(errors="replace")})
 

@@ -35,6 +35,7 @@ PYTHON = "/usr/bin/python3.11"
 PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
            "site-packages", "dist-packages", "unittest", "config-3.11-x86_64-linux-gnu", "venv"}
 BOOT_TIMEOUT = 120.0
+POWEROFF_TIMEOUT = 5.0
 _serial = itertools.count()
 
 
@@ -333,6 +334,11 @@ class VM:
 
     def close(self) -> None:
         """Power off; QEMU is killed if it does not stop in time. Removes the run directory."""
+        if self._cmd is not None and self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._cmd.sendall(json.dumps({"id": 0, "cmd": "sync; poweroff -f", "timeout": 5}).encode() + b"\n")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=POWEROFF_TIMEOUT)
         for sock in (self._cmd, self._qmp):
             if sock is not None:
                 sock.close()
