@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from checks import md
+from checks import erc, md, smart
 
-ALL: tuple[ModuleType, ...] = (md,)
+ALL: tuple[ModuleType, ...] = (md, smart, erc)
 BY_NAME = {module.NAME: module for module in ALL}

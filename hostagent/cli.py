@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hostagent import __version__
 from hostagent.errors import HostagentError
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the hostagent.report/1 JSON document")
     check.add_argument("--prom", metavar="FILE", help="also write a node_exporter textfile to FILE (atomically)")
     check.add_argument("--only", metavar="CHECKS", help="comma-separated checks to run (default: all enabled)")
+    check.add_argument("--state-dir", metavar="DIR",
+                       help="where baselines live (default: agent.state_dir on a live host, none for a snapshot)")
 
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
@@ -73,7 +75,7 @@ def _check(args: argparse.Namespace) -> int:
         raise HostagentError(f"--root {args.root}: not a directory")
     host = Host(args.root, command_timeout=config.agent.command_timeout)
     only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
-    report = run_checks(host, config, only)
+    report = run_checks(host, config, only, state=_state(host, config, args.state_dir))
     prom = args.prom or config.agent.prom_file
     if prom:
         try:
@@ -98,6 +100,20 @@ def _collect(args: argparse.Namespace) -> int:
         print(f"  {result.name}: {state} ({result.duration_ms:.1f} ms)", file=sys.stderr)
     print(f"snapshot written to {args.out}; replay with: hostagent check --root {args.out}")
     return 0
+
+
+def _state(host: Any, config: Any, state_dir: str | None) -> Any:
+    """The state store; an unusable default one degrades to memory with a warning, not a failure."""
+    from hostagent.runner import open_state
+    from hostagent.state import StateStore
+
+    try:
+        return open_state(host, config, state_dir)
+    except HostagentError as err:
+        if state_dir is not None:
+            raise
+        print(f"hostagent: warning: {err}; growth since the last check is not tracked", file=sys.stderr)
+        return StateStore(None)
 
 
 def _is_dir(path: str) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checks import md
+from checks import erc, md, smart
 from hostagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
@@ -26,16 +26,26 @@ ENV_VAR = "HOSTAGENT_CONFIG"
 class AgentConfig:
     command_timeout: float = 30.0
     prom_file: str | None = None
+    state_dir: str = "/var/lib/hostagent"
+
+
+@dataclass(frozen=True)
+class DisksConfig:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ChecksConfig:
     md: md.Config = field(default_factory=md.Config)
+    smart: smart.Config = field(default_factory=smart.Config)
+    erc: erc.Config = field(default_factory=erc.Config)
 
 
 @dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
+    disks: DisksConfig = field(default_factory=DisksConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     source: str = "defaults"
 

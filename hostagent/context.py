@@ -1,4 +1,4 @@
-"""What a check gets to work with: the host, its lazily loaded inventory and the clock."""
+"""What a check gets to work with: the host, its lazily loaded inventory, state and the clock."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ from dataclasses import dataclass, field
 
 from hostagent.host import Host
 from hostagent.inventory import Inventory
+from hostagent.state import StateStore
 
 
 @dataclass
 class CheckContext:
     host: Host
     inventory: Inventory
+    state: StateStore = field(default_factory=lambda: StateStore(None))
     now: float = field(default_factory=time.time)
 
     @classmethod
-    def for_host(cls, host: Host) -> CheckContext:
-        return cls(host=host, inventory=Inventory(host))
+    def for_host(
+        cls, host: Host, state: StateStore | None = None, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+    ) -> CheckContext:
+        return cls(host=host, inventory=Inventory(host, include, exclude), state=state or StateStore(None))

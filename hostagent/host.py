@@ -92,7 +92,7 @@ class Host:
         except PermissionError as err:
             raise ProbeUnavailable(f"{path}: permission denied (run as root)") from err
         if self._record_to is not None:
-            (self._record_to / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            self._snapshot_path(path).mkdir(parents=True, exist_ok=True)
         return names
 
     def readlink(self, path: str) -> str | None:
@@ -102,21 +102,20 @@ class Host:
         except (FileNotFoundError, NotADirectoryError, OSError):
             return None
         if self._record_to is not None:
-            dest = self._record_to / path.lstrip("/")
+            parent, name = path.rstrip("/").rsplit("/", 1)
+            dest = self._snapshot_path(parent or "/") / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_symlink() or dest.exists():
-                dest.unlink()
-            os.symlink(target, dest)
+            if not dest.is_symlink() and not dest.exists():
+                os.symlink(target, dest)
         return target
 
     def exists(self, path: str) -> bool:
-        found = self.path(path).exists()
+        real = self.path(path)
+        found = real.exists()
         if found and self._record_to is not None:
-            real = self.path(path)
-            dest = self._record_to / path.lstrip("/")
             if real.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-            elif not dest.exists():
+                self._snapshot_path(path).mkdir(parents=True, exist_ok=True)
+            elif not self._snapshot_path(path).exists():
                 self._record_file(path, b"")
         return found
 
@@ -133,9 +132,35 @@ class Host:
     def _record_file(self, path: str, data: bytes) -> None:
         if self._record_to is None:
             return
-        dest = self._record_to / path.lstrip("/")
+        dest = self._snapshot_path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
+
+    def _snapshot_path(self, path: str) -> Path:
+        """Where ``path`` lives in the snapshot being recorded, mirroring its symlinks.
+
+        sysfs is full of symlinks (/sys/block/sda -> ../devices/.../block/sda); each
+        symlinked component is recreated in the snapshot with the same target, and the
+        content is stored at the resolved place, so the snapshot reads like the live tree.
+        """
+        assert self._record_to is not None
+        live, snap = str(self.root), str(self._record_to)
+        for part in [p for p in path.split("/") if p]:
+            live_next, snap_next = os.path.join(live, part), os.path.join(snap, part)
+            if os.path.islink(live_next):
+                target = os.readlink(live_next)
+                if not os.path.lexists(snap_next):
+                    os.makedirs(snap, exist_ok=True)
+                    os.symlink(target, snap_next)
+                if target.startswith("/"):
+                    live = os.path.normpath(os.path.join(self.root, target.lstrip("/")))
+                    snap = os.path.normpath(os.path.join(self._record_to, target.lstrip("/")))
+                else:
+                    live = os.path.normpath(os.path.join(live, target))
+                    snap = os.path.normpath(os.path.join(snap, target))
+            else:
+                live, snap = live_next, snap_next
+        return Path(snap)
 
     # -- commands ------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 from math import gcd
 from typing import Any
 
+from hostagent.errors import HostagentError
 from hostagent.host import Host
+from hostagent.sources.blockdev import Disk, parent_disks, read_disks
 from hostagent.sources.mdstat import MdstatArray, read_mdstat
 from hostagent.sources.mdsysfs import SysfsArray, list_md_sysfs, read_md_sysfs
 
@@ -98,6 +100,24 @@ class MdArray:
             return tuple(i for i, c in enumerate(self.slot_map) if c != "U")
         synced = {m.slot for m in self.members if m.in_sync}
         return tuple(i for i in range(self.raid_disks) if i not in synced)
+
+    def loses_data_without(self, member: MdMember) -> bool:
+        """Whether this in-sync member holds the last copy of some of the array's data.
+
+        This is the interlock behind "never fail the last in-sync member".
+        """
+        if not member.in_sync:
+            return False
+        if self.level in ("raid0", "linear"):
+            return True
+        if self.level in ("raid4", "raid5"):
+            return self.degraded_disks >= 1
+        if self.level == "raid6":
+            return self.degraded_disks >= 2
+        synced = {m.slot for m in self.members if m.in_sync and m.slot is not None}
+        if member.slot is None:
+            return len([m for m in self.members if m.in_sync]) <= 1
+        return any(member.slot in group and not (group & synced) - {member.slot} for group in self.copy_sets())
 
     def copy_sets(self) -> list[frozenset[int]]:
         """Groups of slots that hold copies of the same data (raid1/multipath: one group)."""
@@ -313,13 +333,53 @@ def read_arrays(host: Host) -> list[MdArray]:
     return arrays
 
 
+@dataclass(frozen=True)
+class Membership:
+    """One md member that lives on a disk."""
+
+    array: MdArray
+    member: MdMember
+
+    @property
+    def label(self) -> str:
+        return f"{self.array.name}:{self.member.device}"
+
+
 class Inventory:
     """Lazily loaded host inventory shared by the checks of one run."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
         self.host = host
+        self.include = include
+        self.exclude = exclude
         self._arrays: list[MdArray] | None = None
         self._arrays_error: Exception | None = None
+        self._disks: list[Disk] | None = None
+        self._members: dict[str, list[Membership]] | None = None
+
+    def disks(self) -> list[Disk]:
+        if self._disks is None:
+            self._disks = read_disks(self.host, self.include, self.exclude)
+        return self._disks
+
+    def memberships(self, disk: str) -> list[Membership]:
+        """The md members held on ``disk`` (through partitions, dm and nested md).
+
+        When the arrays cannot be read, the md check reports that; here the disk simply
+        has no known memberships, so disk checks still run.
+        """
+        if self._members is None:
+            found: dict[str, list[Membership]] = {}
+            try:
+                arrays = self.arrays()
+            except HostagentError:
+                arrays = []
+            for array in arrays:
+                for member in array.members:
+                    for parent in parent_disks(self.host, member.device):
+                        found.setdefault(parent, []).append(Membership(array, member))
+            self._members = found
+        return self._members.get(disk, [])
 
     def arrays(self) -> list[MdArray]:
         if self._arrays_error is not None:
@@ -334,4 +394,12 @@ class Inventory:
 
     def to_json(self) -> dict[str, Any]:
         loaded = self._arrays if self._arrays is not None else []
-        return {"arrays": [a.to_json() for a in loaded]}
+        result: dict[str, Any] = {"arrays": [a.to_json() for a in loaded]}
+        if self._disks is not None:
+            result["disks"] = [
+                {"name": d.name, "transport": d.transport, "model": d.model, "serial": d.serial,
+                 "size_bytes": d.size_bytes, "rotational": d.rotational,
+                 "arrays": [m.label for m in self.memberships(d.name)] if self._arrays is not None else []}
+                for d in self._disks
+            ]
+        return result

@@ -17,6 +17,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.model import CheckResult, Finding, Report, Severity
+from hostagent.state import StateStore
 
 
 def enabled_checks(config: Config, only: Sequence[str] | None = None) -> list[ModuleType]:
@@ -45,10 +46,23 @@ def run_check(module: ModuleType, ctx: CheckContext, config: Config) -> CheckRes
     return CheckResult(name, findings, duration_ms, error)
 
 
+def open_state(host: Host, config: Config, state_dir: str | None) -> StateStore:
+    """The state store: --state-dir, else the configured one on a live host; in memory for a snapshot."""
+    if state_dir is not None:
+        return StateStore(state_dir)
+    if host.is_snapshot:
+        return StateStore(None)
+    return StateStore(config.agent.state_dir)
+
+
 def run_checks(
-    host: Host, config: Config, only: Sequence[str] | None = None, modules: Sequence[ModuleType] | None = None
+    host: Host,
+    config: Config,
+    only: Sequence[str] | None = None,
+    modules: Sequence[ModuleType] | None = None,
+    state: StateStore | None = None,
 ) -> Report:
-    ctx = CheckContext.for_host(host)
+    ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
     selected = enabled_checks(config, only) if modules is None else modules
     results = tuple(run_check(module, ctx, config) for module in selected)
     return Report(

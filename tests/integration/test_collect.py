@@ -27,7 +27,7 @@ def test_round_trip(tmp_path: Path, source: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "md:" in proc.stderr  # progress per check
     meta = json.loads((out / "_meta.json").read_text())
-    assert meta["schema"] == "hostagent.snapshot/1" and meta["checks"] == ["md"]
+    assert meta["schema"] == "hostagent.snapshot/1" and meta["checks"] == ["md", "smart", "erc"]
     assert findings(out) == findings(source)
 
 

@@ -1,0 +1,293 @@
+"""smartctl JSON (smartmontools >= 7.0): pure parsers for ``-x``, ``--scan-open`` and ``-l scterc``.
+
+Key names follow smartmontools' JSON output (ataprint.cpp, nvmeprint.cpp, scsiprint.cpp).
+Only what the checks use is kept; a document that is not smartctl JSON raises ParseError.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostagent.errors import ParseError
+
+MIN_VERSION = (7, 0)
+
+# smartctl(8), RETURN VALUES: bit -> meaning.
+EXIT_BITS = {
+    0: "command line did not parse",
+    1: "device open failed, or the device is in a low-power mode",
+    2: "a SMART or other command to the disk failed, or a checksum was wrong",
+    3: "SMART status check returned DISK FAILING",
+    4: "pre-failure attributes at or below threshold were found",
+    5: "some attributes were at or below threshold in the past",
+    6: "the device error log contains records of errors",
+    7: "the device self-test log contains records of errors",
+}
+
+# NVMe SMART/Health log, Critical Warning (byte 0) bits.
+NVME_CRITICAL_WARNING_BITS = {
+    0: "available spare capacity is below its threshold",
+    1: "temperature is outside its thresholds",
+    2: "reliability is degraded by media or internal errors",
+    3: "media has been placed in read-only mode",
+    4: "the volatile memory backup device has failed",
+    5: "the persistent memory region has become read-only",
+}
+
+_POWER_MODE = re.compile(r"Device is in (\S+) mode")
+
+
+def decode_exit_status(status: int) -> list[str]:
+    return [meaning for bit, meaning in EXIT_BITS.items() if status & (1 << bit)]
+
+
+def decode_nvme_critical_warning(value: int) -> list[str]:
+    meanings = [meaning for bit, meaning in NVME_CRITICAL_WARNING_BITS.items() if value & (1 << bit)]
+    unknown = value & ~0x3F
+    if unknown:
+        meanings.append(f"unknown warning bits 0x{unknown:02x}")
+    return meanings
+
+
+@dataclass(frozen=True)
+class SmartAttribute:
+    id: int
+    name: str
+    value: int
+    worst: int
+    thresh: int
+    when_failed: str  # "", "now" or "past"
+    prefailure: bool
+    raw: int
+    raw_string: str
+
+    @property
+    def raw_numbers(self) -> list[int]:
+        """The counters in the raw string ("0 0 3" packs three; "25 (Min/Max 19/39)" starts with one)."""
+        head = self.raw_string.split("(")[0]
+        return [int(n) for n in re.findall(r"\d+", head)] or [self.raw]
+
+    @property
+    def count(self) -> int:
+        numbers = self.raw_numbers
+        if self.id == 188 and len(numbers) == 1 and numbers[0] > 0xFFFF:
+            # Seagate packs three 16-bit timeout counters into raw48 when the drive database
+            # does not tell smartctl to print them apart ("12 0 12" arrives as 51540393996).
+            numbers = [(numbers[0] >> shift) & 0xFFFF for shift in (0, 16, 32)]
+        return max(numbers)
+
+
+@dataclass(frozen=True)
+class NvmeHealth:
+    critical_warning: int
+    available_spare: int | None
+    available_spare_threshold: int | None
+    percentage_used: int | None
+    media_errors: int | None
+
+
+@dataclass(frozen=True)
+class SmartReport:
+    device: str
+    device_type: str | None
+    protocol: str | None
+    version: tuple[int, int] | None
+    exit_status: int
+    messages: tuple[str, ...]
+    model: str | None = None
+    serial: str | None = None
+    passed: bool | None = None
+    power_mode_skipped: str | None = None  # "STANDBY" when -n standby skipped the disk
+    smart_available: bool | None = None
+    attributes: dict[int, SmartAttribute] = field(default_factory=dict)
+    nvme: NvmeHealth | None = None
+    grown_defects: int | None = None
+    temperature: int | None = None
+    failed_selftests: tuple[str, ...] = ()
+    power_on_hours: int | None = None
+
+    @property
+    def exit_meanings(self) -> list[str]:
+        return decode_exit_status(self.exit_status)
+
+    @property
+    def opened(self) -> bool:
+        """smartctl could open the device and read its identity."""
+        return not (self.exit_status & 0b11) or self.power_mode_skipped is not None
+
+    def counters(self) -> dict[str, int]:
+        """The counters whose growth matters, keyed for the baseline store."""
+        tracked = (5, 187, 188, 196, 197, 198, 199)
+        found = {f"ata.{i}": self.attributes[i].count for i in tracked if i in self.attributes}
+        if self.nvme is not None and self.nvme.media_errors is not None:
+            found["nvme.media_errors"] = self.nvme.media_errors
+        if self.grown_defects is not None:
+            found["scsi.grown_defects"] = self.grown_defects
+        return found
+
+
+def load_json(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ParseError(source, err.lineno, f"not JSON: {err.msg}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("smartctl"), dict):
+        raise ParseError(source, None, "not smartctl JSON output: no 'smartctl' object")
+    return data
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _version(data: dict[str, Any]) -> tuple[int, int] | None:
+    version = data["smartctl"].get("version")
+    if isinstance(version, list) and len(version) >= 2 and all(isinstance(v, int) for v in version[:2]):
+        return (version[0], version[1])
+    return None
+
+
+def parse_smartctl(text: str, source: str = "smartctl") -> SmartReport:
+    data = load_json(text, source)
+    meta = data["smartctl"]
+    exit_status = _int(meta.get("exit_status"))
+    if exit_status is None:
+        raise ParseError(source, None, "smartctl.exit_status is missing")
+    messages = tuple(str(m.get("string", "")) for m in meta.get("messages", []) if isinstance(m, dict))
+    power_mode = next((m.group(1) for text_ in messages if (m := _POWER_MODE.search(text_))), None)
+    device: dict[str, Any] = data["device"] if isinstance(data.get("device"), dict) else {}
+    status = data.get("smart_status")
+    passed = status.get("passed") if isinstance(status, dict) and isinstance(status.get("passed"), bool) else None
+    support = data.get("smart_support")
+    available = support.get("available") if isinstance(support, dict) else None
+    temperature = data.get("temperature")
+    power_on = data.get("power_on_time")
+    return SmartReport(
+        device=str(device.get("name") or ""),
+        device_type=device.get("type"),
+        protocol=device.get("protocol"),
+        version=_version(data),
+        exit_status=exit_status,
+        messages=messages,
+        model=data.get("model_name") or data.get("scsi_model_name") or data.get("scsi_product"),
+        serial=data.get("serial_number"),
+        passed=passed,
+        power_mode_skipped=power_mode if exit_status & 0b10 else None,
+        smart_available=available if isinstance(available, bool) else None,
+        attributes=_attributes(data, source),
+        nvme=_nvme(data),
+        grown_defects=_int(data.get("scsi_grown_defect_list")),
+        temperature=_int(temperature.get("current")) if isinstance(temperature, dict) else None,
+        failed_selftests=_failed_selftests(data),
+        power_on_hours=_int(power_on.get("hours")) if isinstance(power_on, dict) else None,
+    )
+
+
+def _attributes(data: dict[str, Any], source: str) -> dict[int, SmartAttribute]:
+    table = data.get("ata_smart_attributes", {}).get("table", [])
+    found = {}
+    for index, row in enumerate(table):
+        try:
+            flags = row.get("flags", {})
+            prefailure = bool(flags.get("prefailure", flags.get("value", 0) & 1))
+            raw = row["raw"]
+            found[row["id"]] = SmartAttribute(
+                id=int(row["id"]), name=str(row.get("name", "")), value=int(row["value"]),
+                worst=int(row.get("worst", row["value"])), thresh=int(row.get("thresh", 0)),
+                when_failed=str(row.get("when_failed", "")), prefailure=prefailure,
+                raw=int(raw.get("value", 0)), raw_string=str(raw.get("string", raw.get("value", ""))),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ParseError(source, None, f"ata_smart_attributes.table[{index}]: {err!r}") from None
+    return found
+
+
+def _nvme(data: dict[str, Any]) -> NvmeHealth | None:
+    log = data.get("nvme_smart_health_information_log")
+    if not isinstance(log, dict):
+        return None
+    return NvmeHealth(
+        critical_warning=_int(log.get("critical_warning")) or 0,
+        available_spare=_int(log.get("available_spare")),
+        available_spare_threshold=_int(log.get("available_spare_threshold")),
+        percentage_used=_int(log.get("percentage_used")),
+        media_errors=_int(log.get("media_errors")),
+    )
+
+
+def _failed_selftests(data: dict[str, Any]) -> tuple[str, ...]:
+    """The most recent self-test of each kind, where it failed (older failures are history)."""
+    failed = []
+    latest: dict[str, dict[str, Any]] = {}
+    ata = data.get("ata_smart_self_test_log", {}).get("standard", {}).get("table", [])
+    for row in ata:  # most recent first
+        kind = str(row.get("type", {}).get("string", "test"))
+        latest.setdefault(kind, row)
+    for kind, row in latest.items():
+        status = row.get("status", {})
+        if status.get("passed") is False:
+            failed.append(f"{kind}: {status.get('string', 'failed')} at {row.get('lifetime_hours', '?')} h")
+    nvme = data.get("nvme_self_test_log", {}).get("table", [])
+    seen: set[str] = set()
+    for row in nvme:
+        kind = str(row.get("self_test_code", {}).get("string", "test"))
+        result = row.get("self_test_result", {})
+        if kind in seen:
+            continue
+        seen.add(kind)
+        if _int(result.get("value")) not in (0, None):
+            failed.append(f"{kind}: {result.get('string', 'failed')}")
+    scsi = [data[k] for k in sorted(data) if re.fullmatch(r"scsi_self_test_\d+", k)]
+    for row in scsi[:1]:
+        result = row.get("result", {})
+        if _int(result.get("value")) not in (0, 15, None):  # 0 completed, 15 in progress
+            failed.append(f"{row.get('code', {}).get('string', 'test')}: {result.get('string', 'failed')}")
+    return tuple(failed)
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    name: str
+    device_type: str
+    protocol: str | None
+
+
+def parse_scan(text: str, source: str = "smartctl --scan-open") -> list[ScanEntry]:
+    data = load_json(text, source)
+    entries = []
+    for row in data.get("devices", []):
+        if isinstance(row, dict) and row.get("name") and row.get("type"):
+            entries.append(ScanEntry(str(row["name"]), str(row["type"]), row.get("protocol")))
+    return entries
+
+
+@dataclass(frozen=True)
+class Scterc:
+    supported: bool
+    read_ds: int | None  # deciseconds; None when disabled
+    write_ds: int | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.supported and bool(self.read_ds) and bool(self.write_ds)
+
+
+def parse_scterc(text: str, source: str = "smartctl -l scterc") -> Scterc | None:
+    """SCT Error Recovery Control, or None when smartctl could not ask (see exit status)."""
+    data = load_json(text, source)
+    erc = data.get("ata_sct_erc")
+    if isinstance(erc, dict):
+        def limit(direction: str) -> int | None:
+            entry = erc.get(direction, {})
+            return _int(entry.get("deciseconds")) if entry.get("enabled") else None
+        return Scterc(True, limit("read"), limit("write"))
+    capabilities = data.get("ata_sct_capabilities")
+    if isinstance(capabilities, dict) and capabilities.get("error_recovery_control_supported") is False:
+        return Scterc(False, None, None)
+    messages = " ".join(str(m.get("string", "")) for m in data["smartctl"].get("messages", []))
+    if "SCT Error Recovery Control command not supported" in messages or "SCT Commands not supported" in messages:
+        return Scterc(False, None, None)
+    return None
