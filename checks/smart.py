@@ -86,8 +86,9 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
 
 
 def identity(target: Target, report: SmartReport) -> str:
+    """The physical drive, so a replaced disk starts a new baseline under the same name."""
     if report.serial:
-        return f"serial:{report.serial}"
+        return f"drive:{report.model or '?'}:{report.serial}"
     return target.disk.identity if target.disk else f"name:{target.label}"
 
 
@@ -115,7 +116,8 @@ def targets(ctx: CheckContext, disks: list[Disk], config: Config) -> list[Target
     return found
 
 
-def read_report(ctx: CheckContext, target: Target, config: Config) -> SmartReport:
+def read_report(ctx: CheckContext, target: Target, config: Config, count_skips: bool = True) -> SmartReport:
+    """smartctl -x for one target; a disk skipped max_standby_skips times in a row is woken."""
     skips_key = f"smart.standby_skips.{target.label}"
     skips = ctx.state.get(skips_key) or 0
     power = "never" if skips >= config.max_standby_skips else "standby"
@@ -126,7 +128,8 @@ def read_report(ctx: CheckContext, target: Target, config: Config) -> SmartRepor
     report = parse_smartctl(result.stdout, source=f"smartctl -x {target.device}")
     if report.version is not None and report.version < MIN_VERSION:
         raise ProbeUnavailable(f"smartctl {report.version[0]}.{report.version[1]} is too old; 7.0 or newer needed")
-    ctx.state.put(skips_key, skips + 1 if report.power_mode_skipped else 0)
+    if count_skips:
+        ctx.state.put(skips_key, skips + 1 if report.power_mode_skipped else 0)
     return report
 
 
@@ -199,10 +202,12 @@ def evaluate(label: str, report: SmartReport, baseline: dict[str, Any] | None,
     counter("smart.reallocated", (5, 196), "sectors reallocated", Severity.WARNING)
     counter("smart.pending", (197, 198), "sectors pending reallocation or uncorrectable offline", Severity.WARNING)
     counter("smart.uncorrectable", (187,), "errors reported uncorrectable", Severity.WARNING)
-    if 188 in report.attributes and report.attributes[188].count and (baseline is None or grown.get("ata.188")):
+    if 188 in report.attributes and report.attributes[188].count:
         attr = report.attributes[188]
-        findings.append(_finding("smart.command_timeout", label, Severity.WARNING,
-                                 f"{label}: {attr.count} commands timed out (raw {attr.raw_string})",
+        growth = grown.get("ata.188")
+        findings.append(_finding("smart.command_timeout", label, Severity.WARNING if growth else Severity.INFO,
+                                 f"{label}: {attr.count} commands timed out (raw {attr.raw_string})"
+                                 + (f", up {growth} since the last check" if growth else ", none new"),
                                  context + "\nTimeouts point at the disk's power, cable or controller, "
                                  "or a dying disk."))
     if grown.get("ata.199"):

@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--state-dir", metavar="DIR",
                        help="where baselines live (default: agent.state_dir on a live host, none for a snapshot)")
 
+    disk = sub.add_parser("disk", help="disks: status, and tuning of ERC/kernel timeouts")
+    disk_sub = disk.add_subparsers(dest="disk_command", required=True, parser_class=_Parser)
+    status = disk_sub.add_parser("status", help="each disk with its arrays, SMART health, key attributes and trend")
+    status.add_argument("--root", default="/", metavar="DIR", help="read a snapshot instead of the live host")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--state-dir", metavar="DIR", help="where SMART baselines live (for the trend)")
+    tune = disk_sub.add_parser("tune", help="show (default) or apply the ERC/timeout remedy for every member disk")
+    tune.add_argument("--apply", action="store_true", help="run the commands (default: dry run, print them)")
+    tune.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
+    tune.add_argument("--json", action="store_true", help="print JSON")
+    tune.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
+
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
@@ -55,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "collect":
             return _collect(args)
+        if args.command == "disk":
+            return _disk(args)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN
@@ -100,6 +114,44 @@ def _collect(args: argparse.Namespace) -> int:
         print(f"  {result.name}: {state} ({result.duration_ms:.1f} ms)", file=sys.stderr)
     print(f"snapshot written to {args.out}; replay with: hostagent check --root {args.out}")
     return 0
+
+
+def _disk(args: argparse.Namespace) -> int:
+    import json
+
+    from hostagent.actions import AuditLog
+    from hostagent.config import load_config
+    from hostagent.context import CheckContext
+    from hostagent.diskcmd import disk_status, disk_tune, render_status
+    from hostagent.host import Host
+
+    config = load_config(args.config)
+    if not _is_dir(args.root):
+        raise HostagentError(f"--root {args.root}: not a directory")
+    host = Host(args.root, command_timeout=config.agent.command_timeout)
+    state = _state(host, config, args.state_dir)
+    ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
+    if args.disk_command == "status":
+        rows = disk_status(ctx, config)
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else render_status(rows))
+        return 0
+    audit_dir = args.state_dir or (None if host.is_snapshot else config.agent.state_dir)
+    outcomes, left = disk_tune(ctx, config, args.apply, AuditLog(audit_dir))
+    if args.json:
+        sys.stdout.write(json.dumps({"applied": args.apply, "steps": [o.to_json() for o in outcomes],
+                                     "remaining": left}, indent=2) + "\n")
+    else:
+        if not outcomes:
+            print("nothing to tune: every member disk's error recovery fits the kernel's timeout")
+        for outcome in outcomes:
+            mark = "applied" if outcome.applied else "dry run"
+            status = "" if outcome.ok else f"  FAILED: {outcome.error or outcome.output or outcome.returncode}"
+            print(f"[{mark}] {outcome.step.subject}: {outcome.step.what}\n    $ {' '.join(outcome.step.argv)}{status}")
+        if outcomes and not args.apply:
+            print("dry run: nothing was changed; run again with --apply to make these changes")
+        for summary in left:
+            print(f"still mismatched: {summary}")
+    return 0 if all(o.ok for o in outcomes) and not left else 1
 
 
 def _state(host: Any, config: Any, state_dir: str | None) -> Any:

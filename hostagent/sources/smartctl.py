@@ -200,8 +200,10 @@ def _attributes(data: dict[str, Any], source: str) -> dict[int, SmartAttribute]:
                 when_failed=str(row.get("when_failed", "")), prefailure=prefailure,
                 raw=int(raw.get("value", 0)), raw_string=str(raw.get("string", raw.get("value", ""))),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ParseError(source, None, f"ata_smart_attributes.table[{index}]: {err!r}") from None
+        except KeyError as err:
+            raise ParseError(source, None, f"ata_smart_attributes.table[{index}]: missing key {err}") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ParseError(source, None, f"ata_smart_attributes.table[{index}]: {err}") from None
     return found
 
 

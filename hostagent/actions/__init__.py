@@ -1,0 +1,96 @@
+"""Everything that changes the system.  Each step is a value (what, why, exact argv), runs in
+a child process with a timeout, is recorded in the audit log, and is a dry run unless
+``apply`` is set.  Nothing is ever applied to a snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostagent.errors import ActionRefused, HostagentError
+from hostagent.host import Host
+
+AUDIT_FILE = "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class Step:
+    action: str  # e.g. "disk.tune"
+    subject: str  # e.g. "sda"
+    what: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: Step
+    applied: bool
+    returncode: int | None = None
+    output: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.applied or (self.error is None and self.returncode == 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.step.action, "subject": self.step.subject, "what": self.step.what,
+                "argv": list(self.step.argv), "applied": self.applied, "returncode": self.returncode,
+                "output": self.output, "error": self.error}
+
+
+class AuditLog:
+    """Append-only JSON lines: who did what, when, with which command and outcome."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.path = Path(directory) / AUDIT_FILE if directory is not None else None
+
+    def record(self, event: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                 "actor": _actor(), **event}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise HostagentError(f"audit log {self.path}: {err.strerror or err}; nothing was changed") from None
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def perform(host: Host, steps: list[Step], *, apply: bool, audit: AuditLog, timeout: float) -> list[Outcome]:
+    """Run (or, without ``apply``, only show) the steps in order; stop at the first failure."""
+    if apply and host.is_snapshot:
+        raise ActionRefused(f"{host.root} is a snapshot: nothing can be applied to it")
+    outcomes = []
+    for step in steps:
+        if not apply:
+            outcomes.append(Outcome(step, applied=False))
+            continue
+        audit.record({"event": "start", **Outcome(step, applied=True).to_json()})
+        try:
+            result = host.run(step.argv[0], list(step.argv[1:]), name=f"{step.action}-{step.subject}",
+                              timeout=timeout)
+            outcome = Outcome(step, True, result.returncode, (result.stdout + result.stderr).strip())
+        except HostagentError as err:
+            outcome = Outcome(step, True, None, "", str(err))
+        audit.record({"event": "done", **outcome.to_json()})
+        outcomes.append(outcome)
+        if not outcome.ok:
+            break
+    return outcomes

@@ -1,0 +1,78 @@
+"""Build host snapshots for tests: sysfs disks laid out as the kernel does, mdstat, recorded commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+PATHS = {
+    "ata": "devices/pci0000:00/0000:00:1f.2/ata{n}/host{n}/target{n}:0:0/{n}:0:0:0/block/{name}",
+    "usb": "devices/pci0000:00/0000:00:14.0/usb2/2-{n}/2-{n}:1.0/host{n}/target{n}:0:0/{n}:0:0:0/block/{name}",
+    "sas": "devices/pci0000:00/0000:00:03.0/0000:03:00.0/host{n}/port-{n}:0/end_device-{n}:0/target{n}:0:0/"
+           "{n}:0:0:0/block/{name}",
+    "nvme": "devices/pci0000:00/0000:00:1d.0/0000:3d:00.{n}/nvme/nvme{n}/{name}",
+    "virtio": "devices/pci0000:00/0000:00:0{n}.0/virtio{n}/block/{name}",
+}
+
+
+class HostSnapshot:
+    def __init__(self, root: Path, hostname: str = "hv1") -> None:
+        self.root = root
+        self._disks = 0
+        self.write("proc/sys/kernel/hostname", hostname + "\n")
+
+    def write(self, path: str, text: str) -> Path:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return target
+
+    def link(self, path: str, target: str) -> None:
+        where = self.root / path
+        where.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, where)
+
+    def mdstat(self, text: str) -> None:
+        self.write("proc/mdstat", text)
+
+    def disk(self, name: str, transport: str = "ata", *, model: str = "TEST DISK", serial: str | None = None,
+             sectors: int = 3907029168, partitions: tuple[str, ...] = (), timeout: int | None = 30,
+             rotational: bool = True) -> None:
+        self._disks += 1
+        path = "sys/" + PATHS[transport].format(n=self._disks, name=name)
+        self.write(f"{path}/size", f"{sectors}\n")
+        self.write(f"{path}/queue/rotational", "1\n" if rotational else "0\n")
+        if transport == "virtio":
+            self.write(f"{path}/serial", (serial or "") + "\n")
+        else:
+            device = str(Path(path).parent.parent)
+            self.write(f"sys/{device.removeprefix('sys/')}/model", model + "\n")
+            if serial:
+                self.write(f"sys/{device.removeprefix('sys/')}/serial", serial + "\n")
+            if timeout is not None:
+                self.write(f"sys/{device.removeprefix('sys/')}/timeout", f"{timeout}\n")
+            self.link(f"{path}/device", "../..")
+        self.link(f"sys/block/{name}", "../" + path.removeprefix("sys/"))
+        for number, part in enumerate(partitions, start=1):
+            self.write(f"{path}/{part}/partition", f"{number}\n")
+            self.write(f"{path}/{part}/size", f"{sectors // 2}\n")
+            self.link(f"sys/class/block/{part}", "../../" + f"{path.removeprefix('sys/')}/{part}")
+
+    def command(self, tool: str, name: str, stdout: str, rc: int = 0) -> None:
+        self.write(f"_commands/{tool}/{name}", stdout)
+        if rc:
+            self.write(f"_commands/{tool}/{name}.rc", f"{rc}\n")
+
+    def scan(self, devices: list[tuple[str, str]]) -> None:
+        document: dict[str, Any] = {
+            "json_format_version": [1, 0],
+            "smartctl": {"version": [7, 3], "exit_status": 0},
+            "devices": [{"name": name, "info_name": name, "type": kind, "protocol": "ATA"} for name, kind in devices],
+        }
+        self.command("smartctl", "scan-open.json", json.dumps(document))
+
+    def smart(self, disk: str, fixture: Path | str | dict[str, Any]) -> None:
+        text = json.dumps(fixture) if isinstance(fixture, dict) else Path(fixture).read_text()
+        self.command("smartctl", f"{disk}.json", text, rc=json.loads(text)["smartctl"]["exit_status"])
