@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := python3 python3-venv python3-pip
 # the VM suite (tests/vm): Debian's kernel under QEMU with real md, dm and mdadm
-APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod
+APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod smartmontools
 
 .PHONY: demo test test-fast lint bench deps apt clean
 

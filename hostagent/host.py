@@ -61,6 +61,9 @@ class Host:
 
     def read_text(self, path: str) -> str:
         """Read a text file; a missing file raises FileNotFoundError, other faults ProbeUnavailable."""
+        return self.read_bytes(path).decode("utf-8", errors="replace")
+
+    def read_bytes(self, path: str) -> bytes:
         real = self.path(path)
         try:
             data = real.read_bytes()
@@ -73,7 +76,7 @@ class Host:
         except OSError as err:
             raise ProbeUnavailable(f"{path}: {err.strerror or err}") from err
         self._record_file(path, data)
-        return data.decode("utf-8", errors="replace")
+        return data
 
     def read_optional(self, path: str) -> str | None:
         """Like read_text, but a missing file is None ("no data is not an error")."""

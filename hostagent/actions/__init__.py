@@ -6,9 +6,9 @@ a child process with a timeout, is recorded in the audit log, and is a dry run u
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,14 @@ class AuditLog:
 
 
 def _actor() -> str:
+    """Who acts: the account and uid, and the operator behind sudo when there is one."""
+    uid = os.getuid()
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = "?"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{name} (uid {uid})" + (f" via sudo by {sudo}" if sudo else "")
 
 
 def perform(host: Host, steps: list[Step], *, apply: bool, audit: AuditLog, timeout: float) -> list[Outcome]:

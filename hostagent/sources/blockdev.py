@@ -76,10 +76,10 @@ def selected(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> b
     return not is_virtual(name) or any(fnmatch.fnmatch(name, pattern) for pattern in include)
 
 
-def clean_serial(raw: str) -> str | None:
-    """A serial as sysfs gives it; VPD page 0x80 has a 4-byte binary header first."""
-    text = raw[4:] if raw[:2] == "\x00\x80" else raw
-    text = "".join(c for c in text if c.isprintable()).strip()
+def clean_serial(raw: bytes) -> str | None:
+    """A serial as sysfs gives it; VPD page 0x80 (unit serial number) has a 4-byte header first."""
+    data = raw[4:] if raw[:2] == b"\x00\x80" else raw
+    text = "".join(c for c in data.decode("ascii", errors="ignore") if c.isprintable()).strip()
     return text or None
 
 
@@ -104,7 +104,14 @@ def read_disk(host: Host, name: str) -> Disk:
     base = f"/sys/block/{name}"
     target = host.readlink(base) or ""
     model = _first(host, (f"{base}/device/model", f"{base}/device/name"))
-    serial_raw = _first(host, (f"{base}/device/serial", f"{base}/serial", f"{base}/device/vpd_pg80"))
+    serial = None
+    for source in (f"{base}/device/serial", f"{base}/serial", f"{base}/device/vpd_pg80"):
+        try:
+            serial = clean_serial(host.read_bytes(source))
+        except FileNotFoundError:
+            continue
+        if serial:
+            break
     size = (host.read_optional(f"{base}/size") or "").strip()
     rotational = (host.read_optional(f"{base}/queue/rotational") or "").strip()
     partitions = tuple(
@@ -115,7 +122,7 @@ def read_disk(host: Host, name: str) -> Disk:
         name=name,
         transport=transport_from_path(name, target),
         model=model.strip() if model else None,
-        serial=clean_serial(serial_raw) if serial_raw else None,
+        serial=serial,
         size_bytes=int(size) * 512 if size.isdigit() else None,
         rotational={"1": True, "0": False}.get(rotational),
         partitions=partitions,

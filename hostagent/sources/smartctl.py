@@ -289,7 +289,8 @@ def parse_scterc(text: str, source: str = "smartctl -l scterc") -> Scterc | None
     capabilities = data.get("ata_sct_capabilities")
     if isinstance(capabilities, dict) and capabilities.get("error_recovery_control_supported") is False:
         return Scterc(False, None, None)
-    messages = " ".join(str(m.get("string", "")) for m in data["smartctl"].get("messages", []))
-    if "SCT Error Recovery Control command not supported" in messages or "SCT Commands not supported" in messages:
+    if data["smartctl"].get("exit_status") == 0:
+        # smartctl answered but had no ERC to report: it printed "SCT Commands not supported"
+        # (or "SCT Error Recovery Control command not supported") as text, which JSON omits.
         return Scterc(False, None, None)
     return None

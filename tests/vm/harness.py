@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "vm"
 RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
-MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "md_mod", "raid1", "raid10",
+MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
            "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey"]
+TOOLS = ("mdadm", "dmsetup", "smartctl")
 PYTHON = "/usr/bin/python3.11"
 PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
            "site-packages", "dist-packages", "unittest", "config-3.11-x86_64-linux-gnu", "venv"}
@@ -111,7 +112,8 @@ def _cpio(stage: Path, out: Path) -> None:
 def base_image() -> Path:
     """The cached initramfs with busybox, mdadm, dmsetup, Python and the kernel modules."""
     kver = kernel_version()
-    key = hashlib.sha256(f"{kver}|{sys.version}|{(HERE / 'init.sh').read_text()}|{MODULES}".encode()).hexdigest()[:12]
+    recipe = f"{kver}|{sys.version}|{(HERE / 'init.sh').read_text()}|{Path(__file__).read_text()}"
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     image = CACHE / f"base-{key}.cpio"
     if image.exists():
         return image
@@ -126,7 +128,7 @@ def base_image() -> Path:
         for applet in applets:
             if applet != "busybox" and not (stage / "bin" / applet).exists():
                 (stage / "bin" / applet).symlink_to("busybox")
-        for tool in ("mdadm", "dmsetup", PYTHON):
+        for tool in (*TOOLS, PYTHON):
             path = _need(tool)
             for lib in _libraries(path):
                 _copy(lib, stage)
@@ -135,6 +137,10 @@ def base_image() -> Path:
         pylib = Path("/usr/lib/python3.11")
         shutil.copytree(pylib, stage / "usr/lib/python3.11", symlinks=True,
                         ignore=lambda d, names: [n for n in names if n in PY_SKIP and Path(d) == pylib])
+        for extension in sorted((pylib / "lib-dynload").glob("*.so")):  # _sqlite3, _ssl, ... need their libraries
+            for lib in _libraries(str(extension)):
+                if not (stage / lib.lstrip("/")).exists():
+                    _copy(lib, stage)
         order = _module_order(kver)
         (stage / "lib/modules").mkdir(parents=True)
         for module in order:
@@ -188,11 +194,12 @@ def _die_with_parent() -> None:
 class VM:
     """A running VM with ``disks`` sparse virtio disks of ``disk_mib`` MiB each."""
 
-    def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512) -> None:
+    def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0) -> None:
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
         self.disks = [self.run_dir / f"disk{i}.img" for i in range(disks)]
+        self.sata_disks = [self.run_dir / f"sata{i}.img" for i in range(sata_disks)]
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd: socket.socket | None = None
         self._qmp: socket.socket | None = None
@@ -235,6 +242,13 @@ class VM:
                 "-blockdev", f"driver=raw,file=debug{i},node-name=disk{i}",
                 "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial=disk{i}",
             ]
+        if self.sata_disks:
+            argv += ["-device", "ahci,id=ahci0"]
+        for i, disk in enumerate(self.sata_disks):  # ATA disks (sdX) behind an emulated AHCI controller
+            with disk.open("wb") as handle:
+                handle.truncate(disk_mib * 1024 * 1024)
+            argv += ["-drive", f"if=none,id=sata{i},file={disk},format=raw,cache=unsafe",
+                     "-device", f"ide-hd,drive=sata{i},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}"]
         log = (self.run_dir / "qemu.stderr").open("wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       preexec_fn=_die_with_parent)
