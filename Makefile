@@ -46,6 +46,7 @@ test-fast: lint
 
 bench: deps
 	$(BIN)/python bench/bench_md.py
+	$(BIN)/python bench/bench_smart.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache

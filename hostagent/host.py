@@ -95,7 +95,12 @@ class Host:
         except PermissionError as err:
             raise ProbeUnavailable(f"{path}: permission denied (run as root)") from err
         if self._record_to is not None:
-            self._snapshot_path(path).mkdir(parents=True, exist_ok=True)
+            snapshot_dir = self._snapshot_path(path)
+            snapshot_dir.mkdir(parents=True, exist_ok=True)
+            for name in names:  # links (slaves/vda, /sys/block/sda) are what a listing is read for
+                entry = real / name
+                if entry.is_symlink() and not os.path.lexists(snapshot_dir / name):
+                    os.symlink(os.readlink(entry), snapshot_dir / name)
         return names
 
     def readlink(self, path: str) -> str | None:

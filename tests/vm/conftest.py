@@ -75,7 +75,7 @@ class MdHelper:
                     f"--metadata=1.2 --assume-clean --bitmap=internal {' '.join(members)}")
 
     def report(self) -> dict[str, Any]:
-        result = self.vm.hostagent("check --json")
+        result = self.vm.hostagent("check --json --only md")
         assert result.rc in (0, 1, 2), result
         report: dict[str, Any] = json.loads(result.stdout)
         return report
