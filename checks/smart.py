@@ -160,6 +160,8 @@ def evaluate(label: str, report: SmartReport, baseline: dict[str, Any] | None,
         return [_finding("smart.unavailable", label, Severity.INFO, f"{label} does not support SMART")]
     arrays = ", ".join(m.label for m in memberships) or "no md array"
     context = f"{label} holds: {arrays}"
+    if report.exit_status:
+        context += f"\nsmartctl exit status {report.exit_status}: " + "; ".join(report.exit_meanings)
     exposed = _no_redundancy(memberships)
     grown = {k: v - baseline[k] for k, v in report.counters().items()
              if baseline is not None and k in baseline and v > baseline[k]}

@@ -57,6 +57,7 @@ def disk_status(ctx: CheckContext, config: Config) -> list[dict[str, Any]]:
                          {True: "PASSED", False: "FAILED", None: "unknown"}[report.passed])
         row["status"] = Severity.worst(f.severity for f in findings).name
         row["findings"] = [f.code for f in findings]
+        row["smartctl_exit"] = {"status": report.exit_status, "meanings": report.exit_meanings}
         row["attributes"] = {
             **{name: report.attributes[i].count for i, name in KEY_ATTRIBUTES.items() if i in report.attributes},
             **({"media_errors": report.nvme.media_errors, "percentage_used": report.nvme.percentage_used}

@@ -80,6 +80,7 @@ def test_failing_usb_disk() -> None:
     assert "Reallocated_Sector_Ct" in findings["smart.prefail"].summary
     assert "1975" in findings["smart.reallocated"].summary
     assert "Extended offline: Completed: read failure at 4 h" in findings["smart.selftest_failed"].summary
+    assert "smartctl exit status 216: SMART status check returned DISK FAILING" in findings["smart.failed"].detail
 
 
 def test_open_failure_is_unknown_with_the_message() -> None:
