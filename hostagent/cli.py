@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--json", action="store_true", help="print JSON")
     tune.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
 
+    boot = sub.add_parser("boot", help="bootloaders on the members of the boot arrays")
+    boot_sub = boot.add_subparsers(dest="boot_command", required=True, parser_class=_Parser)
+    repair = boot_sub.add_parser("repair", help="show (default) or apply the commands that make every member bootable")
+    repair.add_argument("--apply", action="store_true", help="run the commands (default: dry run, print them)")
+    repair.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
+    repair.add_argument("--json", action="store_true", help="print JSON")
+    repair.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
+
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
@@ -69,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _collect(args)
         if args.command == "disk":
             return _disk(args)
+        if args.command == "boot":
+            return _boot(args)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN
@@ -119,10 +129,9 @@ def _collect(args: argparse.Namespace) -> int:
 def _disk(args: argparse.Namespace) -> int:
     import json
 
-    from hostagent.actions import AuditLog
     from hostagent.config import load_config
     from hostagent.context import CheckContext
-    from hostagent.diskcmd import disk_status, disk_tune, render_status
+    from hostagent.diskcmd import disk_status, render_status, timeout_mismatches
     from hostagent.host import Host
 
     config = load_config(args.config)
@@ -135,23 +144,37 @@ def _disk(args: argparse.Namespace) -> int:
         rows = disk_status(ctx, config)
         sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else render_status(rows))
         return 0
-    audit_dir = args.state_dir or (None if host.is_snapshot else config.agent.state_dir)
-    outcomes, left = disk_tune(ctx, config, args.apply, AuditLog(audit_dir))
-    if args.json:
-        sys.stdout.write(json.dumps({"applied": args.apply, "steps": [o.to_json() for o in outcomes],
-                                     "remaining": left}, indent=2) + "\n")
-    else:
-        if not outcomes:
-            print("nothing to tune: every member disk's error recovery fits the kernel's timeout")
-        for outcome in outcomes:
-            mark = "applied" if outcome.applied else "dry run"
-            status = "" if outcome.ok else f"  FAILED: {outcome.error or outcome.output or outcome.returncode}"
-            print(f"[{mark}] {outcome.step.subject}: {outcome.step.what}\n    $ {' '.join(outcome.step.argv)}{status}")
-        if outcomes and not args.apply:
-            print("dry run: nothing was changed; run again with --apply to make these changes")
-        for summary in left:
-            print(f"still mismatched: {summary}")
-    return 0 if all(o.ok for o in outcomes) and not left else 1
+    return _repair(args, ctx, config, "disk.tune", lambda c: timeout_mismatches(c, config),
+                   config.checks.erc.timeout,
+                   "nothing to tune: every member disk's error recovery fits the kernel's timeout")
+
+
+def _repair(args: argparse.Namespace, ctx: Any, config: Any, action: str, check: Any, timeout: float,
+            nothing: str) -> int:
+    from hostagent.actions import AuditLog
+    from hostagent.repair import render, repair, succeeded
+
+    audit_dir = args.state_dir or (None if ctx.host.is_snapshot else config.agent.state_dir)
+    outcomes, remaining = repair(ctx, action, check, apply=args.apply, audit=AuditLog(audit_dir), timeout=timeout)
+    sys.stdout.write(render(outcomes, remaining, args.apply, args.json, nothing))
+    return 0 if succeeded(outcomes, remaining) else 1
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from checks import boot
+    from hostagent.config import load_config
+    from hostagent.context import CheckContext
+    from hostagent.host import Host
+
+    config = load_config(args.config)
+    if not _is_dir(args.root):
+        raise HostagentError(f"--root {args.root}: not a directory")
+    host = Host(args.root, command_timeout=config.agent.command_timeout)
+    ctx = CheckContext.for_host(host, _state(host, config, args.state_dir), config.disks.include,
+                                config.disks.exclude)
+    return _repair(args, ctx, config, "boot.repair", lambda c: boot.run(c, config.checks.boot),
+                   config.agent.command_timeout * 10,
+                   "nothing to repair: every member disk of the boot arrays can boot")
 
 
 def _state(host: Any, config: Any, state_dir: str | None) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checks import erc, md, smart
+from checks import boot, erc, md, smart
 from hostagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
@@ -40,6 +40,7 @@ class ChecksConfig:
     md: md.Config = field(default_factory=md.Config)
     smart: smart.Config = field(default_factory=smart.Config)
     erc: erc.Config = field(default_factory=erc.Config)
+    boot: boot.Config = field(default_factory=boot.Config)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from checks import erc, smart
-from hostagent.actions import AuditLog, Outcome, Step, perform
 from hostagent.config import Config
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
-from hostagent.model import Severity
+from hostagent.model import Finding, Severity
 from hostagent.sources.blockdev import NO_SMART_TRANSPORTS
 
 KEY_ATTRIBUTES = {5: "reallocated", 197: "pending", 187: "uncorrectable", 199: "crc_errors"}
@@ -86,24 +85,6 @@ def render_status(rows: list[dict[str, Any]]) -> str:
                      for line in lines) + "\n"
 
 
-def tune_plan(ctx: CheckContext, config: Config) -> list[Step]:
-    steps = []
-    for state in erc.collect(ctx, config.checks.erc):
-        finding = erc.evaluate(state, config.checks.erc)
-        if finding is None or finding.remedy is None:
-            continue
-        for argv in finding.remedy.commands:
-            steps.append(Step("disk.tune", state.disk.name, finding.remedy.what, argv))
-    return steps
-
-
-def disk_tune(ctx: CheckContext, config: Config, apply: bool, audit: AuditLog) -> tuple[list[Outcome], list[str]]:
-    """Show or apply the ERC/timeout remedies; after applying, re-check and return what is left."""
-    outcomes = perform(ctx.host, tune_plan(ctx, config), apply=apply, audit=audit,
-                       timeout=config.checks.erc.timeout)
-    if not apply:
-        return outcomes, []
-    after = CheckContext.for_host(ctx.host, ctx.state, config.disks.include, config.disks.exclude)
-    left = [f.summary for s in erc.collect(after, config.checks.erc)
-            if (f := erc.evaluate(s, config.checks.erc)) is not None]
-    return outcomes, left
+def timeout_mismatches(ctx: CheckContext, config: Config) -> list[Finding]:
+    """The ERC check's findings: what ``disk tune`` repairs."""
+    return erc.run(ctx, config.checks.erc)

@@ -170,6 +170,22 @@ class Host:
                 live, snap = live_next, snap_next
         return Path(snap)
 
+    # -- block devices -------------------------------------------------------------------
+
+    def open_device(self, path: str, timeout: float | None = None) -> DeviceReader:
+        """Random-access reads of a block device (live: in a child process; snapshot: a sparse file)."""
+        if self.is_snapshot:
+            return SnapshotDevice(self, path)
+        return LiveDevice(self, path, self.command_timeout if timeout is None else timeout)
+
+    def _record_range(self, path: str, offset: int, data: bytes) -> None:
+        if self._record_to is None or not data:
+            return
+        dest = self._snapshot_path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "r+b" if dest.exists() else "w+b") as handle:
+            os.pwrite(handle.fileno(), data, offset)
+
     # -- commands ------------------------------------------------------------------------
 
     def run(
@@ -249,3 +265,138 @@ def run_command(argv: tuple[str, ...], *, timeout: float) -> CommandResult:
         out.decode("utf-8", errors="replace"),
         err_out.decode("utf-8", errors="replace"),
     )
+
+
+class DeviceReader:
+    path: str
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device."""
+
+    def __enter__(self) -> DeviceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SnapshotDevice(DeviceReader):
+    """A device captured as a (sparse) file at <root>/dev/<name>; also what disk images are."""
+
+    def __init__(self, host: Host, path: str) -> None:
+        self.path = path
+        try:
+            self._file = open(host.path(path), "rb")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise ProbeUnavailable(f"{path}: not in the snapshot {host.root}") from None
+        except OSError as err:
+            raise ProbeUnavailable(f"{path}: cannot open: {err.strerror or err}") from None
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._file.fileno(), length, offset)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_READ_SERVER = """
+import os, struct, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+except OSError as err:
+    sys.stderr.write(err.strerror or str(err)); sys.exit(1)
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    request = inp.read(16)
+    if len(request) < 16:
+        break
+    offset, length = struct.unpack("<QQ", request)
+    try:
+        data = os.pread(fd, length, offset)
+        out.write(struct.pack("<q", len(data)) + data)
+    except OSError as err:
+        message = (err.strerror or str(err)).encode()
+        out.write(struct.pack("<q", -len(message) - 1) + message)
+    out.flush()
+"""
+
+
+class LiveDevice(DeviceReader):
+    """Reads served by a child process, so a hung device hangs the child, never the agent."""
+
+    def __init__(self, host: Host, path: str, timeout: float) -> None:
+        import sys
+
+        self.path, self._host, self._timeout = path, host, timeout
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-I", "-c", _READ_SERVER, str(host.path(path))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+
+    def _take(self, count: int, deadline: float) -> bytes:
+        import select
+        import time
+
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        chunks, got = [], 0
+        while got < count:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(remaining, 0))
+            if not ready:
+                self._kill()
+                raise CommandTimeout(f"{self.path}: a read did not finish within {self._timeout:g} s; "
+                                     "the device may be hung")
+            chunk = os.read(fd, count - got)
+            if not chunk:
+                assert self._proc.stderr is not None
+                self._proc.wait(timeout=REAP_GRACE)
+                reason = self._proc.stderr.read().decode(errors="replace").strip() or "reader exited"
+                self._proc = None
+                raise ProbeUnavailable(f"{self.path}: cannot read: {reason}")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def read(self, offset: int, length: int) -> bytes:
+        import struct
+        import time
+
+        if self._proc is None:
+            raise ProbeUnavailable(f"{self.path}: reader is gone after an earlier failure")
+        assert self._proc.stdin is not None
+        deadline = time.monotonic() + self._timeout
+        try:
+            self._proc.stdin.write(struct.pack("<QQ", offset, length))
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self._take(1, deadline)  # raises with the child's reason
+        (size,) = struct.unpack("<q", self._take(8, deadline))
+        if size < 0:
+            message = self._take(-size - 1, deadline).decode(errors="replace")
+            raise ProbeUnavailable(f"{self.path}: read at byte {offset}: {message}")
+        data = self._take(size, deadline)
+        self._host._record_range(self.path, offset, data)
+        return data
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=REAP_GRACE)  # a child in D state is left behind, not waited for
+            self._proc = None
+
+    def close(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=REAP_GRACE)
+            except subprocess.TimeoutExpired:
+                self._kill()
+            self._proc = None

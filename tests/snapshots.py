@@ -60,6 +60,26 @@ class HostSnapshot:
             self.write(f"{path}/{part}/size", f"{sectors // 2}\n")
             self.link(f"sys/class/block/{part}", "../../" + f"{path.removeprefix('sys/')}/{part}")
 
+    def boot_mirror(self, images: dict[str, Path], member_partition: int, efi: bool = False,
+                    mounts: tuple[str, ...] = ("/",)) -> None:
+        """md0 (raid1) over partition N of each disk, mounted at ``mounts``, disks backed by images."""
+        members = []
+        for index, (disk, image) in enumerate(images.items()):
+            parts = tuple(f"{disk}{n}" for n in (1, 2))
+            self.disk(disk, serial=f"BOOT{index}", partitions=parts, timeout=None)
+            self.link(f"dev/{disk}", str(image))
+            members.append(f"{disk}{member_partition}[{index}]")
+        self.mdstat(f"Personalities : [raid1]\nmd0 : active raid1 {' '.join(members)}\n"
+                    f"      60000 blocks super 1.2 [{len(members)}/{len(members)}] [{'U' * len(members)}]\n\n"
+                    "unused devices: <none>\n")
+        self.write("sys/devices/virtual/block/md0/md/array_state", "clean\n")
+        self.link("sys/block/md0", "../devices/virtual/block/md0")
+        self.link("sys/dev/block/9:0", "../../devices/virtual/block/md0")
+        lines = [f"{20 + i} 1 9:0 / {m} rw,relatime shared:1 - ext4 /dev/md0 rw" for i, m in enumerate(mounts)]
+        self.write("proc/self/mountinfo", "\n".join(lines) + "\n")
+        if efi:
+            (self.root / "sys/firmware/efi").mkdir(parents=True, exist_ok=True)
+
     def command(self, tool: str, name: str, stdout: str, rc: int = 0) -> None:
         self.write(f"_commands/{tool}/{name}", stdout)
         if rc:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import checks
 from tests.helpers import EXAMPLES, FIXTURES
 from tests.integration.test_cli import hostagent
 
@@ -27,7 +28,7 @@ def test_round_trip(tmp_path: Path, source: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "md:" in proc.stderr  # progress per check
     meta = json.loads((out / "_meta.json").read_text())
-    assert meta["schema"] == "hostagent.snapshot/1" and meta["checks"] == ["md", "smart", "erc"]
+    assert meta["schema"] == "hostagent.snapshot/1" and meta["checks"] == [m.NAME for m in checks.ALL]
     assert findings(out) == findings(source)
 
 
