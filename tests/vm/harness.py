@@ -30,8 +30,9 @@ CACHE = REPO / ".cache" / "vm"
 RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
 MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
-           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey"]
-TOOLS = ("mdadm", "dmsetup", "smartctl")
+           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4"]
+TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs")
+DATA_DIRS = ("/usr/lib/grub/i386-pc",)
 PYTHON = "/usr/bin/python3.11"
 PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
            "site-packages", "dist-packages", "unittest", "config-3.11-x86_64-linux-gnu", "venv"}
@@ -134,6 +135,10 @@ def base_image() -> Path:
                 _copy(lib, stage)
             _copy(path, stage)
         (stage / "usr/bin/python3").symlink_to("python3.11")
+        mke2fs = Path(_need("mke2fs"))
+        (stage / str(mke2fs.parent).lstrip("/") / "mkfs.ext4").symlink_to("mke2fs")
+        for data in DATA_DIRS:
+            shutil.copytree(data, stage / data.lstrip("/"))
         pylib = Path("/usr/lib/python3.11")
         shutil.copytree(pylib, stage / "usr/lib/python3.11", symlinks=True,
                         ignore=lambda d, names: [n for n in names if n in PY_SKIP and Path(d) == pylib])
@@ -194,7 +199,8 @@ def _die_with_parent() -> None:
 class VM:
     """A running VM with ``disks`` sparse virtio disks of ``disk_mib`` MiB each."""
 
-    def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0) -> None:
+    def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
+                 disk_layout: str | None = None) -> None:
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
@@ -205,6 +211,7 @@ class VM:
         self._qmp: socket.socket | None = None
         self._ids = itertools.count(1)
         self._buffer = b""
+        self._layout = disk_layout
         try:
             self._boot(disk_mib, memory_mib)
         except BaseException:
@@ -236,6 +243,9 @@ class VM:
         for i, disk in enumerate(self.disks):
             with disk.open("wb") as handle:
                 handle.truncate(disk_mib * 1024 * 1024)
+            if self._layout:  # sfdisk works on the image file itself, before the guest sees it
+                subprocess.run(["sfdisk", "-q", str(disk)], input=self._layout.encode(), check=True,
+                               capture_output=True)
             argv += [
                 "-blockdev", f"driver=file,filename={disk},node-name=file{i},cache.direct=off,cache.no-flush=on",
                 "-blockdev", f"driver=blkdebug,image=file{i},node-name=debug{i}",
@@ -348,6 +358,11 @@ class VM:
 
     def close(self) -> None:
         """Power off; QEMU is killed if it does not stop in time. Removes the run directory."""
+        self.shutdown()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Power the guest off (its disks stay in the run directory until close)."""
         if self._cmd is not None and self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(OSError):
                 self._cmd.sendall(json.dumps({"id": 0, "cmd": "sync; poweroff -f", "timeout": 5}).encode() + b"\n")
@@ -363,10 +378,35 @@ class VM:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._cmd = self._qmp = None
 
     def __enter__(self) -> VM:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def boot_from_disk(image: Path, expect: str, timeout: float = 120.0) -> str:
+    """Boot QEMU's firmware from ``image`` alone (no -kernel) and return the serial console once
+    ``expect`` appears on it; raises VMError with the console if it never does."""
+    qemu = _need("qemu-system-x86_64")
+    console = image.with_suffix(".console")
+    argv = [qemu, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "256", "-display", "none", "-nodefaults",
+            "-no-reboot", "-monitor", "none", "-serial", f"file:{console}",
+            "-drive", f"file={image},if=virtio,format=raw,cache=unsafe"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = console.read_text(errors="replace") if console.exists() else ""
+            if expect in text:
+                return text
+            time.sleep(0.5)
+        text = console.read_text(errors="replace") if console.exists() else ""
+        raise VMError(f"{image.name} did not show {expect!r} within {timeout:g} s; console:\n{text[-2000:]}")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        console.unlink(missing_ok=True)
