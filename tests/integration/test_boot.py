@@ -155,3 +155,25 @@ def test_boot_repair_is_a_dry_run_and_blockers_are_exposed(images: dict[str, Pat
 
     blocking = boot.blockers(CheckContext.for_host(Host(snap.root)))
     assert [(f.code, f.subject) for f in blocking] == [("boot.core_missing", "sdb")]
+
+
+def test_boot_arrays_are_found_through_lvm_and_md_partitions(tmp_path: Path) -> None:
+    from hostagent.host import Host
+    from hostagent.sources.mounts import boot_arrays
+
+    snap = HostSnapshot(tmp_path / "snap")
+    snap.write("sys/devices/virtual/block/md0/md/array_state", "clean\n")
+    snap.write("sys/devices/virtual/block/md1/md/array_state", "clean\n")
+    snap.write("sys/devices/virtual/block/md1/md1p1/partition", "1\n")
+    snap.link("sys/block/md0", "../devices/virtual/block/md0")
+    snap.link("sys/block/md1", "../devices/virtual/block/md1")
+    snap.link("sys/class/block/md1p1", "../../devices/virtual/block/md1/md1p1")
+    snap.link("sys/devices/virtual/block/dm-0/slaves/md0", "../../md0")
+    snap.link("sys/block/dm-0", "../devices/virtual/block/dm-0")
+    snap.link("sys/dev/block/253:0", "../../devices/virtual/block/dm-0")
+    snap.link("sys/dev/block/259:1", "../../devices/virtual/block/md1/md1p1")
+    snap.write("proc/self/mountinfo",
+               "21 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/vg-root rw\n"
+               "22 21 259:1 / /boot rw,relatime shared:2 - ext4 /dev/md1p1 rw\n"
+               "23 21 0:45 / /srv\\040data rw - tmpfs tmpfs rw\n")
+    assert boot_arrays(Host(snap.root)) == {"md0": ["/"], "md1": ["/boot"]}
