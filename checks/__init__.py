@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from checks import boot, erc, md, smart
+from checks import boot, erc, hung, md, smart
 
-ALL: tuple[ModuleType, ...] = (md, smart, erc, boot)
+ALL: tuple[ModuleType, ...] = (md, hung, smart, erc, boot)
 BY_NAME = {module.NAME: module for module in ALL}

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--only", metavar="CHECKS", help="comma-separated checks to run (default: all enabled)")
     check.add_argument("--state-dir", metavar="DIR",
                        help="where baselines live (default: agent.state_dir on a live host, none for a snapshot)")
+    check.add_argument("--act", action="store_true",
+                       help="apply automatic remedies (a hung member is forced out under checks.hung.policy = fail)")
 
     disk = sub.add_parser("disk", help="disks: status, and tuning of ERC/kernel timeouts")
     disk_sub = disk.add_subparsers(dest="disk_command", required=True, parser_class=_Parser)
@@ -48,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--root", default="/", metavar="DIR", help="read a snapshot instead of the live host")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--state-dir", metavar="DIR", help="where SMART baselines live (for the trend)")
+    fail = disk_sub.add_parser("fail", help="force a (hung) member out of its array, with the interlocks")
+    fail.add_argument("member", help="the member's kernel name or path: sdb1, /dev/dm-1")
+    fail.add_argument("--array", metavar="MD", help="the array, when the member is in more than one")
+    fail.add_argument("--apply", action="store_true", help="run the ladder (default: dry run, print it)")
+    fail.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
+    fail.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
     tune = disk_sub.add_parser("tune", help="show (default) or apply the ERC/timeout remedy for every member disk")
     tune.add_argument("--apply", action="store_true", help="run the commands (default: dry run, print them)")
     tune.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
@@ -99,7 +107,15 @@ def _check(args: argparse.Namespace) -> int:
         raise HostagentError(f"--root {args.root}: not a directory")
     host = Host(args.root, command_timeout=config.agent.command_timeout)
     only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
-    report = run_checks(host, config, only, state=_state(host, config, args.state_dir))
+    if args.act and host.is_snapshot:
+        raise HostagentError("--act changes the host: it cannot be used with a snapshot --root")
+    state = _state(host, config, args.state_dir)
+    report = run_checks(host, config, only, state=state)
+    if args.act:
+        from hostagent.actions import AuditLog
+        from hostagent.remediate import act
+
+        report = act(host, report, config, AuditLog(state.directory))
     prom = args.prom or config.agent.prom_file
     if prom:
         try:
@@ -140,6 +156,8 @@ def _disk(args: argparse.Namespace) -> int:
     host = Host(args.root, command_timeout=config.agent.command_timeout)
     state = _state(host, config, args.state_dir)
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
+    if args.disk_command == "fail":
+        return _disk_fail(args, host, config)
     if args.disk_command == "status":
         rows = disk_status(ctx, config)
         sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else render_status(rows))
@@ -158,6 +176,35 @@ def _repair(args: argparse.Namespace, ctx: Any, config: Any, action: str, check:
     outcomes, remaining = repair(ctx, action, check, apply=args.apply, audit=AuditLog(audit_dir), timeout=timeout)
     sys.stdout.write(render(outcomes, remaining, args.apply, args.json, nothing))
     return 0 if succeeded(outcomes, remaining) else 1
+
+
+def _disk_fail(args: argparse.Namespace, host: Any, config: Any) -> int:
+    from hostagent.actions import AuditLog
+    from hostagent.actions.hung import force_fail
+    from hostagent.inventory import read_arrays
+
+    member = args.member.removeprefix("/dev/")
+    if member.startswith("mapper/"):
+        raise HostagentError(f"{args.member}: give the kernel name (dm-N) that md lists")
+    holders = [a.name for a in read_arrays(host) if any(m.device == member for m in a.members)]
+    if args.array:
+        holders = [a for a in holders if a == args.array]
+    if len(holders) != 1:
+        where = f"in {args.array}" if args.array else "in any array"
+        raise HostagentError(f"{member} is not a member {where}" if not holders
+                             else f"{member} is in {', '.join(holders)}: name one with --array")
+    audit = AuditLog(args.state_dir or (None if host.is_snapshot else config.agent.state_dir))
+    outcomes, notes = force_fail(host, holders[0], member, apply=args.apply, audit=audit,
+                                 timeout=config.agent.command_timeout, unblock_after=config.checks.hung.unblock_after)
+    for outcome in outcomes:
+        mark = "applied" if outcome.applied else "dry run"
+        status = "" if outcome.ok else f"  FAILED: {outcome.error or outcome.output or outcome.returncode}"
+        print(f"[{mark}] $ {' '.join(outcome.step.argv)}{status}")
+    for note in notes:
+        print(f"note: {note}")
+    if not args.apply:
+        print("dry run: nothing was changed; run again with --apply to force the member out")
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 def _boot(args: argparse.Namespace) -> int:

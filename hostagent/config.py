@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checks import boot, erc, md, smart
+from checks import boot, erc, hung, md, smart
 from hostagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
@@ -38,6 +38,7 @@ class DisksConfig:
 @dataclass(frozen=True)
 class ChecksConfig:
     md: md.Config = field(default_factory=md.Config)
+    hung: hung.Config = field(default_factory=hung.Config)
     smart: smart.Config = field(default_factory=smart.Config)
     erc: erc.Config = field(default_factory=erc.Config)
     boot: boot.Config = field(default_factory=boot.Config)
@@ -109,6 +110,11 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, source, path)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{source}: {path}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(value, options[0], source, path)

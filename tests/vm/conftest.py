@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ def vm() -> Iterator[VM]:
 
 
 TEARDOWN = (
+    "[ -f /tmp/agent.pid ] && kill $(cat /tmp/agent.pid) 2>/dev/null; rm -f /etc/hostagent/hostagent.toml; "
     "for m in $(dmsetup ls 2>/dev/null | cut -f1); do dmsetup resume $m 2>/dev/null; done; "
     "mdadm --stop --scan >/dev/null 2>&1; dmsetup remove_all >/dev/null 2>&1; "
     "echo 200000 > /proc/sys/dev/raid/speed_limit_max; echo 1000 > /proc/sys/dev/raid/speed_limit_min; "
@@ -45,11 +47,31 @@ TEARDOWN = (
 
 @pytest.fixture
 def md(vm: VM) -> Iterator[MdHelper]:
-    vm.run(TEARDOWN)
+    with md_session(vm) as helper:
+        yield helper
+
+
+@contextlib.contextmanager
+def md_session(vm: VM) -> Iterator[MdHelper]:
+    """A clean slate of arrays and dm devices before, and torn down after, whatever happens."""
+    vm.resume_writes()
+    vm.run(TEARDOWN, timeout=120)
     try:
         yield MdHelper(vm)
     finally:
-        vm.run(TEARDOWN)
+        vm.resume_writes()
+        vm.run(TEARDOWN, timeout=120)
+
+
+AGENT_LOOP = """#!/bin/sh
+# hostagent check with remedies on, once a second: what `hostagent watch` does for hung disks.
+while :; do
+  python3 -m hostagent check --act --only md,hung --state-dir /tmp/state --json > /tmp/out.tmp 2>/tmp/agent.err
+  grep -q '"disk.hung' /tmp/out.tmp && cp /tmp/out.tmp /tmp/hung.json
+  mv /tmp/out.tmp /tmp/out.json
+  sleep 1
+done
+"""
 
 
 class MdHelper:
@@ -98,6 +120,33 @@ class MdHelper:
         disk = f"/dev/vd{chr(97 + index)}"
         self.vm.run(f'dmsetup load m{index} --table "0 $(blockdev --getsz {disk}) linear {disk} 0" '
                     f"&& dmsetup resume m{index}")
+
+    def start_agent(self, hung_after: int = 10, command_timeout: int = 10) -> None:
+        """Run the agent loop in the background with a short hung_after (the default is 30 s)."""
+        config = (f"[agent]\ncommand_timeout = {command_timeout}\n[checks.hung]\nhung_after = {hung_after}\n"
+                  "probe_interval = 1\nunblock_after = 3\n")
+        self.vm.run(f"mkdir -p /etc/hostagent && cat > /etc/hostagent/hostagent.toml <<'EOF'\n{config}EOF")
+        self.vm.run(f"cat > /tmp/agent-loop.sh <<'EOF'\n{AGENT_LOOP}EOF\nchmod +x /tmp/agent-loop.sh")
+        self.vm.run("/tmp/agent-loop.sh >/dev/null 2>&1 & echo $! > /tmp/agent.pid")
+
+    def write_in_background(self, marker: str, count: int = 1, offset_kib: int = 0) -> None:
+        """One direct, synced write to md0 that records /proc/uptime in ``marker`` when it returns."""
+        self.vm.run(f"(dd if=/dev/urandom of=/dev/md0 bs=4k count={count} seek={offset_kib // 4} oflag=direct "
+                    f"conv=fsync,notrunc 2>/dev/null; cat /proc/uptime > {marker}) >/dev/null 2>&1 &")
+
+    def done(self, marker: str) -> bool:
+        return self.vm.run(f"cat {marker}", check=False).rc == 0
+
+    def hung_report(self) -> dict[str, Any] | None:
+        result = self.vm.run("cat /tmp/hung.json", check=False)
+        return json.loads(result.stdout) if result.rc == 0 else None
+
+    def audit(self) -> list[dict[str, Any]]:
+        text = self.vm.run("cat /tmp/state/audit.jsonl", check=False).stdout
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def mdstat(self) -> str:
+        return self.vm.run("cat /proc/mdstat").stdout
 
     def fail(self, array: str, member: str) -> None:
         self.vm.run(f"mdadm --manage /dev/{array} --fail {member}")

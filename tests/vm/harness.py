@@ -200,12 +200,13 @@ class VM:
     """A running VM with ``disks`` sparse virtio disks of ``disk_mib`` MiB each."""
 
     def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
-                 disk_layout: str | None = None) -> None:
+                 disk_layout: str | None = None, scsi_disks: int = 0) -> None:
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
         self.disks = [self.run_dir / f"disk{i}.img" for i in range(disks)]
         self.sata_disks = [self.run_dir / f"sata{i}.img" for i in range(sata_disks)]
+        self.scsi_disks = [self.run_dir / f"scsi{i}.img" for i in range(scsi_disks)]
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd: socket.socket | None = None
         self._qmp: socket.socket | None = None
@@ -252,13 +253,28 @@ class VM:
                 "-blockdev", f"driver=raw,file=debug{i},node-name=disk{i}",
                 "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial=disk{i}",
             ]
+        if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi, with blkdebug like the virtio disks
+            argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+        for i, disk in enumerate(self.scsi_disks):
+            with disk.open("wb") as handle:
+                handle.truncate(disk_mib * 1024 * 1024)
+            argv += [
+                "-blockdev", f"driver=file,filename={disk},node-name=sfile{i},cache.direct=off,cache.no-flush=on",
+                "-blockdev", f"driver=blkdebug,image=sfile{i},node-name=sdebug{i}",
+                "-blockdev", f"driver=raw,file=sdebug{i},node-name=scsi{i}",
+                "-device", f"scsi-hd,drive=scsi{i},bus=scsi0.0,scsi-id=0,lun={i},serial=SCSI{i}",
+            ]
         if self.sata_disks:
             argv += ["-device", "ahci,id=ahci0"]
         for i, disk in enumerate(self.sata_disks):  # ATA disks (sdX) behind an emulated AHCI controller
             with disk.open("wb") as handle:
                 handle.truncate(disk_mib * 1024 * 1024)
-            argv += ["-drive", f"if=none,id=sata{i},file={disk},format=raw,cache=unsafe",
-                     "-device", f"ide-hd,drive=sata{i},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}"]
+            argv += [
+                "-blockdev", f"driver=file,filename={disk},node-name=afile{i},cache.direct=off,cache.no-flush=on",
+                "-blockdev", f"driver=blkdebug,image=afile{i},node-name=adebug{i}",
+                "-blockdev", f"driver=raw,file=adebug{i},node-name=sata{i}",
+                "-device", f"ide-hd,drive=sata{i},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}",
+            ]
         log = (self.run_dir / "qemu.stderr").open("wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       preexec_fn=_die_with_parent)
@@ -348,13 +364,18 @@ class VM:
         out: str = self.qmp("human-monitor-command", **{"command-line": command})
         return out
 
-    def break_writes(self, disk: int, tag: str = "A") -> None:
-        """Hold every write to disk N inside QEMU (a hang the guest's counters can see)."""
-        self.hmp(f'qemu-io disk{disk} "break write_aio {tag}"')
+    def break_writes(self, disk: int | str, tag: str = "A") -> None:
+        """Hold every write to a disk inside QEMU (a hang the guest's counters can see).
+
+        ``disk`` is a virtio disk's index, or a node name such as "scsi0"."""
+        node = f"disk{disk}" if isinstance(disk, int) else disk
+        self.hmp(f'qemu-io {node} "break write_aio {tag}"')
 
     def resume_writes(self, tag: str = "A") -> None:
-        for disk in range(len(self.disks)):
-            self.hmp(f'qemu-io disk{disk} "resume {tag}"')
+        nodes = ([f"disk{i}" for i in range(len(self.disks))] + [f"scsi{i}" for i in range(len(self.scsi_disks))]
+                 + [f"sata{i}" for i in range(len(self.sata_disks))])
+        for node in nodes:
+            self.hmp(f'qemu-io {node} "resume {tag}"')
 
     def close(self) -> None:
         """Power off; QEMU is killed if it does not stop in time. Removes the run directory."""
