@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from checks.hung import disk_is_hung
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError, ParseError
 from hostagent.host import DeviceReader, Host
@@ -140,7 +141,11 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
                 if disk not in member_disks:
                     member_disks.append(disk)
         for disk in member_disks:
-            if disk not in disks:
+            if disk in disks:
+                continue
+            if disk_is_hung(ctx, disk):
+                disks[disk] = DiskBoot(disk, error=f"/dev/{disk} is hung (see disk.hung): not read")
+            else:
                 disks[disk] = inspect_disk(ctx.host, disk, config.timeout)
         plan.append((array, mounts, member_disks))
     efi = ctx.host.exists("/sys/firmware/efi")

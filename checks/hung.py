@@ -68,7 +68,8 @@ def observe(ctx: CheckContext, device: str, prober: Prober | None) -> Observatio
     since = None
     latency = None
     if last is not None and stuck(stat, last):
-        since = last["since"] if last.get("since") is not None else last["t"]
+        # the first stuck look starts the clock: the I/O may have been issued just before it
+        since = last["since"] if last.get("since") is not None else now
     if last is not None and stat.completed > last["completed"]:
         latency = (stat.io_ticks_ms - last["io_ticks"]) / (stat.completed - last["completed"])
     ctx.state.put(key, {"completed": stat.completed, "reads": stat.reads, "writes": stat.writes,
@@ -112,6 +113,7 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
             if seen is not None:
                 observations[member.device] = seen
     hung = {d for d, o in observations.items() if o.hung(config.hung_after)}
+    mark_hung_disks(ctx, observations, hung)
     messages = read_kmsg(ctx.host) if hung else []
     findings = []
     for array in arrays:
@@ -130,6 +132,18 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
                     f"{latency / usual:.0f}x its usual {usual:.1f} ms",
                     "A disk that slows down this much is often retrying bad sectors; check its SMART."))
     return findings
+
+
+def mark_hung_disks(ctx: CheckContext, observations: dict[str, Observation], hung: set[str]) -> None:
+    """Record which disks are hung, so checks that read the disk itself (smart, boot) leave them alone."""
+    disks = {disk for device in hung for disk in parent_disks(ctx.host, device)}
+    for device in observations:
+        for disk in parent_disks(ctx.host, device):
+            ctx.state.put(f"hung.disk.{disk}", ctx.now if disk in disks else None)
+
+
+def disk_is_hung(ctx: CheckContext, disk: str) -> bool:
+    return ctx.state.get(f"hung.disk.{disk}") is not None
 
 
 def _slow(seen: Observation, config: Config) -> bool:

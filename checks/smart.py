@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from checks.hung import disk_is_hung
 from hostagent.context import CheckContext
 from hostagent.errors import ParseError, ProbeUnavailable
 from hostagent.inventory import Membership
@@ -70,6 +71,10 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
     if not smart_disks:
         return findings
     for target in targets(ctx, smart_disks, config):
+        if target.disk is not None and disk_is_hung(ctx, target.disk.name):
+            findings.append(_finding("smart.unreadable", target.label, Severity.UNKNOWN,
+                                     f"SMART of {target.label} not read: the disk is hung (see disk.hung)"))
+            continue
         try:
             report = read_report(ctx, target, config)
         except (ProbeUnavailable, ParseError) as err:
