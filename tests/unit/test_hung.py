@@ -68,8 +68,9 @@ def test_device_layers(tmp_path: Path) -> None:
     # sda also holds the last in-sync copy of another array: the disk is left in place
     other = MdArray("md9", "raid1", "clean", None, 2, 1,
                     (MdMember("sda2", 0, ("in_sync",)), MdMember("sdz2", 1, ("faulty",))), MdSync("idle"))
-    snap.write("sys/devices/pci0000:00/0000:00:1f.2/ata1/host1/target1:0:0/1:0:0:0/block/sda/sda2/partition", "2\n")
-    snap.link("sys/class/block/sda2", "../../devices/pci0000:00/0000:00:1f.2/ata1/host1/target1:0:0/1:0:0:0/block/sda/sda2")
+    sda = "devices/pci0000:00/0000:00:1f.2/ata1/host1/target1:0:0/1:0:0:0/block/sda"
+    snap.write(f"sys/{sda}/sda2/partition", "2\n")
+    snap.link("sys/class/block/sda2", f"../../{sda}/sda2")
     held = device_layer(host, "sda1", [other])
     assert held.kind == "none" and "last in-sync copy in md9" in held.note
 
