@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := python3 python3-venv python3-pip
+APT_PACKAGES := python3 python3-venv python3-pip openssl
 # the VM suite (tests/vm): Debian's kernel under QEMU with real md, dm and mdadm
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod smartmontools
 
@@ -25,7 +25,7 @@ apt:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,agent]'
 	touch $@
 
 demo: deps

@@ -42,5 +42,9 @@ class StateStore:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def items(self, prefix: str) -> dict[str, Any]:
+        rows = self._db.execute("SELECT key, value FROM kv WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
+        return {key: json.loads(value) for key, value in rows}
+
     def close(self) -> None:
         self._db.close()

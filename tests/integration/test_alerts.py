@@ -1,0 +1,215 @@
+"""Alerts end to end with a real SMTP server (aiosmtpd on loopback) and a controllable clock."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from hostagent.actions import AuditLog
+from hostagent.alerts.alerter import Alerter
+from hostagent.alerts.delivery import AlertsConfig, Route, SmtpConfig
+from hostagent.config import Config
+from hostagent.host import Host
+from hostagent.model import Finding, Severity
+from hostagent.runner import run_checks
+from hostagent.state import StateStore
+from tests.helpers import EXAMPLES
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = message_from_bytes(envelope.content)
+        self.messages.append({"to": list(envelope.rcpt_tos), "subject": parsed["Subject"],
+                              "body": parsed.get_payload(decode=True).decode()})
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Controller, Sink]]:
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller, sink
+    finally:
+        controller.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path: Path, port: int, clock: Clock, **overrides: Any) -> Alerter:
+    routes = overrides.pop("routes", (Route(("ops@example.com",)),))
+    config = AlertsConfig(smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=5, **overrides.pop("smtp", {})),
+                          routes=routes, **overrides)
+    state = StateStore(tmp_path / "state")
+    return Alerter(config, state, tmp_path / "state/spool", "hv1", AuditLog(tmp_path / "state"), clock=clock)
+
+
+def degraded(severity: Severity = Severity.CRITICAL) -> Finding:
+    return Finding("md.degraded", "md", "md0", severity, "md0 (raid1) is degraded: 1 of 2 members working",
+                   "members: sda1 (slot 0: in_sync)")
+
+
+def test_one_email_per_new_problem_and_none_repeated_after_a_restart(tmp_path: Path, smtp: Any) -> None:
+    controller, sink = smtp
+    clock = Clock()
+    alerter = make(tmp_path, controller.port, clock)
+    alerter.process([degraded()], ["md"])
+    clock.now += 10
+    alerter.process([degraded()], ["md"])
+    assert [m["subject"] for m in sink.messages] == ["[hostagent] CRITICAL md0 degraded on hv1"]
+    restarted = make(tmp_path, controller.port, clock)
+    clock.now += 10
+    restarted.process([degraded()], ["md"])
+    assert len(sink.messages) == 1
+    text = sink.messages[0]["body"]
+    assert "What happened: md0 (raid1) is degraded" in text and "UTC" in text and "Host: hv1" in text
+
+
+def test_reminder_after_its_interval_then_recovery(tmp_path: Path, smtp: Any) -> None:
+    controller, sink = smtp
+    clock = Clock()
+    alerter = make(tmp_path, controller.port, clock, reminder_interval=3600.0, reminder_backoff=2.0)
+    alerter.process([degraded()], ["md"])
+    clock.now += 3599
+    alerter.process([degraded()], ["md"])
+    assert len(sink.messages) == 1
+    clock.now += 2
+    alerter.process([degraded()], ["md"])
+    assert sink.messages[-1]["subject"] == "[hostagent] CRITICAL md0 degraded on hv1 (reminder)"
+    clock.now += 3601  # diminishing: the next reminder waits twice as long
+    alerter.process([degraded()], ["md"])
+    assert len(sink.messages) == 2
+    clock.now += 3600
+    alerter.process([degraded()], ["md"])
+    assert len(sink.messages) == 3
+    alerter.process([], ["smart"])  # md did not run: nothing can resolve
+    assert len(sink.messages) == 3
+    alerter.process([], ["md"])
+    assert sink.messages[-1]["subject"] == "[hostagent] RESOLVED md0 degraded on hv1"
+
+
+def test_degraded_at_startup_is_alerted(tmp_path: Path, smtp: Any) -> None:
+    controller, sink = smtp
+    report = run_checks(Host(EXAMPLES / "failed-member"), Config())
+    make(tmp_path, controller.port, Clock()).process(report.findings, [r.name for r in report.results])
+    subjects = sorted(m["subject"] for m in sink.messages)
+    assert subjects == ["[hostagent] CRITICAL md0 degraded on hv1", "[hostagent] WARNING md0/sda2 failed member on hv1"]
+    degraded_mail = next(m for m in sink.messages if "degraded" in m["subject"])
+    assert "$ mdadm --detail /dev/md0" in degraded_mail["body"]
+
+
+def test_several_recipients_and_routing_by_severity(tmp_path: Path, smtp: Any) -> None:
+    controller, sink = smtp
+    routes = (Route(("ops@example.com", "noc@example.com")), Route(("pager@example.com",), "critical"))
+    alerter = make(tmp_path, controller.port, Clock(), routes=routes)
+    alerter.process([degraded(Severity.WARNING)], ["md"])
+    assert sink.messages[-1]["to"] == ["ops@example.com", "noc@example.com"]
+    alerter.process([degraded(Severity.CRITICAL)], ["md"])  # escalation is a new alert
+    assert sink.messages[-1]["to"] == ["ops@example.com", "noc@example.com", "pager@example.com"]
+    assert sink.messages[-1]["subject"] == "[hostagent] CRITICAL md0 degraded on hv1 (escalated)"
+
+
+def test_starttls_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), tls_context=context, require_starttls=True)
+    controller.start()
+    try:
+        untrusting = make(tmp_path / "a", controller.port, Clock(), smtp={"security": "starttls"})
+        untrusting.process([degraded()], ["md"])
+        assert sink.messages == [] and "CERTIFICATE_VERIFY_FAILED" in " ".join(untrusting.last_errors)
+        trusting = make(tmp_path / "b", controller.port, Clock(), smtp={"security": "starttls", "ca_file": str(cert)})
+        trusting.process([degraded()], ["md"])
+        assert [m["subject"] for m in sink.messages] == ["[hostagent] CRITICAL md0 degraded on hv1"]
+    finally:
+        controller.stop()
+
+
+def test_smtp_down_spools_and_delivers_exactly_once(tmp_path: Path) -> None:
+    port = free_port()
+    clock = Clock()
+    alerter = make(tmp_path, port, clock)
+    alerter.process([degraded()], ["md"])
+    alerter.process([Finding("smart.pending", "smart", "sda", Severity.WARNING, "sda: 8 pending sectors")],
+                    ["md", "smart"])
+    assert len(list((tmp_path / "state/spool").glob("*.json"))) == 3  # new, new, and md0 resolved
+    assert alerter.last_errors and alerter.spool_age() is not None
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        restarted = make(tmp_path, port, clock)
+        clock.now += 3600
+        assert restarted.flush() == 3
+        assert restarted.flush() == 0
+        assert sorted(m["subject"] for m in sink.messages) == [
+            "[hostagent] CRITICAL md0 degraded on hv1", "[hostagent] RESOLVED md0 degraded on hv1",
+            "[hostagent] WARNING sda pending on hv1"]
+        assert list((tmp_path / "state/spool").glob("*.json")) == []
+    finally:
+        controller.stop()
+
+
+def test_flapping_is_suppressed_with_a_summary(tmp_path: Path, smtp: Any) -> None:
+    controller, sink = smtp
+    clock = Clock()
+    alerter = make(tmp_path, controller.port, clock, flap_window=600.0, flap_threshold=3)
+    for _ in range(5):
+        alerter.process([degraded()], ["md"])
+        clock.now += 30
+        alerter.process([], ["md"])
+        clock.now += 30
+    kinds = [m["subject"].rsplit(" on hv1", 1)[1] or m["subject"].split()[1] for m in sink.messages]
+    # it comes back a third time within the window: one flapping message, then silence
+    assert kinds == ["CRITICAL", "RESOLVED", "CRITICAL", "RESOLVED", "CRITICAL", "RESOLVED", " (flapping)"]
+    assert "came back 3 times within 10 min" in sink.messages[-1]["body"]
+    clock.now += 700  # quiet for a whole window: one message says how it settled
+    alerter.process([], ["md"])
+    assert sink.messages[-1]["subject"] == "[hostagent] RESOLVED md0 degraded on hv1"
+    assert "settled after flapping" in sink.messages[-1]["body"]
+
+
+def test_hook_program_gets_the_alert(tmp_path: Path, smtp: Any) -> None:
+    controller, _ = smtp
+    out = tmp_path / "hook.out"
+    hook = tmp_path / "hook.sh"
+    fields = "$HOSTAGENT_KIND $HOSTAGENT_CODE $HOSTAGENT_SUBJECT $HOSTAGENT_SEVERITY"
+    hook.write_text(f'#!/bin/sh\necho "{fields}" > {out}\ncat >> {out}\n')
+    hook.chmod(0o755)
+    make(tmp_path, controller.port, Clock(), hook=str(hook)).process([degraded()], ["md"])
+    first, payload = out.read_text().split("\n", 1)
+    assert first == "new md.degraded md0 CRITICAL"
+    assert json.loads(payload)["summary"].startswith("md0 (raid1) is degraded")
+    audit = [json.loads(line) for line in (tmp_path / "state/audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["event"] == "alert" and audit[-1]["hook_error"] is None
