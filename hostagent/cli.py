@@ -70,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--json", action="store_true", help="print JSON")
     repair.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
 
+    watch = sub.add_parser("watch", help="the daemon: events and periodic checks, remedies, alerts")
+    watch.add_argument("--root", default="/", metavar="DIR", help="watch a snapshot (periodic only; for tests)")
+    watch.add_argument("--state-dir", metavar="DIR", help="state, spool, status file and audit log")
+    watch.add_argument("--once", action="store_true", help="run one full cycle (with alerts) and exit")
+
+    status_cmd = sub.add_parser("status", help="the daemon's view: open problems, last cycle, next runs")
+    status_cmd.add_argument("--json", action="store_true", help="print the status file as JSON")
+    status_cmd.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
+
+    log_cmd = sub.add_parser("log", help="the audit journal: every action and alert")
+    log_cmd.add_argument("--json", action="store_true", help="print JSON lines")
+    log_cmd.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
+    log_cmd.add_argument("--last", type=int, default=50, metavar="N", help="the last N records (default 50)")
+
+    alert = sub.add_parser("alert", help="alert delivery")
+    alert_sub = alert.add_subparsers(dest="alert_command", required=True, parser_class=_Parser)
+    alert_test = alert_sub.add_parser("test", help="send a test message to every route")
+    alert_test.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
+
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
@@ -87,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _disk(args)
         if args.command == "boot":
             return _boot(args)
+        if args.command == "watch":
+            from hostagent.agent import watch
+
+            return watch(args.config, args.root, args.state_dir, args.once)
+        if args.command in ("status", "log", "alert"):
+            return _daemon_view(args)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN
@@ -205,6 +230,68 @@ def _disk_fail(args: argparse.Namespace, host: Any, config: Any) -> int:
     if not args.apply:
         print("dry run: nothing was changed; run again with --apply to force the member out")
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _daemon_view(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from hostagent.config import load_config
+
+    config = load_config(args.config)
+    directory = Path(args.state_dir or config.agent.state_dir)
+    if args.command == "alert":
+        from hostagent.actions import AuditLog
+        from hostagent.alerts.alerter import Alerter
+        from hostagent.host import Host
+        from hostagent.state import StateStore
+
+        if not config.alerts.routes:
+            raise HostagentError(f"no alert routes in {config.source}: add [[alerts.routes]] with to = [...]")
+        alerter = Alerter(config.alerts, StateStore(None), directory / "spool", Host("/").hostname(),
+                          AuditLog(args.state_dir))
+        failed = 0
+        for route, error in alerter.test():
+            print(f"{', '.join(route)}: {'sent' if error is None else 'FAILED: ' + error}")
+            failed += error is not None
+        return 1 if failed else 0
+    if args.command == "log":
+        path = directory / "audit.jsonl"
+        lines = path.read_text().splitlines()[-args.last:] if path.exists() else []
+        for line in lines:
+            if args.json:
+                print(line)
+                continue
+            entry = json.loads(line)
+            what = " ".join(entry.get("argv", [])) or f"{entry.get('kind', '')} {entry.get('code', '')}".strip()
+            print(f"{entry.get('time')} {entry.get('event'):8} {entry.get('subject', '-'):16} {what}"
+                  + (f"  error: {entry['error']}" if entry.get("error") else ""))
+        return 0
+    path = directory / "status.json"
+    if not path.exists():
+        raise HostagentError(f"no status file at {path}: is hostagent watch running with this state directory?")
+    status = json.loads(path.read_text())
+    running = Path(f"/proc/{status['pid']}").exists()
+    if args.json:
+        print(json.dumps({**status, "running": running}, indent=2))
+        return 0
+    import time
+
+    print(f"hostagent watch on {status['hostname']}: {'running' if running else 'NOT RUNNING'} "
+          f"(pid {status['pid']}), status {status['status']}")
+    cycle = status["last_cycle"]
+    print(f"last cycle: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(cycle['at']))} "
+          f"({', '.join(cycle['checks'])}, {cycle['duration_ms']} ms)")
+    for name, when in sorted(status["next_runs"].items(), key=lambda item: item[1]):
+        print(f"next {name}: {time.strftime('%H:%M:%S', time.localtime(when))}")
+    problems = status["open_problems"]
+    print(f"open problems: {len(problems)}")
+    for problem in problems:
+        print(f"  {problem['severity']:8} {problem['code']:24} {problem['subject']:12} {problem['summary']}")
+    spool = status["spool"]
+    if spool["messages"]:
+        print(f"mail spool: {spool['messages']} waiting" + (" (OVERDUE)" if spool["overdue"] else ""))
+    return 0 if running else 3
 
 
 def _boot(args: argparse.Namespace) -> int:

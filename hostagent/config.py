@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from checks import boot, erc, hung, md, smart
+from hostagent.alerts.delivery import AlertsConfig
 from hostagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
@@ -45,10 +46,22 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    md_interval: float = 10.0
+    hung_interval: float = 5.0
+    smart_interval: float = 1800.0
+    erc_interval: float = 3600.0
+    boot_interval: float = 3600.0
+    act: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     disks: DisksConfig = field(default_factory=DisksConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "defaults"
 
     def check_config(self, name: str) -> Any:
@@ -121,7 +134,8 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: {path}: expected a list of {_TYPE_NAMES[item][2:]}s, got {_describe(value)}")
+            kind = "tables" if dataclasses.is_dataclass(item) else f"{_TYPE_NAMES[item][2:]}s"
+            raise ConfigError(f"{source}: {path}: expected a list of {kind}, got {_describe(value)}")
         return tuple(_convert(v, item, source, f"{path}[{i}]") for i, v in enumerate(value))
     if origin in (Mapping, dict, typing.Mapping):
         _, item = typing.get_args(tp)

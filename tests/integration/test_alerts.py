@@ -31,7 +31,7 @@ class Sink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         parsed = message_from_bytes(envelope.content)
         self.messages.append({"to": list(envelope.rcpt_tos), "subject": parsed["Subject"],
-                              "body": parsed.get_payload(decode=True).decode()})
+                              "body": parsed.get_payload(decode=True).decode().replace("\r\n", "\n")})
         return "250 OK"
 
 

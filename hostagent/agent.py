@@ -1,0 +1,294 @@
+"""``hostagent watch``: the daemon.  Events (kernel uevents, POLLPRI on /proc/mdstat and md sysfs)
+and periodic jobs (APScheduler 3.x) request checks; one worker runs them, applies automatic
+remedies, feeds the alerter, and writes the status file and the Prometheus textfile.
+
+Only the main thread touches the checks and the state store: scheduler jobs and event
+sources merely queue the names of the checks to run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import checks
+from hostagent.actions import AuditLog
+from hostagent.alerts.alerter import Alerter
+from hostagent.config import Config, load_config
+from hostagent.context import CheckContext
+from hostagent.errors import ConfigError, HostagentError
+from hostagent.host import Host
+from hostagent.model import CheckResult, Finding, Report
+from hostagent.output import render_prom, write_atomic
+from hostagent.remediate import act
+from hostagent.runner import open_state, run_check
+from hostagent.sources.mdstat import MDSTAT_PATH
+from hostagent.sources.mdsysfs import list_md_sysfs
+
+log = logging.getLogger("hostagent")
+STATUS_FILE = "status.json"
+MD_ATTRS = ("array_state", "degraded", "sync_action")
+EVENT_CHECKS = ("md", "hung", "boot")  # what an md or block event can change
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>message`` lines: journald reads the syslog priority from the prefix."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
+
+
+@dataclass
+class Watcher:
+    config_path: str | None
+    root: str = "/"
+    state_dir: str | None = None
+    config: Config = field(default_factory=Config)
+    results: dict[str, CheckResult] = field(default_factory=dict)
+    requests: queue.SimpleQueue[str] = field(default_factory=queue.SimpleQueue)
+    stopping: bool = False
+    reload_requested: bool = False
+    started: float = field(default_factory=time.time)
+    next_runs: dict[str, float] = field(default_factory=dict)
+
+    def setup(self) -> None:
+        self.config = load_config(self.config_path)
+        self.host = Host(self.root, command_timeout=self.config.agent.command_timeout)
+        self.state = open_state(self.host, self.config, self.state_dir)
+        directory = self.state.directory or Path("/tmp/hostagent")
+        self.directory = directory
+        self.audit = AuditLog(self.state.directory)
+        self.alerter = Alerter(self.config.alerts, self.state, directory / "spool", self.host.hostname(),
+                               self.audit, evidence=self.evidence)
+
+    # -- what runs when ------------------------------------------------------------------
+
+    def intervals(self) -> dict[str, float]:
+        watch = self.config.watch
+        return {"md": watch.md_interval, "hung": watch.hung_interval, "smart": watch.smart_interval,
+                "erc": watch.erc_interval, "boot": watch.boot_interval}
+
+    def enabled(self) -> list[str]:
+        return [m.NAME for m in checks.ALL if self.config.check_config(m.NAME).enabled]
+
+    def request(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.requests.put(name)
+
+    def run_pending(self) -> None:
+        wanted: list[str] = []
+        while True:
+            try:
+                name = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if name in self.enabled() and name not in wanted:
+                wanted.append(name)
+        if wanted:
+            self.cycle([m.NAME for m in checks.ALL if m.NAME in wanted])
+
+    def cycle(self, names: list[str]) -> Report:
+        """Run these checks, act, alert, and publish the combined view."""
+        ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
+        start = time.time()
+        for module in checks.ALL:
+            if module.NAME in names:
+                self.results[module.NAME] = run_check(module, ctx, self.config)
+        report = Report(self.host.hostname(), str(self.host.root),
+                        time.strftime("%Y-%m-%dT%H:%M:%S%z"), tuple(self.results[n] for n in names),
+                        ctx.inventory.to_json())
+        if self.config.watch.act and not self.host.is_snapshot:
+            report = act(self.host, report, self.config, self.audit)
+            self.results.update({r.name: r for r in report.results})
+        if self.config.alerts.enabled:
+            alerts = self.alerter.process(report.findings, names)
+            for alert in alerts:
+                log.warning("alert %s: %s %s %s", alert.kind, alert.record.severity, alert.record.code,
+                            alert.record.subject)
+            for error in self.alerter.last_errors:
+                log.error("mail delivery failed (spooled, will retry): %s", error)
+        for result in report.results:
+            if result.error:
+                log.error("check %s failed: %s", result.name, result.error)
+        self.publish(start, names)
+        return report
+
+    def combined(self) -> Report:
+        return Report(self.host.hostname(), str(self.host.root), time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      tuple(self.results.values()))
+
+    def publish(self, start: float, names: list[str]) -> None:
+        report = self.combined()
+        age = self.alerter.spool_age()
+        spool_overdue = age is not None and age > self.config.alerts.spool_max_age
+        if spool_overdue:
+            log.error("alerts have waited %.0f s in the spool (limit %.0f s): mail is not getting out",
+                      age or 0, self.config.alerts.spool_max_age)
+        status = {
+            "pid": os.getpid(), "started": self.started, "hostname": report.hostname,
+            "last_cycle": {"at": start, "checks": names, "duration_ms": round((time.time() - start) * 1000, 1)},
+            "status": report.status.name,
+            "next_runs": self.next_runs,
+            "open_problems": [f.to_json() for f in report.findings],
+            "alerts_open": [r.to_json() for r in self.alerter.records().values() if r.status == "open"],
+            "spool": {"messages": len(self.alerter.spool.entries()), "oldest_age_s": age, "overdue": spool_overdue},
+            "config": self.config.source,
+        }
+        write_atomic(self.directory / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+        if self.config.agent.prom_file:
+            try:
+                write_atomic(self.config.agent.prom_file, render_prom(report))
+            except OSError as err:
+                log.error("cannot write %s: %s", self.config.agent.prom_file, err)
+
+    def evidence(self, finding: Finding) -> str:
+        """Raw evidence for a mail: the array's lines of /proc/mdstat for md findings."""
+        if finding.check not in ("md", "hung"):
+            return ""
+        text = self.host.read_optional(MDSTAT_PATH) or ""
+        array = finding.subject.split("/", 1)[0]
+        lines, inside = [], False
+        for line in text.splitlines():
+            if line.startswith(f"{array} :"):
+                inside = True
+            elif inside and not line.strip():
+                break
+            if inside:
+                lines.append(line)
+        return "\n".join(lines)
+
+    # -- reload and stop -----------------------------------------------------------------
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            log.error("SIGHUP: new configuration rejected, the old one stays in force: %s", err)
+            return
+        self.config = new
+        self.alerter.config = new.alerts
+        log.info("SIGHUP: configuration reloaded from %s", new.source)
+
+
+def _open_events(watcher: Watcher) -> tuple[select.poll, dict[int, Any]]:
+    """POLLPRI on /proc/mdstat and the md sysfs attributes, and kernel uevents for block devices."""
+    poller = select.poll()
+    sources: dict[int, Any] = {}
+    if watcher.host.is_snapshot:
+        return poller, sources
+    paths = [str(watcher.host.path(MDSTAT_PATH))]
+    for name in list_md_sysfs(watcher.host):
+        base = watcher.host.path(f"/sys/block/{name}/md")
+        paths += [str(base / attr) for attr in MD_ATTRS]
+        paths += [str(base / entry / "state") for entry in os.listdir(base) if entry.startswith("dev-")]
+    for path in paths:
+        try:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open for polling
+        except OSError:
+            continue
+        handle.read()
+        poller.register(handle.fileno(), select.POLLPRI | select.POLLERR)
+        sources[handle.fileno()] = handle
+    try:
+        import pyudev
+
+        context = pyudev.Context()
+        source = "udev" if os.path.exists("/run/udev/control") else "kernel"
+        monitor = pyudev.Monitor.from_netlink(context, source=source)
+        monitor.filter_by("block")
+        monitor.start()
+        poller.register(monitor.fileno(), select.POLLIN)
+        sources[monitor.fileno()] = monitor
+    except (ImportError, OSError) as err:
+        log.warning("no uevents (%s): relying on polling", err)
+    return poller, sources
+
+
+def watch(config_path: str | None, root: str = "/", state_dir: str | None = None, once: bool = False) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    watcher = Watcher(config_path, root, state_dir)
+    watcher.setup()
+    try:
+        from apscheduler.schedulers.background import BackgroundScheduler
+    except ImportError:
+        raise HostagentError("hostagent watch needs APScheduler: install hostagent[agent]") from None
+
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            watcher.reload_requested = True
+        else:
+            watcher.stopping = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+
+    def schedule() -> None:
+        scheduler.remove_all_jobs()
+        for name, interval in watcher.intervals().items():
+            scheduler.add_job(watcher.request, "interval", args=[[name]], seconds=interval, id=name)
+
+    schedule()
+    scheduler.start()
+    log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
+             watcher.config.source)
+    watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
+    if once:
+        scheduler.shutdown(wait=False)
+        return 0
+    poller, sources = _open_events(watcher)
+    last_layout = sorted(list_md_sysfs(watcher.host)) if not watcher.host.is_snapshot else []
+    while not watcher.stopping:
+        if watcher.reload_requested:
+            watcher.reload_requested = False
+            watcher.reload()
+            schedule()
+        watcher.next_runs = {job.id: job.next_run_time.timestamp() for job in scheduler.get_jobs()
+                             if job.next_run_time is not None}
+        try:
+            events = poller.poll(250)
+        except InterruptedError:
+            events = []
+        touched = False
+        for fd, _ in events:
+            source = sources.get(fd)
+            if source is None:
+                continue
+            if hasattr(source, "poll"):
+                device = source.poll(timeout=0)
+                touched = touched or (device is not None and device.sys_name.startswith(("md", "dm-", "sd", "vd",
+                                                                                        "nvme", "xvd")))
+            else:
+                source.seek(0)
+                source.read()
+                touched = True
+        if touched:
+            watcher.request(EVENT_CHECKS)
+            layout = sorted(list_md_sysfs(watcher.host))
+            if layout != last_layout:  # arrays came or went: watch their attributes too
+                for handle in sources.values():
+                    if hasattr(handle, "close") and not hasattr(handle, "poll"):
+                        handle.close()
+                poller, sources = _open_events(watcher)
+                last_layout = layout
+        watcher.run_pending()
+    scheduler.shutdown(wait=False)
+    log.info("hostagent watch stopped")
+    return 0
+

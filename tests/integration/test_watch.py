@@ -1,0 +1,106 @@
+"""hostagent watch as a real process: alerts at startup, status, log, SIGHUP and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from tests.helpers import EXAMPLES
+from tests.integration.test_alerts import Sink, free_port
+from tests.integration.test_cli import hostagent
+
+
+def config(tmp_path: Path, port: int, extra: str = "") -> Path:
+    path = tmp_path / "hostagent.toml"
+    path.write_text(f"[watch]\nmd_interval = 1\nhung_interval = 1\n[alerts.smtp]\nhost = \"127.0.0.1\"\nport = {port}\n"
+                    f"[[alerts.routes]]\nto = [\"ops@example.com\", \"noc@example.com\"]\n{extra}")
+    return path
+
+
+def test_watch_alerts_what_is_wrong_at_startup(tmp_path: Path) -> None:
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        conf = config(tmp_path, controller.port)
+        state = tmp_path / "state"
+        run = hostagent("--config", str(conf), "watch", "--once", "--root", str(EXAMPLES / "failed-member"),
+                        "--state-dir", str(state))
+        assert run.returncode == 0, run.stderr
+        assert sorted(m["subject"] for m in sink.messages) == [
+            "[hostagent] CRITICAL md0 degraded on hv-failed", "[hostagent] WARNING md0/sda2 failed member on hv-failed"]
+        assert all(m["to"] == ["ops@example.com", "noc@example.com"] for m in sink.messages)
+        mail = next(m for m in sink.messages if "degraded" in m["subject"])
+        assert "Evidence:\n  md0 : active raid1 sda1[0] sda2[1](F)" in mail["body"]
+        assert "<4>alert new: CRITICAL md.degraded md0" in run.stderr
+        again = hostagent("--config", str(conf), "watch", "--once", "--root", str(EXAMPLES / "failed-member"),
+                          "--state-dir", str(state))
+        assert again.returncode == 0 and len(sink.messages) == 2  # a restart repeats nothing
+        status = json.loads(hostagent("--config", str(conf), "status", "--json", "--state-dir", str(state)).stdout)
+        assert status["running"] is False and status["status"] == "CRITICAL"
+        assert sorted(p["code"] for p in status["open_problems"]) == ["md.degraded", "md.failed_member"]
+        log = hostagent("--config", str(conf), "log", "--state-dir", str(state)).stdout
+        assert "alert" in log and "md.degraded" in log
+    finally:
+        controller.stop()
+
+
+def test_alert_test_sends_to_every_route(tmp_path: Path) -> None:
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        conf = config(tmp_path, controller.port, '[[alerts.routes]]\nto = ["pager@example.com"]\n'
+                                                 'min_severity = "critical"\n')
+        run = hostagent("--config", str(conf), "alert", "test")
+        assert run.returncode == 0, run.stderr
+        assert [m["to"] for m in sink.messages] == [["ops@example.com", "noc@example.com"], ["pager@example.com"]]
+    finally:
+        controller.stop()
+    down = hostagent("--config", str(conf), "alert", "test")
+    assert down.returncode == 1 and "FAILED: ConnectionRefusedError" in down.stdout
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {path}:\n{content}")
+
+
+def test_bad_config_on_sighup_keeps_the_daemon_running(tmp_path: Path) -> None:
+    port = free_port()
+    conf = config(tmp_path, port)
+    errors = tmp_path / "watch.err"
+    env: dict[str, Any] = {k: v for k, v in os.environ.items() if k != "HOSTAGENT_CONFIG"}
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "hostagent", "--config", str(conf), "watch", "--root",
+                                 str(EXAMPLES / "healthy-mirror"), "--state-dir", str(tmp_path / "state")],
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+        wait_for_text(errors, "hostagent watch started")
+        conf.write_text(conf.read_text().replace("md_interval = 1", "md_intervall = 1"))
+        proc.send_signal(signal.SIGHUP)
+        text = wait_for_text(errors, "new configuration rejected")
+        assert f"{conf}: unknown key watch.md_intervall" in text
+        assert proc.poll() is None
+        conf.write_text(config(tmp_path, port, '[checks.md]\nmismatch_threshold = 7\n').read_text())
+        proc.send_signal(signal.SIGHUP)
+        wait_for_text(errors, "configuration reloaded")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "hostagent watch stopped" in errors.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
