@@ -9,7 +9,7 @@ APT_PACKAGES := python3 python3-venv python3-pip openssl
 # the VM suite (tests/vm): Debian's kernel under QEMU with real md, dm and mdadm
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod smartmontools
 
-.PHONY: demo test test-fast lint bench bench-hung deps apt clean
+.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle deps apt clean
 
 deps: apt $(STAMP)
 
@@ -43,6 +43,12 @@ test: lint
 
 test-fast: lint
 	$(BIN)/pytest -m "not vm"
+
+bench-alert: deps
+	$(BIN)/python bench/bench_alert_latency.py
+
+bench-idle: deps
+	$(BIN)/python bench/bench_watch_idle.py 600
 
 bench-hung: deps
 	$(BIN)/python bench/bench_hung.py

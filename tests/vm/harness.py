@@ -30,7 +30,7 @@ CACHE = REPO / ".cache" / "vm"
 RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
 MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
-           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4"]
+           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net"]
 TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs")
 DATA_DIRS = ("/usr/lib/grub/i386-pc",)
 PYTHON = "/usr/bin/python3.11"
@@ -200,7 +200,7 @@ class VM:
     """A running VM with ``disks`` sparse virtio disks of ``disk_mib`` MiB each."""
 
     def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
-                 disk_layout: str | None = None, scsi_disks: int = 0) -> None:
+                 disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None) -> None:
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
@@ -213,6 +213,7 @@ class VM:
         self._ids = itertools.count(1)
         self._buffer = b""
         self._layout = disk_layout
+        self._smtp_port = smtp_port
         try:
             self._boot(disk_mib, memory_mib)
         except BaseException:
@@ -253,6 +254,11 @@ class VM:
                 "-blockdev", f"driver=raw,file=debug{i},node-name=disk{i}",
                 "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial=disk{i}",
             ]
+        if self._smtp_port is not None:
+            # The guest's only network: 10.0.2.100:25 relayed to an SMTP server on host loopback.
+            relay = f"cmd:{sys.executable} {HERE / 'smtp_relay.py'} 127.0.0.1 {self._smtp_port}"
+            argv += ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:25-{relay}",
+                     "-device", "virtio-net-pci,netdev=net0"]
         if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi, with blkdebug like the virtio disks
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]
         for i, disk in enumerate(self.scsi_disks):
@@ -285,6 +291,8 @@ class VM:
         self._qmp = self._connect("qmp.sock")
         self._qmp_read(10)
         self.qmp("qmp_capabilities")
+        if self._smtp_port is not None:
+            self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
 
     def _connect(self, name: str) -> socket.socket:
         deadline = time.monotonic() + 30

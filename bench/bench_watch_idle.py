@@ -1,0 +1,54 @@
+"""Idle footprint of `hostagent watch` on the live machine: RSS and CPU over a quiet period.
+
+Run: .venv/bin/python bench/bench_watch_idle.py [SECONDS]   (default 600)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 600.0
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "hostagent.toml"
+        config.write_text("[alerts]\nenabled = false\n")  # default intervals: md 10 s, hung 5 s, smart 30 min
+        env = {**os.environ, "HOSTAGENT_CONFIG": str(config)}
+        proc = subprocess.Popen([sys.executable, "-m", "hostagent", "watch", "--state-dir", f"{tmp}/state"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        watcher = psutil.Process(proc.pid)
+        time.sleep(5)  # past start-up and the first full cycle
+        start_cpu = watcher.cpu_times()
+        start = time.monotonic()
+        peak_rss = 0
+        samples = []
+        while time.monotonic() - start < seconds:
+            rss = watcher.memory_info().rss
+            peak_rss = max(peak_rss, rss)
+            samples.append(rss)
+            time.sleep(1)
+        end_cpu = watcher.cpu_times()
+        elapsed = time.monotonic() - start
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    cpu = (end_cpu.user + end_cpu.system - start_cpu.user - start_cpu.system) / elapsed
+    print(f"# hostagent watch idle footprint over {elapsed:.0f} s (default intervals)\n")
+    print("| measure | value | goal |")
+    print("|---|---|---|")
+    print(f"| peak RSS | {peak_rss / 2**20:.1f} MiB | under 40 MB |")
+    print(f"| median RSS | {sorted(samples)[len(samples) // 2] / 2**20:.1f} MiB | |")
+    print(f"| CPU of one core | {cpu:.3%} | under 0.5 % |")
+
+
+if __name__ == "__main__":
+    main()
