@@ -8,6 +8,7 @@ sources merely queue the names of the checks to run.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -226,6 +227,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     watcher.setup()
     try:
         from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
     except ImportError:
         raise HostagentError("hostagent watch needs APScheduler: install hostagent[agent]") from None
 
@@ -237,12 +239,15 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    # Intervals need no local time zone; naming UTC keeps a host with an odd TZ from stopping the daemon.
+    scheduler = BackgroundScheduler(timezone=dt.UTC,
+                                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
 
     def schedule() -> None:
         scheduler.remove_all_jobs()
         for name, interval in watcher.intervals().items():
-            scheduler.add_job(watcher.request, "interval", args=[[name]], seconds=interval, id=name)
+            # a trigger object, not the "interval" alias: aliases need package metadata to resolve
+            scheduler.add_job(watcher.request, IntervalTrigger(seconds=interval), args=[[name]], id=name)
 
     schedule()
     scheduler.start()
