@@ -104,3 +104,28 @@ def test_bad_config_on_sighup_keeps_the_daemon_running(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sendmail_delivery_and_an_overdue_spool(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text(f'#!/bin/sh\necho "$@" > {outbox}.args\ncat > {outbox}\n')
+    sendmail.chmod(0o755)
+    conf = config(tmp_path, free_port(), f'[alerts]\nsendmail = "{sendmail}"\n')
+    run = hostagent("--config", str(conf), "watch", "--once", "--root", str(EXAMPLES / "failed-member"),
+                    "--state-dir", str(tmp_path / "state"))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "outbox.args").read_text().split() == ["-oi", "--", "ops@example.com", "noc@example.com"]
+    assert "Subject: [hostagent]" in outbox.read_text()
+
+    (tmp_path / "down").mkdir()
+    down = config(tmp_path / "down", free_port(), "[alerts]\nspool_max_age = 0\n")
+    state = tmp_path / "down/state"
+    logs = ""
+    for _ in range(2):  # the second run finds mail that has waited longer than the limit
+        logs += hostagent("--config", str(down), "watch", "--once", "--root", str(EXAMPLES / "failed-member"),
+                          "--state-dir", str(state)).stderr
+    assert "<3>mail delivery failed (spooled, will retry)" in logs
+    assert "in the spool (limit 0 s): mail is not getting out" in logs
+    status = json.loads(hostagent("--config", str(down), "status", "--json", "--state-dir", str(state)).stdout)
+    assert status["spool"]["messages"] == 2 and status["spool"]["overdue"] is True
