@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from checks import boot, erc, hung, md, smart
-from hostagent.alerts.delivery import AlertsConfig
+from hostagent.alerts.settings import AlertsConfig
 from hostagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"

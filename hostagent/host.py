@@ -9,6 +9,7 @@ reproduces the same findings offline.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import os
@@ -267,12 +268,14 @@ def run_command(argv: tuple[str, ...], *, timeout: float) -> CommandResult:
     )
 
 
-class DeviceReader:
+class DeviceReader(abc.ABC):
     path: str
 
+    @abc.abstractmethod
     def read(self, offset: int, length: int) -> bytes:
-        raise NotImplementedError
+        """``length`` bytes at ``offset`` (fewer at the end of the device)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the device."""
 

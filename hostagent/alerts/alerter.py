@@ -8,7 +8,6 @@ from pathlib import Path
 
 from hostagent.actions import AuditLog
 from hostagent.alerts.delivery import (
-    AlertsConfig,
     Spool,
     body,
     compose,
@@ -18,6 +17,7 @@ from hostagent.alerts.delivery import (
     severity_of,
     subject_line,
 )
+from hostagent.alerts.settings import AlertsConfig
 from hostagent.alerts.state import Alert, AlertRecord, Policy, step
 from hostagent.model import Finding
 from hostagent.state import StateStore

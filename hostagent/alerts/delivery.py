@@ -12,51 +12,15 @@ import smtplib
 import ssl
 import subprocess
 import uuid
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from hostagent.alerts.settings import AlertsConfig
 from hostagent.alerts.state import Alert
 from hostagent.errors import HostagentError
 from hostagent.model import Severity
-
-SeverityName = Literal["info", "warning", "unknown", "critical"]
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str = "localhost"
-    port: int = 25
-    security: Literal["none", "starttls", "tls"] = "none"
-    username: str | None = None
-    password_file: str | None = None
-    from_addr: str = "hostagent@localhost"
-    timeout: float = 30.0
-    ca_file: str | None = None
-
-
-@dataclass(frozen=True)
-class Route:
-    to: tuple[str, ...] = ()
-    min_severity: SeverityName = "warning"
-
-
-@dataclass(frozen=True)
-class AlertsConfig:
-    enabled: bool = True
-    min_severity: SeverityName = "warning"
-    reminder_interval: float = 86400.0
-    reminder_backoff: float = 1.0
-    flap_window: float = 3600.0
-    flap_threshold: int = 3
-    smtp: SmtpConfig = field(default_factory=SmtpConfig)
-    sendmail: str | None = None
-    routes: tuple[Route, ...] = ()
-    hook: str | None = None
-    hook_timeout: float = 30.0
-    spool_max_age: float = 86400.0
 
 
 def severity_of(name: str) -> Severity:

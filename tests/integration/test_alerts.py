@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from aiosmtpd.controller import Controller
 
 from hostagent.actions import AuditLog
 from hostagent.alerts.alerter import Alerter
-from hostagent.alerts.delivery import AlertsConfig, Route, SmtpConfig
+from hostagent.alerts.settings import AlertsConfig, Route, SmtpConfig
 from hostagent.config import Config
 from hostagent.host import Host
 from hostagent.model import Finding, Severity
@@ -41,15 +42,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def smtp() -> Iterator[tuple[Controller, Sink]]:
-    sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+@contextlib.contextmanager
+def sink_server(sink: Sink | None = None, **options: Any) -> Iterator[tuple[Controller, Sink]]:
+    """An aiosmtpd server on a free loopback port, stopped whatever happens."""
+    sink = sink or Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     try:
         yield controller, sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Controller, Sink]]:
+    with sink_server() as server:
+        yield server
 
 
 class Clock:
@@ -142,18 +150,13 @@ def test_starttls_with_a_self_signed_certificate(tmp_path: Path) -> None:
                    check=True, capture_output=True)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), tls_context=context, require_starttls=True)
-    controller.start()
-    try:
+    with sink_server(tls_context=context, require_starttls=True) as (controller, sink):
         untrusting = make(tmp_path / "a", controller.port, Clock(), smtp={"security": "starttls"})
         untrusting.process([degraded()], ["md"])
         assert sink.messages == [] and "CERTIFICATE_VERIFY_FAILED" in " ".join(untrusting.last_errors)
         trusting = make(tmp_path / "b", controller.port, Clock(), smtp={"security": "starttls", "ca_file": str(cert)})
         trusting.process([degraded()], ["md"])
         assert [m["subject"] for m in sink.messages] == ["[hostagent] CRITICAL md0 degraded on hv1"]
-    finally:
-        controller.stop()
 
 
 def test_smtp_down_spools_and_delivers_exactly_once(tmp_path: Path) -> None:

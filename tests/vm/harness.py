@@ -247,45 +247,21 @@ class VM:
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]
-        for i, disk in enumerate(self.disks):
-            with disk.open("wb") as handle:
-                handle.truncate(disk_mib * 1024 * 1024)
-            if self._layout:  # sfdisk works on the image file itself, before the guest sees it
-                subprocess.run(["sfdisk", "-q", str(disk)], input=self._layout.encode(), check=True,
-                               capture_output=True)
-            argv += [
-                "-blockdev", f"driver=file,filename={disk},node-name=file{i},cache.direct=off,cache.no-flush=on",
-                "-blockdev", f"driver=blkdebug,image=file{i},node-name=debug{i}",
-                "-blockdev", f"driver=raw,file=debug{i},node-name=disk{i}",
-                "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i},serial=disk{i}",
-            ]
+        buses = [(self.disks, "disk", "virtio-blk-pci,drive={node},id=vd{i},serial=disk{i}"),
+                 (self.scsi_disks, "scsi", "scsi-hd,drive={node},bus=scsi0.0,scsi-id=0,lun={i},serial=SCSI{i}"),
+                 (self.sata_disks, "sata", "ide-hd,drive={node},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}")]
+        if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi
+            argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+        if self.sata_disks:  # sdX through libata, behind an emulated AHCI controller
+            argv += ["-device", "ahci,id=ahci0"]
+        for disks, prefix, device in buses:
+            for i, disk in enumerate(disks):
+                argv += self._disk(disk, f"{prefix}{i}", device.format(node=f"{prefix}{i}", i=i), disk_mib)
         if self._smtp_port is not None:
             # The guest's only network: 10.0.2.100:25 relayed to an SMTP server on host loopback.
             relay = f"cmd:{sys.executable} {HERE / 'smtp_relay.py'} 127.0.0.1 {self._smtp_port}"
             argv += ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:25-{relay}",
                      "-device", "virtio-net-pci,netdev=net0"]
-        if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi, with blkdebug like the virtio disks
-            argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-        for i, disk in enumerate(self.scsi_disks):
-            with disk.open("wb") as handle:
-                handle.truncate(disk_mib * 1024 * 1024)
-            argv += [
-                "-blockdev", f"driver=file,filename={disk},node-name=sfile{i},cache.direct=off,cache.no-flush=on",
-                "-blockdev", f"driver=blkdebug,image=sfile{i},node-name=sdebug{i}",
-                "-blockdev", f"driver=raw,file=sdebug{i},node-name=scsi{i}",
-                "-device", f"scsi-hd,drive=scsi{i},bus=scsi0.0,scsi-id=0,lun={i},serial=SCSI{i}",
-            ]
-        if self.sata_disks:
-            argv += ["-device", "ahci,id=ahci0"]
-        for i, disk in enumerate(self.sata_disks):  # ATA disks (sdX) behind an emulated AHCI controller
-            with disk.open("wb") as handle:
-                handle.truncate(disk_mib * 1024 * 1024)
-            argv += [
-                "-blockdev", f"driver=file,filename={disk},node-name=afile{i},cache.direct=off,cache.no-flush=on",
-                "-blockdev", f"driver=blkdebug,image=afile{i},node-name=adebug{i}",
-                "-blockdev", f"driver=raw,file=adebug{i},node-name=sata{i}",
-                "-device", f"ide-hd,drive=sata{i},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}",
-            ]
         log = (self.run_dir / "qemu.stderr").open("wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       preexec_fn=_die_with_parent)
@@ -298,6 +274,17 @@ class VM:
         self.qmp("qmp_capabilities")
         if self._smtp_port is not None:
             self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
+
+    def _disk(self, path: Path, node: str, device: str, mib: int) -> list[str]:
+        """A sparse image under a blkdebug layer (so writes can be held), named ``node`` for QMP."""
+        with path.open("wb") as handle:
+            handle.truncate(mib * 1024 * 1024)
+        if self._layout:  # sfdisk works on the image file itself, before the guest sees it
+            subprocess.run(["sfdisk", "-q", str(path)], input=self._layout.encode(), check=True, capture_output=True)
+        return ["-blockdev", f"driver=file,filename={path},node-name={node}-file,cache.direct=off,cache.no-flush=on",
+                "-blockdev", f"driver=blkdebug,image={node}-file,node-name={node}-debug",
+                "-blockdev", f"driver=raw,file={node}-debug,node-name={node}",
+                "-device", device]
 
     def _connect(self, name: str) -> socket.socket:
         deadline = time.monotonic() + 30

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.integration.test_alerts import Sink, free_port
+from tests.integration.test_alerts import Sink, sink_server
 from tests.vm.conftest import MdHelper, md_session
 from tests.vm.harness import VM
 from tests.vm.test_md_scenarios import wait_for
@@ -24,13 +24,8 @@ to = ["ops@example.com"]
 
 @pytest.fixture(scope="module")
 def mail() -> Iterator[tuple[Controller, Sink]]:
-    sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield controller, sink
-    finally:
-        controller.stop()
+    with sink_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,42 @@
+"""Alert settings ([alerts] in the config): plain values, importable without the mail machinery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SeverityName = Literal["info", "warning", "unknown", "critical"]
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password_file: str | None = None
+    from_addr: str = "hostagent@localhost"
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    to: tuple[str, ...] = ()
+    min_severity: SeverityName = "warning"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    enabled: bool = True
+    min_severity: SeverityName = "warning"
+    reminder_interval: float = 86400.0
+    reminder_backoff: float = 1.0
+    flap_window: float = 3600.0
+    flap_threshold: int = 3
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    sendmail: str | None = None
+    routes: tuple[Route, ...] = ()
+    hook: str | None = None
+    hook_timeout: float = 30.0
+    spool_max_age: float = 86400.0
