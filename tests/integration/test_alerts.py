@@ -216,3 +216,32 @@ def test_hook_program_gets_the_alert(tmp_path: Path, smtp: Any) -> None:
     assert json.loads(payload)["summary"].startswith("md0 (raid1) is degraded")
     audit = [json.loads(line) for line in (tmp_path / "state/audit.jsonl").read_text().splitlines()]
     assert audit[-1]["event"] == "alert" and audit[-1]["hook_error"] is None
+
+
+def test_implicit_tls_with_login(tmp_path: Path) -> None:
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret")
+
+    password = tmp_path / "smtp.password"
+    password.write_text("s3cret\n")
+    with sink_server(ssl_context=context, authenticator=authenticator, auth_require_tls=False) as (controller, sink):
+        alerter = make(tmp_path, controller.port, Clock(),
+                       smtp={"security": "tls", "ca_file": str(cert), "username": "hostagent",
+                             "password_file": str(password)})
+        alerter.process([degraded()], ["md"])
+        assert [m["subject"] for m in sink.messages] == ["[hostagent] CRITICAL md0 degraded on hv1"]
+        assert logins == [(b"hostagent", b"s3cret")]
