@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := python3 python3-venv python3-pip openssl
+APT_PACKAGES := python3 python3-venv python3-pip python3-dev gcc openssl
+# libvirt-python is sdist-only: it builds against libvirt-dev
+APT_PACKAGES += libvirt-dev pkg-config
 # the VM suite (tests/vm): Debian's kernel under QEMU with real md, dm and mdadm
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod smartmontools
 
@@ -25,7 +27,7 @@ apt:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,agent]'
+	$(BIN)/pip install -q -e '.[dev,agent,libvirt]'
 	touch $@
 
 demo: deps

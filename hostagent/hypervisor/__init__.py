@@ -1,0 +1,48 @@
+"""Hypervisors behind one small interface: what maintenance needs to save and restore guests."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    name: str
+    running: bool
+    persistent: bool
+    memory_kib: int
+    owner: str | None = None
+    unsaveable: str | None = None  # why the guest cannot be saved (host PCI passthrough, ...)
+
+
+class Hypervisor(abc.ABC):
+    """One connection; every call may raise HostagentError naming the guest."""
+
+    @abc.abstractmethod
+    def guests(self) -> list[GuestInfo]:
+        """Every defined guest."""
+
+    @abc.abstractmethod
+    def save(self, name: str, image: str) -> str:
+        """Save a running guest's memory and stop it; returns where the image is."""
+
+    @abc.abstractmethod
+    def restore(self, name: str, image: str) -> None:
+        """Resume a guest from its saved image."""
+
+    @abc.abstractmethod
+    def has_image(self, name: str, image: str) -> bool:
+        """Whether the guest's saved image is still there."""
+
+    @abc.abstractmethod
+    def start(self, name: str) -> None:
+        """Cold boot (the saved image is kept by the caller, never discarded here)."""
+
+    @abc.abstractmethod
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to shut down gracefully."""
+
+    @abc.abstractmethod
+    def is_running(self, name: str) -> bool:
+        """Whether the guest runs now."""
