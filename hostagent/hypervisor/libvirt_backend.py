@@ -46,10 +46,11 @@ class LibvirtHypervisor(Hypervisor):
         for domain in self._conn.listAllDomains():
             xml = ET.fromstring(domain.XMLDesc(0))
             owner = xml.find(f"metadata/{{{OWNER_NS}}}owner")
+            owner_text = owner.text.strip() if owner is not None and owner.text else None
             passthrough = xml.find("devices/hostdev")
             found.append(GuestInfo(
                 name=domain.name(), running=bool(domain.isActive()), persistent=bool(domain.isPersistent()),
-                memory_kib=int(domain.info()[2]), owner=owner.text.strip() if owner is not None and owner.text else None,
+                memory_kib=int(domain.info()[2]), owner=owner_text,
                 unsaveable="host device passthrough (hostdev)" if passthrough is not None else None,
             ))
         return sorted(found, key=lambda g: g.name)

@@ -53,5 +53,5 @@ def test_errors_name_the_guest_and_the_hypervisor(tmp_path: Path) -> None:
     hypervisor = LibvirtHypervisor(node(tmp_path))
     with pytest.raises(HostagentError, match="guest nosuch:"):
         hypervisor.is_running("nosuch")
-    with pytest.raises(ProbeUnavailable, match="hypervisor test:///no/such/file.xml not reachable"):
+    with pytest.raises(ProbeUnavailable, match=r"hypervisor test:///no/such/file\.xml not reachable"):
         LibvirtHypervisor("test:///no/such/file.xml")
