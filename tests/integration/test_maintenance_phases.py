@@ -1,0 +1,104 @@
+"""Save and restore phases against libvirt's test driver, with failures injected (issue #8, in progress)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hostagent.errors import HostagentError
+from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.phases import PhaseConfig, Recorder, restore_phase, save_phase
+from tests.integration.test_hypervisor import DOMAIN
+
+
+class Faulty(LibvirtHypervisor):
+    """The real test-driver backend, with chosen calls failing a chosen number of times."""
+
+    def __init__(self, uri: str, fail: dict[tuple[str, str], int]) -> None:
+        super().__init__(uri)
+        self.fail = dict(fail)
+
+    def _maybe(self, call: str, name: str) -> None:
+        if self.fail.get((call, name), 0) > 0:
+            self.fail[(call, name)] -= 1
+            raise HostagentError(f"guest {name}: {call} failed: injected")
+
+    def save(self, name: str, image: str) -> str:
+        self._maybe("save", name)
+        return super().save(name, image)
+
+    def restore(self, name: str, image: str) -> None:
+        self._maybe("restore", name)
+        super().restore(name, image)
+
+
+def setup(tmp_path: Path, fail: dict[tuple[str, str], int] | None = None) -> tuple[Faulty, JournalStore, Recorder]:
+    domains = "\n".join(DOMAIN.format(name=n, memory=128, metadata="", devices="") for n in ("a", "b", "c"))
+    (tmp_path / "node.xml").write_text(f"<node>\n{domains}\n</node>\n")
+    hypervisor = Faulty(f"test://{tmp_path / 'node.xml'}", fail or {})
+    store = JournalStore(tmp_path / "journal")
+    journal = Journal.new(0.0, "test", ["a", "b", "c"]).advance("preflight")
+    store.save(journal)
+    return hypervisor, store, Recorder(journal, store)
+
+
+def states(store: JournalStore, recorder: Recorder) -> dict[str, str]:
+    on_disk = store.load(recorder.journal.id)
+    assert on_disk == recorder.journal  # the journal on disk always tells what happened
+    return {n: g.state for n, g in on_disk.guests.items()}
+
+
+def test_full_cycle(tmp_path: Path) -> None:
+    hypervisor, store, recorder = setup(tmp_path)
+    assert save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path)))
+    assert states(store, recorder) == {"a": "saved", "b": "saved", "c": "saved"}
+    assert not any(hypervisor.is_running(n) for n in "abc")
+    recorder.advance("rebooting")
+    restore_phase(recorder, hypervisor, PhaseConfig(restore_priority=("c",)))
+    assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
+    assert recorder.journal.phase == "done"
+    assert all(g.downtime_s is not None and g.downtime_s >= 0 for g in recorder.journal.guests.values())
+
+
+def test_a_failed_save_is_shut_down_and_cold_started(tmp_path: Path) -> None:
+    hypervisor, store, recorder = setup(tmp_path, {("save", "b"): 1})
+    assert save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path), shutdown_timeout=5))
+    assert states(store, recorder) == {"a": "saved", "b": "shut_down", "c": "saved"}
+    assert "injected" in (recorder.journal.guests["b"].error or "")
+    recorder.advance("rebooting")
+    restore_phase(recorder, hypervisor, PhaseConfig())
+    assert recorder.journal.phase == "done" and all(hypervisor.is_running(n) for n in "abc")
+
+
+def test_abort_policy_brings_the_saved_guests_back_without_a_reboot(tmp_path: Path) -> None:
+    hypervisor, store, recorder = setup(tmp_path, {("save", "a"): 1})
+    assert not save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path), on_save_failure="abort"))
+    restore_phase(recorder, hypervisor, PhaseConfig(), aborted=True)
+    assert recorder.journal.phase == "failed" and "aborted before the reboot" in (recorder.journal.error or "")
+    assert "rebooting" not in [phase for phase, _ in recorder.journal.history]
+    assert all(hypervisor.is_running(n) for n in "abc")
+
+
+def test_restore_retries_then_keeps_the_image_when_it_keeps_failing(tmp_path: Path) -> None:
+    hypervisor, store, recorder = setup(tmp_path, {("restore", "a"): 2, ("restore", "b"): 9})
+    save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path)))
+    recorder.advance("rebooting")
+    restore_phase(recorder, hypervisor, PhaseConfig(restore_attempts=3))
+    guests = store.load(recorder.journal.id).guests
+    assert (guests["a"].state, guests["a"].attempts) == ("running", 3)
+    assert guests["b"].state == "restore_failed" and hypervisor.has_image("b", "managed")  # never discarded
+    assert recorder.journal.phase == "failed" and "b" in (recorder.journal.error or "")
+
+
+def test_a_crash_mid_restore_resumes_without_restoring_twice(tmp_path: Path) -> None:
+    hypervisor, store, recorder = setup(tmp_path)
+    save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path)))
+    recorder.advance("rebooting")
+    recorder.advance("restoring")
+    hypervisor.restore("a", "managed")  # the agent restored a, then died before writing it down
+    recorder.guest("b", "restoring")
+    resumed = Recorder(store.load(recorder.journal.id), store)  # a new agent process reads the journal
+    restore_phase(resumed, hypervisor, PhaseConfig())
+    assert states(store, resumed) == {"a": "running", "b": "running", "c": "running"}
+    assert resumed.journal.guests["a"].attempts == 0  # found running: not restored again
+    assert resumed.journal.phase == "done"
