@@ -74,6 +74,7 @@ def test_abort_policy_brings_the_saved_guests_back_without_a_reboot(tmp_path: Pa
     hypervisor, store, recorder = setup(tmp_path, {("save", "a"): 1})
     assert not save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path), on_save_failure="abort"))
     restore_phase(recorder, hypervisor, PhaseConfig(), aborted=True)
+    assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
     assert recorder.journal.phase == "failed" and "aborted before the reboot" in (recorder.journal.error or "")
     assert "rebooting" not in [phase for phase, _ in recorder.journal.history]
     assert all(hypervisor.is_running(n) for n in "abc")
