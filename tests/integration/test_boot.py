@@ -10,15 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.images import KINDS, build
 from tests.integration.test_cli import hostagent
 from tests.snapshots import HostSnapshot
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("images")
-    return {kind: build(directory, kind) for kind in KINDS}
 
 
 def boot_findings(root: Path, *args: str) -> tuple[int, list[tuple[str, str, str]], dict[str, Any]]:

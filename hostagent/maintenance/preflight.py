@@ -1,0 +1,83 @@
+"""Preflight: may this host be rebooted now, and what happens to each guest (issue #8, in progress).
+
+Host problems can be overridden with --force; a member that cannot boot only with
+--force-unbootable: never reboot into a host that cannot boot.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from checks import boot, hung, md
+from hostagent.config import Config
+from hostagent.context import CheckContext
+from hostagent.errors import HostagentError
+from hostagent.hypervisor import GuestInfo, Hypervisor
+from hostagent.sources.mounts import boot_arrays
+
+ARRAY_BLOCKERS = ("md.degraded", "md.recovering", "md.failed", "md.inactive")
+SAVE_MARGIN = 1.1
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    name: str
+    memory_kib: int
+    action: str  # "save", or why not
+
+
+@dataclass(frozen=True)
+class Preflight:
+    host_problems: tuple[str, ...] = ()
+    boot_problems: tuple[str, ...] = ()
+    guests: tuple[GuestPlan, ...] = field(default_factory=tuple)
+
+    def allowed(self, force: bool = False, force_unbootable: bool = False) -> bool:
+        return (not self.host_problems or force) and (not self.boot_problems or force_unbootable)
+
+    def lines(self) -> list[str]:
+        out = [f"host: {p}" for p in self.host_problems] + [f"boot: {p}" for p in self.boot_problems]
+        out += [f"guest {g.name} ({g.memory_kib // 1024} MiB): {g.action}" for g in self.guests]
+        return out
+
+
+def run_preflight(ctx: CheckContext, config: Config, connect: Callable[[], Hypervisor], save_dir: str) -> Preflight:
+    problems: list[str] = []
+    critical = set(boot_arrays(ctx.host)) | set(config.checks.boot.arrays)
+    for finding in md.run(ctx, config.checks.md):
+        if finding.code in ARRAY_BLOCKERS and finding.subject.split("/")[0] in critical:
+            problems.append(f"{finding.code}: {finding.summary}")
+    for finding in hung.run(ctx, config.checks.hung):
+        problems.append(f"{finding.code}: {finding.summary}")
+    boot_problems = tuple(f"{f.code}: {f.summary}" for f in boot.blockers(ctx, config.checks.boot))
+    try:
+        guests = connect().guests()
+    except HostagentError as err:
+        problems.append(f"hypervisor: {err}")
+        return Preflight(tuple(problems), boot_problems)
+    plans = [plan(g) for g in guests]
+    needed = sum(g.memory_kib for g in guests if g.running) * 1024 * SAVE_MARGIN
+    try:
+        stat = os.statvfs(ctx.host.path(save_dir))
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            problems.append(f"{save_dir} has {free / 2**30:.1f} GiB free; the running guests need "
+                            f"{needed / 2**30:.1f} GiB ({SAVE_MARGIN:g} x their memory)")
+    except OSError as err:
+        problems.append(f"{save_dir}: {err.strerror or err}")
+    problems += [f"guest {p.name}: {p.action}" for p in plans if p.action.startswith("cannot")]
+    return Preflight(tuple(problems), boot_problems, tuple(plans))
+
+
+def plan(guest: GuestInfo) -> GuestPlan:
+    if not guest.running:
+        action = "not running: left alone"
+    elif not guest.persistent:
+        action = "cannot save: transient domain (no definition to restore into)"
+    elif guest.unsaveable:
+        action = f"cannot save: {guest.unsaveable}"
+    else:
+        action = "save"
+    return GuestPlan(guest.name, guest.memory_kib, action)
