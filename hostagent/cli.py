@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     alert_test = alert_sub.add_parser("test", help="send a test message to every route")
     alert_test.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
 
+    maintenance = sub.add_parser("maintenance", help="scheduled reboots with guest save/restore (in progress)")
+    maintenance.add_argument("action", nargs="?", choices=("schedule", "list", "status", "cancel"), default="schedule")
+    maintenance.add_argument("--reboot-at", metavar="WHEN",
+                             help="ISO 8601, or 'YYYY-MM-DD HH:MM' in the host's time zone")
+    maintenance.add_argument("--reason", default="", help="why, for the journal and the notices")
+    maintenance.add_argument("--dry-run", action="store_true", help="run the preflight and show the plan only")
+    maintenance.add_argument("--force", action="store_true", help="override failed host checks (not the boot check)")
+    maintenance.add_argument("--force-unbootable", action="store_true",
+                             help="also reboot although a boot-array member cannot boot")
+    maintenance.add_argument("--json", action="store_true", help="print JSON")
+    maintenance.add_argument("--state-dir", metavar="DIR", help="where the journals live")
+
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
@@ -112,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return watch(args.config, args.root, args.state_dir, args.once)
         if args.command in ("status", "log", "alert"):
             return _daemon_view(args)
+        if args.command == "maintenance":
+            return _maintenance(args)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN
@@ -230,6 +244,45 @@ def _disk_fail(args: argparse.Namespace, host: Any, config: Any) -> int:
     if not args.apply:
         print("dry run: nothing was changed; run again with --apply to force the member out")
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _maintenance(args: argparse.Namespace) -> int:
+    from hostagent.config import load_config
+    from hostagent.maintenance import cli as maintenance
+
+    config = load_config(args.config)
+    if args.action in ("list", "status"):
+        rows = maintenance.listing(config, args.state_dir)
+        if args.action == "status":
+            rows = [r for r in rows if r["phase"] not in ("done", "failed", "cancelled", "missed")][:1]
+        if args.json:
+            sys.stdout.write(maintenance.render(rows))
+        else:
+            for row in rows:
+                print(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {row['reason']}")
+                for guest, state in row["guests"].items():
+                    print(f"    {guest}: {state}")
+            if not rows:
+                print("no maintenance" + (" scheduled" if args.action == "status" else ""))
+        return 0
+    if args.action == "cancel":
+        document = maintenance.cancel(config, args.state_dir)
+        sys.stdout.write(maintenance.render(document) if args.json else f"maintenance {document['id']} cancelled\n")
+        return 0
+    if not args.reboot_at:
+        raise HostagentError("maintenance needs --reboot-at WHEN")
+    document, result = maintenance.schedule(config, args.state_dir, args.reboot_at, args.reason,
+                                            dry_run=args.dry_run, force=args.force,
+                                            force_unbootable=args.force_unbootable)
+    if args.json:
+        sys.stdout.write(maintenance.render(document))
+    else:
+        print(f"reboot at {document['reboot_at']}" + (" (dry run: nothing scheduled)" if args.dry_run else ""))
+        for line in result.lines():
+            print(f"  {line}")
+        if "id" in document:
+            print(f"scheduled as maintenance {document['id']}")
+    return 0
 
 
 def _daemon_view(args: argparse.Namespace) -> int:

@@ -56,12 +56,21 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    uri: str = "qemu:///system"
+    save_dir: str = "/var/lib/libvirt/qemu/save"
+    late_start_grace: float = 900.0
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     disks: DisksConfig = field(default_factory=DisksConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     source: str = "defaults"
 
     def check_config(self, name: str) -> Any:

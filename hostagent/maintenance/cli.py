@@ -1,0 +1,76 @@
+"""``hostagent maintenance``: schedule, list, show and cancel reboots (issue #8, in progress)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from hostagent.config import Config
+from hostagent.context import CheckContext
+from hostagent.errors import HostagentError
+from hostagent.host import Host
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.preflight import Preflight, run_preflight
+from hostagent.maintenance.when import describe, parse_when
+
+
+def store_for(config: Config, state_dir: str | None) -> JournalStore:
+    return JournalStore(Path(state_dir or config.agent.state_dir) / "maintenance")
+
+
+def _connect(config: Config) -> Any:
+    from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+
+    return LibvirtHypervisor(config.maintenance.uri)
+
+
+def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, dry_run: bool, force: bool,
+             force_unbootable: bool, now: dt.datetime | None = None) -> tuple[dict[str, Any], Preflight]:
+    moment = parse_when(when, now or dt.datetime.now(dt.UTC).astimezone())
+    store = store_for(config, state_dir)
+    active = store.active()
+    if active is not None and not dry_run:
+        raise HostagentError(f"maintenance {active.id} is already {active.phase} for "
+                             f"{describe(dt.datetime.fromtimestamp(active.reboot_at, dt.UTC))}; cancel it first")
+    host = Host("/", command_timeout=config.agent.command_timeout)
+    ctx = CheckContext.for_host(host, None, config.disks.include, config.disks.exclude)
+    result = run_preflight(ctx, config, lambda: _connect(config), config.maintenance.save_dir)
+    document: dict[str, Any] = {"reboot_at": describe(moment), "reboot_at_utc": moment.astimezone(dt.UTC).isoformat(),
+                                "reason": reason, "dry_run": dry_run, "preflight": result.lines(),
+                                "allowed": result.allowed(force, force_unbootable)}
+    if not result.allowed(force, force_unbootable):
+        needs = "--force-unbootable" if result.boot_problems else "--force"
+        raise HostagentError("preflight refuses the reboot:\n  " + "\n  ".join(result.lines())
+                             + f"\n(override with {needs} once you know why)")
+    if not dry_run:
+        saving = [g.name for g in result.guests if g.action == "save"]
+        journal = Journal.new(moment.timestamp(), reason, saving)
+        store.save(journal)
+        document["id"] = journal.id
+    return document, result
+
+
+def listing(config: Config, state_dir: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for journal in store_for(config, state_dir).all():
+        rows.append({"id": journal.id, "phase": journal.phase, "reason": journal.reason,
+                     "reboot_at": describe(dt.datetime.fromtimestamp(journal.reboot_at, dt.UTC)),
+                     "guests": {n: g.state for n, g in journal.guests.items()}, "error": journal.error})
+    return rows
+
+
+def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
+    store = store_for(config, state_dir)
+    active = store.active()
+    if active is None:
+        raise HostagentError("no maintenance is scheduled")
+    if active.phase != "planned":
+        raise HostagentError(f"maintenance {active.id} is already {active.phase}: too late to cancel")
+    store.save(active.advance("cancelled"))
+    return {"id": active.id, "phase": "cancelled"}
+
+
+def render(document: Any) -> str:
+    return json.dumps(document, indent=2) + "\n"

@@ -1,0 +1,48 @@
+"""hostagent maintenance: schedule with preflight, dry run, list, status, cancel (issue #8, in progress)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.integration.test_cli import hostagent
+from tests.integration.test_hypervisor import node
+
+
+def setup(tmp_path: Path) -> tuple[list[str], Path]:
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[maintenance]\nuri = "{node(tmp_path)}"\nsave_dir = "{tmp_path}"\n')
+    state = tmp_path / "state"
+    return ["--config", str(config), "maintenance"], state
+
+
+def test_schedule_list_cancel(tmp_path: Path) -> None:
+    base, state = setup(tmp_path)
+    refused = hostagent(*base, "--reboot-at", "2099-01-01 04:00", "--state-dir", str(state))
+    assert refused.returncode == 3
+    assert "guest gpu1: cannot save: host device passthrough" in refused.stderr
+    assert "override with --force" in refused.stderr
+    dry = hostagent(*base, "--reboot-at", "2099-01-01 04:00", "--force", "--dry-run", "--state-dir", str(state))
+    assert dry.returncode == 0 and "(dry run: nothing scheduled)" in dry.stdout
+    assert "guest web1 (256 MiB): save" in dry.stdout and not (state / "maintenance").exists()
+    planned = hostagent(*base, "--reboot-at", "2099-01-01T04:00:00+00:00", "--force", "--json", "--reason",
+                        "kernel", "--state-dir", str(state))
+    document = json.loads(planned.stdout)
+    assert document["reboot_at"].endswith("(2099-01-01 04:00 UTC)") and document["reboot_at_utc"].startswith("2099")
+    again = hostagent(*base, "--reboot-at", "2099-02-01 04:00", "--force", "--state-dir", str(state))
+    assert again.returncode == 3 and "is already planned" in again.stderr
+    rows = json.loads(hostagent(*base, "list", "--json", "--state-dir", str(state)).stdout)
+    assert [(r["id"], r["phase"], r["reason"]) for r in rows] == [(document["id"], "planned", "kernel")]
+    assert rows[0]["guests"] == {"db1": "planned", "web1": "planned"}  # gpu1 cannot be saved: not in the plan
+    assert hostagent(*base, "cancel", "--state-dir", str(state)).returncode == 0
+    status = hostagent(*base, "status", "--state-dir", str(state))
+    assert status.stdout.strip() == "no maintenance scheduled"
+    assert "no maintenance is scheduled" in hostagent(*base, "cancel", "--state-dir", str(state)).stderr
+
+
+def test_times_in_the_past_or_unreadable_are_refused(tmp_path: Path) -> None:
+    base, state = setup(tmp_path)
+    past = hostagent(*base, "--reboot-at", "2001-01-01 04:00", "--state-dir", str(state))
+    assert past.returncode == 3 and "which is in the past" in past.stderr
+    bad = hostagent(*base, "--reboot-at", "monday 4pm", "--state-dir", str(state))
+    assert bad.returncode == 3 and "not a time" in bad.stderr
