@@ -1,0 +1,57 @@
+"""A maintenance from the journal to the reboot and back, on libvirt's test driver (issue #8, in progress)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.phases import PhaseConfig
+from hostagent.maintenance.preflight import GuestPlan, Preflight
+from hostagent.maintenance.run import due, mark_missed, resume_after_boot, run_now
+from tests.integration.test_maintenance_phases import Faulty, setup
+
+
+def test_due_missed_and_waiting() -> None:
+    journal = Journal.new(1000.0, "r", ["a"])
+    assert due(journal, 999.0, 900) == "wait"
+    assert due(journal, 1500.0, 900) == "run"
+    assert due(journal, 2000.0, 900) == "missed"
+    assert due(journal.advance("cancelled"), 1500.0, 900) == "wait"
+
+
+def test_missed_is_recorded_and_never_run(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path)
+    journal = Journal.new(1000.0, "r", ["a"])
+    missed = mark_missed(store, journal, 5000.0)
+    assert store.load(journal.id).phase == "missed" and "4000 s late" in (missed.error or "")
+
+
+def test_cycle_through_a_reboot_and_an_agent_restart(tmp_path: Path) -> None:
+    hypervisor, _, _ = setup(tmp_path)
+    store = JournalStore(tmp_path / "run")  # only this maintenance in it
+    planned = Journal.new(0.0, "kernel", ["a", "b", "c"])
+    store.save(planned)
+    reboots: list[str] = []
+    ok = Preflight(guests=(GuestPlan("a", 131072, "save"),))
+    journal = run_now(store, planned, hypervisor, ok, PhaseConfig(save_dir=str(tmp_path)),
+                      lambda: reboots.append("reboot"))
+    assert reboots == ["reboot"] and store.load(planned.id).phase == "rebooting"
+    assert not any(hypervisor.is_running(n) for n in "abc")
+    # the agent process is gone; a new one finds the journal and restores (twice is harmless)
+    restored = resume_after_boot(JournalStore(store.directory), hypervisor, PhaseConfig())
+    assert restored is not None and restored.phase == "done"
+    assert all(hypervisor.is_running(n) for n in "abc")
+    assert resume_after_boot(JournalStore(store.directory), hypervisor, PhaseConfig()) is None
+    assert journal.id == restored.id
+
+
+def test_preflight_failing_at_the_scheduled_time_touches_nothing(tmp_path: Path) -> None:
+    hypervisor, _, _ = setup(tmp_path)
+    store = JournalStore(tmp_path / "run")
+    planned = Journal.new(0.0, "kernel", ["a", "b"])
+    store.save(planned)
+    blocked = Preflight(boot_problems=("boot.missing_on_member: sdb cannot boot",))
+    journal = run_now(store, planned, hypervisor, blocked, PhaseConfig(), lambda: None, force=True)
+    assert journal.phase == "failed" and "sdb cannot boot" in (journal.error or "")
+    assert all(hypervisor.is_running(n) for n in "ab")
+    assert isinstance(hypervisor, Faulty)
