@@ -170,6 +170,86 @@ class Watcher:
                 lines.append(line)
         return "\n".join(lines)
 
+    # -- maintenance ---------------------------------------------------------------------
+
+    def maintenance_tick(self) -> None:
+        """Resume a restore after the reboot; start a due maintenance; mark a missed one and alert."""
+        from hostagent.maintenance.journal import JournalStore
+        from hostagent.maintenance.run import due, mark_missed
+
+        store = JournalStore(self.directory / "maintenance")
+        journal = store.active()
+        if journal is None or self.host.is_snapshot:
+            return
+        now = time.time()
+        if journal.phase in ("rebooting", "restoring"):
+            self._restore(store)
+        elif journal.phase == "planned":
+            verdict = due(journal, now, self.config.maintenance.late_start_grace)
+            if verdict == "missed":
+                missed = mark_missed(store, journal, now)
+                log.error("maintenance %s missed: %s", journal.id, missed.error)
+                self._announce("maintenance.missed", journal.id, missed.error or "missed")
+            elif verdict == "run":
+                self._run(store, journal)
+
+    def _hypervisor(self) -> Any:
+        from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+
+        return LibvirtHypervisor(self.config.maintenance.uri)
+
+    def _phase_config(self) -> Any:
+        from hostagent.maintenance.phases import PhaseConfig
+
+        return PhaseConfig(save_dir=self.config.maintenance.save_dir)
+
+    def _run(self, store: Any, journal: Any) -> None:
+        from hostagent.maintenance.preflight import run_preflight
+        from hostagent.maintenance.run import run_now
+
+        ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
+        try:
+            hypervisor = self._hypervisor()
+            preflight = run_preflight(ctx, self.config, lambda: hypervisor, self.config.maintenance.save_dir)
+        except HostagentError as err:
+            store.save(journal.advance("preflight").advance("failed", error=str(err)))
+            self._announce("maintenance.failed", journal.id, str(err))
+            return
+        command = self.config.maintenance.reboot_command
+
+        def reboot() -> None:
+            log.warning("maintenance %s: rebooting with %s", journal.id, " ".join(command))
+            self.host.run(command[0], list(command[1:]), name="reboot", timeout=60)
+
+        result = run_now(store, journal, hypervisor, preflight, self._phase_config(), reboot,
+                         force=journal.force, force_unbootable=journal.force_unbootable)
+        if result.phase == "failed":
+            self._announce("maintenance.failed", journal.id, result.error or "failed")
+
+    def _restore(self, store: Any) -> None:
+        from hostagent.maintenance.run import resume_after_boot
+
+        try:
+            result = resume_after_boot(store, self._hypervisor(), self._phase_config())
+        except HostagentError as err:
+            log.error("maintenance restore cannot reach the hypervisor yet: %s", err)
+            return
+        if result is not None:
+            downtime = ", ".join(f"{g.name} {g.downtime_s:.0f} s" for g in result.guests.values()
+                                 if g.downtime_s is not None)
+            log.warning("maintenance %s %s; downtime: %s", result.id, result.phase, downtime or "none")
+            self._announce(f"maintenance.{result.phase}", result.id,
+                           f"maintenance {result.id} {result.phase}; per-guest downtime: {downtime or 'none'}"
+                           + (f"; {result.error}" if result.error else ""))
+
+    def _announce(self, code: str, subject: str, summary: str) -> None:
+        from hostagent.model import Severity
+
+        severity = Severity.INFO if code == "maintenance.done" else Severity.CRITICAL
+        finding = Finding(code, "maintenance", f"maintenance {subject}", severity, summary)
+        if self.config.alerts.enabled:
+            self.alerter.process([finding], [])
+
     # -- reload and stop -----------------------------------------------------------------
 
     def reload(self) -> None:
@@ -254,11 +334,13 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
     watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
+    watcher.maintenance_tick()
     if once:
         scheduler.shutdown(wait=False)
         return 0
     poller, sources = _open_events(watcher)
     last_layout = sorted(list_md_sysfs(watcher.host)) if not watcher.host.is_snapshot else []
+    last_tick = time.monotonic()
     while not watcher.stopping:
         if watcher.reload_requested:
             watcher.reload_requested = False
@@ -293,6 +375,9 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
                 poller, sources = _open_events(watcher)
                 last_layout = layout
         watcher.run_pending()
+        if time.monotonic() - last_tick >= 5:
+            watcher.maintenance_tick()
+            last_tick = time.monotonic()
     scheduler.shutdown(wait=False)
     log.info("hostagent watch stopped")
     return 0

@@ -46,7 +46,7 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
                              + f"\n(override with {needs} once you know why)")
     if not dry_run:
         saving = [g.name for g in result.guests if g.action == "save"]
-        journal = Journal.new(moment.timestamp(), reason, saving)
+        journal = Journal.new(moment.timestamp(), reason, saving, force=force, force_unbootable=force_unbootable)
         store.save(journal)
         document["id"] = journal.id
     return document, result

@@ -72,12 +72,16 @@ class Journal:
     history: tuple[tuple[str, float], ...] = ()
     guests: dict[str, GuestRecord] = field(default_factory=dict)
     error: str | None = None
+    force: bool = False  # the operator's overrides at scheduling time hold for the run
+    force_unbootable: bool = False
 
     @classmethod
-    def new(cls, reboot_at: float, reason: str, guests: list[str], owners: dict[str, str] | None = None) -> Journal:
+    def new(cls, reboot_at: float, reason: str, guests: list[str], owners: dict[str, str] | None = None,
+            force: bool = False, force_unbootable: bool = False) -> Journal:
         now = time.time()
         records = {g: GuestRecord(g, owner=(owners or {}).get(g)) for g in guests}
-        return cls(uuid.uuid4().hex[:12], reboot_at, reason, "planned", now, (("planned", now),), records)
+        return cls(uuid.uuid4().hex[:12], reboot_at, reason, "planned", now, (("planned", now),), records,
+                   None, force, force_unbootable)
 
     @property
     def final(self) -> bool:
@@ -98,13 +102,15 @@ class Journal:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "reboot_at": self.reboot_at, "reason": self.reason, "phase": self.phase,
                 "created": self.created, "history": [list(h) for h in self.history], "error": self.error,
+                "force": self.force, "force_unbootable": self.force_unbootable,
                 "guests": {name: asdict(record) for name, record in self.guests.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Journal:
         return cls(data["id"], data["reboot_at"], data["reason"], data["phase"], data["created"],
                    tuple((phase, at) for phase, at in data["history"]),
-                   {name: GuestRecord(**record) for name, record in data["guests"].items()}, data.get("error"))
+                   {name: GuestRecord(**record) for name, record in data["guests"].items()}, data.get("error"),
+                   bool(data.get("force")), bool(data.get("force_unbootable")))
 
 
 class JournalStore:

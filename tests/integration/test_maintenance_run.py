@@ -55,3 +55,40 @@ def test_preflight_failing_at_the_scheduled_time_touches_nothing(tmp_path: Path)
     assert journal.phase == "failed" and "sdb cannot boot" in (journal.error or "")
     assert all(hypervisor.is_running(n) for n in "ab")
     assert isinstance(hypervisor, Faulty)
+
+
+def test_the_daemon_runs_a_due_maintenance_and_restores_after_the_reboot(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from tests.integration.test_alerts import sink_server
+    from tests.integration.test_cli import hostagent
+    from tests.integration.test_hypervisor import node
+
+    rebooted = tmp_path / "rebooted"
+    state = tmp_path / "state"
+    with sink_server() as (controller, sink):
+        config = tmp_path / "hostagent.toml"
+        config.write_text(f'[maintenance]\nuri = "{node(tmp_path)}"\nsave_dir = "{tmp_path}"\n'
+                          f'reboot_command = ["sh", "-c", "touch {rebooted}"]\n'
+                          f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {controller.port}\n'
+                          '[[alerts.routes]]\nto = ["ops@example.com"]\n[checks.smart]\nenabled = false\n')
+        store = JournalStore(state / "maintenance")
+        due_now = Journal.new(time.time() - 1, "kernel", ["web1", "db1"], force=True)  # gpu1 has a hostdev
+        store.save(due_now)
+        first = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))
+        assert first.returncode == 0, first.stderr
+        assert rebooted.exists() and store.load(due_now.id).phase == "rebooting"
+        assert {g.state for g in store.load(due_now.id).guests.values()} == {"saved"}
+        second = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))  # after boot
+        assert second.returncode == 0, second.stderr
+        assert store.load(due_now.id).phase == "done" and "maintenance " + due_now.id + " done" in second.stderr
+
+        missed = Journal.new(time.time() - 3600, "too late", ["web1"])
+        store.save(missed)
+        third = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))
+        assert store.load(missed.id).phase == "missed" and "<3>maintenance" in third.stderr
+        hostname = json.loads(hostagent("--config", str(config), "status", "--json", "--state-dir",
+                                        str(state)).stdout)["hostname"]
+        assert [m["subject"] for m in sink.messages if "maintenance" in m["subject"]] == [
+            f"[hostagent] CRITICAL maintenance {missed.id} missed on {hostname}"]
