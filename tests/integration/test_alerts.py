@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -141,15 +142,19 @@ def test_several_recipients_and_routing_by_severity(tmp_path: Path, smtp: Any) -
     assert sink.messages[-1]["subject"] == "[hostagent] CRITICAL md0 degraded on hv1 (escalated)"
 
 
-def test_starttls_with_a_self_signed_certificate(tmp_path: Path) -> None:
-    import ssl
-
+def self_signed(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 made with openssl, and a server context that uses it."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def test_starttls_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    cert, context = self_signed(tmp_path)
     with sink_server(tls_context=context, require_starttls=True) as (controller, sink):
         untrusting = make(tmp_path / "a", controller.port, Clock(), smtp={"security": "starttls"})
         untrusting.process([degraded()], ["md"])
@@ -219,16 +224,9 @@ def test_hook_program_gets_the_alert(tmp_path: Path, smtp: Any) -> None:
 
 
 def test_implicit_tls_with_login(tmp_path: Path) -> None:
-    import ssl
-
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    cert, context = self_signed(tmp_path)
     logins: list[tuple[bytes, bytes]] = []
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
