@@ -219,10 +219,12 @@ class Watcher:
 
         def reboot() -> None:
             log.warning("maintenance %s: rebooting with %s", journal.id, " ".join(command))
+            self.audit.record({"event": "maintenance", "action": "reboot", "maintenance": journal.id,
+                               "subject": journal.id, "state": "rebooting", "argv": list(command)})
             self.host.run(command[0], list(command[1:]), name="reboot", timeout=60)
 
         result = run_now(store, journal, hypervisor, preflight, self._phase_config(), reboot,
-                         force=journal.force, force_unbootable=journal.force_unbootable)
+                         force=journal.force, force_unbootable=journal.force_unbootable, audit=self.audit)
         if result.phase == "failed":
             self._announce("maintenance.failed", journal.id, result.error or "failed")
 
@@ -230,7 +232,7 @@ class Watcher:
         from hostagent.maintenance.run import resume_after_boot
 
         try:
-            result = resume_after_boot(store, self._hypervisor(), self._phase_config())
+            result = resume_after_boot(store, self._hypervisor(), self._phase_config(), self.audit)
         except HostagentError as err:
             log.error("maintenance restore cannot reach the hypervisor yet: %s", err)
             return

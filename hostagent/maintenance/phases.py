@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Literal
 
+from hostagent.actions import AuditLog
 from hostagent.errors import HostagentError
 from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
@@ -32,21 +33,27 @@ class PhaseConfig:
 
 
 class Recorder:
-    """Serialises journal updates from worker threads; each one is saved at once."""
+    """Serialises journal updates from worker threads; each one is saved at once and audited."""
 
-    def __init__(self, journal: Journal, store: JournalStore) -> None:
+    def __init__(self, journal: Journal, store: JournalStore, audit: AuditLog | None = None) -> None:
         self.journal, self.store = journal, store
+        self.audit = audit or AuditLog(None)
         self._lock = threading.Lock()
 
     def guest(self, name: str, state: str, **changes: object) -> None:
         with self._lock:
             self.journal = self.journal.guest(name, state, **changes)
             self.store.save(self.journal)
+            record = self.journal.guests[name]
+            self.audit.record({"event": "maintenance", "action": "guest", "maintenance": self.journal.id,
+                               "subject": name, "state": state, "error": record.error})
 
     def advance(self, phase: str, error: str | None = None) -> None:
         with self._lock:
             self.journal = self.journal.advance(phase, error=error)
             self.store.save(self.journal)
+            self.audit.record({"event": "maintenance", "action": "phase", "maintenance": self.journal.id,
+                               "subject": self.journal.id, "state": phase, "error": error})
 
 
 def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: PhaseConfig,

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Literal
 
+from hostagent.actions import AuditLog
 from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.phases import PhaseConfig, Recorder, restore_phase, save_phase
@@ -32,9 +33,9 @@ def mark_missed(store: JournalStore, journal: Journal, now: float) -> Journal:
 
 def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Preflight,
             config: PhaseConfig, reboot: Callable[[], None], *, force: bool = False,
-            force_unbootable: bool = False) -> Journal:
+            force_unbootable: bool = False, audit: AuditLog | None = None) -> Journal:
     """Preflight again, save every guest, sync, record ``rebooting`` and reboot."""
-    recorder = Recorder(journal, store)
+    recorder = Recorder(journal, store, audit)
     recorder.advance("preflight")
     if not preflight.allowed(force, force_unbootable):
         recorder.advance("failed", error="preflight at the scheduled time: " + "; ".join(preflight.lines()))
@@ -48,11 +49,12 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
     return recorder.journal
 
 
-def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: PhaseConfig) -> Journal | None:
+def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: PhaseConfig,
+                      audit: AuditLog | None = None) -> Journal | None:
     """After the reboot (or a crash mid-restore): restore whatever the journal says is not running."""
     journal = store.active()
     if journal is None or journal.phase not in ("rebooting", "restoring"):
         return None
-    recorder = Recorder(journal, store)
+    recorder = Recorder(journal, store, audit)
     restore_phase(recorder, hypervisor, config)
     return recorder.journal

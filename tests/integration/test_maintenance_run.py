@@ -83,6 +83,10 @@ def test_the_daemon_runs_a_due_maintenance_and_restores_after_the_reboot(tmp_pat
         second = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))  # after boot
         assert second.returncode == 0, second.stderr
         assert store.load(due_now.id).phase == "done" and "maintenance " + due_now.id + " done" in second.stderr
+        audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+        steps = [(a["action"], a["subject"], a["state"]) for a in audit if a.get("event") == "maintenance"]
+        assert ("guest", "web1", "saved") in steps and ("guest", "web1", "running") in steps
+        assert ("phase", due_now.id, "rebooting") in steps and ("phase", due_now.id, "done") in steps
 
         missed = Journal.new(time.time() - 3600, "too late", ["web1"])
         store.save(missed)
