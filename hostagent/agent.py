@@ -204,28 +204,12 @@ class Watcher:
         return PhaseConfig(save_dir=self.config.maintenance.save_dir)
 
     def _run(self, store: Any, journal: Any) -> None:
-        from hostagent.maintenance.preflight import run_preflight
-        from hostagent.maintenance.run import run_now
+        from hostagent.maintenance.run import execute
 
-        ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
-        try:
-            hypervisor = self._hypervisor()
-            preflight = run_preflight(ctx, self.config, lambda: hypervisor, self.config.maintenance.save_dir)
-        except HostagentError as err:
-            store.save(journal.advance("preflight").advance("failed", error=str(err)))
-            self._announce("maintenance.failed", journal.id, str(err))
-            return
-        command = self.config.maintenance.reboot_command
-
-        def reboot() -> None:
-            log.warning("maintenance %s: rebooting with %s", journal.id, " ".join(command))
-            self.audit.record({"event": "maintenance", "action": "reboot", "maintenance": journal.id,
-                               "subject": journal.id, "state": "rebooting", "argv": list(command)})
-            self.host.run(command[0], list(command[1:]), name="reboot", timeout=60)
-
-        result = run_now(store, journal, hypervisor, preflight, self._phase_config(), reboot,
-                         force=journal.force, force_unbootable=journal.force_unbootable, audit=self.audit)
+        log.warning("maintenance %s: starting", journal.id)
+        result = execute(self.host, self.state, self.config, store, journal, self.audit)
         if result.phase == "failed":
+            log.error("maintenance %s failed: %s", journal.id, result.error)
             self._announce("maintenance.failed", journal.id, result.error or "failed")
 
     def _restore(self, store: Any) -> None:

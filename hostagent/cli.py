@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     alert_test.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
 
     maintenance = sub.add_parser("maintenance", help="scheduled reboots with guest save/restore (in progress)")
-    maintenance.add_argument("action", nargs="?", choices=("schedule", "list", "status", "cancel"), default="schedule")
+    maintenance.add_argument("action", nargs="?", choices=("schedule", "list", "status", "cancel", "run-now"),
+                             default="schedule")
     maintenance.add_argument("--reboot-at", metavar="WHEN",
                              help="ISO 8601, or 'YYYY-MM-DD HH:MM' in the host's time zone")
     maintenance.add_argument("--reason", default="", help="why, for the journal and the notices")
@@ -265,6 +266,12 @@ def _maintenance(args: argparse.Namespace) -> int:
             if not rows:
                 print("no maintenance" + (" scheduled" if args.action == "status" else ""))
         return 0
+    if args.action == "run-now":
+        document = maintenance.run_now(config, args.state_dir)
+        sys.stdout.write(maintenance.render(document) if args.json
+                         else f"maintenance {document['id']}: {document['phase']}"
+                         + (f" ({document['error']})" if document["error"] else "") + "\n")
+        return 0 if document["phase"] in ("rebooting", "done") else 1
     if args.action == "cancel":
         document = maintenance.cancel(config, args.state_dir)
         sys.stdout.write(maintenance.render(document) if args.json else f"maintenance {document['id']} cancelled\n")

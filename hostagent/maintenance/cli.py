@@ -72,5 +72,22 @@ def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
     return {"id": active.id, "phase": "cancelled"}
 
 
+def run_now(config: Config, state_dir: str | None) -> dict[str, Any]:
+    """Run the scheduled maintenance at once (it reboots the host with maintenance.reboot_command)."""
+    from hostagent.actions import AuditLog
+    from hostagent.maintenance.run import execute
+    from hostagent.state import StateStore
+
+    store = store_for(config, state_dir)
+    active = store.active()
+    if active is None or active.phase != "planned":
+        raise HostagentError("no planned maintenance to run: schedule one with --reboot-at")
+    directory = state_dir or config.agent.state_dir
+    host = Host("/", command_timeout=config.agent.command_timeout)
+    result = execute(host, StateStore(directory), config, store, active, AuditLog(directory))
+    return {"id": result.id, "phase": result.phase, "error": result.error,
+            "guests": {n: g.state for n, g in result.guests.items()}}
+
+
 def render(document: Any) -> str:
     return json.dumps(document, indent=2) + "\n"

@@ -10,10 +10,15 @@ from collections.abc import Callable
 from typing import Literal
 
 from hostagent.actions import AuditLog
+from hostagent.config import Config
+from hostagent.context import CheckContext
+from hostagent.errors import HostagentError
+from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.phases import PhaseConfig, Recorder, restore_phase, save_phase
-from hostagent.maintenance.preflight import Preflight
+from hostagent.maintenance.preflight import Preflight, run_preflight
+from hostagent.state import StateStore
 
 
 def due(journal: Journal, now: float, grace: float) -> Literal["wait", "run", "missed"]:
@@ -58,3 +63,27 @@ def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: Phase
     recorder = Recorder(journal, store, audit)
     restore_phase(recorder, hypervisor, config)
     return recorder.journal
+
+
+def execute(host: Host, state: StateStore, config: Config, store: JournalStore, journal: Journal,
+            audit: AuditLog) -> Journal:
+    """Run a planned maintenance now: the daemon at its time, or ``maintenance run-now``."""
+    from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+
+    ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
+    try:
+        hypervisor = LibvirtHypervisor(config.maintenance.uri)
+        preflight = run_preflight(ctx, config, lambda: hypervisor, config.maintenance.save_dir)
+    except HostagentError as err:
+        failed = journal.advance("preflight").advance("failed", error=str(err))
+        store.save(failed)
+        return failed
+    command = config.maintenance.reboot_command
+
+    def reboot() -> None:
+        audit.record({"event": "maintenance", "action": "reboot", "maintenance": journal.id,
+                      "subject": journal.id, "state": "rebooting", "argv": list(command)})
+        host.run(command[0], list(command[1:]), name="reboot", timeout=60)
+
+    return run_now(store, journal, hypervisor, preflight, PhaseConfig(save_dir=config.maintenance.save_dir), reboot,
+                   force=journal.force, force_unbootable=journal.force_unbootable, audit=audit)

@@ -46,3 +46,19 @@ def test_times_in_the_past_or_unreadable_are_refused(tmp_path: Path) -> None:
     assert past.returncode == 3 and "which is in the past" in past.stderr
     bad = hostagent(*base, "--reboot-at", "monday 4pm", "--state-dir", str(state))
     assert bad.returncode == 3 and "not a time" in bad.stderr
+
+
+def test_run_now_saves_and_reboots(tmp_path: Path) -> None:
+    base, state = setup(tmp_path)
+    rebooted = tmp_path / "rebooted"
+    config = Path(base[1])
+    config.write_text(config.read_text() + f'reboot_command = ["sh", "-c", "touch {rebooted}"]\n')
+    scheduled = hostagent(*base, "--reboot-at", "2099-01-01 04:00", "--force", "--json", "--state-dir", str(state))
+    assert scheduled.returncode == 0, scheduled.stderr
+    ran = hostagent(*base, "run-now", "--json", "--state-dir", str(state))
+    assert ran.returncode == 0, ran.stderr
+    document = json.loads(ran.stdout)
+    assert document["phase"] == "rebooting" and document["guests"] == {"db1": "saved", "web1": "saved"}
+    assert rebooted.exists()
+    again = hostagent(*base, "run-now", "--state-dir", str(state))
+    assert again.returncode == 3 and "no planned maintenance to run" in again.stderr
