@@ -29,6 +29,7 @@ from hostagent.config import Config, load_config
 from hostagent.context import CheckContext
 from hostagent.errors import ConfigError, HostagentError
 from hostagent.host import Host
+from hostagent.maintenance.daemon import JOBSTORE, WAKEUPS, MaintenanceDaemon, jobstore
 from hostagent.model import CheckResult, Finding, Report
 from hostagent.output import render_prom, write_atomic
 from hostagent.remediate import act
@@ -40,6 +41,7 @@ log = logging.getLogger("hostagent")
 STATUS_FILE = "status.json"
 MD_ATTRS = ("array_state", "degraded", "sync_action")
 EVENT_CHECKS = ("md", "hung", "boot")  # what an md or block event can change
+MAINTENANCE_TICK = 5.0  # s between looks at the journal and the worker, besides the scheduled wake-ups
 
 
 class JournalFormatter(logging.Formatter):
@@ -73,6 +75,8 @@ class Watcher:
         self.audit = AuditLog(self.state.directory)
         self.alerter = Alerter(self.config.alerts, self.state, directory / "spool", self.host.hostname(),
                                self.audit, evidence=self.evidence)
+        self.maintenance = MaintenanceDaemon(self.config, self.config_path, directory, self.host, self.alerter,
+                                             started=self.started)
 
     # -- what runs when ------------------------------------------------------------------
 
@@ -170,72 +174,6 @@ class Watcher:
                 lines.append(line)
         return "\n".join(lines)
 
-    # -- maintenance ---------------------------------------------------------------------
-
-    def maintenance_tick(self) -> None:
-        """Resume a restore after the reboot; start a due maintenance; mark a missed one and alert."""
-        from hostagent.maintenance.journal import JournalStore
-        from hostagent.maintenance.run import due, mark_missed
-
-        store = JournalStore(self.directory / "maintenance")
-        journal = store.active()
-        if journal is None or self.host.is_snapshot:
-            return
-        now = time.time()
-        if journal.phase in ("rebooting", "restoring"):
-            self._restore(store)
-        elif journal.phase == "planned":
-            verdict = due(journal, now, self.config.maintenance.late_start_grace)
-            if verdict == "missed":
-                missed = mark_missed(store, journal, now)
-                log.error("maintenance %s missed: %s", journal.id, missed.error)
-                self._announce("maintenance.missed", journal.id, missed.error or "missed")
-            elif verdict == "run":
-                self._run(store, journal)
-
-    def _hypervisor(self) -> Any:
-        from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
-
-        return LibvirtHypervisor(self.config.maintenance.uri)
-
-    def _phase_config(self) -> Any:
-        from hostagent.maintenance.phases import PhaseConfig
-
-        return PhaseConfig(save_dir=self.config.maintenance.save_dir)
-
-    def _run(self, store: Any, journal: Any) -> None:
-        from hostagent.maintenance.run import execute
-
-        log.warning("maintenance %s: starting", journal.id)
-        result = execute(self.host, self.state, self.config, store, journal, self.audit)
-        if result.phase == "failed":
-            log.error("maintenance %s failed: %s", journal.id, result.error)
-            self._announce("maintenance.failed", journal.id, result.error or "failed")
-
-    def _restore(self, store: Any) -> None:
-        from hostagent.maintenance.run import resume_after_boot
-
-        try:
-            result = resume_after_boot(store, self._hypervisor(), self._phase_config(), self.audit)
-        except HostagentError as err:
-            log.error("maintenance restore cannot reach the hypervisor yet: %s", err)
-            return
-        if result is not None:
-            downtime = ", ".join(f"{g.name} {g.downtime_s:.0f} s" for g in result.guests.values()
-                                 if g.downtime_s is not None)
-            log.warning("maintenance %s %s; downtime: %s", result.id, result.phase, downtime or "none")
-            self._announce(f"maintenance.{result.phase}", result.id,
-                           f"maintenance {result.id} {result.phase}; per-guest downtime: {downtime or 'none'}"
-                           + (f"; {result.error}" if result.error else ""))
-
-    def _announce(self, code: str, subject: str, summary: str) -> None:
-        from hostagent.model import Severity
-
-        severity = Severity.INFO if code == "maintenance.done" else Severity.CRITICAL
-        finding = Finding(code, "maintenance", f"maintenance {subject}", severity, summary)
-        if self.config.alerts.enabled:
-            self.alerter.process([finding], [])
-
     # -- reload and stop -----------------------------------------------------------------
 
     def reload(self) -> None:
@@ -246,6 +184,7 @@ class Watcher:
             return
         self.config = new
         self.alerter.config = new.alerts
+        self.maintenance.config = new
         log.info("SIGHUP: configuration reloaded from %s", new.source)
 
 
@@ -283,6 +222,26 @@ def _open_events(watcher: Watcher) -> tuple[select.poll, dict[int, Any]]:
     return poller, sources
 
 
+def _drain(wakeups: queue.SimpleQueue[str]) -> list[str]:
+    found = []
+    while True:
+        try:
+            found.append(wakeups.get_nowait())
+        except queue.Empty:
+            return found
+
+
+def _maintenance_once(watcher: Watcher) -> None:
+    """``watch --once``: take the maintenance as far as it goes now, waiting for each worker."""
+    for _ in range(4):
+        watcher.maintenance.tick()
+        if watcher.maintenance.worker is None:
+            return
+        while watcher.maintenance.worker is not None and not watcher.stopping:
+            time.sleep(0.2)
+            watcher.maintenance.tick()
+
+
 def watch(config_path: str | None, root: str = "/", state_dir: str | None = None, once: bool = False) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter())
@@ -292,6 +251,8 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     watcher = Watcher(config_path, root, state_dir)
     watcher.setup()
     try:
+        from apscheduler.events import EVENT_JOB_MISSED
+        from apscheduler.jobstores.memory import MemoryJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
     except ImportError:
@@ -306,11 +267,14 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     # Intervals need no local time zone; naming UTC keeps a host with an odd TZ from stopping the daemon.
-    scheduler = BackgroundScheduler(timezone=dt.UTC,
+    # Check intervals live in memory; maintenance wake-ups persist in sqlite (hostagent.maintenance.daemon).
+    scheduler = BackgroundScheduler(timezone=dt.UTC, jobstores={"default": MemoryJobStore(),
+                                                                JOBSTORE: jobstore(watcher.directory)},
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    scheduler.add_listener(lambda event: WAKEUPS.put(f"missed {event.job_id}"), EVENT_JOB_MISSED)
 
     def schedule() -> None:
-        scheduler.remove_all_jobs()
+        scheduler.remove_all_jobs(jobstore="default")
         for name, interval in watcher.intervals().items():
             # a trigger object, not the "interval" alias: aliases need package metadata to resolve
             scheduler.add_job(watcher.request, IntervalTrigger(seconds=interval), args=[[name]], id=name)
@@ -320,10 +284,12 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
     watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
-    watcher.maintenance_tick()
     if once:
+        _maintenance_once(watcher)
         scheduler.shutdown(wait=False)
         return 0
+    watcher.maintenance.reconcile(scheduler, time.time())
+    watcher.maintenance.tick()
     poller, sources = _open_events(watcher)
     last_layout = sorted(list_md_sysfs(watcher.host)) if not watcher.host.is_snapshot else []
     last_tick = time.monotonic()
@@ -361,8 +327,12 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
                 poller, sources = _open_events(watcher)
                 last_layout = layout
         watcher.run_pending()
-        if time.monotonic() - last_tick >= 5:
-            watcher.maintenance_tick()
+        woken = _drain(WAKEUPS)
+        if woken or time.monotonic() - last_tick >= MAINTENANCE_TICK:
+            for reason in woken:
+                log.info("maintenance wake-up: %s", reason)
+            watcher.maintenance.reconcile(scheduler, time.time())
+            watcher.maintenance.tick()
             last_tick = time.monotonic()
     scheduler.shutdown(wait=False)
     log.info("hostagent watch stopped")

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     alert_test = alert_sub.add_parser("test", help="send a test message to every route")
     alert_test.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
 
-    maintenance = sub.add_parser("maintenance", help="scheduled reboots with guest save/restore (in progress)")
+    maintenance = sub.add_parser("maintenance", help="scheduled reboots with guest save/restore")
     maintenance.add_argument("action", nargs="?", choices=("schedule", "list", "status", "cancel", "run-now"),
                              default="schedule")
     maintenance.add_argument("--reboot-at", metavar="WHEN",
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance.add_argument("--force", action="store_true", help="override failed host checks (not the boot check)")
     maintenance.add_argument("--force-unbootable", action="store_true",
                              help="also reboot although a boot-array member cannot boot")
+    maintenance.add_argument("--notify-owners", action="store_true",
+                             help="mail each guest's owner at maintenance.notice_lead_times before the reboot "
+                                  "and afterwards with the measured downtime")
     maintenance.add_argument("--json", action="store_true", help="print JSON")
     maintenance.add_argument("--state-dir", metavar="DIR", help="where the journals live")
 
@@ -261,13 +264,17 @@ def _maintenance(args: argparse.Namespace) -> int:
         else:
             for row in rows:
                 print(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {row['reason']}")
-                for guest, state in row["guests"].items():
-                    print(f"    {guest}: {state}")
+                for guest, record in row["guests"].items():
+                    down = f", down {record['downtime_s']:.1f} s" if record["downtime_s"] is not None else ""
+                    error = f" ({record['error']})" if record["error"] else ""
+                    print(f"    {guest}: {record['state']}{down}{error}")
+                if row["error"]:
+                    print(f"    error: {row['error']}")
             if not rows:
                 print("no maintenance" + (" scheduled" if args.action == "status" else ""))
         return 0
     if args.action == "run-now":
-        document = maintenance.run_now(config, args.state_dir)
+        document = maintenance.run_now(config, args.config, args.state_dir)
         sys.stdout.write(maintenance.render(document) if args.json
                          else f"maintenance {document['id']}: {document['phase']}"
                          + (f" ({document['error']})" if document["error"] else "") + "\n")
@@ -280,13 +287,19 @@ def _maintenance(args: argparse.Namespace) -> int:
         raise HostagentError("maintenance needs --reboot-at WHEN")
     document, result = maintenance.schedule(config, args.state_dir, args.reboot_at, args.reason,
                                             dry_run=args.dry_run, force=args.force,
-                                            force_unbootable=args.force_unbootable)
+                                            force_unbootable=args.force_unbootable,
+                                            notify_owners=args.notify_owners)
     if args.json:
         sys.stdout.write(maintenance.render(document))
     else:
         print(f"reboot at {document['reboot_at']}" + (" (dry run: nothing scheduled)" if args.dry_run else ""))
         for line in result.lines():
             print(f"  {line}")
+        if "notices" in document:
+            leads = ", ".join(f"{lead / 3600:g} h" for lead in document["notices"]["lead_times_s"])
+            print(f"  owners are mailed {leads} before and after the reboot")
+            for name in document["notices"]["guests_without_owner"]:
+                print(f"  guest {name} has no owner (metadata or maintenance.owners): no notice for it")
         if "id" in document:
             print(f"scheduled as maintenance {document['id']}")
     return 0

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from checks import boot, erc, hung, md, smart
 from hostagent.alerts.settings import AlertsConfig
@@ -61,6 +61,18 @@ class MaintenanceConfig:
     save_dir: str = "/var/lib/libvirt/qemu/save"
     late_start_grace: float = 900.0
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    reboot_wait: float = 900.0
+    concurrency: int = 4
+    save_timeout: float = 600.0
+    abort_grace: float = 30.0
+    on_save_failure: Literal["shutdown", "skip", "abort"] = "shutdown"
+    shutdown_timeout: float = 120.0
+    restore_priority: tuple[str, ...] = ()
+    restore_attempts: int = 3
+    restore_timeout: float = 300.0
+    cold_boot_on_failure: bool = False
+    notice_lead_times: tuple[float, ...] = (86400.0, 3600.0)
+    owners: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

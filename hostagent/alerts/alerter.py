@@ -66,6 +66,21 @@ class Alerter:
                            "subject": alert.record.subject, "severity": alert.record.severity, "to": to,
                            "hook_error": hook_error})
 
+    def mail(self, subject: str, text: str, to: list[str], kind: str) -> None:
+        """Queue and send a message that is not an alert (maintenance notices and reports), audited."""
+        now = self.clock()
+        if to:
+            self.spool.add(compose(self.config, subject, text, to, now), to, now)
+        self.audit.record({"event": "mail", "kind": kind, "subject": subject, "to": to})
+        self.flush()
+
+    def operators(self) -> list[str]:
+        """Every address on any route: who hears about maintenance reports."""
+        found: list[str] = []
+        for route in self.config.routes:
+            found += [address for address in route.to if address not in found]
+        return found
+
     def flush(self) -> int:
         sent, self.last_errors = self.spool.flush(self.send, self.clock())
         return sent

@@ -40,9 +40,21 @@ class Hypervisor(abc.ABC):
         """Cold boot (the saved image is kept by the caller, never discarded here)."""
 
     @abc.abstractmethod
+    def cold_boot(self, name: str, image: str | None, keep_as: str) -> str | None:
+        """Boot the guest afresh after its restore failed, keeping its save image; returns where it is kept."""
+
+    @abc.abstractmethod
     def shutdown(self, name: str) -> None:
         """Ask the guest to shut down gracefully."""
 
     @abc.abstractmethod
     def is_running(self, name: str) -> bool:
         """Whether the guest runs now."""
+
+    @abc.abstractmethod
+    def abort(self, name: str) -> None:
+        """Abort the guest's running job (a save that overran its timeout); the guest keeps running."""
+
+    @abc.abstractmethod
+    def job_progress(self, name: str) -> tuple[int, int] | None:
+        """Bytes done and total of the guest's running job, from the hypervisor's job stats; None if unknown."""

@@ -2,10 +2,14 @@
 
 libxl's save and managedSave accept no flags, so none are passed for ``xen:`` URIs.
 libvirt is imported here only, so commands that do not touch guests never load it.
+An embedded driver (``qemu:///embed?root=...``) runs inside this process and needs libvirt's
+event loop running in a thread; only one process may hold an embed root at a time.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -13,6 +17,23 @@ from hostagent.errors import HostagentError, ProbeUnavailable
 from hostagent.hypervisor import GuestInfo, Hypervisor
 
 OWNER_NS = "https://hostagent.invalid/xmlns/owner/1"
+_event_loop_started = threading.Lock()
+_event_loop: list[threading.Thread] = []
+
+
+def _start_event_loop(libvirt: Any) -> None:
+    with _event_loop_started:
+        if _event_loop:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        thread.start()
+        _event_loop.append(thread)
 
 
 class LibvirtHypervisor(Hypervisor):
@@ -24,6 +45,8 @@ class LibvirtHypervisor(Hypervisor):
         self._libvirt = libvirt
         self.uri = uri
         self.xen = uri.startswith("xen:")
+        if "/embed" in uri:
+            _start_event_loop(libvirt)
         try:
             self._conn = libvirt.open(uri)
         except libvirt.libvirtError as err:
@@ -72,8 +95,6 @@ class LibvirtHypervisor(Hypervisor):
     def has_image(self, name: str, image: str) -> bool:
         if image == "managed":
             return bool(self._call(name, "hasManagedSaveImage", self._domain(name).hasManagedSaveImage, 0))
-        import os
-
         return os.path.exists(image)
 
     def start(self, name: str) -> None:
@@ -84,8 +105,39 @@ class LibvirtHypervisor(Hypervisor):
             raise HostagentError(f"guest {name}: a managed save image exists; restore it or remove it deliberately")
         self._call(name, "start", domain.create)
 
+    def cold_boot(self, name: str, image: str | None, keep_as: str) -> str | None:
+        """A managed save image is hard-linked to ``keep_as`` (in the managed save directory) before
+        libvirt's force boot unlinks it; a file image is left where it is."""
+        domain = self._domain(name)
+        if domain.isActive():
+            return image
+        if image == "managed" and domain.hasManagedSaveImage(0):
+            managed = os.path.join(os.path.dirname(keep_as), f"{name}.save")
+            try:
+                os.link(managed, keep_as)
+            except OSError as err:
+                raise HostagentError(f"guest {name}: cannot keep the managed save image {managed}: "
+                                     f"{err.strerror or err}; not cold booting") from None
+            self._call(name, "force boot", domain.createWithFlags, self._libvirt.VIR_DOMAIN_START_FORCE_BOOT)
+            return keep_as
+        self._call(name, "start", domain.create)
+        return image
+
     def shutdown(self, name: str) -> None:
         self._call(name, "shutdown", self._domain(name).shutdown)
 
     def is_running(self, name: str) -> bool:
         return bool(self._domain(name).isActive())
+
+    def abort(self, name: str) -> None:
+        self._call(name, "abortJob", self._domain(name).abortJob)
+
+    def job_progress(self, name: str) -> tuple[int, int] | None:
+        try:
+            stats = self._domain(name).jobStats(0)
+        except (self._libvirt.libvirtError, HostagentError):  # no job, or a driver without job stats
+            return None
+        for done, total in (("memory_processed", "memory_total"), ("data_processed", "data_total")):
+            if stats.get(total):
+                return int(stats.get(done, 0)), int(stats[total])
+        return None

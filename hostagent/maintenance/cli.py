@@ -1,4 +1,4 @@
-"""``hostagent maintenance``: schedule, list, show and cancel reboots (issue #8, in progress)."""
+"""``hostagent maintenance``: schedule, list, show, cancel and run reboots with guest save/restore."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _connect(config: Config) -> Any:
 
 
 def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, dry_run: bool, force: bool,
-             force_unbootable: bool, now: dt.datetime | None = None) -> tuple[dict[str, Any], Preflight]:
+             force_unbootable: bool, notify_owners: bool = False,
+             now: dt.datetime | None = None) -> tuple[dict[str, Any], Preflight]:
     moment = parse_when(when, now or dt.datetime.now(dt.UTC).astimezone())
     store = store_for(config, state_dir)
     active = store.active()
@@ -44,9 +45,17 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
         needs = "--force-unbootable" if result.boot_problems else "--force"
         raise HostagentError("preflight refuses the reboot:\n  " + "\n  ".join(result.lines())
                              + f"\n(override with {needs} once you know why)")
+    saving = [g for g in result.guests if g.action == "save"]
+    owners = {g.name: g.owner or config.maintenance.owners.get(g.name) for g in saving}
+    document["owners"] = owners
+    if notify_owners:
+        unknown = sorted(name for name, owner in owners.items() if not owner)
+        document["notices"] = {"lead_times_s": list(config.maintenance.notice_lead_times),
+                               "guests_without_owner": unknown}
     if not dry_run:
-        saving = [g.name for g in result.guests if g.action == "save"]
-        journal = Journal.new(moment.timestamp(), reason, saving, force=force, force_unbootable=force_unbootable)
+        journal = Journal.new(moment.timestamp(), reason, [g.name for g in saving],
+                              owners={n: o for n, o in owners.items() if o}, force=force,
+                              force_unbootable=force_unbootable, notify_owners=notify_owners)
         store.save(journal)
         document["id"] = journal.id
     return document, result
@@ -57,7 +66,12 @@ def listing(config: Config, state_dir: str | None) -> list[dict[str, Any]]:
     for journal in store_for(config, state_dir).all():
         rows.append({"id": journal.id, "phase": journal.phase, "reason": journal.reason,
                      "reboot_at": describe(dt.datetime.fromtimestamp(journal.reboot_at, dt.UTC)),
-                     "guests": {n: g.state for n, g in journal.guests.items()}, "error": journal.error})
+                     "reboot_at_utc": dt.datetime.fromtimestamp(journal.reboot_at, dt.UTC).isoformat(),
+                     "notify_owners": journal.notify_owners, "sent": list(journal.sent),
+                     "history": [{"phase": phase, "at": at} for phase, at in journal.history],
+                     "guests": {n: {"state": g.state, "owner": g.owner, "downtime_s": g.downtime_s,
+                                    "attempts": g.attempts, "error": g.error} for n, g in journal.guests.items()},
+                     "error": journal.error})
     return rows
 
 
@@ -72,19 +86,30 @@ def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
     return {"id": active.id, "phase": "cancelled"}
 
 
-def run_now(config: Config, state_dir: str | None) -> dict[str, Any]:
-    """Run the scheduled maintenance at once (it reboots the host with maintenance.reboot_command)."""
-    from hostagent.actions import AuditLog
-    from hostagent.maintenance.run import execute
-    from hostagent.state import StateStore
+def run_now(config: Config, config_path: str | None, state_dir: str | None) -> dict[str, Any]:
+    """Run the planned maintenance at once in a worker child process (it reboots the host with
+    maintenance.reboot_command); progress goes to this terminal."""
+    import subprocess
+    import sys
+
+    from hostagent.maintenance.worker import command, deadline_for
 
     store = store_for(config, state_dir)
     active = store.active()
     if active is None or active.phase != "planned":
         raise HostagentError("no planned maintenance to run: schedule one with --reboot-at")
     directory = state_dir or config.agent.state_dir
-    host = Host("/", command_timeout=config.agent.command_timeout)
-    result = execute(host, StateStore(directory), config, store, active, AuditLog(directory))
+    deadline = deadline_for("run", active, config.maintenance)
+    # the worker's progress goes to this terminal's stderr, so --json output stays clean
+    process = subprocess.Popen(command("run", active.id, directory, config_path), stdout=sys.stderr.fileno(),
+                               start_new_session=True)
+    try:
+        process.wait(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise HostagentError(f"maintenance {active.id}: the worker overran {deadline:.0f} s and was killed; "
+                             "hostagent watch resumes it from the journal") from None
+    result = store.load(active.id)
     return {"id": result.id, "phase": result.phase, "error": result.error,
             "guests": {n: g.state for n, g in result.guests.items()}}
 

@@ -30,7 +30,7 @@ GUEST_STATES = ("planned", "saving", "saved", "save_failed", "shut_down", "skipp
                 "restore_failed", "cold_booted")
 NEXT_GUEST = {
     "planned": ("saving", "skipped"),
-    "saving": ("saved", "save_failed"),
+    "saving": ("saved", "save_failed", "restoring"),  # restoring: the save was interrupted (worker killed)
     "save_failed": ("shut_down", "skipped", "restoring"),
     "saved": ("restoring",),
     "shut_down": ("restoring",),
@@ -74,24 +74,35 @@ class Journal:
     error: str | None = None
     force: bool = False  # the operator's overrides at scheduling time hold for the run
     force_unbootable: bool = False
+    notify_owners: bool = False
+    sent: tuple[str, ...] = ()  # notices and reports already mailed ("before:3600", "after", "report")
+    boot_id: str | None = None  # the kernel's boot id when the reboot command ran
 
     @classmethod
     def new(cls, reboot_at: float, reason: str, guests: list[str], owners: dict[str, str] | None = None,
-            force: bool = False, force_unbootable: bool = False) -> Journal:
+            force: bool = False, force_unbootable: bool = False, notify_owners: bool = False) -> Journal:
         now = time.time()
         records = {g: GuestRecord(g, owner=(owners or {}).get(g)) for g in guests}
         return cls(uuid.uuid4().hex[:12], reboot_at, reason, "planned", now, (("planned", now),), records,
-                   None, force, force_unbootable)
+                   None, force, force_unbootable, notify_owners)
+
+    def entered(self, phase: str) -> float | None:
+        """When the journal last entered this phase."""
+        times = [at for name, at in self.history if name == phase]
+        return times[-1] if times else None
+
+    def mark_sent(self, *keys: str) -> Journal:
+        return replace(self, sent=(*self.sent, *(k for k in keys if k not in self.sent)))
 
     @property
     def final(self) -> bool:
         return self.phase in FINAL
 
-    def advance(self, phase: str, now: float | None = None, error: str | None = None) -> Journal:
+    def advance(self, phase: str, now: float | None = None, error: str | None = None, **changes: Any) -> Journal:
         if phase not in NEXT_PHASE.get(self.phase, ()):
             raise JournalError(f"maintenance {self.id}: cannot go from {self.phase} to {phase}")
         at = time.time() if now is None else now
-        return replace(self, phase=phase, history=(*self.history, (phase, at)), error=error or self.error)
+        return replace(self, phase=phase, history=(*self.history, (phase, at)), error=error or self.error, **changes)
 
     def guest(self, name: str, state: str, **changes: Any) -> Journal:
         record = self.guests[name]
@@ -103,6 +114,7 @@ class Journal:
         return {"id": self.id, "reboot_at": self.reboot_at, "reason": self.reason, "phase": self.phase,
                 "created": self.created, "history": [list(h) for h in self.history], "error": self.error,
                 "force": self.force, "force_unbootable": self.force_unbootable,
+                "notify_owners": self.notify_owners, "sent": list(self.sent), "boot_id": self.boot_id,
                 "guests": {name: asdict(record) for name, record in self.guests.items()}}
 
     @classmethod
@@ -110,7 +122,8 @@ class Journal:
         return cls(data["id"], data["reboot_at"], data["reason"], data["phase"], data["created"],
                    tuple((phase, at) for phase, at in data["history"]),
                    {name: GuestRecord(**record) for name, record in data["guests"].items()}, data.get("error"),
-                   bool(data.get("force")), bool(data.get("force_unbootable")))
+                   bool(data.get("force")), bool(data.get("force_unbootable")), bool(data.get("notify_owners")),
+                   tuple(data.get("sent", ())), data.get("boot_id"))
 
 
 class JournalStore:

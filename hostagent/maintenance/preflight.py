@@ -1,4 +1,4 @@
-"""Preflight: may this host be rebooted now, and what happens to each guest (issue #8, in progress).
+"""Preflight: may this host be rebooted now, and what happens to each guest.
 
 Host problems can be overridden with --force; a member that cannot boot only with
 --force-unbootable: never reboot into a host that cannot boot.
@@ -26,6 +26,7 @@ class GuestPlan:
     name: str
     memory_kib: int
     action: str  # "save", or why not
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,4 +81,4 @@ def plan(guest: GuestInfo) -> GuestPlan:
         action = f"cannot save: {guest.unsaveable}"
     else:
         action = "save"
-    return GuestPlan(guest.name, guest.memory_kib, action)
+    return GuestPlan(guest.name, guest.memory_kib, action, guest.owner)

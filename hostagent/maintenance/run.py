@@ -1,24 +1,27 @@
 """Running a maintenance: due or missed, preflight again, save, reboot; restore after the boot.
 
-(issue #8, in progress: the daemon does not yet call these on its own.)
+These functions take a hypervisor and run in the maintenance worker (``worker.py``), a child
+process the daemon supervises; tests call them directly against libvirt's test driver.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Literal
 
 from hostagent.actions import AuditLog
-from hostagent.config import Config
+from hostagent.config import Config, MaintenanceConfig
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
-from hostagent.maintenance.phases import PhaseConfig, Recorder, restore_phase, save_phase
+from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from hostagent.maintenance.preflight import Preflight, run_preflight
+from hostagent.progress import ProgressBoard
 from hostagent.state import StateStore
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def due(journal: Journal, now: float, grace: float) -> Literal["wait", "run", "missed"]:
@@ -37,37 +40,50 @@ def mark_missed(store: JournalStore, journal: Journal, now: float) -> Journal:
 
 
 def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Preflight,
-            config: PhaseConfig, reboot: Callable[[], None], *, force: bool = False,
-            force_unbootable: bool = False, audit: AuditLog | None = None) -> Journal:
-    """Preflight again, save every guest, sync, record ``rebooting`` and reboot."""
+            config: MaintenanceConfig, reboot: Callable[[], str | None], *, boot_id: str | None = None,
+            audit: AuditLog | None = None, progress: ProgressBoard | None = None) -> Journal:
+    """Preflight again, save every guest, sync, record ``rebooting`` and reboot.
+
+    ``reboot`` returns None once the reboot is under way, or why it failed; then the guests are
+    restored at once and the maintenance ends failed."""
     recorder = Recorder(journal, store, audit)
     recorder.advance("preflight")
-    if not preflight.allowed(force, force_unbootable):
+    if not preflight.allowed(journal.force, journal.force_unbootable):
         recorder.advance("failed", error="preflight at the scheduled time: " + "; ".join(preflight.lines()))
         return recorder.journal
-    if not save_phase(recorder, hypervisor, config):
-        restore_phase(recorder, hypervisor, config, aborted=True)
+    if not save_phase(recorder, hypervisor, config, progress=progress):
+        restore_phase(recorder, hypervisor, config, aborted=True, progress=progress)
         return recorder.journal
-    os.sync()
-    recorder.advance("rebooting")
-    reboot()
+    recorder.advance("rebooting", boot_id=boot_id)  # sync is part of the reboot command's child process
+    failure = reboot()
+    if failure is not None:
+        recorder.advance("restoring", error=f"the reboot command failed: {failure}; guests restored without a reboot")
+        restore_phase(recorder, hypervisor, config, aborted=True, progress=progress)
     return recorder.journal
 
 
-def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: PhaseConfig,
-                      audit: AuditLog | None = None) -> Journal | None:
-    """After the reboot (or a crash mid-restore): restore whatever the journal says is not running."""
+def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: MaintenanceConfig,
+                      audit: AuditLog | None = None, progress: ProgressBoard | None = None) -> Journal | None:
+    """After the reboot, or after a worker died mid-save or mid-restore: restore whatever is not running."""
     journal = store.active()
-    if journal is None or journal.phase not in ("rebooting", "restoring"):
+    if journal is None or journal.phase not in ("saving", "rebooting", "restoring"):
         return None
+    aborted = journal.phase == "saving" or journal.error is not None
     recorder = Recorder(journal, store, audit)
-    restore_phase(recorder, hypervisor, config)
+    if journal.phase == "saving":
+        recorder.advance("restoring", error="the maintenance worker stopped while saving: not rebooted")
+    restore_phase(recorder, hypervisor, config, aborted=aborted, progress=progress)
     return recorder.journal
+
+
+def current_boot_id(host: Host) -> str | None:
+    text = host.read_optional(BOOT_ID)
+    return text.strip() if text else None
 
 
 def execute(host: Host, state: StateStore, config: Config, store: JournalStore, journal: Journal,
-            audit: AuditLog) -> Journal:
-    """Run a planned maintenance now: the daemon at its time, or ``maintenance run-now``."""
+            audit: AuditLog, progress: ProgressBoard | None = None) -> Journal:
+    """Run a planned maintenance now: the worker at the scheduled time, or ``maintenance run-now``."""
     from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
@@ -80,10 +96,17 @@ def execute(host: Host, state: StateStore, config: Config, store: JournalStore, 
         return failed
     command = config.maintenance.reboot_command
 
-    def reboot() -> None:
+    def reboot() -> str | None:
         audit.record({"event": "maintenance", "action": "reboot", "maintenance": journal.id,
                       "subject": journal.id, "state": "rebooting", "argv": list(command)})
-        host.run(command[0], list(command[1:]), name="reboot", timeout=60)
+        try:
+            host.run("sync", [], name="sync", timeout=config.maintenance.shutdown_timeout)
+            result = host.run(command[0], list(command[1:]), name="reboot", timeout=60)
+        except HostagentError as err:
+            return str(err)
+        if result.returncode != 0:
+            return f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-300:]}"
+        return None
 
-    return run_now(store, journal, hypervisor, preflight, PhaseConfig(save_dir=config.maintenance.save_dir), reboot,
-                   force=journal.force, force_unbootable=journal.force_unbootable, audit=audit)
+    return run_now(store, journal, hypervisor, preflight, config.maintenance, reboot,
+                   boot_id=current_boot_id(host), audit=audit, progress=progress)

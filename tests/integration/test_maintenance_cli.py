@@ -33,7 +33,8 @@ def test_schedule_list_cancel(tmp_path: Path) -> None:
     assert again.returncode == 3 and "is already planned" in again.stderr
     rows = json.loads(hostagent(*base, "list", "--json", "--state-dir", str(state)).stdout)
     assert [(r["id"], r["phase"], r["reason"]) for r in rows] == [(document["id"], "planned", "kernel")]
-    assert rows[0]["guests"] == {"db1": "planned", "web1": "planned"}  # gpu1 cannot be saved: not in the plan
+    assert {n: g["state"] for n, g in rows[0]["guests"].items()} == {"db1": "planned", "web1": "planned"}  # not gpu1
+    assert rows[0]["guests"]["web1"]["owner"] == "alice@example.com"  # from the domain metadata
     assert hostagent(*base, "cancel", "--state-dir", str(state)).returncode == 0
     status = hostagent(*base, "status", "--state-dir", str(state))
     assert status.stdout.strip() == "no maintenance scheduled"

@@ -7,7 +7,8 @@ from pathlib import Path
 from hostagent.errors import HostagentError
 from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
-from hostagent.maintenance.phases import PhaseConfig, Recorder, restore_phase, save_phase
+from hostagent.config import MaintenanceConfig
+from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from tests.integration.test_hypervisor import DOMAIN
 
 
@@ -50,11 +51,11 @@ def states(store: JournalStore, recorder: Recorder) -> dict[str, str]:
 
 def test_full_cycle(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path)
-    assert save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path)))
+    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path)))
     assert states(store, recorder) == {"a": "saved", "b": "saved", "c": "saved"}
     assert not any(hypervisor.is_running(n) for n in "abc")
     recorder.advance("rebooting")
-    restore_phase(recorder, hypervisor, PhaseConfig(restore_priority=("c",)))
+    restore_phase(recorder, hypervisor, MaintenanceConfig(restore_priority=("c",)))
     assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
     assert recorder.journal.phase == "done"
     assert all(g.downtime_s is not None and g.downtime_s >= 0 for g in recorder.journal.guests.values())
@@ -62,18 +63,18 @@ def test_full_cycle(tmp_path: Path) -> None:
 
 def test_a_failed_save_is_shut_down_and_cold_started(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path, {("save", "b"): 1})
-    assert save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path), shutdown_timeout=5))
+    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), shutdown_timeout=5))
     assert states(store, recorder) == {"a": "saved", "b": "shut_down", "c": "saved"}
     assert "injected" in (recorder.journal.guests["b"].error or "")
     recorder.advance("rebooting")
-    restore_phase(recorder, hypervisor, PhaseConfig())
+    restore_phase(recorder, hypervisor, MaintenanceConfig())
     assert recorder.journal.phase == "done" and all(hypervisor.is_running(n) for n in "abc")
 
 
 def test_abort_policy_brings_the_saved_guests_back_without_a_reboot(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path, {("save", "a"): 1})
-    assert not save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path), on_save_failure="abort"))
-    restore_phase(recorder, hypervisor, PhaseConfig(), aborted=True)
+    assert not save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), on_save_failure="abort"))
+    restore_phase(recorder, hypervisor, MaintenanceConfig(), aborted=True)
     assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
     assert recorder.journal.phase == "failed" and "aborted before the reboot" in (recorder.journal.error or "")
     assert "rebooting" not in [phase for phase, _ in recorder.journal.history]
@@ -82,9 +83,9 @@ def test_abort_policy_brings_the_saved_guests_back_without_a_reboot(tmp_path: Pa
 
 def test_restore_retries_then_keeps_the_image_when_it_keeps_failing(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path, {("restore", "a"): 2, ("restore", "b"): 9})
-    save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path)))
+    save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path)))
     recorder.advance("rebooting")
-    restore_phase(recorder, hypervisor, PhaseConfig(restore_attempts=3))
+    restore_phase(recorder, hypervisor, MaintenanceConfig(restore_attempts=3))
     guests = store.load(recorder.journal.id).guests
     assert (guests["a"].state, guests["a"].attempts) == ("running", 3)
     assert guests["b"].state == "restore_failed" and hypervisor.has_image("b", "managed")  # never discarded
@@ -93,13 +94,13 @@ def test_restore_retries_then_keeps_the_image_when_it_keeps_failing(tmp_path: Pa
 
 def test_a_crash_mid_restore_resumes_without_restoring_twice(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path)
-    save_phase(recorder, hypervisor, PhaseConfig(save_dir=str(tmp_path)))
+    save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path)))
     recorder.advance("rebooting")
     recorder.advance("restoring")
     hypervisor.restore("a", "managed")  # the agent restored a, then died before writing it down
     recorder.guest("b", "restoring")
     resumed = Recorder(store.load(recorder.journal.id), store)  # a new agent process reads the journal
-    restore_phase(resumed, hypervisor, PhaseConfig())
+    restore_phase(resumed, hypervisor, MaintenanceConfig())
     assert states(store, resumed) == {"a": "running", "b": "running", "c": "running"}
     assert resumed.journal.guests["a"].attempts == 0  # found running: not restored again
     assert resumed.journal.phase == "done"

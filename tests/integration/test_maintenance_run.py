@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hostagent.maintenance.journal import Journal, JournalStore
-from hostagent.maintenance.phases import PhaseConfig
+from hostagent.config import MaintenanceConfig
 from hostagent.maintenance.preflight import GuestPlan, Preflight
 from hostagent.maintenance.run import due, mark_missed, resume_after_boot, run_now
 from tests.integration.test_maintenance_phases import Faulty, setup
@@ -33,25 +33,25 @@ def test_cycle_through_a_reboot_and_an_agent_restart(tmp_path: Path) -> None:
     store.save(planned)
     reboots: list[str] = []
     ok = Preflight(guests=(GuestPlan("a", 131072, "save"),))
-    journal = run_now(store, planned, hypervisor, ok, PhaseConfig(save_dir=str(tmp_path)),
-                      lambda: reboots.append("reboot"))
+    journal = run_now(store, planned, hypervisor, ok, MaintenanceConfig(save_dir=str(tmp_path)),
+                      lambda: reboots.append("reboot") or None)
     assert reboots == ["reboot"] and store.load(planned.id).phase == "rebooting"
     assert not any(hypervisor.is_running(n) for n in "abc")
     # the agent process is gone; a new one finds the journal and restores (twice is harmless)
-    restored = resume_after_boot(JournalStore(store.directory), hypervisor, PhaseConfig())
+    restored = resume_after_boot(JournalStore(store.directory), hypervisor, MaintenanceConfig())
     assert restored is not None and restored.phase == "done"
     assert all(hypervisor.is_running(n) for n in "abc")
-    assert resume_after_boot(JournalStore(store.directory), hypervisor, PhaseConfig()) is None
+    assert resume_after_boot(JournalStore(store.directory), hypervisor, MaintenanceConfig()) is None
     assert journal.id == restored.id
 
 
 def test_preflight_failing_at_the_scheduled_time_touches_nothing(tmp_path: Path) -> None:
     hypervisor, _, _ = setup(tmp_path)
     store = JournalStore(tmp_path / "run")
-    planned = Journal.new(0.0, "kernel", ["a", "b"])
+    planned = Journal.new(0.0, "kernel", ["a", "b"], force=True)  # --force does not cover the boot check
     store.save(planned)
     blocked = Preflight(boot_problems=("boot.missing_on_member: sdb cannot boot",))
-    journal = run_now(store, planned, hypervisor, blocked, PhaseConfig(), lambda: None, force=True)
+    journal = run_now(store, planned, hypervisor, blocked, MaintenanceConfig(), lambda: None)
     assert journal.phase == "failed" and "sdb cannot boot" in (journal.error or "")
     assert all(hypervisor.is_running(n) for n in "ab")
     assert isinstance(hypervisor, Faulty)
@@ -82,7 +82,9 @@ def test_the_daemon_runs_a_due_maintenance_and_restores_after_the_reboot(tmp_pat
         assert {g.state for g in store.load(due_now.id).guests.values()} == {"saved"}
         second = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))  # after boot
         assert second.returncode == 0, second.stderr
-        assert store.load(due_now.id).phase == "done" and "maintenance " + due_now.id + " done" in second.stderr
+        assert store.load(due_now.id).phase == "done"
+        assert f"maintenance {due_now.id}: worker restore ended (exit 0), maintenance done" in second.stderr
+        assert "web1: running" in (state / "maintenance" / f"{due_now.id}.log").read_text()  # the worker's log
         audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
         steps = [(a["action"], a["subject"], a["state"]) for a in audit if a.get("event") == "maintenance"]
         assert ("guest", "web1", "saved") in steps and ("guest", "web1", "running") in steps
@@ -95,4 +97,7 @@ def test_the_daemon_runs_a_due_maintenance_and_restores_after_the_reboot(tmp_pat
         hostname = json.loads(hostagent("--config", str(config), "status", "--json", "--state-dir",
                                         str(state)).stdout)["hostname"]
         assert [m["subject"] for m in sink.messages if "maintenance" in m["subject"]] == [
+            f"[hostagent] maintenance {due_now.id} on {hostname}: done",
             f"[hostagent] CRITICAL maintenance {missed.id} missed on {hostname}"]
+        report = next(m for m in sink.messages if "done" in m["subject"])
+        assert "web1           running" in report["body"] and "total guest downtime" in report["body"]

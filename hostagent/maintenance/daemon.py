@@ -1,0 +1,216 @@
+"""The daemon's side of maintenance: wake on time, start and supervise workers, send notices.
+
+The journal is the truth.  APScheduler's SQLAlchemyJobStore (sqlite in the state directory)
+holds one-shot jobs that wake the daemon at the scheduled time and at each notice lead time;
+they survive a restart, and a start missed beyond ``late_start_grace`` fires APScheduler's
+missed event.  Either way the daemon then reads the journal and decides (``run.due``), so a job
+lost or handed out twice changes nothing.  A tick every few seconds also reconciles the jobs
+with the journals and supervises the worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hostagent.alerts.alerter import Alerter
+from hostagent.config import Config
+from hostagent.host import Host
+from hostagent.maintenance import notices
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.run import current_boot_id, due, mark_missed
+from hostagent.maintenance.worker import Worker
+from hostagent.model import Finding, Severity
+
+log = logging.getLogger("hostagent")
+JOBSTORE = "maintenance"
+WAKEUPS: queue.SimpleQueue[str] = queue.SimpleQueue()
+MAX_RESTORE_WORKERS = 3
+
+
+def wake(reason: str) -> None:
+    """The target of every maintenance job (stored by reference: ``hostagent.maintenance.daemon:wake``)."""
+    WAKEUPS.put(reason)
+
+
+def jobstore(directory: Path) -> Any:
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    return SQLAlchemyJobStore(url=f"sqlite:///{directory / 'schedule.sqlite'}")
+
+
+@dataclass
+class MaintenanceDaemon:
+    config: Config
+    config_path: str | None
+    directory: Path
+    host: Host
+    alerter: Alerter
+    started: float = field(default_factory=time.time)
+    worker: Worker | None = None
+    restore_workers: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def store(self) -> JournalStore:
+        return JournalStore(self.directory / "maintenance")
+
+    # -- the job store ---------------------------------------------------------------------
+
+    def wanted_jobs(self, now: float) -> dict[str, tuple[float, float | None]]:
+        """Job id -> (run time, misfire grace) for every planned maintenance."""
+        wanted: dict[str, tuple[float, float | None]] = {}
+        for journal in self.store.all():
+            if journal.phase != "planned":
+                continue
+            if journal.reboot_at > now:
+                wanted[f"{journal.id}:start"] = (journal.reboot_at, self.config.maintenance.late_start_grace)
+            if journal.notify_owners:
+                for lead in self.config.maintenance.notice_lead_times:
+                    if journal.reboot_at - lead > now:
+                        wanted[f"{journal.id}:before:{lead:g}"] = (journal.reboot_at - lead, None)
+        return wanted
+
+    def reconcile(self, scheduler: Any, now: float) -> None:
+        from apscheduler.triggers.date import DateTrigger
+
+        wanted = self.wanted_jobs(now)
+        present = {job.id: job for job in scheduler.get_jobs(jobstore=JOBSTORE)}
+        for job_id, job in present.items():
+            if job_id not in wanted:
+                job.remove()
+        for job_id, (at, grace) in wanted.items():
+            job = present.get(job_id)
+            if job is not None and job.next_run_time is not None and abs(job.next_run_time.timestamp() - at) < 1:
+                continue
+            scheduler.add_job(f"{__name__}:wake", DateTrigger(run_date=dt.datetime.fromtimestamp(at, dt.UTC)),
+                              args=[job_id], id=job_id, jobstore=JOBSTORE, replace_existing=True,
+                              misfire_grace_time=None if grace is None else max(int(grace), 1), coalesce=True)
+
+    # -- the tick --------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Supervise the worker; otherwise do what the journal says is next."""
+        now = time.time() if now is None else now
+        if self.worker is not None and not self._supervise():
+            return
+        self._reports()
+        journal = self.store.active()
+        if journal is None or self.host.is_snapshot:
+            return
+        if journal.phase == "planned":
+            self._planned(journal, now)
+        elif journal.phase == "preflight":  # no worker runs it any more
+            failed = journal.advance("failed", error="the maintenance worker stopped during the preflight")
+            self.store.save(failed)
+            self._announce("maintenance.failed", failed)
+        elif journal.phase in ("saving", "restoring"):
+            self._start_restore(journal)
+        elif journal.phase == "rebooting":
+            self._rebooting(journal, now)
+
+    def _supervise(self) -> bool:
+        """True when no worker runs any more."""
+        worker = self.worker
+        assert worker is not None
+        if worker.finished():
+            self.worker = None
+            journal = self.store.load(worker.journal_id)
+            log.warning("maintenance %s: worker %s ended (exit %s), maintenance %s%s", journal.id, worker.action,
+                        worker.process.returncode, journal.phase, f": {journal.error}" if journal.error else "")
+            if journal.phase == "failed":
+                self._announce("maintenance.failed", journal)
+            return True
+        if worker.overdue():
+            worker.kill()
+            self.worker = None
+            journal = self.store.load(worker.journal_id)
+            log.error("maintenance %s: worker %s overran its deadline in phase %s: killed", journal.id,
+                      worker.action, journal.phase)
+            self._announce("maintenance.worker_killed", journal,
+                           f"the {worker.action} worker overran its deadline in phase {journal.phase} and was "
+                           "killed; the daemon resumes from the journal")
+            return True
+        return False
+
+    def _planned(self, journal: Journal, now: float) -> None:
+        keys = notices.due_before(journal, now, self.config.maintenance.notice_lead_times)
+        if keys:
+            for owner, guests in notices.by_owner(journal).items():
+                subject, text = notices.before_notice(journal, guests, self.host.hostname(), now)
+                self.alerter.mail(subject, text, [owner], "maintenance.notice")
+            journal = journal.mark_sent(*keys)
+            self.store.save(journal)
+            log.info("maintenance %s: owners notified (%s)", journal.id, ", ".join(keys))
+        verdict = due(journal, now, self.config.maintenance.late_start_grace)
+        if verdict == "missed":
+            missed = mark_missed(self.store, journal, now)
+            log.error("maintenance %s missed: %s", journal.id, missed.error)
+            self._announce("maintenance.missed", missed)
+        elif verdict == "run":
+            log.warning("maintenance %s: starting", journal.id)
+            self._start("run", journal)
+
+    def _rebooting(self, journal: Journal, now: float) -> None:
+        entered = journal.entered("rebooting") or 0.0
+        boot_id = current_boot_id(self.host)
+        if (journal.boot_id and boot_id and boot_id != journal.boot_id) or self.started > entered:
+            log.warning("maintenance %s: back after the reboot; restoring guests", journal.id)
+            self._start_restore(journal)
+        elif now - entered > self.config.maintenance.reboot_wait:
+            error = f"the host did not reboot within {self.config.maintenance.reboot_wait:g} s of the reboot command"
+            restoring = journal.advance("restoring", error=error + "; guests restored without a reboot")
+            self.store.save(restoring)
+            self._announce("maintenance.reboot_stalled", restoring, error)
+            self._start_restore(restoring)
+
+    def _start_restore(self, journal: Journal) -> None:
+        self.restore_workers[journal.id] += 1
+        attempt = self.restore_workers[journal.id]
+        if attempt > MAX_RESTORE_WORKERS:
+            if attempt == MAX_RESTORE_WORKERS + 1:
+                self._announce("maintenance.restore_stuck", journal,
+                               f"{MAX_RESTORE_WORKERS} restore workers did not finish; guests may be down: "
+                               "see hostagent maintenance status")
+            return
+        self._start("restore", journal)
+
+    def _start(self, action: str, journal: Journal) -> None:
+        self.worker = Worker.start(action, journal, str(self.directory), self.config, self.config_path,
+                                   self.directory / "maintenance" / f"{journal.id}.log")
+
+    # -- notices and reports ---------------------------------------------------------------
+
+    def _reports(self) -> None:
+        """After a maintenance ends: the operator's report and the owners' after-notices, once."""
+        for journal in self.store.all():
+            if not journal.final or notices.REPORT in journal.sent:
+                continue
+            hostname = self.host.hostname()
+            if journal.entered("preflight") is None:  # cancelled or missed: owners told of it hear it is off
+                if any(key.startswith("before:") for key in journal.sent):
+                    for owner, guests in notices.by_owner(journal).items():
+                        subject, text = notices.called_off(journal, guests, hostname)
+                        self.alerter.mail(subject, text, [owner], "maintenance.called_off")
+                self.store.save(journal.mark_sent(notices.REPORT))
+                continue
+            if self.config.alerts.enabled:
+                subject, text = notices.report(journal, hostname)
+                self.alerter.mail(subject, text, self.alerter.operators(), "maintenance.report")
+            if journal.notify_owners and journal.entered("saving") is not None:
+                for owner, guests in notices.by_owner(journal).items():
+                    subject, text = notices.after_notice(journal, guests, hostname)
+                    self.alerter.mail(subject, text, [owner], "maintenance.after")
+            self.store.save(journal.mark_sent(notices.REPORT, notices.AFTER))
+            log.info("maintenance %s: report sent", journal.id)
+
+    def _announce(self, code: str, journal: Journal, summary: str | None = None) -> None:
+        finding = Finding(code, "maintenance", f"maintenance {journal.id}", Severity.CRITICAL,
+                          summary or f"maintenance {journal.id} {journal.phase}: {journal.error or ''}".strip())
+        if self.config.alerts.enabled:
+            self.alerter.process([finding], [])

@@ -1,0 +1,100 @@
+"""What owners and operators are told about a maintenance: pure text, no mail machinery.
+
+Owners get notices at the configured lead times before the reboot and one afterwards with each
+of their guests' measured downtime, the basis for crediting them.  The operator gets a report
+when the maintenance ends.  ``Journal.sent`` records what went out, so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from hostagent.maintenance.journal import GuestRecord, Journal
+from hostagent.maintenance.when import describe
+
+AFTER, REPORT = "after", "report"
+OUTCOME = {"running": "restored: it was paused, not rebooted", "cold_booted": "REBOOTED (its restore failed)",
+           "skipped": "not saved: it went down with the host", "shut_down": "shut down and started again",
+           "restore_failed": "NOT RUNNING: our staff are on it"}
+
+
+def _at(timestamp: float | None) -> str:
+    return describe(dt.datetime.fromtimestamp(timestamp, dt.UTC)) if timestamp is not None else "-"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def due_before(journal: Journal, now: float, lead_times: Iterable[float]) -> list[str]:
+    """Keys of the before-notices due now; several due at once (scheduled late) go out as one."""
+    if journal.phase != "planned" or not journal.notify_owners or now >= journal.reboot_at:
+        return []
+    return [f"before:{lead:g}" for lead in sorted(lead_times, reverse=True)
+            if now >= journal.reboot_at - lead and f"before:{lead:g}" not in journal.sent]
+
+
+def by_owner(journal: Journal) -> dict[str, list[GuestRecord]]:
+    owners: dict[str, list[GuestRecord]] = {}
+    for record in journal.guests.values():
+        if record.owner:
+            owners.setdefault(record.owner, []).append(record)
+    return owners
+
+
+def before_notice(journal: Journal, guests: list[GuestRecord], hostname: str, now: float) -> tuple[str, str]:
+    left = journal.reboot_at - now
+    subject = f"Planned maintenance of {hostname} at {_at(journal.reboot_at)}"
+    lines = [f"The host {hostname}, which runs your virtual machines listed below, will be rebooted at",
+             f"  {_at(journal.reboot_at)}",
+             f"that is in {_duration(left) if left < 7200 else f'{left / 3600:.1f} hours'}.",
+             ""]
+    if journal.reason:
+        lines += [f"Reason: {journal.reason}", ""]
+    lines += ["Your machines will be saved to disk before the reboot and restored after it, so they will",
+              "not appear to have been rebooted; expect a network outage of some minutes while they are",
+              "paused.  We will write again with the measured downtime of each machine.", "",
+              *(f"  - {g.name}" for g in guests), "", f"Maintenance {journal.id}"]
+    return subject, "\n".join(lines) + "\n"
+
+
+def after_notice(journal: Journal, guests: list[GuestRecord], hostname: str) -> tuple[str, str]:
+    subject = f"Maintenance of {hostname} finished: your downtime"
+    lines = [f"The maintenance of {hostname} planned for {_at(journal.reboot_at)} has ended.", "",
+             "machine        downtime        outcome"]
+    for g in guests:
+        down = _duration(g.downtime_s) if g.downtime_s is not None else "unknown"
+        lines.append(f"{g.name:<14} {down:<15} {OUTCOME.get(g.state, g.state)}")
+        lines.append(f"{'':<14} down from {_at(g.save_started)} to {_at(g.running_again)}")
+    lines += ["", f"Maintenance {journal.id}"]
+    return subject, "\n".join(lines) + "\n"
+
+
+def called_off(journal: Journal, guests: list[GuestRecord], hostname: str) -> tuple[str, str]:
+    word = "cancelled" if journal.phase == "cancelled" else "did not take place"
+    subject = f"Maintenance of {hostname} at {_at(journal.reboot_at)} {word}"
+    lines = [f"The maintenance of {hostname} we announced for {_at(journal.reboot_at)} {word}.",
+             "Your machines were not touched:", *(f"  - {g.name}" for g in guests), "",
+             "If it is rescheduled, you will get a new notice.", "", f"Maintenance {journal.id}"]
+    return subject, "\n".join(lines) + "\n"
+
+
+def report(journal: Journal, hostname: str) -> tuple[str, str]:
+    """The operator's report: every guest, its downtime and errors, and the phases with their times."""
+    subject = f"[hostagent] maintenance {journal.id} on {hostname}: {journal.phase}"
+    downtimes = [g.downtime_s for g in journal.guests.values() if g.downtime_s is not None]
+    lines = [f"Maintenance {journal.id} on {hostname}: {journal.phase}",
+             f"Planned for {_at(journal.reboot_at)}; reason: {journal.reason or '-'}"]
+    if journal.error:
+        lines.append(f"Error: {journal.error}")
+    lines += ["", "guest          state          downtime   owner / error"]
+    for g in journal.guests.values():
+        down = f"{g.downtime_s:.1f} s" if g.downtime_s is not None else "-"
+        lines.append(f"{g.name:<14} {g.state:<14} {down:<10} {g.owner or '-'}"
+                     + (f" / {g.error}" if g.error else ""))
+    if downtimes:
+        lines.append(f"total guest downtime {sum(downtimes):.1f} s, longest {max(downtimes):.1f} s")
+    lines += ["", "phases:", *(f"  {phase:<10} {_at(at)}" for phase, at in journal.history)]
+    return subject, "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""The maintenance worker: one maintenance step in a child process.
+
+``python -m hostagent.maintenance.worker --state-dir DIR [--config FILE] run|restore ID``
+
+The daemon (and ``maintenance run-now``) start it and kill it at a deadline, so a hypervisor
+call or a device that hangs can stall only this process, never the daemon.  The journal records
+every step, so whatever stops the worker, the next one resumes from the truth.  It prints
+progress (redrawn on a terminal, log lines otherwise) and ends with one JSON line: the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hostagent.config import Config, MaintenanceConfig
+from hostagent.errors import HostagentError
+from hostagent.maintenance.journal import Journal
+
+KILL_GRACE = 5.0
+
+
+def deadline_for(action: str, journal: Journal, config: MaintenanceConfig) -> float:
+    """How long a worker may take before the daemon kills it: the sum of the step timeouts it may use."""
+    rounds = math.ceil(max(len(journal.guests), 1) / max(config.concurrency, 1))
+    if action == "run":
+        return 120 + rounds * (config.save_timeout + config.abort_grace) + config.shutdown_timeout + 120
+    return 60 + (len(config.restore_priority) + rounds) * config.restore_attempts * config.restore_timeout
+
+
+def command(action: str, journal_id: str, state_dir: str, config_path: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "hostagent.maintenance.worker", "--state-dir", state_dir]
+    if config_path:
+        argv += ["--config", config_path]
+    return [*argv, action, journal_id]
+
+
+@dataclass
+class Worker:
+    """A running worker, as the daemon sees it."""
+
+    action: str
+    journal_id: str
+    process: subprocess.Popen[bytes]
+    deadline: float
+
+    @classmethod
+    def start(cls, action: str, journal: Journal, state_dir: str, config: Config, config_path: str | None,
+              log_path: Path | None = None) -> Worker:
+        out = log_path.open("ab") if log_path is not None else None
+        try:
+            process = subprocess.Popen(command(action, journal.id, state_dir, config_path),
+                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        finally:
+            if out is not None:
+                out.close()
+        return cls(action, journal.id, process, time.monotonic() + deadline_for(action, journal, config.maintenance))
+
+    def finished(self) -> bool:
+        return self.process.poll() is not None
+
+    def overdue(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) > self.deadline
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a child in D state cannot be reaped: leave it
+            self.process.wait(timeout=KILL_GRACE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hostagent.maintenance.worker")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("action", choices=("run", "restore"))
+    parser.add_argument("id")
+    args = parser.parse_args(argv)
+    from hostagent.actions import AuditLog
+    from hostagent.config import load_config
+    from hostagent.host import Host
+    from hostagent.maintenance.journal import JournalStore
+    from hostagent.maintenance.run import execute, resume_after_boot
+    from hostagent.progress import ProgressBoard
+    from hostagent.state import StateStore
+
+    progress = ProgressBoard(sys.stdout)
+    try:
+        config = load_config(args.config)
+        store = JournalStore(Path(args.state_dir) / "maintenance")
+        audit = AuditLog(args.state_dir)
+        journal = store.load(args.id)
+        if args.action == "run":
+            host = Host("/", command_timeout=config.agent.command_timeout)
+            result: Journal | None = execute(host, StateStore(args.state_dir), config, store, journal, audit,
+                                             progress)
+        else:
+            from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+
+            result = resume_after_boot(store, LibvirtHypervisor(config.maintenance.uri), config.maintenance,
+                                       audit, progress)
+    except HostagentError as err:
+        print(json.dumps({"id": args.id, "action": args.action, "error": str(err)}), flush=True)
+        os._exit(1)
+    progress.close()
+    outcome = {"id": args.id, "action": args.action, "phase": result.phase if result else None,
+               "error": result.error if result else None}
+    print(json.dumps(outcome), flush=True)
+    os._exit(0)  # a hypervisor call stuck in a thread must not keep the worker alive
+
+
+if __name__ == "__main__":
+    sys.exit(main())
