@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import email.policy
 import json
 import socket
 import ssl
@@ -31,8 +32,8 @@ class Sink:
         self.messages: list[dict[str, Any]] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = message_from_bytes(envelope.content)
-        self.messages.append({"to": list(envelope.rcpt_tos), "subject": parsed["Subject"],
+        parsed = message_from_bytes(envelope.content, policy=email.policy.default)  # unfolds long headers
+        self.messages.append({"to": list(envelope.rcpt_tos), "subject": str(parsed["Subject"]).strip(),
                               "body": parsed.get_payload(decode=True).decode().replace("\r\n", "\n")})
         return "250 OK"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hostagent.config import MaintenanceConfig
 from hostagent.errors import HostagentError
 from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
-from hostagent.config import MaintenanceConfig
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from tests.integration.test_hypervisor import DOMAIN
 

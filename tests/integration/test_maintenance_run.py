@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.config import MaintenanceConfig
+from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.preflight import GuestPlan, Preflight
 from hostagent.maintenance.run import due, mark_missed, resume_after_boot, run_now
 from tests.integration.test_maintenance_phases import Faulty, setup

@@ -1,0 +1,47 @@
+"""A stand-in reboot command for tests: ``python -m tests.fake_reboot PIDFILE LOG -- DAEMON-ARGV...``.
+
+Like a real reboot it stops the daemon (SIGTERM), lets the maintenance worker that ran it finish,
+and starts a new daemon afterwards (as the boot would), appending its output to LOG and its pid to
+PIDFILE.  It returns at once, as ``systemctl reboot`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def main() -> int:
+    if sys.argv[1] == "--restart":  # the detached half: wait for the old processes, then "boot"
+        _, pidfile, log, old_daemon, worker, *argv = sys.argv[1:]
+        for pid in (int(old_daemon), int(worker)):
+            while _alive(pid):
+                time.sleep(0.1)
+        with open(log, "ab") as out:
+            daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        Path(pidfile).write_text(f"{daemon.pid}\n")
+        return 0
+    pidfile, log, dash, *argv = sys.argv[1:]
+    assert dash == "--", "usage: python -m tests.fake_reboot PIDFILE LOG -- DAEMON-ARGV..."
+    old = int(Path(pidfile).read_text())
+    os.kill(old, signal.SIGTERM)
+    subprocess.Popen([sys.executable, "-m", "tests.fake_reboot", "--restart", pidfile, log, str(old),
+                      str(os.getppid()), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Real QEMU guests for maintenance tests and the benchmark: Debian's kernel and a busybox initramfs
+whose /init prints its uptime to the serial console every second (the console goes to a file).
+
+A guest that was saved and restored keeps counting; a guest that rebooted prints ``guest-init
+started`` again and its uptime starts from zero.  Guests are defined and started by a child
+process (``python -m tests.guests``), because an embedded driver (``qemu:///embed``) may be held by
+one process at a time and the agent's workers must open it after; the QEMU processes outlive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "guests"
+MARK = "guest-init started"
+INIT = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo "{MARK}"
+while true; do echo "uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"; /bin/busybox sleep 1; done
+"""
+OWNER_NS = "https://hostagent.invalid/xmlns/owner/1"
+
+
+def kernel() -> str:
+    found = sorted(glob.glob("/boot/vmlinuz-*"))
+    if not found:
+        raise RuntimeError("no /boot/vmlinuz-*: install linux-image-amd64 (make test does)")
+    return found[-1]
+
+
+def initramfs() -> Path:
+    """The cached guest initramfs (busybox and the /init above), about 1 MB."""
+    image = CACHE / "uptime-initramfs.gz"
+    if image.exists():
+        return image
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        stage = Path(tmp)
+        (stage / "bin").mkdir()
+        (stage / "proc").mkdir()
+        busybox = shutil.which("busybox") or "/bin/busybox"
+        shutil.copy2(busybox, stage / "bin/busybox")
+        (stage / "init").write_text(INIT)
+        (stage / "init").chmod(0o755)
+        listing = "\n".join(str(p.relative_to(stage)) for p in sorted(stage.rglob("*"))) + "\n"
+        packed = subprocess.run(["cpio", "-o", "-H", "newc"], input=listing.encode(), cwd=stage,
+                                capture_output=True, check=True).stdout
+        image.with_suffix(".tmp").write_bytes(gzip.compress(packed))
+        os.replace(image.with_suffix(".tmp"), image)
+    return image
+
+
+def domain_xml(name: str, memory_mib: int, console: Path, initrd: Path, owner: str | None = None) -> str:
+    metadata = (f"<metadata><hostagent:owner xmlns:hostagent='{OWNER_NS}'>{owner}</hostagent:owner></metadata>"
+                if owner else "")
+    return f"""<domain type='qemu'><name>{name}</name>{metadata}
+  <memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel()}</kernel><initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1</cmdline></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='{console}' append='on'/></serial><memballoon model='none'/></devices>
+</domain>"""
+
+
+def prepare_root(root: Path) -> None:
+    """An embed root the libvirt-qemu user can traverse, with the guest initramfs and a consoles directory;
+    the QEMU driver writes consoles to files (no virtlogd) and has a save directory."""
+    root.chmod(0o755)
+    (root / "consoles").mkdir(exist_ok=True)
+    shutil.copy2(initramfs(), root / "initrd.gz")
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/qemu.conf").write_text('stdio_handler = "file"\n')
+    (root / "lib/qemu/save").mkdir(parents=True, exist_ok=True)
+
+
+def start(root: Path, guests: list[tuple[str, int, str | None]], timeout: float = 120) -> Path:
+    """Define and start guests (name, MiB, owner) in a child process; wait until each prints its uptime.
+    Returns the directory of their console logs (``<name>.log``)."""
+    consoles = root / "consoles"
+    spec = ",".join(f"{name}:{mib}:{owner or ''}" for name, mib, owner in guests)
+    subprocess.run([sys.executable, "-m", "tests.guests", str(root), spec], cwd=REPO, check=True, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    for name, _, _ in guests:
+        while not uptimes(consoles / f"{name}.log"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guest {name} printed no uptime within {timeout:g} s")
+            time.sleep(0.5)
+    return consoles
+
+
+def uri(root: Path) -> str:
+    return f"qemu:///embed?root={root}"
+
+
+def uptimes(console: Path) -> list[float]:
+    if not console.exists():
+        return []
+    return [float(line.split()[1]) for line in console.read_text(errors="replace").splitlines()
+            if line.startswith("uptime ") and len(line.split()) == 2]
+
+
+def boots(console: Path) -> int:
+    return console.read_text(errors="replace").count(MARK) if console.exists() else 0
+
+
+def destroy_all(root: Path) -> None:
+    """Stop every guest of an embed root (the tests' cleanup), in a child process."""
+    code = ("import sys, libvirt\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+            "h = LibvirtHypervisor(sys.argv[1])\n"
+            "for d in h._conn.listAllDomains():\n"
+            "    try:\n"
+            "        d.destroy()\n"
+            "    except libvirt.libvirtError:\n"
+            "        pass\n")
+    subprocess.run([sys.executable, "-c", code, uri(root)], cwd=REPO, timeout=60, check=False, capture_output=True)
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root", type=Path)
+    parser.add_argument("spec")
+    args = parser.parse_args()
+    from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+
+    hypervisor = LibvirtHypervisor(uri(args.root))
+    for item in args.spec.split(","):
+        name, mib, owner = item.split(":")
+        console = args.root / "consoles" / f"{name}.log"
+        domain = hypervisor._conn.defineXML(domain_xml(name, int(mib), console, args.root / "initrd.gz", owner or None))
+        domain.create()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _main()
