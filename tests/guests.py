@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def prepare_root(root: Path) -> None:
     (root / "lib/qemu/save").mkdir(parents=True, exist_ok=True)
 
 
-def start(root: Path, guests: list[tuple[str, int, str | None]], timeout: float = 120) -> Path:
+def start(root: Path, guests: Sequence[tuple[str, int, str | None]], timeout: float = 120) -> Path:
     """Define and start guests (name, MiB, owner) in a child process; wait until each prints its uptime.
     Returns the directory of their console logs (``<name>.log``)."""
     consoles = root / "consoles"

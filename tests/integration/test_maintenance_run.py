@@ -34,7 +34,7 @@ def test_cycle_through_a_reboot_and_an_agent_restart(tmp_path: Path) -> None:
     reboots: list[str] = []
     ok = Preflight(guests=(GuestPlan("a", 131072, "save"),))
     journal = run_now(store, planned, hypervisor, ok, MaintenanceConfig(save_dir=str(tmp_path)),
-                      lambda: reboots.append("reboot") or None)
+                      lambda: reboots.append("reboot"))
     assert reboots == ["reboot"] and store.load(planned.id).phase == "rebooting"
     assert not any(hypervisor.is_running(n) for n in "abc")
     # the agent process is gone; a new one finds the journal and restores (twice is harmless)
