@@ -43,6 +43,7 @@ class LibvirtHypervisor(Hypervisor):
         except ImportError:
             raise ProbeUnavailable("libvirt-python is not installed: install hostagent[libvirt]") from None
         self._libvirt = libvirt
+        libvirt.registerErrorHandler(lambda context, error: None, None)  # errors come as exceptions, not stderr
         self.uri = uri
         self.xen = uri.startswith("xen:")
         if "/embed" in uri:

@@ -110,9 +110,16 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
                                                           f"and did not stop {config.abort_grace:g} s after the "
                                                           "abort: state unknown")
     pool.shutdown(wait=False)  # a stuck call stays behind in its thread; the worker process exits anyway
+    proceed = _apply_failure_policy(recorder, hypervisor, config, stuck, clock)
     for name in names:
         record = recorder.journal.guests[name]
         board.update(name, record.state + (f": {record.error}" if record.error else ""), final=True)
+    return proceed
+
+
+def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, stuck: list[str],
+                          clock: Callable[[], float]) -> bool:
+    """``on_save_failure`` for the guests that could not be saved; False: stop before the reboot."""
     failed = [n for n, g in recorder.journal.guests.items() if g.state == "save_failed"]
     if not failed:
         return True

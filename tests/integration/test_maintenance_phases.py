@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import threading
+import time
 from pathlib import Path
 
 from hostagent.config import MaintenanceConfig
@@ -9,6 +12,7 @@ from hostagent.errors import HostagentError
 from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
+from hostagent.progress import ProgressBoard
 from tests.integration.test_hypervisor import DOMAIN
 
 
@@ -104,3 +108,61 @@ def test_a_crash_mid_restore_resumes_without_restoring_twice(tmp_path: Path) -> 
     assert states(store, resumed) == {"a": "running", "b": "running", "c": "running"}
     assert resumed.journal.guests["a"].attempts == 0  # found running: not restored again
     assert resumed.journal.phase == "done"
+
+
+class Slow(Faulty):
+    """Saves that take ``seconds``; an abort ends them like libvirt's abortJob, unless ``deaf``."""
+
+    def __init__(self, uri: str, seconds: float, deaf: bool = False) -> None:
+        super().__init__(uri, {})
+        self.seconds, self.deaf = seconds, deaf
+        self.aborts: list[str] = []
+        self._abort = threading.Event()
+
+    def save(self, name: str, image: str) -> str:
+        if name == "b" and self.deaf:  # a hung save: the abort changes nothing
+            time.sleep(self.seconds)
+            raise HostagentError(f"guest {name}: managedSave failed: I/O error")
+        if name == "b" and self._abort.wait(self.seconds):
+            raise HostagentError(f"guest {name}: managedSave failed: operation aborted: job canceled by client")
+        return super().save(name, image)
+
+    def abort(self, name: str) -> None:
+        self.aborts.append(name)
+        self._abort.set()
+
+
+def slow_setup(tmp_path: Path, deaf: bool = False) -> tuple[Slow, JournalStore, Recorder]:
+    _, store, recorder = setup(tmp_path)
+    return Slow(f"test://{tmp_path / 'node.xml'}", seconds=4 if deaf else 60, deaf=deaf), store, recorder
+
+
+def test_a_save_past_its_timeout_is_aborted_and_follows_the_policy(tmp_path: Path) -> None:
+    hypervisor, store, recorder = slow_setup(tmp_path)
+    config = MaintenanceConfig(save_dir=str(tmp_path), save_timeout=1.5, on_save_failure="skip")
+    assert save_phase(recorder, hypervisor, config)
+    assert hypervisor.aborts == ["b"]
+    assert states(store, recorder) == {"a": "saved", "b": "skipped", "c": "saved"}
+    assert "timed out after 1.5 s, job aborted" in (recorder.journal.guests["b"].error or "")
+    assert hypervisor.is_running("b")  # the aborted save left it running; skip lets it go down with the host
+
+
+def test_a_save_that_ignores_the_abort_stops_the_maintenance_whatever_the_policy(tmp_path: Path) -> None:
+    hypervisor, store, recorder = slow_setup(tmp_path, deaf=True)
+    config = MaintenanceConfig(save_dir=str(tmp_path), save_timeout=1.0, abort_grace=1.0, on_save_failure="skip")
+    assert not save_phase(recorder, hypervisor, config)  # a guest in an unknown state: no reboot
+    assert recorder.journal.phase == "restoring" and "b stuck" in (recorder.journal.error or "")
+    assert "state unknown" in (recorder.journal.guests["b"].error or "")
+    restore_phase(recorder, hypervisor, config, aborted=True)
+    assert recorder.journal.phase == "failed" and "rebooting" not in [p for p, _ in recorder.journal.history]
+    assert states(store, recorder)["a"] == "running"
+
+
+def test_progress_is_shown_per_guest_while_saving(tmp_path: Path) -> None:
+    hypervisor, _, recorder = slow_setup(tmp_path)
+    out = io.StringIO()
+    board = ProgressBoard(out, every=0.5, tty=False)
+    save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), save_timeout=2.5), progress=board)
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("b: saving ") and line.endswith(" s") for line in lines)  # alive, with elapsed time
+    assert "a: saved" in lines and any(line.startswith("b: shut_down: timed out") for line in lines)

@@ -84,6 +84,7 @@ def test_full_cycle_guests_keep_running_across_the_reboot(embed_root: Path, tmp_
         assert [phase for phase, _ in journal.history] == ["planned", "preflight", "saving", "rebooting",
                                                           "restoring", "done"]
         assert int(pidfile.read_text()) != first.pid and "back after the reboot; restoring guests" in log
+        assert f"maintenance wake-up: {plan['id']}:start" in log  # started on time by its APScheduler job
         for name, _, _ in GUESTS:
             record = journal.guests[name]
             assert record.state == "running" and record.image == "managed"
@@ -128,3 +129,36 @@ def test_a_guest_that_runs_on_is_not_restored_twice(embed_root: Path, tmp_path: 
     assert out.stdout.strip() == "done", out.stderr
     assert store.load(journal.id).guests["web1"].attempts == 0  # found running: no restore attempted
     assert guests.boots(consoles / "web1.log") == 1
+
+
+def test_a_restore_that_keeps_failing_cold_boots_and_keeps_the_image(embed_root: Path, tmp_path: Path) -> None:
+    uri = guests.uri(embed_root)
+    consoles = guests.start(embed_root, GUESTS[:1])
+    save_dir = embed_root / "lib/qemu/save"
+    code = ("import sys\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+            "print(LibvirtHypervisor(sys.argv[1]).save('web1', ''))\n")
+    saved = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, cwd=guests.REPO,
+                           timeout=120)
+    assert saved.stdout.strip() == "managed", saved.stderr
+    image = save_dir / "web1.save"
+    with image.open("r+b") as handle:  # the image is damaged: every restore fails for real
+        handle.truncate(64 * 1024)
+    store = JournalStore(tmp_path / "maintenance")
+    journal = Journal.new(0.0, "cold boot test", ["web1"]).advance("preflight").advance("saving")
+    journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
+    store.save(journal.advance("rebooting"))
+    code = ("import sys\nfrom pathlib import Path\nfrom hostagent.config import MaintenanceConfig\n"
+            "from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+            "from hostagent.maintenance.journal import JournalStore\n"
+            "from hostagent.maintenance.run import resume_after_boot\n"
+            "config = MaintenanceConfig(save_dir=sys.argv[3], restore_attempts=2, cold_boot_on_failure=True)\n"
+            "print(resume_after_boot(JournalStore(Path(sys.argv[2])), LibvirtHypervisor(sys.argv[1]), config).phase)\n")
+    out = subprocess.run([sys.executable, "-c", code, uri, str(store.directory), str(save_dir)],
+                         capture_output=True, text=True, cwd=guests.REPO, timeout=120)
+    record = store.load(journal.id).guests["web1"]
+    assert out.stdout.strip() == "done", out.stderr
+    assert (record.state, record.attempts) == ("cold_booted", 2)
+    kept = save_dir / f"web1.kept-{journal.id}"
+    assert kept.exists() and kept.stat().st_size == 64 * 1024  # flagged and kept, never silently discarded
+    assert str(kept) in (record.error or "")
+    wait_for("the guest to boot again", lambda: guests.boots(consoles / "web1.log") == 2, timeout=60)

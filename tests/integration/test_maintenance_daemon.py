@@ -1,0 +1,195 @@
+"""The daemon's maintenance side: APScheduler's persistent wake-ups, worker supervision, and every
+way a run can be interrupted (libvirt's test driver; the workers are real child processes)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hostagent.actions import AuditLog
+from hostagent.alerts.alerter import Alerter
+from hostagent.config import Config, parse_config
+from hostagent.host import Host
+from hostagent.maintenance.daemon import MaintenanceDaemon
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.run import current_boot_id, run_now
+from hostagent.maintenance.worker import Worker
+from hostagent.state import StateStore
+from tests.integration.test_alerts import Sink, sink_server
+from tests.integration.test_hypervisor import node
+from tests.integration.test_maintenance_phases import setup
+
+
+def config_text(tmp_path: Path, port: int, extra: str = "") -> str:
+    return (f'[maintenance]\nuri = "{node(tmp_path)}"\nsave_dir = "{tmp_path}"\n'
+            f'reboot_command = ["sh", "-c", "touch {tmp_path / "rebooted"}"]\n{extra}'
+            f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+            '[[alerts.routes]]\nto = ["ops@example.com"]\n[checks.smart]\nenabled = false\n')
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[int, Sink]]:
+    with sink_server() as (controller, received):
+        yield controller.port, received
+
+
+def daemon_for(tmp_path: Path, port: int, extra: str = "", started: float | None = None) -> MaintenanceDaemon:
+    path = tmp_path / "hostagent.toml"
+    path.write_text(config_text(tmp_path, port, extra))
+    import tomllib
+
+    config: Config = parse_config(tomllib.loads(path.read_text()), source=str(path))
+    state = tmp_path / "state"
+    alerter = Alerter(config.alerts, StateStore(state), state / "spool", "hv1", AuditLog(state))
+    return MaintenanceDaemon(config, str(path), state, Host("/"), alerter, started=started or time.time())
+
+
+def run_ticks(daemon: MaintenanceDaemon, until: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the daemon did not get there"
+        daemon.tick()
+        time.sleep(0.2)
+
+
+def watch(tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hostagent", "--config", str(tmp_path / "hostagent.toml"),
+                             "watch", "--state-dir", str(tmp_path / "state")], stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.terminate()
+    return process.communicate(timeout=30)[1]
+
+
+def stored_jobs(state: Path) -> dict[str, float]:
+    with sqlite3.connect(state / "schedule.sqlite") as db:
+        return dict(db.execute("SELECT id, next_run_time FROM apscheduler_jobs").fetchall())
+
+
+def wait_for_jobs(state: Path, count: int) -> dict[str, float]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            jobs = stored_jobs(state)
+            if len(jobs) >= count:
+                return jobs
+        except sqlite3.OperationalError:
+            pass  # the daemon has not created the table yet
+        time.sleep(0.2)
+    raise AssertionError("the daemon stored no maintenance jobs")
+
+
+def test_wake_ups_persist_and_a_start_missed_past_the_grace_is_not_run(tmp_path: Path,
+                                                                    sink: tuple[int, Sink]) -> None:
+    port, received = sink
+    (tmp_path / "hostagent.toml").write_text(config_text(tmp_path, port, "late_start_grace = 1.0\n"
+                                                                      "notice_lead_times = [2.0, 3600.0]\n"))
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    planned = Journal.new(time.time() + 5, "kernel", ["web1"], notify_owners=True)
+    store.save(planned)
+    daemon = watch(tmp_path)
+    jobs = wait_for_jobs(tmp_path / "state", 2)
+    assert set(jobs) == {f"{planned.id}:start", f"{planned.id}:before:2"}
+    assert jobs[f"{planned.id}:start"] == pytest.approx(planned.reboot_at)
+    stop(daemon)  # down across the scheduled time
+    time.sleep(max(planned.reboot_at + 2.5 - time.time(), 0))
+    log = stop_after(watch(tmp_path), lambda: store.load(planned.id).final)
+    assert store.load(planned.id).phase == "missed" and not (tmp_path / "rebooted").exists()
+    assert f"maintenance wake-up: missed {planned.id}:start" in log  # APScheduler's misfire, from its store
+    subjects = [m["subject"] for m in received.messages]
+    assert f"[hostagent] CRITICAL maintenance {planned.id} missed on " in " ".join(subjects)
+    assert stored_jobs(tmp_path / "state") == {}  # one-shot jobs are gone; the journal keeps the truth
+
+
+def stop_after(process: subprocess.Popen[str], condition: object, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.2)
+    time.sleep(1)
+    return stop(process)
+
+
+def test_a_start_within_the_grace_runs_late_after_a_restart(tmp_path: Path, sink: tuple[int, Sink]) -> None:
+    port, _ = sink
+    (tmp_path / "hostagent.toml").write_text(config_text(tmp_path, port, "late_start_grace = 120.0\n"))
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    planned = Journal.new(time.time() + 4, "kernel", ["web1", "db1"], force=True)  # gpu1 cannot be saved
+    store.save(planned)
+    daemon = watch(tmp_path)
+    wait_for_jobs(tmp_path / "state", 1)
+    stop(daemon)
+    time.sleep(max(planned.reboot_at + 1 - time.time(), 0))
+    log = stop_after(watch(tmp_path), lambda: store.load(planned.id).phase == "rebooting")
+    assert f"maintenance wake-up: {planned.id}:start" in log
+    assert store.load(planned.id).phase == "rebooting" and (tmp_path / "rebooted").exists()
+
+
+def test_an_overdue_worker_is_killed_and_the_guests_are_brought_back(tmp_path: Path,
+                                                                   sink: tuple[int, Sink]) -> None:
+    port, received = sink
+    daemon = daemon_for(tmp_path, port)
+    journal = Journal.new(0.0, "kernel", ["web1", "db1"]).advance("preflight").advance("saving")
+    journal = journal.guest("web1", "saving", save_started=time.time())
+    daemon.store.save(journal)
+    hung = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    daemon.worker = Worker("run", journal.id, hung, deadline=time.monotonic() - 1)
+    daemon.tick()
+    assert hung.poll() is not None  # killed at its deadline
+    assert daemon.worker is not None and daemon.worker.action == "restore"  # and the journal says what is next
+    assert any("overran its deadline in phase saving" in m["body"] for m in received.messages)
+    run_ticks(daemon, lambda: daemon.store.load(journal.id).final)
+    final = daemon.store.load(journal.id)
+    assert final.phase == "failed" and "worker stopped while saving" in (final.error or "")
+    assert {n: g.state for n, g in final.guests.items()} == {"web1": "running", "db1": "planned"}  # db1 untouched
+    assert "rebooting" not in [phase for phase, _ in final.history]
+
+
+def test_a_worker_lost_in_the_preflight_fails_the_maintenance_and_alerts(tmp_path: Path,
+                                                                        sink: tuple[int, Sink]) -> None:
+    port, received = sink
+    daemon = daemon_for(tmp_path, port)
+    journal = Journal.new(0.0, "kernel", ["web1"]).advance("preflight")
+    daemon.store.save(journal)
+    daemon.tick()
+    assert daemon.store.load(journal.id).phase == "failed"
+    assert any(f"maintenance {journal.id}" in m["subject"] and "CRITICAL" in m["subject"]
+               for m in received.messages)
+
+
+def test_after_the_reboot_command_the_same_daemon_waits_then_restores_if_no_reboot_came(
+        tmp_path: Path, sink: tuple[int, Sink]) -> None:
+    port, received = sink
+    daemon = daemon_for(tmp_path, port, "reboot_wait = 2.0\n", started=time.time() - 60)
+    journal = Journal.new(0.0, "kernel", ["web1"]).advance("preflight").advance("saving")
+    journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
+    journal = journal.advance("rebooting", boot_id=current_boot_id(Host("/")))
+    daemon.store.save(journal)
+    daemon.tick()
+    assert daemon.worker is None and daemon.store.load(journal.id).phase == "rebooting"  # shutting down: wait
+    time.sleep(2.5)
+    run_ticks(daemon, lambda: daemon.store.load(journal.id).final)
+    final = daemon.store.load(journal.id)
+    assert final.phase == "failed" and "did not reboot within 2 s" in (final.error or "")
+    assert final.guests["web1"].state == "running"
+    assert any("reboot_stalled" in m["body"] or "did not reboot" in m["body"] for m in received.messages)
+
+
+def test_a_failing_reboot_command_restores_the_guests_at_once(tmp_path: Path) -> None:
+    from hostagent.config import MaintenanceConfig
+    from hostagent.maintenance.preflight import Preflight
+
+    hypervisor, store, _ = setup(tmp_path)
+    planned = Journal.new(0.0, "kernel", ["a", "b", "c"])
+    store.save(planned)
+    journal = run_now(store, planned, hypervisor, Preflight(), MaintenanceConfig(save_dir=str(tmp_path)),
+                      lambda: "systemctl reboot exited 1: Access denied")
+    assert journal.phase == "failed" and "the reboot command failed" in (journal.error or "")
+    assert all(hypervisor.is_running(n) for n in "abc")
+    assert [phase for phase, _ in journal.history][-3:] == ["rebooting", "restoring", "failed"]
