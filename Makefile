@@ -16,7 +16,7 @@ APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fspro
 # the libvirt-qemu user, virsh and libvirt-guests.sh
 APT_PACKAGES += libvirt-daemon-system libvirt-clients
 
-.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle deps apt clean
+.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance deps apt clean
 
 deps: apt $(STAMP)
 
@@ -56,6 +56,10 @@ bench-alert: deps
 
 bench-idle: deps
 	$(BIN)/python bench/bench_watch_idle.py 600
+
+# guest downtime against libvirt-guests (starts libvirtd when it is not running; about 2 min)
+bench-maintenance: deps
+	$(BIN)/python bench/bench_maintenance.py --rounds 3
 
 bench-hung: deps
 	$(BIN)/python bench/bench_hung.py

@@ -68,6 +68,7 @@ class MaintenanceConfig:
     on_save_failure: Literal["shutdown", "skip", "abort"] = "shutdown"
     shutdown_timeout: float = 120.0
     restore_priority: tuple[str, ...] = ()
+    restore_concurrency: int = 0  # 0: one per CPU, at most ``concurrency``
     restore_attempts: int = 3
     restore_timeout: float = 300.0
     cold_boot_on_failure: bool = False

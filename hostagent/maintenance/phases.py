@@ -10,6 +10,7 @@ daemon; within the worker each guest's save has its own timeout, enforced by abo
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -143,6 +144,14 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
     return True
 
 
+def restore_workers(config: MaintenanceConfig) -> int:
+    """Restores are CPU-bound (the guest's memory is loaded and its devices set up): beyond one per CPU,
+    parallel restores only finish later together, and every guest waits for the slowest."""
+    if config.restore_concurrency > 0:
+        return config.restore_concurrency
+    return max(1, min(config.concurrency, os.cpu_count() or 1))
+
+
 def _quietly(call: Callable[[str], None], name: str) -> None:
     with contextlib.suppress(HostagentError):  # nothing to abort any more: the save ended on its own
         call(name)
@@ -195,7 +204,7 @@ def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: Maintenanc
 
     for name in first:
         restore(name)
-    with ThreadPoolExecutor(max_workers=max(config.concurrency, 1)) as pool:
+    with ThreadPoolExecutor(max_workers=restore_workers(config)) as pool:
         list(pool.map(restore, rest))
     lost = [n for n, g in recorder.journal.guests.items() if g.state not in ("running", "cold_booted", "planned")]
     if lost:
