@@ -15,6 +15,8 @@ APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fspro
 # maintenance with real guests (qemu:///embed) and the libvirt-guests benchmark: the QEMU driver,
 # the libvirt-qemu user, virsh and libvirt-guests.sh
 APT_PACKAGES += libvirt-daemon-system libvirt-clients
+# the fleet controller's tests: real sshds in network namespaces, and the status page in a browser
+APT_PACKAGES += openssh-server openssh-client iproute2 chromium
 
 .PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance deps apt clean
 
@@ -32,7 +34,7 @@ apt:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,agent,libvirt]'
+	$(BIN)/pip install -q -e '.[dev,agent,libvirt,controller]'
 	touch $@
 
 demo: deps

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -105,6 +106,48 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance.add_argument("--json", action="store_true", help="print JSON")
     maintenance.add_argument("--state-dir", metavar="DIR", help="where the journals live")
 
+    rpc = sub.add_parser("rpc", help="serve one controller request from SSH_ORIGINAL_COMMAND (a forced command)",
+                         description="Run from authorized_keys as command=\"hostagent rpc\": the client's command "
+                                     "line is read from SSH_ORIGINAL_COMMAND, never passed to a shell, and only "
+                                     "whitelisted verbs run. Options given here (in authorized_keys) cannot be "
+                                     "changed by the client.")
+    rpc.add_argument("--root", default="/", metavar="DIR", help="check this root (a snapshot) instead of /")
+    rpc.add_argument("--state-dir", metavar="DIR", help="the agent's state directory (journals, audit log)")
+    rpc.add_argument("--allow", metavar="VERBS", help="comma-separated verbs this key may run (default: all of "
+                                                      "version, report, check, disk status, maintenance "
+                                                      "status|cancel|schedule)")
+
+    fleet = sub.add_parser("fleet", help="the SSH fleet controller: poll agents, alert, publish, roll maintenance")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, parser_class=_Parser)
+    fleet_poll = fleet_sub.add_parser("poll", help="ask every host for its report now and store it")
+    fleet_status = fleet_sub.add_parser("status", help="hosts with worst status, open findings, last seen, version")
+    fleet_watch = fleet_sub.add_parser("watch", help="the controller daemon: poll every fleet.poll_interval")
+    fleet_watch.add_argument("--once", action="store_true", help="one poll, alert and publish, then exit")
+    fleet_maint = fleet_sub.add_parser("maintenance", help="schedule reboots with guest save/restore on hosts")
+    fleet_maint.add_argument("targets", metavar="HOSTS|GROUP", help="comma-separated hosts or inventory groups")
+    fleet_maint.add_argument("--reboot-at", required=True, metavar="WHEN",
+                             help="ISO 8601, or 'YYYY-MM-DD HH:MM' in the controller's time zone")
+    fleet_maint.add_argument("--reason", default="", help="for the journals and the owners' notices")
+    fleet_maint.add_argument("--notify-owners", action="store_true", help="mail guest owners (see maintenance)")
+    fleet_maint.add_argument("--force", action="store_true", help="override failed host checks on the hosts")
+    fleet_maint.add_argument("--dry-run", action="store_true", help="each host's preflight and plan only")
+    fleet_maint.add_argument("--rolling", action="store_true",
+                             help="host by host: wait for each batch to be done before the next; stop at a failure")
+    fleet_maint.add_argument("--batch", type=int, default=1, metavar="N", help="hosts per batch (default 1)")
+    fleet_maint.add_argument("--health-gate", action="store_true",
+                             help="a batch counts as done only when its hosts report no CRITICAL/UNKNOWN after")
+    fleet_page = fleet_sub.add_parser("page", help="write the static HTML status page and fleet.json")
+    fleet_page.add_argument("--out", required=True, metavar="DIR")
+    fleet_metrics = fleet_sub.add_parser("metrics", help="print the fleet's Prometheus metrics")
+    fleet_metrics.add_argument("--out", metavar="FILE", help="write a node_exporter textfile instead")
+    for fleet_parser in (fleet_poll, fleet_status, fleet_watch, fleet_maint, fleet_page, fleet_metrics):
+        fleet_parser.add_argument("--limit", metavar="GROUPS", help="only these hosts or groups (shard)")
+        fleet_parser.add_argument("--json", action="store_true", help="print JSON")
+    for fleet_parser in (fleet_poll, fleet_watch, fleet_maint):
+        fleet_parser.add_argument("--accept-new", action="store_true",
+                                  help="record the host key of a host contacted for the first time (check its "
+                                       "printed fingerprint); a changed key is refused regardless")
+
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
@@ -130,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _daemon_view(args)
         if args.command == "maintenance":
             return _maintenance(args)
+        if args.command == "fleet":
+            return _fleet(args)
+        if args.command == "rpc":
+            from hostagent.rpc import main as rpc_main
+
+            return rpc_main(args.config, args.root, args.state_dir, args.allow)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN
@@ -303,6 +352,60 @@ def _maintenance(args: argparse.Namespace) -> int:
         if "id" in document:
             print(f"scheduled as maintenance {document['id']}")
     return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from hostagent.config import load_config
+    from hostagent.fleet import cli as fleet
+    from hostagent.fleet.controller import Controller, render_status
+    from hostagent.fleet.inventory import select
+    from hostagent.fleet.publish import metrics, write_page
+    from hostagent.output import write_atomic
+
+    config = load_config(args.config)
+    limit = [p.strip() for p in (args.limit or "").split(",") if p.strip()]
+    if args.fleet_command == "watch":
+        return fleet.watch(config, once=args.once, accept_new=args.accept_new)
+    controller = Controller(config, accept_new=getattr(args, "accept_new", False), limit=limit)
+    try:
+        if args.fleet_command == "poll":
+            results = controller.poll()
+            for line in controller.transport.accepted:
+                print(f"accepted new host key: {line}", file=sys.stderr)
+            if args.json:
+                sys.stdout.write(fleet.render([r.__dict__ for r in results]))
+            else:
+                for result in results:
+                    print(f"{result.host:<20} {'ok' if result.ok else 'FAILED':<7} {result.seconds:6.2f} s  "
+                          f"{result.status or result.error}")
+            return 0 if all(r.ok for r in results) else 1
+        rows = [r for r in fleet.rows(controller) if r["host"] in {h.name for h in controller.hosts}]
+        now = time.time()
+        if args.fleet_command == "status":
+            sys.stdout.write(fleet.render(rows) if args.json else render_status(rows))
+            return 0
+        if args.fleet_command == "page":
+            written = write_page(args.out, rows, now)
+            print("\n".join(str(p) for p in written))
+            return 0
+        if args.fleet_command == "metrics":
+            if args.out:
+                write_atomic(args.out, metrics(rows, now))
+            else:
+                sys.stdout.write(metrics(rows, now))
+            return 0
+        targets = select(controller.hosts, [t.strip() for t in args.targets.split(",")])
+        say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+        outcome = fleet.maintenance(controller, targets, args.reboot_at, reason=args.reason,
+                                    notify_owners=args.notify_owners, force=args.force, dry_run=args.dry_run,
+                                    rolling=args.rolling, batch=args.batch, health_gate=args.health_gate, say=say)
+        if args.json:
+            sys.stdout.write(fleet.render(outcome))
+        elif outcome["stopped"]:
+            print(f"stopped: {outcome['stopped']}")
+        return 1 if outcome["stopped"] else 0
+    finally:
+        controller.close()
 
 
 def _daemon_view(args: argparse.Namespace) -> int:

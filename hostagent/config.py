@@ -77,6 +77,31 @@ class MaintenanceConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    inventory: str = "/etc/hostagent/inventory.ini"
+    limit: tuple[str, ...] = ()  # groups or hosts this controller polls (sharding); empty: all
+    key: str = "/var/lib/hostagent-fleet/id_ed25519"
+    known_hosts: str = "/var/lib/hostagent-fleet/known_hosts"
+    state_dir: str = "/var/lib/hostagent-fleet"
+    user: str = "hostagent"  # when the inventory gives no ansible_user
+    concurrency: int = 20
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    keepalive: int = 15
+    poll_interval: float = 60.0
+    stale_after: float = 300.0
+    retention_days: float = 30.0
+    host_findings: Literal["agent", "controller", "both"] = "agent"
+    digest_hour: int = 7
+    digest: bool = True
+    prom_file: str | None = None
+    metrics_listen: str | None = None
+    page_dir: str | None = None
+    rolling_start_delay: float = 60.0
+    rolling_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     disks: DisksConfig = field(default_factory=DisksConfig)
@@ -84,6 +109,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source: str = "defaults"
 
     def check_config(self, name: str) -> Any:

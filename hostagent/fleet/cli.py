@@ -1,0 +1,221 @@
+"""``hostagent fleet``: poll, status, watch, maintenance (rolling), page and metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from hostagent.config import Config
+from hostagent.errors import HostagentError
+from hostagent.fleet.controller import Controller, ReplyError, fleet_findings, render_status, status_rows
+from hostagent.fleet.inventory import FleetHost
+from hostagent.fleet.publish import metrics, write_page
+from hostagent.fleet.transport import TransportError
+from hostagent.maintenance.when import parse_when
+
+log = logging.getLogger("hostagent.fleet")
+FINAL = ("done", "failed", "cancelled", "missed")
+
+
+def rows(controller: Controller) -> list[dict[str, Any]]:
+    return status_rows(controller.store.hosts(), time.time())
+
+
+def schedule_request(moment: dt.datetime, reason: str, notify_owners: bool, force: bool, dry_run: bool) -> str:
+    request = f"maintenance schedule --reboot-at {moment.astimezone(dt.UTC).isoformat()}"
+    if reason:
+        request += f" --reason {quote(reason, safe='')}"
+    for flag, on in (("--notify-owners", notify_owners), ("--force", force), ("--dry-run", dry_run)):
+        if on:
+            request += f" {flag}"
+    return request
+
+
+def maintenance(controller: Controller, hosts: list[FleetHost], when: str, *, reason: str = "",
+                notify_owners: bool = False, force: bool = False, dry_run: bool = False, rolling: bool = False,
+                batch: int = 1, health_gate: bool = False, step: float = 2.0,
+                say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Schedule on every host at WHEN; ``rolling``: batch by batch, each waiting for the previous
+    batch to report done (and healthy with ``health_gate``), stopping at the first failure."""
+    moment = parse_when(when, dt.datetime.now(dt.UTC).astimezone())
+    outcome: dict[str, Any] = {"hosts": {}, "stopped": None}
+    if not rolling:
+        for host in hosts:
+            outcome["hosts"][host.name] = _schedule(controller, host, moment, reason, notify_owners, force, dry_run)
+        failed = [n for n, r in outcome["hosts"].items() if "error" in r]
+        outcome["stopped"] = f"not scheduled on {', '.join(failed)}" if failed else None
+        return outcome
+    batches = [hosts[i:i + max(batch, 1)] for i in range(0, len(hosts), max(batch, 1))]
+    for index, group in enumerate(batches):
+        at = moment if index == 0 else max(moment, dt.datetime.now(dt.UTC)
+                                           + dt.timedelta(seconds=controller.fleet.rolling_start_delay))
+        for host in group:
+            result = _schedule(controller, host, at, reason, notify_owners, force, dry_run)
+            outcome["hosts"][host.name] = result
+            say(f"{host.name}: " + (f"scheduled {result['id']} at {result['reboot_at']}" if "id" in result
+                                    else result.get("error", "dry run")))
+            if "error" in result:
+                outcome["stopped"] = f"{host.name}: could not schedule: {result['error']}"
+                return outcome
+        if dry_run:
+            continue
+        for host in group:
+            verdict = _wait_done(controller, host, outcome["hosts"][host.name]["id"], health_gate, step, say)
+            outcome["hosts"][host.name]["outcome"] = verdict
+            if verdict != "done":
+                outcome["stopped"] = f"{host.name}: {verdict}; rollout stopped"
+                skipped = [h.name for g in batches[index + 1:] for h in g]
+                outcome["not_started"] = skipped
+                return outcome
+    return outcome
+
+
+def _schedule(controller: Controller, host: FleetHost, moment: dt.datetime, reason: str, notify_owners: bool,
+              force: bool, dry_run: bool) -> dict[str, Any]:
+    try:
+        document, _, _ = controller.ask(host, schedule_request(moment, reason, notify_owners, force, dry_run))
+    except (TransportError, ReplyError) as err:
+        return {"error": str(err)}
+    return dict(document["result"])
+
+
+def _wait_done(controller: Controller, host: FleetHost, journal_id: str, health_gate: bool, step: float,
+               say: Callable[[str], None]) -> str:
+    deadline = time.monotonic() + controller.fleet.rolling_timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            document, _, _ = controller.ask(host, "maintenance status")
+        except (TransportError, ReplyError) as err:  # rebooting hosts do not answer for a while
+            phase = f"unreachable ({err})"
+        else:
+            found = [r for r in document["result"].get("recent", []) if r["id"] == journal_id]
+            phase = found[0]["phase"] if found else "unknown"
+        if phase != last:
+            say(f"{host.name}: maintenance {journal_id} {phase}")
+            last = phase
+        if phase == "done":
+            return _health(controller, host) if health_gate else "done"
+        if phase in FINAL:
+            return f"maintenance {phase}"
+        time.sleep(step)
+    return f"not done within {controller.fleet.rolling_timeout:g} s"
+
+
+def _health(controller: Controller, host: FleetHost) -> str:
+    try:
+        document, _, _ = controller.ask(host, "report")
+    except (TransportError, ReplyError) as err:
+        return f"health gate: no report ({err})"
+    report = document["result"]["report"]
+    if report.get("status") in ("CRITICAL", "UNKNOWN"):
+        problems = [f"{f['code']} {f['subject']}" for f in report.get("findings", [])
+                    if f.get("severity") in ("CRITICAL", "UNKNOWN")]
+        return f"health gate: {report.get('status')} after the maintenance ({', '.join(problems)})"
+    return "done"
+
+
+class MetricsServer:
+    """``/metrics`` for Prometheus, answering from the last poll."""
+
+    def __init__(self, listen: str) -> None:
+        address, _, port = listen.rpartition(":")
+        self.text = ""
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                body = outer.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        try:
+            self.server = http.server.ThreadingHTTPServer((address or "127.0.0.1", int(port)), Handler)
+        except (OSError, ValueError) as err:
+            raise HostagentError(f"fleet.metrics_listen {listen!r}: {err}") from None
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
+    """The controller daemon: poll every ``poll_interval``, alert, publish, and mail a daily digest."""
+    from pathlib import Path
+
+    from hostagent.actions import AuditLog
+    from hostagent.alerts.alerter import Alerter
+    from hostagent.output import write_atomic
+    from hostagent.state import StateStore
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    controller = Controller(config, accept_new=accept_new)
+    directory = Path(config.fleet.state_dir)
+    state = StateStore(directory)
+    alerter = Alerter(config.alerts, state, directory / "spool", f"fleet controller {socket.gethostname()}",
+                      AuditLog(directory))
+    server = MetricsServer(config.fleet.metrics_listen) if config.fleet.metrics_listen else None
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        while not stopping.is_set():
+            started = time.time()
+            results = controller.poll()
+            now = time.time()
+            current = rows(controller)
+            alerts = alerter.process(fleet_findings(controller.store.hosts(), now, config.fleet), ["fleet"])
+            for alert in alerts:
+                log.warning("alert %s: %s %s", alert.kind, alert.record.code, alert.record.subject)
+            text = metrics(current, now)
+            if server is not None:
+                server.text = text
+            if config.fleet.prom_file:
+                write_atomic(config.fleet.prom_file, text)
+            if config.fleet.page_dir:
+                write_page(config.fleet.page_dir, current, now)
+            if config.fleet.digest:
+                _digest(alerter, state, current, now, config.fleet.digest_hour)
+            failed = [r for r in results if not r.ok]
+            log.info("polled %d hosts in %.1f s: %d failed", len(results), now - started, len(failed))
+            if once:
+                break
+            stopping.wait(max(config.fleet.poll_interval - (time.time() - started), 1.0))
+    finally:
+        controller.close()
+        if server is not None:
+            server.close()
+    return 0
+
+
+def _digest(alerter: Any, state: Any, current: list[dict[str, Any]], now: float, hour: int) -> None:
+    today = dt.datetime.fromtimestamp(now, dt.UTC)
+    if today.hour < hour or state.get("fleet.digest_date") == today.date().isoformat():
+        return
+    problems = [r for r in current if r["status"] not in ("OK", "INFO")]
+    subject = f"[hostagent] fleet digest {today.date()}: {len(problems)} of {len(current)} hosts need attention"
+    alerter.mail(subject, render_status(sorted(current, key=lambda r: r["host"])), alerter.operators(),
+                 "fleet.digest")
+    state.put("fleet.digest_date", today.date().isoformat())
+
+
+def render(document: Any) -> str:
+    return json.dumps(document, indent=2) + "\n"

@@ -1,0 +1,176 @@
+"""The fleet controller: ask every agent over SSH, keep what they say, and alert on what no agent
+can report about itself (a host gone silent, an agent daemon that stopped).
+
+A poll asks all hosts at once, ``concurrency`` at a time; each host costs at most its own
+connect and command timeouts, so one hung or dead host never delays the others beyond that.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostagent.config import Config, FleetConfig
+from hostagent.errors import HostagentError
+from hostagent.fleet.inventory import FleetHost, load, select
+from hostagent.fleet.store import FleetStore, HostState
+from hostagent.fleet.transport import Transport, TransportError
+from hostagent.model import Finding, Severity
+
+RPC_SCHEMA = "hostagent.rpc/1"
+
+
+class ReplyError(HostagentError):
+    """An agent answered, but not with a usable reply."""
+
+
+@dataclass(frozen=True)
+class PollResult:
+    host: str
+    ok: bool
+    seconds: float
+    reused: bool = False
+    status: str | None = None
+    error: str | None = None
+
+
+def decode_reply(host: str, stdout: str, exit_status: int) -> dict[str, Any]:
+    """The JSON document of an rpc reply, or ReplyError saying what came instead."""
+    text = stdout.strip()
+    try:
+        document = json.loads(text.splitlines()[-1] if text else "")
+    except (json.JSONDecodeError, IndexError):
+        shown = text[:80].replace("\n", " ") or "nothing"
+        raise ReplyError(f"host {host}: garbage reply (exit {exit_status}): {shown!r}") from None
+    if not isinstance(document, dict) or document.get("schema") != RPC_SCHEMA:
+        raise ReplyError(f"host {host}: reply is not {RPC_SCHEMA}: {text[:80]!r}")
+    if not document.get("ok"):
+        kind = "refused" if document.get("refused") else "failed"
+        raise ReplyError(f"host {host}: request {kind}: {document.get('error')}")
+    return document
+
+
+class Controller:
+    def __init__(self, config: Config, *, accept_new: bool = False, limit: Iterable[str] = ()) -> None:
+        self.config = config
+        self.fleet: FleetConfig = config.fleet
+        self.directory = Path(self.fleet.state_dir)
+        self.store = FleetStore(self.directory)
+        self.hosts = select(load(self.fleet.inventory), list(limit) or list(self.fleet.limit))
+        self.transport = Transport(self.fleet.key, self.fleet.known_hosts, accept_new=accept_new,
+                                   connect_timeout=self.fleet.connect_timeout,
+                                   command_timeout=self.fleet.command_timeout, keepalive=self.fleet.keepalive,
+                                   default_user=self.fleet.user)
+
+    def ask(self, host: FleetHost, request: str) -> tuple[dict[str, Any], float, bool]:
+        answer = self.transport.run(host, request)
+        return decode_reply(host.name, answer.stdout, answer.exit_status), answer.seconds, answer.reused
+
+    def poll(self, hosts: list[FleetHost] | None = None) -> list[PollResult]:
+        """Ask every host for its report and store the answers (or why there was none)."""
+        chosen = self.hosts if hosts is None else hosts
+        budget = 2 * self.fleet.connect_timeout + 2 * self.fleet.command_timeout + 5  # one reconnect included
+        results: dict[str, PollResult] = {}
+
+        def one(host: FleetHost) -> PollResult:
+            at = time.time()
+            try:
+                document, seconds, reused = self.ask(host, "report")
+                result = document["result"]
+                report = result["report"]
+                self.store.record_success(host.name, host.address, host.groups, at, seconds,
+                                          str(result.get("version")), report,
+                                          {"maintenance": result.get("maintenance"), "daemon": result.get("daemon")})
+                return PollResult(host.name, True, seconds, reused, str(report.get("status")))
+            except (TransportError, ReplyError) as err:
+                self.store.record_failure(host.name, host.address, host.groups, at, str(err))
+                return PollResult(host.name, False, time.time() - at, error=str(err))
+            except (KeyError, TypeError) as err:
+                error = f"host {host.name}: reply without {err}"
+                self.store.record_failure(host.name, host.address, host.groups, at, error)
+                return PollResult(host.name, False, time.time() - at, error=error)
+
+        pool = ThreadPoolExecutor(max_workers=max(self.fleet.concurrency, 1))
+        futures = {pool.submit(one, host): host for host in chosen}
+        done, late = wait(futures, timeout=budget + len(chosen) / max(self.fleet.concurrency, 1) * budget)
+        for future in done:
+            results[futures[future].name] = future.result()
+        for future in late:  # cannot happen with paramiko's timeouts; recorded rather than waited for
+            host = futures[future]
+            error = f"host {host.name}: no answer within the poll's budget"
+            self.store.record_failure(host.name, host.address, host.groups, time.time(), error)
+            results[host.name] = PollResult(host.name, False, budget, error=error)
+        pool.shutdown(wait=False)
+        self.store.forget({h.name for h in self.store.hosts()} - {h.name for h in self.hosts})
+        self.store.prune(time.time() - self.fleet.retention_days * 86400)
+        return [results[h.name] for h in chosen]
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def fleet_findings(states: list[HostState], now: float, fleet: FleetConfig) -> list[Finding]:
+    """What the controller alerts on: silent hosts, stopped agent daemons, and (when it is the
+    controller's job, ``fleet.host_findings``) the hosts' own CRITICAL findings."""
+    found = []
+    for state in states:
+        seen = f"last seen {_ago(now - state.last_seen)}" if state.last_seen else "never seen"
+        if state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen):
+            found.append(Finding("fleet.unreachable", "fleet", state.name, Severity.CRITICAL,
+                                 f"{state.name} cannot be polled: {state.last_error} ({seen})"))
+        elif state.last_seen is not None and now - state.last_seen > fleet.stale_after:
+            found.append(Finding("fleet.stale", "fleet", state.name, Severity.CRITICAL,
+                                 f"no report from {state.name} for {_ago(now - state.last_seen)}"))
+        daemon = (state.maintenance or {}).get("daemon")
+        if state.last_seen is not None and not state.last_error:
+            last_cycle = (daemon or {}).get("last_cycle_at")
+            if last_cycle is None or state.last_seen - float(last_cycle) > fleet.stale_after:
+                age = "never ran" if last_cycle is None else f"last ran {_ago(state.last_seen - float(last_cycle))}"
+                found.append(Finding("fleet.agent_stale", "fleet", state.name, Severity.CRITICAL,
+                                     f"the hostagent daemon on {state.name} is not running its checks ({age}): "
+                                     "nothing on that host is being watched"))
+        if fleet.host_findings in ("controller", "both"):
+            for item in state.findings:
+                if item.get("severity") == "CRITICAL":
+                    found.append(Finding(str(item.get("code")), "fleet", f"{state.name}/{item.get('subject')}",
+                                         Severity.CRITICAL, f"{state.name}: {item.get('summary')}"))
+    return found
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def status_rows(states: list[HostState], now: float) -> list[dict[str, Any]]:
+    rows = []
+    for state in states:
+        reachable = not (state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen))
+        active = ((state.maintenance or {}).get("maintenance") or {}).get("active")
+        rows.append({"host": state.name, "address": state.address, "groups": list(state.groups),
+                     "status": state.status if reachable else "UNREACHABLE",
+                     "open_findings": len([f for f in state.findings if f.get("severity") != "OK"]),
+                     "findings": state.findings, "last_seen": state.last_seen,
+                     "last_seen_ago": _ago(now - state.last_seen) if state.last_seen else "never",
+                     "version": state.version, "error": state.last_error if not reachable else None,
+                     "maintenance": active})
+    return rows
+
+
+def render_status(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'host':<20} {'status':<12} {'open':>4}  {'last seen':<14} {'version':<8} maintenance / error"]
+    for row in rows:
+        extra = row["error"] or (f"{row['maintenance']['phase']} {row['maintenance']['reboot_at']}"
+                                 if row["maintenance"] else "")
+        lines.append(f"{row['host']:<20} {row['status'] or '-':<12} {row['open_findings']:>4}  "
+                     f"{row['last_seen_ago']:<14} {row['version'] or '-':<8} {extra}")
+    return "\n".join(lines) + "\n"

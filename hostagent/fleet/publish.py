@@ -1,0 +1,110 @@
+"""The fleet's state for others: a static HTML status page with JSON beside it, and Prometheus
+metrics (a textfile, or ``/metrics`` served by ``fleet watch``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from hostagent.output import write_atomic
+
+STATUS_ORDER = ("UNREACHABLE", "CRITICAL", "UNKNOWN", "WARNING", "INFO", "OK")
+COLOURS = {"OK": "#1a7f37", "INFO": "#1a7f37", "WARNING": "#9a6700", "UNKNOWN": "#8250df", "CRITICAL": "#cf222e",
+           "UNREACHABLE": "#cf222e"}
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status") -> str:
+    """One self-contained HTML page: worst state first, then every host, then planned maintenance."""
+    counts = {state: sum(1 for r in rows if (r["status"] or "UNKNOWN") == state) for state in STATUS_ORDER}
+    worst = next((s for s in STATUS_ORDER if counts[s]), "OK")
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    body = []
+    for row in sorted(rows, key=lambda r: (STATUS_ORDER.index(r["status"] or "UNKNOWN"), r["host"])):
+        status = row["status"] or "UNKNOWN"
+        problems = "; ".join(html.escape(f"{f.get('code')}: {f.get('summary')}") for f in row["findings"]
+                             if f.get("severity") not in ("OK", "INFO"))
+        detail = html.escape(row["error"]) if row["error"] else problems
+        body.append(f'<tr class="host" data-host="{html.escape(row["host"])}" data-status="{status}">'
+                    f'<td>{html.escape(row["host"])}</td><td class="status" style="color:{COLOURS[status]}">'
+                    f'{status}</td><td>{row["open_findings"]}</td><td>{html.escape(row["last_seen_ago"])}</td>'
+                    f'<td>{html.escape(row["version"] or "-")}</td><td>{detail}</td></tr>')
+    planned = [r for r in rows if r["maintenance"]]
+    maintenance = "".join(
+        f'<tr class="maintenance"><td>{html.escape(r["host"])}</td><td>{html.escape(r["maintenance"]["phase"])}</td>'
+        f'<td>{html.escape(r["maintenance"]["reboot_at"])}</td><td>{html.escape(r["maintenance"]["reason"])}</td>'
+        f'<td>{len(r["maintenance"]["guests"])}</td></tr>' for r in planned) or \
+        '<tr><td colspan="5">No maintenance planned.</td></tr>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="60">
+<title>{html.escape(title)}: {worst}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1f2328; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+td, th {{ border-bottom: 1px solid #d0d7de; padding: 0.3em 0.8em; text-align: left; vertical-align: top; }}
+.status {{ font-weight: bold; }}
+#overall {{ color: {COLOURS[worst]}; }}
+</style></head><body>
+<h1>{html.escape(title)}: <span id="overall">{worst}</span></h1>
+<p>{len(rows)} hosts: {html.escape(summary or "none")}. Updated {_when(now)}.</p>
+<h2>Hosts</h2>
+<table id="hosts"><tr><th>host</th><th>status</th><th>open</th><th>last seen</th><th>agent</th><th>problems</th></tr>
+{"".join(body)}
+</table>
+<h2>Planned maintenance</h2>
+<table id="maintenance"><tr><th>host</th><th>phase</th><th>reboot at</th><th>reason</th><th>guests</th></tr>
+{maintenance}
+</table>
+<p>Machine-readable: <a href="fleet.json">fleet.json</a></p>
+</body></html>
+"""
+
+
+def write_page(directory: str, rows: list[dict[str, Any]], now: float) -> list[Path]:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"schema": "hostagent.fleet/1", "generated_at": now, "hosts": rows}
+    write_atomic(out / "fleet.json", json.dumps(document, indent=2) + "\n")
+    write_atomic(out / "index.html", page(rows, now))
+    return [out / "index.html", out / "fleet.json"]
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics(rows: list[dict[str, Any]], now: float) -> str:
+    """Prometheus text format: one series set per host, for Alertmanager beyond one controller."""
+    lines = ["# HELP hostagent_fleet_host_up 1 when the last poll of the host succeeded.",
+             "# TYPE hostagent_fleet_host_up gauge"]
+    lines += [f'hostagent_fleet_host_up{{host="{_label(r["host"])}"}} {0 if r["status"] == "UNREACHABLE" else 1}'
+              for r in rows]
+    lines += ["# HELP hostagent_fleet_host_status 1 for the host's worst status (UNREACHABLE: cannot be polled).",
+              "# TYPE hostagent_fleet_host_status gauge"]
+    for row in rows:
+        for state in STATUS_ORDER:
+            value = 1 if (row["status"] or "UNKNOWN") == state else 0
+            lines.append(f'hostagent_fleet_host_status{{host="{_label(row["host"])}",status="{state}"}} {value}')
+    lines += ["# HELP hostagent_fleet_open_findings Findings above OK in the host's last report.",
+              "# TYPE hostagent_fleet_open_findings gauge"]
+    lines += [f'hostagent_fleet_open_findings{{host="{_label(r["host"])}"}} {r["open_findings"]}' for r in rows]
+    lines += ["# HELP hostagent_fleet_last_seen_timestamp_seconds When the host last answered a poll.",
+              "# TYPE hostagent_fleet_last_seen_timestamp_seconds gauge"]
+    lines += [f'hostagent_fleet_last_seen_timestamp_seconds{{host="{_label(r["host"])}"}} {r["last_seen"]:.3f}'
+              for r in rows if r["last_seen"] is not None]
+    lines += ["# HELP hostagent_fleet_maintenance_planned 1 while a maintenance is planned or running on the host.",
+              "# TYPE hostagent_fleet_maintenance_planned gauge"]
+    lines += [f'hostagent_fleet_maintenance_planned{{host="{_label(r["host"])}"}} {1 if r["maintenance"] else 0}'
+              for r in rows]
+    lines += ["# HELP hostagent_fleet_generated_timestamp_seconds When this was written.",
+              "# TYPE hostagent_fleet_generated_timestamp_seconds gauge",
+              f"hostagent_fleet_generated_timestamp_seconds {now:.3f}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,209 @@
+"""The fleet controller against real OpenSSH: six sshds in network namespaces, each forcing
+``hostagent rpc`` for the controller's key (tests/sshfleet.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from hostagent.config import parse_config
+from hostagent.fleet.controller import Controller, fleet_findings
+from tests.integration.test_alerts import sink_server
+from tests.integration.test_cli import hostagent
+from tests.sshfleet import USER, SshFleet, agent_command
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DEGRADED = str(REPO / "examples/hosts/failed-member")
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[SshFleet]:
+    base = Path(tempfile.mkdtemp(prefix="hafleet-", dir="/tmp"))  # the agents' account must read it: not pytest's
+    with SshFleet(base, 6) as hosts:
+        hv = {h.name: h for h in hosts.hosts}
+        hv["hv2"].authorize(hosts.controller_public, agent_command(hv["hv2"].config, hv["hv2"].state, root=DEGRADED))
+        hv["hv5"].authorize(hosts.controller_public, "echo garbage; echo more garbage")
+        hv["hv6"].authorize(hosts.controller_public, agent_command(hv["hv6"].config, hv["hv6"].state,
+                                                                   allow="version"))
+        yield hosts
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def controller_config(fleet: SshFleet, tmp: Path, *, skip_known: tuple[str, ...] = (), extra: str = "",
+                      port: int | None = None) -> Path:
+    known = fleet.known_hosts(tmp / "known_hosts", skip=skip_known)
+    inventory = fleet.inventory(tmp / "inventory.ini")
+    alerts = (f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {port}\n[[alerts.routes]]\nto = ["ops@example.com"]\n'
+              if port else "[alerts]\nenabled = false\n")
+    path = tmp / "controller.toml"
+    path.write_text(f'[fleet]\ninventory = "{inventory}"\nkey = "{fleet.controller_key}"\nknown_hosts = "{known}"\n'
+                    f'state_dir = "{tmp / "fleet-state"}"\nconnect_timeout = 3.0\ncommand_timeout = 20.0\n'
+                    f"{extra}{alerts}")
+    return path
+
+
+def load(path: Path) -> object:
+    import tomllib
+
+    return parse_config(tomllib.loads(path.read_text()), source=str(path))
+
+
+def test_a_poll_tells_every_host_apart(fleet: SshFleet, tmp_path: Path) -> None:
+    hv = {h.name: h for h in fleet.hosts}
+    replaced = tmp_path / "replaced_key"
+    from tests.sshfleet import keygen
+
+    other = keygen(replaced)
+    config = controller_config(fleet, tmp_path)
+    known = tmp_path / "known_hosts"
+    known.write_text(known.read_text().replace(hv["hv3"].host_key_line,
+                                               f"{hv['hv3'].address} {' '.join(other.split()[:2])}"))
+    hv["hv4"].stop()
+    try:
+        controller = Controller(load(config), accept_new=True)  # type: ignore[arg-type]
+        results = {r.host: r for r in controller.poll()}
+    finally:
+        hv["hv4"].cont()
+    assert results["hv1"].ok and results["hv1"].status in ("OK", "INFO", "WARNING", "UNKNOWN")
+    assert results["hv2"].ok and results["hv2"].status == "CRITICAL"  # the snapshot root: a failed member
+    assert "host key CHANGED" in (results["hv3"].error or "") and "SHA256:" in (results["hv3"].error or "")
+    assert not results["hv4"].ok and "hv4" in (results["hv4"].error or "")
+    assert "garbage reply" in (results["hv5"].error or "") and "'garbage more garbage'" in (results["hv5"].error or "")
+    assert "request refused" in (results["hv6"].error or "") and "'report' is not allowed" in (results["hv6"].error
+                                                                                               or "")
+    # the stopped sshd cost only its own timeouts: the others answered as fast as ever
+    assert all(results[n].seconds < 3.0 + 20.0 for n in ("hv1", "hv2", "hv5", "hv6"))
+    assert known.read_text().count(hv["hv3"].address) == 1  # --accept-new never replaces a changed key
+    states = {s.name: s for s in controller.store.hosts()}
+    assert states["hv1"].version == "0.1.0" and states["hv1"].last_seen is not None
+    assert any(f["code"] == "md.degraded" for f in states["hv2"].findings)
+    controller.close()
+
+
+def test_status_json_and_text(fleet: SshFleet, tmp_path: Path) -> None:
+    config = controller_config(fleet, tmp_path)
+    poll = hostagent("--config", str(config), "fleet", "poll", "--limit", "hv1,hv2")
+    assert poll.returncode == 0, poll.stdout + poll.stderr
+    status = hostagent("--config", str(config), "fleet", "status", "--json", "--limit", "hv1,hv2")
+    rows = {r["host"]: r for r in json.loads(status.stdout)}
+    assert rows["hv2"]["status"] == "CRITICAL" and rows["hv2"]["open_findings"] >= 1
+    assert rows["hv1"]["version"] == "0.1.0" and rows["hv1"]["last_seen_ago"].endswith("s ago")
+    text = hostagent("--config", str(config), "fleet", "status", "--limit", "hv1,hv2").stdout
+    assert text.splitlines()[0].startswith("host") and "hv2" in text and "CRITICAL" in text
+
+
+def test_an_unknown_host_key_needs_accept_new_and_is_then_kept(fleet: SshFleet, tmp_path: Path) -> None:
+    config = controller_config(fleet, tmp_path, skip_known=("hv1",))
+    refused = hostagent("--config", str(config), "fleet", "poll", "--limit", "hv1")
+    assert refused.returncode == 1 and "unknown host key ssh-ed25519 SHA256:" in refused.stdout
+    accepted = hostagent("--config", str(config), "fleet", "poll", "--limit", "hv1", "--accept-new")
+    assert accepted.returncode == 0 and "accepted new host key: hv1" in accepted.stderr
+    again = hostagent("--config", str(config), "fleet", "poll", "--limit", "hv1")  # recorded: no flag needed
+    assert again.returncode == 0, again.stdout
+
+
+INJECTIONS = ["report; touch /tmp/canary", "$(touch /tmp/canary)", "`touch /tmp/canary`", "report | touch /tmp/canary",
+              "report > /tmp/canary", "report\ntouch /tmp/canary", "report && touch /tmp/canary",
+              "touch /tmp/canary", "sh -c 'touch /tmp/canary'", "maintenance schedule --reboot-at $(touch /tmp/canary)"]
+
+
+def test_the_forced_command_refuses_every_shell_trick(fleet: SshFleet, tmp_path: Path) -> None:
+    canary = Path("/tmp/canary")
+    canary.unlink(missing_ok=True)
+    host = fleet.hosts[0]
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(fleet.known_hosts(tmp_path / "known_hosts")))
+    client.connect(host.address, username=USER, key_filename=str(fleet.controller_key), allow_agent=False,
+                   look_for_keys=False, timeout=5)
+    try:
+        for attempt in INJECTIONS:
+            _, stdout, _ = client.exec_command(attempt, timeout=30)
+            reply = json.loads(stdout.read().decode())
+            assert reply["ok"] is False and reply["refused"] is True, attempt
+        _, stdout, _ = client.exec_command("version", timeout=30)
+        assert json.loads(stdout.read().decode())["ok"] is True  # the same channel works for a real verb
+    finally:
+        client.close()
+    assert not canary.exists()
+    audit = [json.loads(line) for line in (host.state / "audit.jsonl").read_text().splitlines()]
+    refused = [a for a in audit if a.get("event") == "rpc" and a["action"] == "refused"]
+    assert len(refused) >= len(INJECTIONS) and all(a["client"] for a in refused)  # audited with the client address
+    # an interactive shell is refused too: restrict allows no pty, and the forced command runs instead
+    shell = subprocess.run(["ssh", "-i", str(fleet.controller_key), "-o", "BatchMode=yes",
+                            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", f"{USER}@{host.address}"],
+                           input="touch /tmp/canary\n", capture_output=True, text=True, timeout=30)
+    assert json.loads(shell.stdout.splitlines()[-1])["refused"] is True and not canary.exists()
+
+
+def test_alerts_for_silent_hosts_and_fleet_wide_criticals(fleet: SshFleet, tmp_path: Path) -> None:
+    with sink_server() as (smtp, sink):
+        config = controller_config(fleet, tmp_path, port=smtp.port,
+                                   extra='limit = ["hv1", "hv2", "hv4"]\nhost_findings = "controller"\n'
+                                         "digest_hour = 0\n")
+        hv4 = fleet.hosts[3]
+        hv4.stop()
+        try:
+            result = hostagent("--config", str(config), "fleet", "watch", "--once")
+        finally:
+            hv4.cont()
+        assert result.returncode == 0, result.stderr
+        subjects = [m["subject"] for m in sink.messages]
+        assert any("fleet.unreachable" in s or ("CRITICAL" in s and "hv4" in s) for s in subjects), subjects
+        assert any("hv2/" in s and "CRITICAL" in s for s in subjects), subjects  # the host's own finding
+        assert any(s.startswith("[hostagent] fleet digest") for s in subjects), subjects
+        digest = next(m for m in sink.messages if "digest" in m["subject"])
+        assert "hv4" in digest["body"] and "UNREACHABLE" in digest["body"]
+
+
+def test_a_stopped_agent_daemon_and_a_stale_report_are_alerted() -> None:
+    from hostagent.config import FleetConfig
+    from hostagent.fleet.store import HostState
+
+    now = 10_000.0
+    daemon_gone = HostState("hv1", "a", (), now, now, None, "0.1.0", "OK", [], {"daemon": None}, 0.1)
+    silent = HostState("hv2", "b", (), now, now - 3600, None, "0.1.0", "OK", [],
+                       {"daemon": {"last_cycle_at": now - 3600}}, 0.1)
+    fine = HostState("hv3", "c", (), now, now, None, "0.1.0", "OK", [], {"daemon": {"last_cycle_at": now - 5}}, 0.1)
+    found = {(f.code, f.subject) for f in fleet_findings([daemon_gone, silent, fine], now, FleetConfig())}
+    assert ("fleet.agent_stale", "hv1") in found and ("fleet.stale", "hv2") in found
+    assert not any(subject == "hv3" for _, subject in found)
+
+
+def test_metrics_textfile_and_endpoint_and_sharding(fleet: SshFleet, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = controller_config(fleet, tmp_path, extra=f'limit = ["hv1"]\nmetrics_listen = "127.0.0.1:{port}"\n'
+                                                      f'prom_file = "{tmp_path / "fleet.prom"}"\n')
+    import sys
+
+    watch = subprocess.Popen([sys.executable, "-m", "hostagent", "--config", str(config), "fleet", "watch"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "fleet.prom").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        watch.terminate()
+        watch.communicate(timeout=30)
+    assert 'hostagent_fleet_host_up{host="hv1"} 1' in body
+    assert 'hv2' not in body  # this controller's shard is hv1 only
+    assert body == (tmp_path / "fleet.prom").read_text() or "hostagent_fleet_host_up" in (tmp_path / "fleet.prom"
+                                                                                           ).read_text()
+    other = controller_config(fleet, tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path,
+                              extra='limit = ["hv2"]\n')
+    assert hostagent("--config", str(other), "fleet", "poll").returncode == 0
+    rows = json.loads(hostagent("--config", str(other), "fleet", "status", "--json").stdout)
+    assert [r["host"] for r in rows] == ["hv2"]
