@@ -40,7 +40,8 @@ def keygen(path: Path) -> str:
     return (path.with_suffix(".pub") if path.suffix else Path(f"{path}.pub")).read_text().strip()
 
 
-def agent_command(config: Path, state: Path, root: str | None = None, allow: str | None = None) -> str:
+def agent_command(config: Path, state: Path, root: str | None = None, allow: str | None = None,
+                  extra_path: str = "") -> str:
     """The agent as a host runs it: Debian's python3 (the test venv's interpreter lives under /root, which
     the agents' account cannot enter) with this checkout on its path; the agent needs nothing else."""
     argv = ["/usr/bin/python3", "-m", "hostagent", "--config", str(config), "rpc", "--state-dir", str(state)]
@@ -48,7 +49,7 @@ def agent_command(config: Path, state: Path, root: str | None = None, allow: str
         argv += ["--root", root]
     if allow:
         argv += ["--allow", allow]
-    return f"PYTHONPATH={REPO} " + " ".join(shlex.quote(a) for a in argv)
+    return f"PYTHONPATH={REPO}{':' + extra_path if extra_path else ''} " + " ".join(shlex.quote(a) for a in argv)
 
 
 @dataclass

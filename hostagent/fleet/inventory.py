@@ -221,6 +221,8 @@ def _resolve(groups: dict[str, _Group], base: Path) -> list[FleetHost]:
         member_of = hosts[name] | {"all"}
         if member_of - {"all", "ungrouped"}:
             member_of.discard("ungrouped")
+        else:
+            member_of.add("ungrouped")  # as Ansible: a host in no group but all
         merged: dict[str, Any] = {}
         for group_name in sorted(member_of, key=lambda g: (depth(g), g)):
             merged.update(groups[group_name].vars if group_name in groups else {})

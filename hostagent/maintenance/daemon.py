@@ -21,6 +21,7 @@ from typing import Any
 
 from hostagent.alerts.alerter import Alerter
 from hostagent.config import Config
+from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.maintenance import notices
 from hostagent.maintenance.journal import Journal, JournalStore
@@ -40,7 +41,11 @@ def wake(reason: str) -> None:
 
 
 def jobstore(directory: Path) -> Any:
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    try:
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    except ImportError:
+        raise HostagentError("hostagent watch keeps the maintenance schedule with SQLAlchemy: "
+                             "install hostagent[agent]") from None
 
     return SQLAlchemyJobStore(url=f"sqlite:///{directory / 'schedule.sqlite'}")
 

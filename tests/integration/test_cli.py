@@ -18,11 +18,11 @@ GOLDEN = REPO / "tests" / "golden"
 EXIT = {"healthy-mirror": 0, "degraded-recovering": 2, "failed-member": 2, "imsm-container": 0}
 
 
-def hostagent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def hostagent(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "HOSTAGENT_CONFIG"}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "hostagent", *args], capture_output=True, text=True,
-                          env=full_env, timeout=60)
+                          env=full_env, timeout=timeout)
 
 
 def normalized(report: dict[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,16 @@ def test_hung_command_is_killed_after_its_timeout() -> None:
         host.run("sleep", ["60"], name="sleep", timeout=0.5)
     # the process group is gone: no sleep 60 of ours is left
     time.sleep(0.2)
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"
+                 and _parent(p) == os.getpid()]
     assert leftovers == []
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _cmdline(pid: str) -> str:

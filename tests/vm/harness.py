@@ -34,7 +34,7 @@ MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod"
            "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net"]
 TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs")
 DATA_DIRS = ("/usr/lib/grub/i386-pc",)
-AGENT_DEPENDENCIES = ("apscheduler", "tzlocal", "pyudev")
+AGENT_DEPENDENCIES = ("apscheduler", "tzlocal", "pyudev", "sqlalchemy", "typing_extensions")
 PYTHON = "/usr/bin/python3.11"
 PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
            "site-packages", "dist-packages", "unittest", "config-3.11-x86_64-linux-gnu", "venv"}
@@ -172,9 +172,16 @@ def agent_image(run_dir: Path) -> Path:
     for package in ("hostagent", "checks"):
         shutil.copytree(REPO / package, stage / "opt/hostagent" / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for dependency in AGENT_DEPENDENCIES:  # pure-Python packages the daemon needs, from this environment
-        source = Path(importlib.import_module(dependency).__file__ or "").parent
-        shutil.copytree(source, stage / "opt/hostagent" / dependency, ignore=shutil.ignore_patterns("__pycache__"))
+    for dependency in AGENT_DEPENDENCIES:  # the packages the daemon needs, from this environment (CPython 3.11)
+        source = Path(importlib.import_module(dependency).__file__ or "")
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, stage / "opt/hostagent" / dependency,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:  # a single-module distribution
+            shutil.copy2(source, stage / "opt/hostagent" / source.name)
+    for extension in (stage / "opt/hostagent").rglob("*.so"):  # compiled parts (SQLAlchemy's) need their libraries
+        for library in _libraries(str(extension)):
+            _copy(library, stage)
     shutil.copy2(HERE / "guest_server.py", stage / "opt/guest_server.py")
     out = run_dir / "agent.cpio"
     _cpio(stage, out)
