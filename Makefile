@@ -18,7 +18,7 @@ APT_PACKAGES += libvirt-daemon-system libvirt-clients
 # the fleet controller's tests: real sshds in network namespaces, and the status page in a browser
 APT_PACKAGES += openssh-server openssh-client iproute2 chromium
 
-.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance deps apt clean
+.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-fleet deps apt clean
 
 deps: apt $(STAMP)
 
@@ -58,6 +58,10 @@ bench-alert: deps
 
 bench-idle: deps
 	$(BIN)/python bench/bench_watch_idle.py 600
+
+# fleet polling against Ansible and plain ssh over real sshds in network namespaces (about 3 min)
+bench-fleet: deps
+	$(BIN)/python bench/bench_fleet.py --sizes 50,200
 
 # guest downtime against libvirt-guests (starts libvirtd when it is not running; about 2 min)
 bench-maintenance: deps

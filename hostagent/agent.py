@@ -39,6 +39,7 @@ from hostagent.sources.mdsysfs import list_md_sysfs
 
 log = logging.getLogger("hostagent")
 STATUS_FILE = "status.json"
+REPORT_FILE = "report.json"  # the combined report of the last results of every check: what the controller collects
 MD_ATTRS = ("array_state", "degraded", "sync_action")
 EVENT_CHECKS = ("md", "hung", "boot")  # what an md or block event can change
 MAINTENANCE_TICK = 5.0  # s between looks at the journal and the worker, besides the scheduled wake-ups
@@ -152,6 +153,7 @@ class Watcher:
             "config": self.config.source,
         }
         write_atomic(self.directory / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+        write_atomic(self.directory / REPORT_FILE, json.dumps(report.to_json()) + "\n")
         if self.config.agent.prom_file:
             try:
                 write_atomic(self.config.agent.prom_file, render_prom(report))

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "line is read from SSH_ORIGINAL_COMMAND, never passed to a shell, and only "
                                      "whitelisted verbs run. Options given here (in authorized_keys) cannot be "
                                      "changed by the client.")
+    rpc.add_argument("words", nargs="*", metavar="VERB",
+                     help="the request when SSH_ORIGINAL_COMMAND is not set (run locally, or by Ansible)")
     rpc.add_argument("--root", default="/", metavar="DIR", help="check this root (a snapshot) instead of /")
     rpc.add_argument("--state-dir", metavar="DIR", help="the agent's state directory (journals, audit log)")
     rpc.add_argument("--allow", metavar="VERBS", help="comma-separated verbs this key may run (default: all of "
@@ -178,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "rpc":
             from hostagent.rpc import main as rpc_main
 
-            return rpc_main(args.config, args.root, args.state_dir, args.allow)
+            return rpc_main(args.config, args.root, args.state_dir, args.allow, args.words)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN

@@ -110,7 +110,7 @@ class Server:
     def handle(self, request: Request) -> Any:
         handlers: dict[str, Callable[[Request], Any]] = {
             "version": lambda r: {"version": __version__, "hostname": socket.gethostname()},
-            "report": lambda r: self._report(None),
+            "report": lambda r: self._published() or self._report(None),
             "check": lambda r: self._report(str(r.options["--only"]).split(",") if "--only" in r.options else None),
             "disk status": lambda r: self._disk_status(),
             "maintenance status": lambda r: self._maintenance_status(),
@@ -136,17 +136,35 @@ class Server:
         config = self._config()
         host = Host(self.root, command_timeout=config.agent.command_timeout)
         report = run_checks(host, config, only, state=open_state(host, config, self.state_dir))
-        return {"version": __version__, "report": report.to_json(), "maintenance": self._maintenance_status(),
-                "daemon": self._daemon(config)}
+        return {"version": __version__, "report": report.to_json(), "source": "checks run now",
+                "maintenance": self._maintenance_status(), "daemon": self._daemon()}
 
-    def _daemon(self, config: Any) -> dict[str, Any] | None:
+    def _directory(self) -> str:
+        """The state directory, without loading the config when the forced command names it (fast)."""
+        return self.state_dir or self._config().agent.state_dir
+
+    def _published(self) -> dict[str, Any] | None:
+        """The daemon's last combined report, when it runs: what its checks found on their own schedule,
+        without running them again (no smartctl per poll).  None: run the checks now instead."""
+        from pathlib import Path
+
+        directory = Path(self._directory())
+        daemon = self._daemon()
+        if self.root != "/" or daemon is None or daemon.get("last_cycle_at") is None:
+            return None
+        try:
+            report = json.loads((directory / "report.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return {"version": __version__, "report": report, "source": "daemon",
+                "maintenance": self._maintenance_status(), "daemon": daemon}
+
+    def _daemon(self) -> dict[str, Any] | None:
         """What the agent daemon last published (its status file): the controller's dead-man switch."""
         from pathlib import Path
 
-        from hostagent.agent import STATUS_FILE
-
         try:
-            status = json.loads((Path(self.state_dir or config.agent.state_dir) / STATUS_FILE).read_text())
+            status = json.loads((Path(self._directory()) / "status.json").read_text())
         except (OSError, json.JSONDecodeError):
             return None
         return {"pid": status.get("pid"), "last_cycle_at": (status.get("last_cycle") or {}).get("at"),
@@ -165,7 +183,11 @@ class Server:
         return disk_status(ctx, config)
 
     def _maintenance_status(self) -> Any:
-        rows = self._maintenance().listing(self._config(), self.state_dir)
+        from pathlib import Path
+
+        from hostagent.maintenance.journal import JournalStore
+
+        rows = [j.row() for j in JournalStore(Path(self._directory()) / "maintenance").all()]
         active = [r for r in rows if r["phase"] not in ("done", "failed", "cancelled", "missed")]
         return {"active": active[0] if active else None, "last": rows[-1] if rows else None, "recent": rows[-5:]}
 
@@ -209,7 +231,10 @@ def allowed_verbs(text: str | None) -> tuple[str, ...]:
     return verbs
 
 
-def main(config_path: str | None, root: str, state_dir: str | None, allow: str | None = None) -> int:
+def main(config_path: str | None, root: str, state_dir: str | None, allow: str | None = None,
+         words: list[str] | None = None) -> int:
+    """Serve SSH_ORIGINAL_COMMAND; without one (a local operator, Ansible's command module, or a client
+    that asked for a shell) the words given here, which the client does not control."""
     from hostagent.actions import AuditLog
 
     try:
@@ -230,6 +255,7 @@ def main(config_path: str | None, root: str, state_dir: str | None, allow: str |
         except HostagentError as err:  # the reply still goes out; the failure shows in the sshd log
             print(f"hostagent rpc: {err}", file=sys.stderr)
 
-    reply, code = serve(server, os.environ.get("SSH_ORIGINAL_COMMAND", ""), audit)
+    command = os.environ.get("SSH_ORIGINAL_COMMAND")
+    reply, code = serve(server, " ".join(words or []) if command is None else command, audit)
     sys.stdout.write(json.dumps(reply) + "\n")
     return code

@@ -62,17 +62,7 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
 
 
 def listing(config: Config, state_dir: str | None) -> list[dict[str, Any]]:
-    rows = []
-    for journal in store_for(config, state_dir).all():
-        rows.append({"id": journal.id, "phase": journal.phase, "reason": journal.reason,
-                     "reboot_at": describe(dt.datetime.fromtimestamp(journal.reboot_at, dt.UTC)),
-                     "reboot_at_utc": dt.datetime.fromtimestamp(journal.reboot_at, dt.UTC).isoformat(),
-                     "notify_owners": journal.notify_owners, "sent": list(journal.sent),
-                     "history": [{"phase": phase, "at": at} for phase, at in journal.history],
-                     "guests": {n: {"state": g.state, "owner": g.owner, "downtime_s": g.downtime_s,
-                                    "attempts": g.attempts, "error": g.error} for n, g in journal.guests.items()},
-                     "error": journal.error})
-    return rows
+    return [journal.row() for journal in store_for(config, state_dir).all()]
 
 
 def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:

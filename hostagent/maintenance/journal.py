@@ -110,6 +110,20 @@ class Journal:
             raise JournalError(f"maintenance {self.id}: guest {name} cannot go from {record.state} to {state}")
         return replace(self, guests={**self.guests, name: replace(record, state=state, **changes)})
 
+    def row(self) -> dict[str, Any]:
+        """The summary ``maintenance list --json`` prints and ``hostagent rpc`` returns."""
+        import datetime as dt
+
+        from hostagent.maintenance.when import describe
+
+        at = dt.datetime.fromtimestamp(self.reboot_at, dt.UTC)
+        return {"id": self.id, "phase": self.phase, "reason": self.reason, "reboot_at": describe(at),
+                "reboot_at_utc": at.isoformat(), "notify_owners": self.notify_owners, "sent": list(self.sent),
+                "history": [{"phase": phase, "at": when} for phase, when in self.history],
+                "guests": {n: {"state": g.state, "owner": g.owner, "downtime_s": g.downtime_s,
+                               "attempts": g.attempts, "error": g.error} for n, g in self.guests.items()},
+                "error": self.error}
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "reboot_at": self.reboot_at, "reason": self.reason, "phase": self.phase,
                 "created": self.created, "history": [list(h) for h in self.history], "error": self.error,

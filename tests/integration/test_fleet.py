@@ -207,3 +207,71 @@ def test_metrics_textfile_and_endpoint_and_sharding(fleet: SshFleet, tmp_path: P
     assert hostagent("--config", str(other), "fleet", "poll").returncode == 0
     rows = json.loads(hostagent("--config", str(other), "fleet", "status", "--json").stdout)
     assert [r["host"] for r in rows] == ["hv2"]
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "chromium is not installed (make test installs it)"
+    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1100,700", *args], capture_output=True, text=True, timeout=120)
+
+
+def png_colours(path: Path) -> set[tuple[int, int, int]]:
+    """Every colour of an 8-bit RGB or RGBA, non-interlaced PNG (what Chromium writes)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks, header = 8, b"", b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            chunks += body
+        pos += 12 + length
+    width, height, depth, colour_type = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and colour_type in (2, 6)
+    channels = 3 if colour_type == 2 else 4
+    raw, stride = zlib.decompress(chunks), width * channels
+    previous, colours = bytearray(stride), set()
+    for row in range(height):
+        kind, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:(row + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+        colours.update(tuple(line[i:i + 3]) for i in range(0, stride, channels))  # type: ignore[misc]
+        previous = line
+    return colours
+
+
+def test_the_status_page_renders_in_a_browser(fleet: SshFleet, tmp_path: Path) -> None:
+    config = controller_config(fleet, tmp_path, extra='limit = ["hv1", "hv2", "hv5"]\n')
+    hostagent("--config", str(config), "fleet", "poll")
+    out = tmp_path / "page"
+    assert hostagent("--config", str(config), "fleet", "page", "--out", str(out)).returncode == 0
+    document = json.loads((out / "fleet.json").read_text())
+    assert {h["host"]: h["status"] for h in document["hosts"]}["hv5"] == "UNREACHABLE"
+    dom = chromium("--dump-dom", (out / "index.html").as_uri()).stdout
+    import re
+
+    rows = dict(re.findall(r'<tr class="host" data-host="([^"]+)" data-status="([^"]+)"', dom))
+    assert rows["hv2"] == "CRITICAL" and rows["hv5"] == "UNREACHABLE" and rows["hv1"] != "UNREACHABLE"
+    assert '<span id="overall">UNREACHABLE</span>' in dom and "garbage reply" in dom
+    shot = tmp_path / "page.png"
+    result = chromium(f"--screenshot={shot}", (out / "index.html").as_uri())
+    assert shot.exists(), result.stderr
+    colours = png_colours(shot)
+    assert (0xCF, 0x22, 0x2E) in colours  # the red of CRITICAL and UNREACHABLE is on screen
