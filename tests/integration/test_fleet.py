@@ -275,3 +275,39 @@ def test_the_status_page_renders_in_a_browser(fleet: SshFleet, tmp_path: Path) -
     assert shot.exists(), result.stderr
     colours = png_colours(shot)
     assert (0xCF, 0x22, 0x2E) in colours  # the red of CRITICAL and UNREACHABLE is on screen
+
+
+def test_a_dropped_connection_is_reopened_on_the_next_poll(fleet: SshFleet, tmp_path: Path) -> None:
+    config = controller_config(fleet, tmp_path, extra='limit = ["hv1"]\n')
+    controller = Controller(load(config))  # type: ignore[arg-type]
+    try:
+        first = controller.poll()[0]
+        warm = controller.poll()[0]
+        host = fleet.hosts[0]
+        pids = run_in(host.namespace, "pids")
+        subprocess.run(["kill", *pids], check=False)  # the sshd and every session of it: connections drop
+        host.process.wait(timeout=10)  # type: ignore[union-attr]
+        fleet.start(host)
+        again = controller.poll()[0]
+    finally:
+        controller.close()
+    assert first.ok and not first.reused and warm.ok and warm.reused
+    assert again.ok and not again.reused  # noticed the dead connection, reconnected, answered
+
+
+def run_in(namespace: str, what: str) -> list[str]:
+    return subprocess.run(["ip", "netns", what, namespace], capture_output=True, text=True).stdout.split()
+
+
+def test_history_is_kept_for_the_retention_only(tmp_path: Path) -> None:
+    from hostagent.fleet.store import FleetStore
+
+    store = FleetStore(tmp_path)
+    report = {"status": "OK", "findings": []}
+    for at in (1000.0, 2000.0, 3000.0):
+        store.record_success("hv1", "a", ("dc1",), at, 0.1, "0.1.0", report, None)
+    assert store.prune(older_than=2500.0) == 2
+    assert store.history("hv1") == [(3000.0, "OK")]
+    store.record_failure("hv1", "a", ("dc1",), 4000.0, "host hv1: cannot connect")
+    state = store.hosts()[0]
+    assert (state.last_seen, state.last_attempt, state.last_error) == (3000.0, 4000.0, "host hv1: cannot connect")
