@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance.add_argument("--json", action="store_true", help="print JSON")
     maintenance.add_argument("--state-dir", metavar="DIR", help="where the journals live")
 
+    config_cmd = sub.add_parser("config", help="validate a configuration file")
+    config_sub = config_cmd.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    config_check = config_sub.add_parser("check", help="load FILE as the agent would; exit 0 when it is valid")
+    config_check.add_argument("file", metavar="FILE")
+
     rpc = sub.add_parser("rpc", help="serve one controller request from SSH_ORIGINAL_COMMAND (a forced command)",
                          description="Run from authorized_keys as command=\"hostagent rpc\": the client's command "
                                      "line is read from SSH_ORIGINAL_COMMAND, never passed to a shell, and only "
@@ -177,6 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _maintenance(args)
         if args.command == "fleet":
             return _fleet(args)
+        if args.command == "config":
+            from hostagent.config import load_config
+
+            loaded = load_config(args.file)
+            print(f"{loaded.source}: valid")
+            return 0
         if args.command == "rpc":
             from hostagent.rpc import main as rpc_main
 

@@ -161,3 +161,15 @@ def test_check_does_not_import_heavy_modules() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stdout
+
+
+def test_config_check_validates_without_running_anything(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text("[maintenance]\nconcurrency = 2\n[fleet]\nlimit = [\"dc1\"]\n")
+    bad.write_text("[maintenance]\nconcurency = 2\n")
+    ok = hostagent("config", "check", str(good))
+    assert ok.returncode == 0 and ok.stdout == f"{good}: valid\n"
+    refused = hostagent("config", "check", str(bad))
+    assert refused.returncode == 3 and "unknown key maintenance.concurency" in refused.stderr
+    missing = hostagent("config", "check", str(tmp_path / "none.toml"))
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
