@@ -1,4 +1,4 @@
-"""WHEN for ``maintenance --reboot-at``: ISO 8601, or ``YYYY-MM-DD HH:MM`` in the host's time zone.
+"""WHEN for ``maintenance --reboot-at``: ISO 8601, ``YYYY-MM-DD HH:MM`` in the host's time zone, or ``now``.
 
 Operators and customers sit in different time zones, so a time is always echoed back in
 local time and UTC, and a time without an offset is the host's local time, said so.
@@ -17,6 +17,8 @@ def parse_when(text: str, now: dt.datetime, local: dt.tzinfo | None = None) -> d
     """An aware datetime for ``text``; a naive time is taken in ``local`` (the host's zone)."""
     zone = local or now.astimezone().tzinfo
     value = text.strip()
+    if value == "now":  # the daemon starts it at its next look (within seconds); for rolling playbooks
+        return now
     parsed: dt.datetime | None = None
     for layout in LOCAL_FORMATS:
         try:

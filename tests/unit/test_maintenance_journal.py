@@ -61,3 +61,12 @@ def test_journal_store_round_trip_and_active(tmp_path: Path) -> None:
     (tmp_path / "maintenance/broken.json").write_text("{")
     with pytest.raises(JournalError, match="unreadable maintenance journal"):
         store.load("broken")
+
+
+def test_now_means_at_once() -> None:
+    import datetime as dt
+
+    from hostagent.maintenance.when import parse_when
+
+    moment = dt.datetime(2026, 11, 23, 15, 0, tzinfo=dt.UTC)
+    assert parse_when("now", moment) == moment and parse_when(" now ", moment) == moment
