@@ -17,6 +17,8 @@ APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fspro
 APT_PACKAGES += libvirt-daemon-system libvirt-clients
 # the fleet controller's tests: real sshds in network namespaces, and the status page in a browser
 APT_PACKAGES += openssh-server openssh-client iproute2 chromium
+# the Ansible install test: a Debian 12 rootfs (debootstrap) booted under QEMU
+APT_PACKAGES += debootstrap
 
 .PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-fleet deps apt clean
 
@@ -46,6 +48,8 @@ demo: deps
 lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	cd ansible && PATH=$(CURDIR)/$(BIN):$$PATH ansible-lint --profile production
+	cd ansible && $(CURDIR)/$(BIN)/ansible-playbook --syntax-check -i inventory.example.ini site.yml maintenance.yml
 
 test: lint
 	$(BIN)/pytest

@@ -124,6 +124,7 @@ def destroy_all(root: Path) -> None:
             "    except libvirt.libvirtError:\n"
             "        pass\n")
     subprocess.run([sys.executable, "-c", code, uri(root)], cwd=REPO, timeout=60, check=False, capture_output=True)
+    subprocess.run(["pkill", "-KILL", "-f", f"{root}/"], check=False)  # whatever libvirt could not stop
 
 
 def _main() -> None:

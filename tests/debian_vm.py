@@ -1,0 +1,173 @@
+"""A real Debian 12 target for the Ansible tests: a debootstrap rootfs with systemd and sshd,
+booted with Debian's kernel under QEMU (TCG), its sshd forwarded to a loopback port.
+
+The rootfs is built once and cached in ``.cache/debian12`` (about 3 minutes; ``make clean``
+removes it); each VM boots a sparse copy of it.  It already holds the packages the roles install
+(the VM has no network beyond the forwarded port: ``restrict=on``), and a root key for the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "debian12"
+PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "python3", "python3-venv", "python3-apt",
+            "python3-libvirt", "python3-packaging", "smartmontools", "mdadm", "iproute2", "kmod", "procps"]
+NET_MODULES = ["virtio_net"]
+IMAGE_MIB = 2048
+NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
+
+
+def kernel() -> tuple[str, str]:
+    found = sorted(glob.glob("/boot/vmlinuz-*"))
+    if not found:
+        raise RuntimeError("no /boot/vmlinuz-*: install linux-image-amd64 (make test does)")
+    version = found[-1].removeprefix("/boot/vmlinuz-")
+    return found[-1], f"/boot/initrd.img-{version}"
+
+
+def _run(*argv: str, **kwargs: object) -> None:
+    subprocess.run(argv, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+
+def _modules(stage: Path, version: str) -> None:
+    """The network driver and what it depends on, from Debian's kernel; then depmod."""
+    wanted: list[str] = []
+
+    def visit(name: str) -> None:
+        path = subprocess.run(["modinfo", "-k", version, "-n", name], capture_output=True, text=True).stdout.strip()
+        if not path or path.startswith("(builtin)") or path in wanted:
+            return
+        deps = subprocess.run(["modinfo", "-k", version, "-F", "depends", name], capture_output=True,
+                              text=True).stdout.strip()
+        for dep in filter(None, deps.split(",")):
+            visit(dep)
+        wanted.append(path)
+
+    for module in NET_MODULES:
+        visit(module)
+    for path in wanted:
+        target = stage / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        source = Path(f"/lib/modules/{version}/{name}")
+        if source.exists():
+            shutil.copy2(source, stage / f"lib/modules/{version}/{name}")
+    _run("depmod", "-b", str(stage), version)
+
+
+def image() -> tuple[Path, Path, str]:
+    """The cached rootfs image, the root key for it, and its ed25519 host key line."""
+    rootfs, key, host_key = CACHE / "rootfs.img", CACHE / "root_key", CACHE / "host_key.pub"
+    if rootfs.exists() and key.exists() and host_key.exists():
+        return rootfs, key, host_key.read_text().strip()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    stage = CACHE / f"stage-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        _run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(stage),
+             "http://deb.debian.org/debian")
+        version = kernel()[0].removeprefix("/boot/vmlinuz-")
+        _modules(stage, version)
+        (stage / "etc/hostname").write_text("debian12\n")
+        (stage / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 debian12\n")
+        (stage / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
+        (stage / "etc/systemd/network/10-qemu.network").write_text(NETWORK)
+        wants = stage / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            (wants / "systemd-networkd.service").symlink_to("/lib/systemd/system/systemd-networkd.service")
+        (stage / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
+        for old in (key, key.with_suffix(".pub")):
+            old.unlink(missing_ok=True)
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hostagent-tests", "-f", str(key))
+        (stage / "root/.ssh/authorized_keys").write_text(key.with_suffix(".pub").read_text())
+        (stage / "root/.ssh/authorized_keys").chmod(0o600)
+        for name in glob.glob(str(stage / "etc/ssh/ssh_host_*")):
+            os.unlink(name)
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stage / "etc/ssh/ssh_host_ed25519_key"))
+        shutil.copy2(stage / "etc/ssh/ssh_host_ed25519_key.pub", host_key)
+        shutil.rmtree(stage / "var/cache/apt/archives", ignore_errors=True)
+        (stage / "var/cache/apt/archives/partial").mkdir(parents=True)
+        partial = CACHE / "rootfs.tmp"
+        partial.unlink(missing_ok=True)
+        _run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(stage), str(partial), f"{IMAGE_MIB}M")
+        partial.rename(rootfs)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return rootfs, key, host_key.read_text().strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DebianVM:
+    port: int
+    key: Path
+    known_hosts: Path
+    console: Path
+    process: subprocess.Popen[bytes]
+
+    def ssh(self, command: str, key: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ssh", "-i", str(key or self.key), "-p", str(self.port), "-o", "BatchMode=yes",
+                               "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                               "-o", "IdentitiesOnly=yes", "root@127.0.0.1", command],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no QEMU outlives the test
+
+
+@contextlib.contextmanager
+def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300) -> Iterator[DebianVM]:
+    rootfs, key, host_key = image()
+    disk = workdir / "disk.img"
+    _run("cp", "--sparse=always", str(rootfs), str(disk))
+    port = free_port()
+    known = workdir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
+    vmlinuz, initrd = kernel()
+    console = workdir / "console.log"
+    process = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory_mib),
+         "-nographic", "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
+         "-append", "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0",
+         "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
+         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+         "-device", "virtio-net-pci,netdev=n0", "-serial", f"file:{console}", "-monitor", "none"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    vm = DebianVM(port, key, known, console, process)
+    try:
+        deadline = time.monotonic() + boot_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the VM exited: {console.read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if vm.ssh("true", timeout=30).returncode == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no SSH after {boot_timeout:g} s: {console.read_text(errors='replace')[-2000:]}")
+            time.sleep(2)
+        yield vm
+    finally:
+        process.kill()
+        process.wait(timeout=30)

@@ -1,0 +1,122 @@
+"""The Ansible install, for real: ansible/site.yml against a Debian 12 VM (systemd, sshd) that is
+both a hypervisor and the controller; then the checks an operator would make, a second run that
+changes nothing, and a --check --diff run that changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.debian_vm import DebianVM, debian_vm
+
+REPO = Path(__file__).resolve().parent.parent.parent
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+DEPENDENCIES = ["apscheduler>=3.10,<4", "sqlalchemy>=2.0", "pyudev>=0.24", "paramiko>=3.4", "pyyaml>=6"]
+
+
+def wheelhouse() -> Path:
+    """The offline wheelhouse the roles copy to hosts without internet (downloaded once, cached)."""
+    if not (WHEELHOUSE / ".complete").exists():
+        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
+                        str(WHEELHOUSE), *DEPENDENCIES], check=True, capture_output=True)
+        (WHEELHOUSE / ".complete").touch()
+    return WHEELHOUSE
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianVM]:
+    with debian_vm(tmp_path_factory.mktemp("debian12")) as machine:
+        yield machine
+
+
+def inventory(vm: DebianVM, tmp: Path) -> Path:
+    dist = tmp / "dist"  # a fresh wheel of this working tree
+    path = tmp / "inventory.ini"
+    path.write_text(
+        "[hypervisors]\n"
+        f"debian12 ansible_host=127.0.0.1 ansible_port={vm.port} hostagent_fleet_address=127.0.0.1 "
+        "hostagent_fleet_port=22\n\n[controller]\ndebian12\n\n[all:vars]\nansible_user=root\n"
+        f"ansible_ssh_private_key_file={vm.key}\n"
+        f"ansible_ssh_common_args='-o UserKnownHostsFile={vm.known_hosts} -o StrictHostKeyChecking=yes "
+        "-o IdentitiesOnly=yes'\nansible_python_interpreter=/usr/bin/python3\n"
+        f"hostagent_wheelhouse={wheelhouse()}\nhostagent_controller_wheelhouse={wheelhouse()}\n"
+        f"hostagent_local_dist={dist}\nhostagent_controller_local_dist={dist}\n"
+        "hostagent_smart_enabled=false\nhostagent_controller_poll_interval=10\n")
+    return path
+
+
+def playbook(inventory_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
+           "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOCAL_TEMP": str(inventory_path.parent / "tmp"),
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}"}
+    done = subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inventory_path),
+                           str(REPO / "ansible/site.yml"), *args], capture_output=True, text=True, env=env,
+                          timeout=2400)
+    runs = len(list(inventory_path.parent.glob("playbook-*.log")))
+    (inventory_path.parent / f"playbook-{runs + 1}.log").write_text(done.stdout + done.stderr)  # for a failure
+    return done
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The task headers followed by a ``changed:`` line: what a run that should change nothing changed."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith("changed:") and task not in found:
+            found.append(task)
+    return found
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"^debian12\s+:\s+(.*)$", output, re.MULTILINE)
+    assert match, output[-3000:]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def test_site_installs_the_agent_and_controller_idempotently(vm: DebianVM, tmp_path: Path) -> None:
+    hosts = inventory(vm, tmp_path)
+    first = playbook(hosts)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert recap(first.stdout)["failed"] == 0 and recap(first.stdout)["changed"] > 0
+
+    assert vm.ssh("systemctl is-active hostagent.service hostagent-fleet.service").stdout.split() == [
+        "active", "active"]
+    valid = vm.ssh("/opt/hostagent/venv/bin/hostagent config check /etc/hostagent/hostagent.toml")
+    assert valid.returncode == 0 and valid.stdout.strip() == "/etc/hostagent/hostagent.toml: valid"
+    check = vm.ssh("/opt/hostagent/venv/bin/hostagent check --json")
+    assert json.loads(check.stdout)["schema"] == "hostagent.report/1", check.stderr
+    assert "ACTION==" in vm.ssh("cat /etc/udev/rules.d/60-hostagent-erc.rules").stdout
+
+    # the controller's key runs hostagent rpc and nothing else
+    controller_key = tmp_path / "controller_key"
+    controller_key.write_text(vm.ssh("cat /var/lib/hostagent-fleet/id_ed25519").stdout)
+    controller_key.chmod(0o600)
+    line = vm.ssh("grep hostagent-controller /root/.ssh/authorized_keys").stdout
+    assert line.startswith('restrict,command="/opt/hostagent/venv/bin/hostagent rpc" ssh-ed25519 ')
+    shell = vm.ssh("touch /tmp/canary; id", key=controller_key)
+    reply = json.loads(shell.stdout.splitlines()[-1])
+    assert reply["refused"] is True and "';' is not allowed" in reply["error"]
+    assert vm.ssh("test -e /tmp/canary").returncode == 1
+    version = json.loads(vm.ssh("version", key=controller_key).stdout)
+    assert version["ok"] is True and version["result"]["version"] == "0.1.0"
+
+    # the controller inside the VM polls the agent through that key, with the host key Ansible collected
+    poll = vm.ssh("/opt/hostagent-fleet/venv/bin/hostagent --config /etc/hostagent/fleet.toml fleet poll --json")
+    assert poll.returncode == 0, poll.stdout + poll.stderr
+    assert json.loads(poll.stdout)[0]["ok"] is True
+    assert vm.ssh("test -s /var/www/hostagent/index.html || sleep 15; test -s /var/www/hostagent/index.html"
+                  ).returncode == 0  # fleet watch publishes the status page
+
+    second = playbook(hosts)
+    assert second.returncode == 0 and recap(second.stdout)["changed"] == 0, changed_tasks(second.stdout)
+    checked = playbook(hosts, "--check", "--diff")
+    assert checked.returncode == 0 and recap(checked.stdout)["changed"] == 0, changed_tasks(checked.stdout)
