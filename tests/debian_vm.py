@@ -43,20 +43,9 @@ def _run(*argv: str, **kwargs: object) -> None:
 
 def _modules(stage: Path, version: str) -> None:
     """The network driver and what it depends on, from Debian's kernel; then depmod."""
-    wanted: list[str] = []
+    from tests.vm.harness import module_order
 
-    def visit(name: str) -> None:
-        path = subprocess.run(["modinfo", "-k", version, "-n", name], capture_output=True, text=True).stdout.strip()
-        if not path or path.startswith("(builtin)") or path in wanted:
-            return
-        deps = subprocess.run(["modinfo", "-k", version, "-F", "depends", name], capture_output=True,
-                              text=True).stdout.strip()
-        for dep in filter(None, deps.split(",")):
-            visit(dep)
-        wanted.append(path)
-
-    for module in NET_MODULES:
-        visit(module)
+    wanted = module_order(version, NET_MODULES)
     for path in wanted:
         target = stage / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)

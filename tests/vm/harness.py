@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,8 @@ def _libraries(binary: str) -> list[str]:
     return libs
 
 
-def _module_order(kver: str) -> list[str]:
+def module_order(kver: str, modules: Sequence[str] = MODULES) -> list[str]:
+    """The .ko files of these modules and their dependencies, dependencies first."""
     order: list[str] = []
 
     def visit(name: str) -> None:
@@ -95,7 +97,7 @@ def _module_order(kver: str) -> list[str]:
         if path not in order:
             order.append(path)
 
-    for module in MODULES:
+    for module in modules:
         visit(module)
     return order
 
@@ -148,7 +150,7 @@ def base_image() -> Path:
             for lib in _libraries(str(extension)):
                 if not (stage / lib.lstrip("/")).exists():
                     _copy(lib, stage)
-        order = _module_order(kver)
+        order = module_order(kver)
         (stage / "lib/modules").mkdir(parents=True)
         for module in order:
             shutil.copy2(module, stage / "lib/modules")

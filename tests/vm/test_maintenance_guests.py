@@ -109,6 +109,18 @@ def assert_never_rebooted(console: Path) -> None:
     assert len(times) > 5 and times == sorted(times), f"{console.name}: uptime went backwards: {times}"
 
 
+def resume_in_child(uri: str, store: JournalStore, **config: object) -> subprocess.CompletedProcess[str]:
+    """``resume_after_boot`` in a new process, as after a reboot (the embed root is free again after it)."""
+    code = ("import json, sys\nfrom pathlib import Path\nfrom hostagent.config import MaintenanceConfig\n"
+            "from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+            "from hostagent.maintenance.journal import JournalStore\n"
+            "from hostagent.maintenance.run import resume_after_boot\n"
+            "config = MaintenanceConfig(**json.loads(sys.argv[3]))\n"
+            "print(resume_after_boot(JournalStore(Path(sys.argv[2])), LibvirtHypervisor(sys.argv[1]), config).phase)\n")
+    return subprocess.run([sys.executable, "-c", code, uri, str(store.directory), json.dumps(config)],
+                          capture_output=True, text=True, cwd=guests.REPO, timeout=120)
+
+
 def test_a_guest_that_runs_on_is_not_restored_twice(embed_root: Path, tmp_path: Path) -> None:
     """The restore after a crash finds guests already running and leaves them alone."""
     uri = guests.uri(embed_root)
@@ -117,15 +129,7 @@ def test_a_guest_that_runs_on_is_not_restored_twice(embed_root: Path, tmp_path: 
     journal = Journal.new(0.0, "crash test", ["web1"]).advance("preflight").advance("saving")
     journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
     store.save(journal.advance("rebooting"))
-    code = ("import sys\nfrom pathlib import Path\nfrom hostagent.config import MaintenanceConfig\n"
-            "from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
-            "from hostagent.maintenance.journal import JournalStore\n"
-            "from hostagent.maintenance.run import resume_after_boot\n"
-            "store, hypervisor = JournalStore(Path(sys.argv[2])), LibvirtHypervisor(sys.argv[1])\n"
-            "r = resume_after_boot(store, hypervisor, MaintenanceConfig())\n"
-            "print(r.phase)\n")
-    out = subprocess.run([sys.executable, "-c", code, uri, str(store.directory)], capture_output=True, text=True,
-                         cwd=guests.REPO, timeout=60)
+    out = resume_in_child(uri, store)
     assert out.stdout.strip() == "done", out.stderr
     assert store.load(journal.id).guests["web1"].attempts == 0  # found running: no restore attempted
     assert guests.boots(consoles / "web1.log") == 1
@@ -147,14 +151,7 @@ def test_a_restore_that_keeps_failing_cold_boots_and_keeps_the_image(embed_root:
     journal = Journal.new(0.0, "cold boot test", ["web1"]).advance("preflight").advance("saving")
     journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
     store.save(journal.advance("rebooting"))
-    code = ("import sys\nfrom pathlib import Path\nfrom hostagent.config import MaintenanceConfig\n"
-            "from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
-            "from hostagent.maintenance.journal import JournalStore\n"
-            "from hostagent.maintenance.run import resume_after_boot\n"
-            "config = MaintenanceConfig(save_dir=sys.argv[3], restore_attempts=2, cold_boot_on_failure=True)\n"
-            "print(resume_after_boot(JournalStore(Path(sys.argv[2])), LibvirtHypervisor(sys.argv[1]), config).phase)\n")
-    out = subprocess.run([sys.executable, "-c", code, uri, str(store.directory), str(save_dir)],
-                         capture_output=True, text=True, cwd=guests.REPO, timeout=120)
+    out = resume_in_child(uri, store, save_dir=str(save_dir), restore_attempts=2, cold_boot_on_failure=True)
     record = store.load(journal.id).guests["web1"]
     assert out.stdout.strip() == "done", out.stderr
     assert (record.state, record.attempts) == ("cold_booted", 2)
