@@ -132,7 +132,8 @@ class SshFleet:
         (directory / "sshd_config").write_text(
             f"Port 22\nListenAddress {address}\nHostKey {directory / 'host_key'}\nPidFile none\nUsePAM no\n"
             f"StrictModes no\nAuthorizedKeysFile {directory / 'authorized_keys'}\nMaxStartups 200\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel ERROR\n")
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel ERROR\n"
+            "ClientAliveInterval 5\nClientAliveCountMax 2\n")  # sessions of vanished clients end on their own
         self.start(host)
         return host
 
@@ -167,8 +168,12 @@ class SshFleet:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     host.process.wait(timeout=10)
         for index in range(self.count):
+            namespace = f"haf{self.tag}-{index}"
+            pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+            if pids:  # the sessions each sshd forked outlive it; nothing may stay behind
+                subprocess.run(["kill", "-KILL", *pids], capture_output=True)
             subprocess.run(["ip", "link", "del", f"hf{self.tag}h{index}"], capture_output=True)
-            subprocess.run(["ip", "netns", "del", f"haf{self.tag}-{index}"], capture_output=True)
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
 @contextlib.contextmanager
