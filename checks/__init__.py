@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from checks import boot, erc, hung, md, smart
+from checks import boot, erc, hung, md, net, smart
 
-ALL: tuple[ModuleType, ...] = (md, hung, smart, erc, boot)
+ALL: tuple[ModuleType, ...] = (md, hung, smart, erc, boot, net)
 BY_NAME = {module.NAME: module for module in ALL}

@@ -84,7 +84,7 @@ class Watcher:
     def intervals(self) -> dict[str, float]:
         watch = self.config.watch
         return {"md": watch.md_interval, "hung": watch.hung_interval, "smart": watch.smart_interval,
-                "erc": watch.erc_interval, "boot": watch.boot_interval}
+                "erc": watch.erc_interval, "boot": watch.boot_interval, "net": watch.net_interval}
 
     def enabled(self) -> list[str]:
         return [m.NAME for m in checks.ALL if self.config.check_config(m.NAME).enabled]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from checks import boot, erc, hung, md, smart
+from checks import boot, erc, hung, md, net, smart
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.errors import ConfigError
 
@@ -43,6 +43,7 @@ class ChecksConfig:
     smart: smart.Config = field(default_factory=smart.Config)
     erc: erc.Config = field(default_factory=erc.Config)
     boot: boot.Config = field(default_factory=boot.Config)
+    net: net.Config = field(default_factory=net.Config)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class WatchConfig:
     smart_interval: float = 1800.0
     erc_interval: float = 3600.0
     boot_interval: float = 3600.0
+    net_interval: float = 5.0
     act: bool = True
 
 
