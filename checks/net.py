@@ -146,7 +146,7 @@ def syn_flood(half_open: dict[Any, HalfOpen], rates: Rates | None, sysctls: dict
                   f"top source prefixes: {sources}",
                   f"distinct source prefixes: {len(entry.sources)}"]
         if rates:
-            detail.append("per second over the last %.0f s: " % rates.elapsed + ", ".join(
+            detail.append(f"per second over the last {rates.elapsed:.0f} s: " + ", ".join(
                 f"{key} {rates.tcpext.get(key, 0.0):.0f}" for key in TCPEXT_KEYS))
         findings.append(Finding(
             "net.syn_flood", NAME, str(entry.local), severity,
@@ -157,11 +157,12 @@ def syn_flood(half_open: dict[Any, HalfOpen], rates: Rates | None, sysctls: dict
 
 def _flood_remedy(entry: HalfOpen, sysctls: dict[str, int | None], config: Config) -> Remedy:
     ttl = f"{config.mitigation_ttl:g}"
-    commands = [("hostagent", "net", "blackhole", prefix, "--ttl", ttl, "--reason", f"SYN flood on {entry.local}",
-                 "--apply") for prefix in blackhole_candidates(entry, config)]
+    reason = f"SYN flood on {entry.local}"
+    commands: list[tuple[str, ...]] = [("hostagent", "net", "blackhole", prefix, "--ttl", ttl, "--reason", reason,
+                                        "--apply") for prefix in blackhole_candidates(entry, config)]
     if config.announce_victim:
-        commands.append(("hostagent", "net", "announce", entry.local.address, "--ttl", ttl, "--reason",
-                         f"SYN flood on {entry.local}", "--apply"))
+        commands.append(("hostagent", "net", "announce", entry.local.address, "--ttl", ttl, "--reason", reason,
+                         "--apply"))
     if sysctls.get("net.ipv4.tcp_syncookies") == 0:
         commands.append(("sysctl", "-w", "net.ipv4.tcp_syncookies=1"))
     if blackhole_candidates(entry, config):

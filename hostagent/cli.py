@@ -155,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="record the host key of a host contacted for the first time (check its "
                                        "printed fingerprint); a changed key is refused regardless")
 
+    net = sub.add_parser("net", help="flood mitigations: blackhole routes and ExaBGP announcements, expiring")
+    net_sub = net.add_subparsers(dest="net_command", required=True, parser_class=_Parser)
+    net_list = net_sub.add_parser("mitigations", help="the active mitigations and when each expires")
+    net_blackhole = net_sub.add_parser("blackhole", help="drop traffic from a source prefix for a while (ip route)")
+    net_blackhole.add_argument("prefix", help="a source prefix: 203.0.113.0/24, 2001:db8:1::/48")
+    net_announce = net_sub.add_parser("announce", help="announce an attacked address with community 65535:666 "
+                                                       "(RFC 7999) through the ExaBGP pipe")
+    net_announce.add_argument("address", help="the attacked address (a /32 or /128)")
+    for parser_ in (net_blackhole, net_announce):
+        parser_.add_argument("--ttl", type=float, metavar="S",
+                             help="seconds until it is removed (default checks.net.mitigation_ttl)")
+        parser_.add_argument("--reason", default="", help="recorded in the list and the audit log")
+    net_withdraw = net_sub.add_parser("withdraw", help="remove one mitigation before it expires")
+    net_withdraw.add_argument("id", help="as listed: blackhole:203.0.113.0/24, announce:198.51.100.7/32")
+    net_expire = net_sub.add_parser("expire", help="remove every expired mitigation (the daemon does this each cycle)")
+    for parser_ in (net_blackhole, net_announce, net_withdraw, net_expire):
+        parser_.add_argument("--apply", action="store_true", help="make the change (default: dry run, print it)")
+    for parser_ in (net_list, net_blackhole, net_announce, net_withdraw, net_expire):
+        parser_.add_argument("--state-dir", metavar="DIR", help="where the list and the audit log live "
+                                                               "(default agent.state_dir)")
+        parser_.add_argument("--json", action="store_true", help="print JSON")
+
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
@@ -182,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _maintenance(args)
         if args.command == "fleet":
             return _fleet(args)
+        if args.command == "net":
+            from hostagent.netcmd import main as net_main
+
+            return net_main(args)
         if args.command == "config":
             from hostagent.config import load_config
 

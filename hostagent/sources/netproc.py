@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,7 +102,8 @@ def _check_entries(text: str, source: str) -> None:
             raise ParseError(source, number, f"not a socket line: {line[:80]!r}")
 
 
-def parse_syn_recv(text: str, source: str, family: Literal[4, 6], order: ByteOrder = "little") -> dict[Endpoint, HalfOpen]:
+def parse_syn_recv(text: str, source: str, family: Literal[4, 6],
+                   order: ByteOrder = "little") -> dict[Endpoint, HalfOpen]:
     """Half-open connections by attacked local endpoint, with their sources by prefix."""
     _check_entries(text, source)
     by_local: dict[str, Counter[str]] = {}
@@ -112,7 +114,7 @@ def parse_syn_recv(text: str, source: str, family: Literal[4, 6], order: ByteOrd
             if counter is None:
                 counter = by_local[local] = Counter()
             counter[remote[cut]] += 1
-        prefix = _v4_prefix
+        prefix: Callable[[str, ByteOrder], str] = _v4_prefix
     else:
         for local, remote in _SYN_RECV6.findall(text):
             counter = by_local.get(local)
