@@ -6,7 +6,8 @@
   only here.  The target routes them back to the attacker, which blackholes them, so the target's
   SYN-ACKs to spoofed sources end in the attacker's namespace.
 - The attacker's default route is a blackhole (it drops anything else) and it does not forward;
-  the target has no default route at all.  Neither namespace has a link to the host's namespace.
+  the target has no default route at all, only 10.77.0.0/16 towards the attacker.  Neither
+  namespace has a link to the host's namespace.
 
 ``Lab.capture_host_side()`` proves it: tcpdump on every interface of the host's namespace, filtered
 on 10.77.0.0/16, plus a loopback canary packet that shows the capture was alive.
@@ -93,6 +94,26 @@ class Lab:
         """)
         return int(self.exec(self.attacker, sys.executable, "-c", script).stdout)
 
+    def echo_flood(self, count: int, seconds: float) -> None:
+        """``count`` ICMP echo requests to the target over about ``seconds`` (a raw socket)."""
+        script = textwrap.dedent(f"""
+            import socket, struct, time
+
+            def checksum(data):
+                total = sum(struct.unpack(f"!{{len(data) // 2}}H", data))
+                total = (total >> 16) + (total & 0xFFFF)
+                return ~(total + (total >> 16)) & 0xFFFF
+
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            start = time.monotonic()
+            for sequence in range({count}):
+                header = struct.pack("!BBHHH", 8, 0, 0, 4242, sequence)
+                packet = struct.pack("!BBHHH", 8, 0, checksum(header), 4242, sequence)
+                s.sendto(packet, ("{TARGET_IP}", 0))
+                time.sleep(max(0.0, start + sequence * {seconds} / {count} - time.monotonic()))
+        """)
+        self.exec(self.attacker, sys.executable, "-c", script)
+
     @contextlib.contextmanager
     def listener(self, port: int, backlog: int = 4096) -> Iterator[None]:
         """A TCP service in the target that accepts and closes every connection."""
@@ -140,11 +161,11 @@ class Lab:
             process.wait()
 
     @contextlib.contextmanager
-    def capture_host_side(self, pcap: Path) -> Iterator[list[int]]:
+    def capture_host_side(self, log: Path) -> Iterator[list[int]]:
         """tcpdump in the host's namespace on every interface while the block runs.  Yields a list that
         afterwards holds [test packets seen, canary packets seen]."""
         canary_port = _free_udp_port()
-        with pcap.open("w") as output:
+        with log.open("w") as output:
             process = subprocess.Popen(
                 ["tcpdump", "-i", "any", "-n", "-l", "--immediate-mode",
                  f"net {NET} or (udp and host 127.0.0.1 and port {canary_port})"],
@@ -159,7 +180,7 @@ class Lab:
         finally:
             process.send_signal(signal.SIGINT)
             process.wait(timeout=10)
-        seen = pcap.read_text().splitlines()
+        seen = log.read_text().splitlines()
         counts += [sum("10.77." in line for line in seen), sum(f".{canary_port}:" in line for line in seen)]
 
 
@@ -195,7 +216,8 @@ def lab() -> Iterator[Lab]:
         sh("ip", "-n", net.attacker, "route", "add", "blackhole", "default")
         for prefix in SPOOFED:
             sh("ip", "-n", net.attacker, "route", "add", "blackhole", prefix)
-            sh("ip", "-n", net.target, "route", "add", prefix, "via", ATTACKER_IP)
+        # one covering route, so that a blackhole for a single source prefix is a more specific route
+        sh("ip", "-n", net.target, "route", "add", NET, "via", ATTACKER_IP)
         yield net
     finally:
         for namespace in (net.attacker, net.target):
