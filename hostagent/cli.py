@@ -147,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_page.add_argument("--out", required=True, metavar="DIR")
     fleet_metrics = fleet_sub.add_parser("metrics", help="print the fleet's Prometheus metrics")
     fleet_metrics.add_argument("--out", metavar="FILE", help="write a node_exporter textfile instead")
+    fleet_dns = fleet_sub.add_parser("audit-dns", help="single points of failure in the DNS of domains and services")
+    fleet_dns.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains whose NS sets to audit")
+    fleet_dns.add_argument("--service", action="append", default=[], metavar="HOST",
+                           help="a service hostname (repeat); their zones are audited too, and all of them "
+                                "under one domain or one provider is flagged")
+    fleet_dns.add_argument("--nameserver", action="append", default=[], metavar="IP[:PORT]",
+                           help="resolver to ask (repeat; default: /etc/resolv.conf)")
+    fleet_dns.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per lookup (default 5)")
+    fleet_dns.add_argument("--network-prefix", default="16,32", metavar="V4,V6",
+                           help="prefix lengths of 'one network' (default 16,32); one /24 or /48 is always flagged")
+    fleet_dns.add_argument("--json", action="store_true", help="print JSON")
     for fleet_parser in (fleet_poll, fleet_status, fleet_watch, fleet_maint, fleet_page, fleet_metrics):
         fleet_parser.add_argument("--limit", metavar="GROUPS", help="only these hosts or groups (shard)")
         fleet_parser.add_argument("--json", action="store_true", help="print JSON")
@@ -401,6 +412,8 @@ def _fleet(args: argparse.Namespace) -> int:
     from hostagent.fleet.publish import metrics, write_page
     from hostagent.output import write_atomic
 
+    if args.fleet_command == "audit-dns":
+        return _audit_dns(args)
     config = load_config(args.config)
     limit = [p.strip() for p in (args.limit or "").split(",") if p.strip()]
     if args.fleet_command == "watch":
@@ -445,6 +458,24 @@ def _fleet(args: argparse.Namespace) -> int:
         return 1 if outcome["stopped"] else 0
     finally:
         controller.close()
+
+
+def _audit_dns(args: argparse.Namespace) -> int:
+    import json
+
+    from hostagent.fleet.dnsaudit import audit, render
+    from hostagent.model import Severity
+
+    if not args.domains and not args.service:
+        raise HostagentError("audit-dns: name at least one DOMAIN or --service HOST")
+    try:
+        v4, v6 = (int(p) for p in args.network_prefix.split(","))
+    except ValueError:
+        raise HostagentError(f"--network-prefix {args.network_prefix}: expected V4,V6 lengths, e.g. 16,32") from None
+    result = audit(args.domains, args.service, nameservers=args.nameserver, timeout=args.timeout,
+                   network_prefix=(v4, v6))
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else render(result))
+    return Severity[result["status"]].exit_code
 
 
 def _daemon_view(args: argparse.Namespace) -> int:
