@@ -88,7 +88,7 @@ class Lookup:
         except dns.resolver.NXDOMAIN:
             raise HostagentError(f"{name}: no such domain (NXDOMAIN)") from None
         except dns.exception.Timeout:
-            raise HostagentError(f"{name} {rdtype}: no answer from {', '.join(self.resolver.nameservers)} "
+            raise HostagentError(f"{name} {rdtype}: no answer from {', '.join(str(n) for n in self.resolver.nameservers)} "
                                  "within the timeout") from None
         except dns.exception.DNSException as err:
             raise HostagentError(f"{name} {rdtype}: {err}") from None
