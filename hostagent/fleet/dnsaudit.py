@@ -88,8 +88,8 @@ class Lookup:
         except dns.resolver.NXDOMAIN:
             raise HostagentError(f"{name}: no such domain (NXDOMAIN)") from None
         except dns.exception.Timeout:
-            raise HostagentError(f"{name} {rdtype}: no answer from {', '.join(str(n) for n in self.resolver.nameservers)} "
-                                 "within the timeout") from None
+            servers = ", ".join(str(n) for n in self.resolver.nameservers)
+            raise HostagentError(f"{name} {rdtype}: no answer from {servers} within the timeout") from None
         except dns.exception.DNSException as err:
             raise HostagentError(f"{name} {rdtype}: {err}") from None
 
