@@ -19,8 +19,11 @@ APT_PACKAGES += libvirt-daemon-system libvirt-clients
 APT_PACKAGES += openssh-server openssh-client iproute2 chromium
 # the Ansible install test: a Debian 12 rootfs (debootstrap) booted under QEMU
 APT_PACKAGES += debootstrap
+# network attack tests: the host-side capture, and a real authoritative DNS server for audit-dns
+# (the tests run their own nsd on loopback; the system service we install is stopped and disabled)
+APT_PACKAGES += tcpdump nsd
 
-.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-fleet deps apt clean
+.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-fleet bench-net deps apt clean
 
 deps: apt $(STAMP)
 
@@ -30,6 +33,7 @@ apt:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing apt packages:$$missing"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	    case "$$missing " in *" nsd "*) systemctl disable --now nsd.service >/dev/null 2>&1 || true;; esac; \
 	  else echo "missing apt packages:$$missing (run make as root, or install them)" >&2; exit 1; fi; \
 	fi
 
@@ -70,6 +74,10 @@ bench-fleet: deps
 # guest downtime against libvirt-guests (starts libvirtd when it is not running; about 2 min)
 bench-maintenance: deps
 	$(BIN)/python bench/bench_maintenance.py --rounds 3
+
+# /proc/net/tcp with 100 k sockets against psutil.net_connections() (about 30 s)
+bench-net: deps
+	$(BIN)/python bench/bench_netproc.py
 
 bench-hung: deps
 	$(BIN)/python bench/bench_hung.py
