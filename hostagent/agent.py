@@ -32,7 +32,7 @@ from hostagent.host import Host
 from hostagent.maintenance.daemon import JOBSTORE, WAKEUPS, MaintenanceDaemon, jobstore
 from hostagent.model import CheckResult, Finding, Report
 from hostagent.output import render_prom, write_atomic
-from hostagent.remediate import act
+from hostagent.remediate import act, expire_mitigations
 from hostagent.runner import open_state, run_check
 from hostagent.sources.mdstat import MDSTAT_PATH
 from hostagent.sources.mdsysfs import list_md_sysfs
@@ -118,6 +118,8 @@ class Watcher:
         if self.config.watch.act and not self.host.is_snapshot:
             report = act(self.host, report, self.config, self.audit)
             self.results.update({r.name: r for r in report.results})
+        elif "net" in names:
+            expire_mitigations(self.host, self.config, self.audit)
         if self.config.alerts.enabled:
             alerts = self.alerter.process(report.findings, names)
             for alert in alerts:

@@ -62,15 +62,28 @@ def _fail_hung(host: Host, report: Report, config: Config, audit: AuditLog) -> d
     return replaced
 
 
+def expire_mitigations(host: Host, config: Config, audit: AuditLog) -> None:
+    """Remove the mitigations past their expiry; whatever made them, and whatever ``act`` says."""
+    if audit.path is None or host.is_snapshot:
+        return
+    try:
+        results = expire(host, config=config.checks.net, store=MitigationStore(audit.path.parent), audit=audit,
+                         apply=True, timeout=config.agent.command_timeout)
+    except HostagentError as err:
+        log.error("expired mitigations could not be removed: %s", err)
+        return
+    for result in results:
+        if result.error:
+            log.error("mitigation %s expired but could not be removed: %s", result.mitigation.id, result.error)
+
+
 def _mitigate(host: Host, report: Report, config: Config, audit: AuditLog) -> dict[tuple[str, str], Finding]:
     net_config = config.checks.net
     if not any(r.name == "net" for r in report.results) or audit.path is None:
         return {}
+    expire_mitigations(host, config, audit)
     store = MitigationStore(audit.path.parent)
     timeout = config.agent.command_timeout
-    for result in expire(host, config=net_config, store=store, audit=audit, apply=True, timeout=timeout):
-        if result.error:
-            log.error("mitigation %s expired but could not be removed: %s", result.mitigation.id, result.error)
     if net_config.mitigate == "off":
         return {}
     replaced: dict[tuple[str, str], Finding] = {}

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,16 +19,18 @@ from tests.debian_vm import DebianVM, debian_vm
 
 REPO = Path(__file__).resolve().parent.parent.parent
 WHEELHOUSE = REPO / ".cache" / "wheelhouse"
-DEPENDENCIES = ["apscheduler>=3.10,<4", "sqlalchemy>=2.0", "pyudev>=0.24", "paramiko>=3.4", "pyyaml>=6"]
+EXTRAS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+DEPENDENCIES = EXTRAS["agent"] + EXTRAS["controller"]  # what the two roles install
 
 
 def wheelhouse() -> Path:
-    """The offline wheelhouse the roles copy to hosts without internet (downloaded once, cached)."""
-    if not (WHEELHOUSE / ".complete").exists():
+    """The offline wheelhouse the roles copy to hosts without internet (downloaded once per dependency list)."""
+    marker = WHEELHOUSE / ".complete"
+    if not marker.exists() or marker.read_text() != "\n".join(DEPENDENCIES):
         WHEELHOUSE.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
                         str(WHEELHOUSE), *DEPENDENCIES], check=True, capture_output=True)
-        (WHEELHOUSE / ".complete").touch()
+        marker.write_text("\n".join(DEPENDENCIES))
     return WHEELHOUSE
 
 
