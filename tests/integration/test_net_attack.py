@@ -199,6 +199,11 @@ def test_daemon_pages_at_once_blackholes_and_lets_it_expire(net: Lab, tmp_path: 
     kinds = [e["event"] for e in events if e["event"].startswith("mitigation")]
     assert kinds[0] == "mitigation.start" and kinds[-1] == "mitigation.end", kinds
     assert {e["prefix"] for e in events if e["event"].startswith("mitigation")} == {"10.77.1.0/24"}
+    # the blackhole cleared the half-open connections (they would linger a minute of SYN-ACK retries)
+    order = [(e["event"], e.get("kind"), e.get("code")) for e in events]
+    resolved = order.index(("alert", "resolved", "net.syn_flood"))
+    assert order.index(("mitigation.start", "blackhole", None)) < resolved < order.index(
+        ("mitigation.end", "blackhole", None))
 
 
 def wait_for(probe: Any, timeout: float, what: str) -> Any:
