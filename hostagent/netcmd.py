@@ -8,7 +8,7 @@ import json
 import sys
 
 from hostagent.actions import AuditLog
-from hostagent.actions.net import MitigationStore, Result, announce, blackhole, expire, withdraw
+from hostagent.actions.net import Mitigation, MitigationStore, Result, announce, blackhole, expire, withdraw
 from hostagent.config import load_config
 from hostagent.host import Host
 
@@ -46,7 +46,7 @@ def _when(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def render_active(active: list) -> str:  # type: ignore[type-arg]
+def render_active(active: list[Mitigation]) -> str:
     if not active:
         return "no active mitigations"
     lines = [f"{'ID':<32} {'EXPIRES':<24} REASON"]

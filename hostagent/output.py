@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from hostagent.model import Report, Severity
@@ -30,7 +31,7 @@ def render_text(report: Report) -> str:
             if f.remedy is not None:
                 lines.append(f"  {'':<{width}}  {'':<10} -> {f.remedy.what}")
                 for command in f.remedy.commands:
-                    lines.append(f"  {'':<{width}}  {'':<10}    $ {' '.join(command)}")
+                    lines.append(f"  {'':<{width}}  {'':<10}    $ {shlex.join(command)}")
     arrays = report.inventory.get("arrays", [])
     if not findings:
         lines.append(f"  no problems found ({len(arrays)} md array(s))")

@@ -15,7 +15,7 @@ import checks
 from tests.helpers import EXAMPLES, REPO
 
 GOLDEN = REPO / "tests" / "golden"
-EXIT = {"healthy-mirror": 0, "degraded-recovering": 2, "failed-member": 2, "imsm-container": 0}
+EXIT = {"healthy-mirror": 0, "degraded-recovering": 2, "failed-member": 2, "imsm-container": 0, "syn-flood": 2}
 
 
 def hostagent(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
