@@ -190,7 +190,7 @@ class Host:
     # -- commands ------------------------------------------------------------------------
 
     def run(
-        self, tool: str, args: list[str], *, name: str, timeout: float | None = None
+        self, tool: str, args: list[str], *, name: str, timeout: float | None = None, stdin: str | None = None
     ) -> CommandResult:
         """Run ``tool args`` in a child process with a timeout, or replay it from a snapshot.
 
@@ -199,7 +199,7 @@ class Host:
         argv = (tool, *args)
         if self.is_snapshot:
             return self._replay(argv, tool, name)
-        result = run_command(argv, timeout=self.command_timeout if timeout is None else timeout)
+        result = run_command(argv, timeout=self.command_timeout if timeout is None else timeout, stdin=stdin)
         self._record_command(tool, name, result)
         return result
 
@@ -234,14 +234,15 @@ class Host:
             base.with_name(base.name + ".stderr").write_text(result.stderr)
 
 
-def run_command(argv: tuple[str, ...], *, timeout: float) -> CommandResult:
-    """Run argv in its own process group; on timeout kill the group and never block on it."""
+def run_command(argv: tuple[str, ...], *, timeout: float, stdin: str | None = None) -> CommandResult:
+    """Run argv in its own process group; on timeout kill the group and never block on it.
+    ``stdin`` is the child's whole input (for ``sfdisk``), else it reads /dev/null."""
     if shutil.which(argv[0]) is None:
         raise ProbeUnavailable(f"{argv[0]}: command not found")
     try:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -250,7 +251,7 @@ def run_command(argv: tuple[str, ...], *, timeout: float) -> CommandResult:
     except OSError as err:
         raise ProbeUnavailable(f"{argv[0]}: cannot run: {err.strerror or err}") from err
     try:
-        out, err_out = proc.communicate(timeout=timeout)
+        out, err_out = proc.communicate(None if stdin is None else stdin.encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

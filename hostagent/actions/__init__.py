@@ -25,6 +25,7 @@ class Step:
     subject: str  # e.g. "sda"
     what: str
     argv: tuple[str, ...]
+    stdin: str | None = None  # the command's input, e.g. a partition table for sfdisk
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"action": self.step.action, "subject": self.step.subject, "what": self.step.what,
-                "argv": list(self.step.argv), "applied": self.applied, "returncode": self.returncode,
-                "output": self.output, "error": self.error}
+                "argv": list(self.step.argv), "stdin": self.step.stdin, "applied": self.applied,
+                "returncode": self.returncode, "output": self.output, "error": self.error}
 
 
 class AuditLog:
@@ -89,7 +90,7 @@ def perform(host: Host, steps: list[Step], *, apply: bool, audit: AuditLog, time
         audit.record({"event": "start", **Outcome(step, applied=True).to_json()})
         try:
             result = host.run(step.argv[0], list(step.argv[1:]), name=f"{step.action}-{step.subject}",
-                              timeout=timeout)
+                              timeout=timeout, stdin=step.stdin)
             outcome = Outcome(step, True, result.returncode, (result.stdout + result.stderr).strip())
         except HostagentError as err:
             outcome = Outcome(step, True, None, "", str(err))

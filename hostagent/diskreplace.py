@@ -1,0 +1,602 @@
+"""``hostagent disk replace`` and ``disk locate``: the mirror-member replacement runbook as one command.
+
+Phases, each recorded in a journal (``<state>/replace/<new disk>.json``) so that a re-run resumes
+where an interrupted one stopped:
+
+1. identify: the old and the new disk by model, serial and slot (``/dev/disk/by-path``); the
+   surviving member disk whose partition table is copied; refusals (a new disk that is smaller,
+   in use, or holds partitions, an md superblock or a filesystem without ``--wipe``; an old
+   disk whose members are still in sync).
+2. vet: SMART health and a short self-test (with progress), a read test, and the CRC/link error
+   counter before and after.  Verdicts: "DOA: return it" and "link errors: check the cable/slot".
+3. wipe (``--wipe`` only), partition (``sfdisk --dump | sfdisk`` for MBR, ``sgdisk -R`` then
+   ``sgdisk -G`` for GPT), remove the old members, ``mdadm --add`` each new partition, ERC/timeout
+   per the erc check, GRUB through the boot check's repair.
+4. resync: followed with speed and ETA; then every check runs again.
+
+Everything that changes the disk runs through ``hostagent.actions.perform``: a dry run unless
+applied, a child process with a timeout, and an audit record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checks import boot, erc
+from hostagent.actions import AuditLog, Outcome, Step, perform
+from hostagent.config import Config
+from hostagent.context import CheckContext
+from hostagent.errors import ActionRefused, HostagentError, ParseError, ProbeUnavailable
+from hostagent.host import Host
+from hostagent.inventory import MdArray, read_arrays
+from hostagent.output import write_atomic
+from hostagent.sources.blockdev import Disk, parent_disks, read_disk, read_disks
+from hostagent.sources.smartctl import SmartReport, parse_smartctl
+
+JOURNAL_DIR = "replace"
+PHASES = ("identified", "vetted", "partitioned", "added", "tuned", "bootloader", "resynced")
+CRC_ATTRIBUTE = 199
+LATER = {"tuned": "ERC/kernel timeout per the erc check",
+         "bootloader": "the bootloader per the boot check (grub-install, or the ESP copy)"}
+MEDIA_ATTRIBUTES = {5: "reallocated sectors", 197: "pending sectors", 198: "offline uncorrectable"}
+
+
+@dataclass(frozen=True)
+class DiskView:
+    """What the operator needs to pull the right disk."""
+
+    name: str
+    model: str | None
+    serial: str | None
+    size_bytes: int | None
+    slots: tuple[str, ...]  # /dev/disk/by-path names
+    present: bool = True
+
+    def describe(self) -> str:
+        size = f"{self.size_bytes / 1e9:.1f} GB" if self.size_bytes else "size unknown"
+        slot = ", ".join(self.slots) or "no by-path slot"
+        state = "" if self.present else " (no longer visible to the kernel)"
+        model, serial = self.model or "model unknown", self.serial or "unknown"
+        return f"/dev/{self.name}: {model}, serial {serial}, {size}, {slot}{state}"
+
+
+@dataclass(frozen=True)
+class ArrayPlan:
+    array: str
+    number: int  # partition number on every member disk
+    template_member: str  # the surviving member: sda2
+    new_member: str  # sdc2
+    old_members: tuple[str, ...]  # the old disk's members still listed (faulty): sdb2
+
+
+@dataclass
+class Plan:
+    old: DiskView
+    new: DiskView
+    template: DiskView
+    arrays: list[ArrayPlan]
+    wipe: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"old": dataclasses.asdict(self.old), "new": dataclasses.asdict(self.new),
+                "template": dataclasses.asdict(self.template), "arrays": [dataclasses.asdict(a) for a in self.arrays],
+                "wipe": self.wipe, "notes": self.notes}
+
+
+# -- identification ------------------------------------------------------------------------
+
+
+def slots(host: Host, disk: str) -> tuple[str, ...]:
+    """The /dev/disk/by-path names of a whole disk: where it sits (controller, port, bay)."""
+    found = []
+    for name in host.listdir("/dev/disk/by-path"):
+        target = host.readlink(f"/dev/disk/by-path/{name}")
+        if target is not None and os.path.basename(target) == disk:
+            found.append(name)
+    return tuple(found)
+
+
+def view(host: Host, disk: Disk) -> DiskView:
+    return DiskView(disk.name, disk.model, disk.serial, disk.size_bytes, slots(host, disk.name))
+
+
+def resolve(host: Host, spec: str, disks: list[Disk], what: str) -> Disk | None:
+    """A disk named by kernel name, /dev path, by-path/by-id link, or serial; None when not present."""
+    name = spec.removeprefix("/dev/")
+    if name.startswith("disk/"):
+        target = host.readlink(f"/dev/{name}")
+        if target is None:
+            raise HostagentError(f"{what} {spec}: no such link")
+        name = os.path.basename(target)
+    by_name = [d for d in disks if d.name == name]
+    by_serial = [d for d in disks if d.serial and d.serial == spec]
+    found = by_name or by_serial
+    if len(found) > 1:
+        raise HostagentError(f"{what} {spec}: matches {', '.join(d.name for d in found)}; give the kernel name")
+    if found:
+        return found[0]
+    if host.exists(f"/sys/block/{name}"):
+        return read_disk(host, name)  # outside the disks filter (a dm device, say)
+    return None
+
+
+def _disk_of(host: Host, member: str) -> str:
+    parents = parent_disks(host, member)
+    return parents[0] if parents else member.rstrip("0123456789").removesuffix("p") if member[-1].isdigit() else member
+
+
+def _partition_number(host: Host, member: str) -> int:
+    text = (host.read_optional(f"/sys/class/block/{member}/partition") or "").strip()
+    if not text.isdigit():
+        raise ActionRefused(f"{member} is not a partition: hostagent replaces partitioned mirror members only")
+    return int(text)
+
+
+def _member_name(disk: str, number: int) -> str:
+    return boot.partition_device(disk, number).removeprefix("/dev/")
+
+
+def plan(host: Host, old_spec: str, new_spec: str, *, wipe: bool, journal: dict[str, Any] | None) -> Plan:
+    disks = read_disks(host)
+    arrays = [a for a in read_arrays(host) if a.active and not a.is_container]
+    new_disk = resolve(host, new_spec, disks, "--new")
+    if new_disk is None:
+        raise HostagentError(f"--new {new_spec}: no such disk (is it attached? see lsblk)")
+    old_disk = resolve(host, old_spec, disks, "--old")
+    old_name = old_disk.name if old_disk else (journal or {}).get("old", {}).get("name") or old_spec.removeprefix(
+        "/dev/")
+    if new_disk.name == old_name:
+        raise ActionRefused(f"--new {new_spec} is the old disk")
+    touched = [a for a in arrays if a.degraded or any(_disk_of(host, m.device) == old_name for m in a.members)]
+    if not touched:
+        raise ActionRefused(f"no array is degraded or has a member on {old_name}: nothing to replace")
+    array_plans, templates = [], set()
+    for array in touched:
+        if array.level not in ("raid1", "raid10", "raid4", "raid5", "raid6"):
+            raise ActionRefused(f"{array.name} is {array.level}: only redundant arrays can take a new member")
+        survivors = [m for m in array.members if m.in_sync and _disk_of(host, m.device) not in (old_name,
+                                                                                                  new_disk.name)]
+        if not survivors:
+            raise ActionRefused(f"{array.name} has no in-sync member left to copy from")
+        still_in_sync = [m.device for m in array.members if m.in_sync and _disk_of(host, m.device) == old_name]
+        if still_in_sync:
+            raise ActionRefused(f"{', '.join(still_in_sync)} of {old_name} is still in sync in {array.name}: "
+                                f"fail it first (hostagent disk fail {still_in_sync[0]} --apply), or pick the "
+                                "failed disk as --old")
+        template = survivors[0]
+        templates.add(_disk_of(host, template.device))
+        number = _partition_number(host, template.device)
+        old_members = tuple(m.device for m in array.members
+                            if _disk_of(host, m.device) == old_name or "faulty" in m.states)
+        new_member = _member_name(new_disk.name, number)
+        array_plans.append(ArrayPlan(array.name, number, template.device, new_member, old_members))
+    if len(templates) != 1:
+        raise ActionRefused(f"the arrays survive on different disks ({', '.join(sorted(templates))}): "
+                            "hostagent copies one disk's partition table; replace by hand")
+    template_disk = read_disk(host, templates.pop())
+    result = Plan(DiskView(old_name, *(_identity(old_disk)), slots(host, old_name), old_disk is not None),
+                  view(host, new_disk), view(host, template_disk), array_plans, wipe)
+    resumed = journal is not None and "partitioned" in journal.get("done", [])
+    _refusals(host, result, new_disk, template_disk, arrays, resumed)
+    return result
+
+
+def _identity(disk: Disk | None) -> tuple[str | None, str | None, int | None]:
+    return (disk.model, disk.serial, disk.size_bytes) if disk else (None, None, None)
+
+
+def _refusals(host: Host, plan_: Plan, new: Disk, template: Disk, arrays: list[MdArray], resumed: bool) -> None:
+    if new.size_bytes is not None and template.size_bytes is not None and new.size_bytes < template.size_bytes:
+        raise ActionRefused(f"/dev/{new.name} ({new.size_bytes} bytes) is smaller than /dev/{template.name} "
+                            f"({template.size_bytes} bytes), whose partitions it must hold")
+    holders = host.listdir(f"/sys/block/{new.name}/holders")
+    for partition in new.partitions:
+        holders += host.listdir(f"/sys/class/block/{partition}/holders")
+    ours = {a.name for a in arrays for p in plan_.arrays if p.array == a.name
+            for m in a.members if m.device == p.new_member}
+    foreign = sorted(set(holders) - ours)
+    if foreign:
+        raise ActionRefused(f"/dev/{new.name} is in use by {', '.join(foreign)}: not touched, even with --wipe")
+    if resumed:
+        return  # our own partitions from the interrupted run
+    signatures = _signatures(host, new)
+    if signatures and not plan_.wipe:
+        raise ActionRefused(f"/dev/{new.name} is not blank: {'; '.join(signatures)}. Check it is the right disk, "
+                            "then give --wipe to erase it")
+    if signatures:
+        plan_.notes.append(f"--wipe: erasing {'; '.join(signatures)}")
+
+
+def _signatures(host: Host, disk: Disk) -> list[str]:
+    """What a disk holds: partitions, and the signatures blkid finds (filesystems, md superblocks, tables)."""
+    found = [f"partitions {', '.join(disk.partitions)}"] if disk.partitions else []
+    for device in (disk.name, *disk.partitions):
+        result = host.run("blkid", ["-p", "-o", "export", f"/dev/{device}"], name=f"blkid-{device}", timeout=30)
+        if result.returncode not in (0, 2):  # 2: nothing found
+            raise ProbeUnavailable(f"blkid -p /dev/{device}: {result.stderr.strip() or result.returncode}")
+        fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        kind = fields.get("TYPE") or fields.get("PTTYPE")
+        if kind:
+            found.append(f"{kind} on /dev/{device}")
+    return found
+
+
+# -- vetting -------------------------------------------------------------------------------
+
+
+@dataclass
+class Vetting:
+    verdict: str  # "ok", "doa", "link"
+    evidence: list[str]
+    smart: bool  # SMART was available
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _smart(host: Host, disk: str, timeout: float) -> SmartReport | None:
+    result = host.run("smartctl", ["--json=c", "-a", f"/dev/{disk}"], name=f"{disk}.vet.json", timeout=timeout)
+    try:
+        report = parse_smartctl(result.stdout, source=f"smartctl -a /dev/{disk}")
+    except ParseError:
+        return None
+    return report if report.opened and report.passed is not None else None
+
+
+def _crc(report: SmartReport | None) -> int | None:
+    if report is None or CRC_ATTRIBUTE not in report.attributes:
+        return None
+    return report.attributes[CRC_ATTRIBUTE].count
+
+
+def vet(host: Host, disk: str, size_bytes: int | None, *, read_mib: int, selftest: bool, timeout: float,
+        progress: Callable[[str], None]) -> Vetting:
+    evidence: list[str] = []
+    before = _smart(host, disk, timeout)
+    doa = False
+    if before is None:
+        evidence.append("no SMART (a virtual or bridged disk): health and self-test skipped")
+    else:
+        if not before.passed:
+            doa = True
+            evidence.append("SMART overall health: FAILED")
+        for number, label in MEDIA_ATTRIBUTES.items():
+            attribute = before.attributes.get(number)
+            if attribute is not None and attribute.count > 0:
+                doa = True
+                evidence.append(f"attribute {number} ({label}) = {attribute.count} on a new disk")
+        if selftest and not doa:
+            doa |= _selftest(host, disk, timeout, evidence, progress)
+    doa |= _read_test(host, disk, size_bytes, read_mib, timeout, evidence, progress)
+    after = _smart(host, disk, timeout) if before is not None else None
+    crc_before, crc_after = _crc(before), _crc(after)
+    link = crc_before is not None and crc_after is not None and crc_after > crc_before
+    if link:
+        evidence.append(f"CRC error count (attribute 199) rose from {crc_before} to {crc_after} during the test")
+    elif crc_before is not None:
+        evidence.append(f"CRC error count (attribute 199) stayed at {crc_after}")
+    verdict = "doa" if doa else "link" if link else "ok"
+    return Vetting(verdict, evidence, before is not None)
+
+
+def _selftest(host: Host, disk: str, timeout: float, evidence: list[str], progress: Callable[[str], None]) -> bool:
+    """A SMART short self-test, followed to its end; True when it failed."""
+    started = host.run("smartctl", ["-t", "short", f"/dev/{disk}"], name=f"{disk}.selftest", timeout=timeout)
+    if started.returncode & 0b11:
+        evidence.append(f"short self-test could not start: {started.stdout.strip().splitlines()[-1:]}")
+        return False
+    deadline = time.monotonic() + 15 * 60
+    while time.monotonic() < deadline:
+        time.sleep(5)
+        result = host.run("smartctl", ["--json=c", "-c", "-l", "selftest", f"/dev/{disk}"],
+                          name=f"{disk}.selftest.json", timeout=timeout)
+        data = json.loads(result.stdout or "{}")
+        status = data.get("ata_smart_data", {}).get("self_test", {}).get("status", {})
+        remaining = status.get("remaining_percent")
+        if remaining is not None:
+            progress(f"short self-test: {100 - remaining}% done")
+            continue
+        table = data.get("ata_smart_self_test_log", {}).get("standard", {}).get("table", [])
+        if table:
+            newest = table[0]
+            passed = newest.get("status", {}).get("passed", False)
+            evidence.append(f"short self-test: {newest.get('status', {}).get('string', '?')}")
+            return not passed
+        evidence.append("short self-test: no result in the self-test log")
+        return False
+    evidence.append("short self-test: still running after 15 minutes")
+    return True
+
+
+def _read_test(host: Host, disk: str, size_bytes: int | None, read_mib: int, timeout: float, evidence: list[str],
+               progress: Callable[[str], None]) -> bool:
+    """Read ``read_mib`` MiB in 16 stretches spread over the disk; True on a read error or timeout."""
+    if not size_bytes or read_mib <= 0:
+        evidence.append("read test skipped")
+        return False
+    chunk = 1024 * 1024
+    total = min(read_mib * chunk, size_bytes - size_bytes % chunk)
+    stretches = 16
+    per = max(chunk, total // stretches // chunk * chunk)
+    done = 0
+    try:
+        with host.open_device(f"/dev/{disk}", timeout=timeout) as device:
+            for index in range(stretches):
+                start = (size_bytes - per) * index // max(stretches - 1, 1) // 4096 * 4096
+                for offset in range(start, start + per, chunk):
+                    data = device.read(offset, chunk)
+                    if len(data) != chunk:
+                        raise ProbeUnavailable(f"short read at byte {offset}")
+                    done += chunk
+                progress(f"read test: {done // chunk} of {total // chunk} MiB")
+                if done >= total:
+                    break
+    except HostagentError as err:
+        evidence.append(f"read test: error after {done // chunk} MiB: {err}")
+        return True
+    evidence.append(f"read test: {done // chunk} MiB read without error")
+    return False
+
+
+# -- the steps -----------------------------------------------------------------------------
+
+
+def partition_steps(host: Host, plan_: Plan, timeout: float) -> list[Step]:
+    new, template = f"/dev/{plan_.new.name}", f"/dev/{plan_.template.name}"
+    dump = host.run("sfdisk", ["--dump", template], name=f"sfdisk-dump-{plan_.template.name}", timeout=timeout)
+    if dump.returncode != 0:
+        raise ProbeUnavailable(f"sfdisk --dump {template}: {dump.stderr.strip() or dump.returncode}")
+    label = next((line.split(":", 1)[1].strip() for line in dump.stdout.splitlines() if line.startswith("label:")),
+                 None)
+    steps = []
+    if plan_.wipe:
+        for partition in reversed(read_disk(host, plan_.new.name).partitions):
+            steps.append(Step("disk.wipe", partition, f"erase signatures on /dev/{partition}",
+                              ("wipefs", "--all", f"/dev/{partition}")))
+        steps.append(Step("disk.wipe", plan_.new.name, f"erase signatures and the partition table of {new}",
+                          ("wipefs", "--all", new)))
+    if label == "gpt":
+        steps.append(Step("disk.partition", plan_.new.name, f"copy {template}'s GPT to {new}",
+                          ("sgdisk", f"--replicate={new}", template)))
+        steps.append(Step("disk.partition", plan_.new.name, f"give {new} its own disk and partition GUIDs",
+                          ("sgdisk", "--randomize-guids", new)))
+    elif label == "dos":
+        table = "\n".join(line for line in dump.stdout.splitlines()
+                          if not line.startswith(("label-id:", "device:"))) + "\n"
+        steps.append(Step("disk.partition", plan_.new.name, f"copy {template}'s partition table to {new}",
+                          ("sfdisk", "--no-reread", "--wipe", "always", new), stdin=table))
+        steps.append(Step("disk.partition", plan_.new.name, f"have the kernel read {new}'s new table",
+                          ("blockdev", "--rereadpt", new)))
+    else:
+        raise ActionRefused(f"{template} has no partition table sfdisk understands (label {label!r})")
+    return steps
+
+
+def member_steps(plan_: Plan) -> list[Step]:
+    steps = []
+    for array in plan_.arrays:
+        if array.old_members:
+            steps.append(Step("md.remove", array.array, f"drop the failed members of /dev/{array.array}",
+                              ("mdadm", "--manage", f"/dev/{array.array}", "--remove", "failed", "detached")))
+        steps.append(Step("md.add", array.array, f"add /dev/{array.new_member} to /dev/{array.array}",
+                          ("mdadm", "--manage", f"/dev/{array.array}", "--add", f"/dev/{array.new_member}")))
+    return steps
+
+
+def tuning_steps(ctx: CheckContext, config: Config, disk: str) -> list[Step]:
+    return [Step("disk.tune", disk, f.remedy.what, argv) for f in erc.run(ctx, config.checks.erc)
+            if f.subject == disk and f.remedy is not None for argv in f.remedy.commands]
+
+
+def boot_steps(ctx: CheckContext, config: Config, disk: str) -> list[Step]:
+    return [Step("boot.repair", disk, f.remedy.what, argv) for f in boot.run(ctx, config.checks.boot)
+            if f.subject == disk and f.remedy is not None for argv in f.remedy.commands]
+
+
+# -- the journal ---------------------------------------------------------------------------
+
+
+class Journal:
+    def __init__(self, directory: Path | None, new_disk: str) -> None:
+        self.path = directory / JOURNAL_DIR / f"{new_disk}.json" if directory is not None else None
+        self.data: dict[str, Any] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (OSError, ValueError) as err:
+                raise HostagentError(f"{self.path}: unreadable ({err}); fix or remove it") from None
+
+    @property
+    def done(self) -> list[str]:
+        return list(self.data.get("done", []))
+
+    def record(self, phase: str, **values: Any) -> None:
+        if self.path is None:
+            return
+        self.data.setdefault("done", [])
+        if phase not in self.data["done"]:
+            self.data["done"].append(phase)
+        self.data.update(values, updated=time.time())
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome_:
+    plan: Plan
+    vetting: Vetting | None
+    steps: list[Outcome]
+    resumed_from: list[str]
+    final: list[dict[str, Any]]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_json(), "vetting": self.vetting.to_json() if self.vetting else None,
+                "steps": [o.to_json() for o in self.steps], "resumed_from": self.resumed_from,
+                "final": self.final, "error": self.error}
+
+
+def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: bool, wipe: bool, read_mib: int,
+            selftest: bool, state_dir: str | None, say: Callable[[str], None],
+            progress: Callable[[str, str, bool], None]) -> Outcome_:
+    """Plan, and with ``apply`` carry out, the replacement; resumable through the journal."""
+    if apply and host.is_snapshot:
+        raise ActionRefused(f"{host.root} is a snapshot: nothing can be applied to it")
+    directory = Path(state_dir) if state_dir is not None else None
+    new_name = new_spec.removeprefix("/dev/")
+    if "/" in new_name or not host.exists(f"/sys/block/{new_name}"):
+        found = resolve(host, new_spec, read_disks(host), "--new")
+        if found is None:
+            raise HostagentError(f"--new {new_spec}: no such disk (is it attached? see lsblk)")
+        new_name = found.name
+    journal = Journal(directory, new_name)
+    recorded = journal.data or None
+    the_plan = plan(host, old_spec, new_spec, wipe=wipe, journal=recorded)
+    if recorded and recorded.get("plan", {}).get("old", {}).get("name") not in (None, the_plan.old.name):
+        raise ActionRefused(f"{journal.path} records the replacement of {recorded['plan']['old']['name']} by "
+                            f"{new_name}, not of {the_plan.old.name}: finish that one, or remove the journal")
+    resumed = journal.done
+    say(f"old disk  {the_plan.old.describe()}")
+    say(f"new disk  {the_plan.new.describe()}")
+    say(f"copy from {the_plan.template.describe()}")
+    for array in the_plan.arrays:
+        old = f" (replacing {', '.join(array.old_members)})" if array.old_members else ""
+        say(f"  /dev/{array.array}: add /dev/{array.new_member} as partition {array.number}{old}")
+    for note in the_plan.notes:
+        say(f"  note: {note}")
+    if resumed:
+        say(f"resuming: already done: {', '.join(resumed)}")
+    audit = AuditLog(directory)
+    timeout = config.agent.command_timeout
+    result = Outcome_(the_plan, None, [], resumed, [])
+    if "vetted" in resumed:
+        result.vetting = Vetting(**journal.data["vetting"])
+    elif not apply:
+        say(f"vet /dev/{new_name}: SMART health{' and a short self-test' if selftest else ''}, a {read_mib} MiB "
+            "read test, the CRC error counter before and after")
+    else:
+        audit.record({"event": "replace.vet", "disk": new_name})
+        result.vetting = vet(host, new_name, the_plan.new.size_bytes, read_mib=read_mib, selftest=selftest,
+                             timeout=timeout, progress=lambda text: progress(new_name, text, False))
+        progress(new_name, f"vetting: {result.vetting.verdict}", True)
+        audit.record({"event": "replace.vetted", "disk": new_name, **result.vetting.to_json()})
+        if result.vetting.verdict != "ok":
+            result.error = ("DOA: return it" if result.vetting.verdict == "doa"
+                            else "link errors: check the cable/slot") + f" (/dev/{new_name}); nothing was changed"
+            return result
+        journal.record("vetted", plan=the_plan.to_json(), vetting=result.vetting.to_json())
+
+    groups: list[tuple[str, Callable[[], list[Step]]]] = [
+        ("partitioned", lambda: partition_steps(host, the_plan, timeout)),
+        ("added", lambda: member_steps(_still_missing(host, the_plan))),
+        ("tuned", lambda: tuning_steps(_context(host, config), config, new_name)),
+        ("bootloader", lambda: boot_steps(_context(host, config), config, new_name)),
+    ]
+    for phase, steps_of in groups:
+        if phase in resumed:
+            continue
+        if not apply and phase in ("tuned", "bootloader"):
+            say(f"then: {LATER[phase]} on /dev/{new_name}")
+            continue
+        outcomes = perform(host, steps_of(), apply=apply, audit=audit, timeout=timeout * 10)
+        result.steps += outcomes
+        if not all(o.ok for o in outcomes):
+            failed = next(o for o in outcomes if not o.ok)
+            result.error = f"{phase}: $ {' '.join(failed.step.argv)}: {failed.error or failed.output}"
+            return result
+        if apply:
+            journal.record(phase, plan=the_plan.to_json())
+    if not apply:
+        say("then: follow the resync, and run every check again")
+        return result
+    follow_resync(host, the_plan, progress)
+    journal.record("resynced", plan=the_plan.to_json())
+    from hostagent.runner import run_checks
+
+    report = run_checks(host, config, None)
+    result.final = [f.to_json() for f in report.findings]
+    audit.record({"event": "replace.done", "old": the_plan.old.name, "new": new_name,
+                  "arrays": [a.array for a in the_plan.arrays]})
+    return result
+
+
+def _context(host: Host, config: Config) -> CheckContext:
+    return CheckContext.for_host(host, include=config.disks.include, exclude=config.disks.exclude)
+
+
+def _still_missing(host: Host, the_plan: Plan) -> Plan:
+    """The plan without the arrays that already hold the new member (an interrupted run added them)."""
+    present = {(a.name, m.device) for a in read_arrays(host) for m in a.members if "faulty" not in m.states}
+    arrays = [a for a in the_plan.arrays if (a.array, a.new_member) not in present]
+    return dataclasses.replace(the_plan, arrays=arrays)
+
+
+def follow_resync(host: Host, the_plan: Plan, progress: Callable[[str, str, bool], None],
+                  poll: float = 2.0) -> None:
+    """Wait until every new member is in sync, showing each array's progress, speed and ETA."""
+    waiting = {a.array: a.new_member for a in the_plan.arrays}
+    while waiting:
+        arrays = {a.name: a for a in read_arrays(host)}
+        for name, member in list(waiting.items()):
+            array = arrays.get(name)
+            if array is None:
+                raise HostagentError(f"/dev/{name} disappeared during the resync")
+            state = next((m for m in array.members if m.device == member), None)
+            if state is None or "faulty" in state.states:
+                raise HostagentError(f"/dev/{member} left /dev/{name} during the resync "
+                                     f"({','.join(state.states) if state else 'removed'}): the new disk failed")
+            if state.in_sync and not array.sync.running:
+                progress(name, f"{member} in sync", True)
+                del waiting[name]
+                continue
+            sync = array.sync
+            if sync.running and sync.progress is not None:
+                speed = f", {sync.speed_kbps / 1024:.1f} MiB/s" if sync.speed_kbps else ""
+                eta = f", about {sync.eta_s // 60} min {sync.eta_s % 60} s left" if sync.eta_s is not None else ""
+                progress(name, f"{sync.action} {sync.progress:.1f}%{speed}{eta}", False)
+            else:
+                progress(name, f"waiting ({sync.action})", False)
+        if waiting:
+            time.sleep(poll)
+
+
+# -- disk locate ---------------------------------------------------------------------------
+
+
+def locate(host: Host, spec: str, *, apply: bool, off: bool, audit: AuditLog,
+           timeout: float) -> tuple[DiskView, list[Outcome], str]:
+    """Blink the disk's slot LED (ledctl, or the enclosure's sysfs locate file); else say where it is."""
+    disk = resolve(host, spec, read_disks(host), "disk")
+    if disk is None:
+        raise HostagentError(f"{spec}: no such disk")
+    where = view(host, disk)
+    state = "off" if off else "on"
+    if _which(host, "ledctl"):
+        pattern = "locate_off" if off else "locate"
+        step = Step("disk.locate", disk.name, f"turn the locate LED of /dev/{disk.name} {state}",
+                    ("ledctl", f"{pattern}=/dev/{disk.name}"))
+        return where, perform(host, [step], apply=apply, audit=audit, timeout=timeout), "ledctl"
+    for entry in host.listdir(f"/sys/block/{disk.name}/device"):
+        if entry.startswith("enclosure_device:"):
+            path = f"/sys/block/{disk.name}/device/{entry}/locate"
+            step = Step("disk.locate", disk.name, f"turn the locate LED of /dev/{disk.name} {state}",
+                        ("tee", path), stdin="0\n" if off else "1\n")
+            return where, perform(host, [step], apply=apply, audit=audit, timeout=timeout), "sysfs enclosure"
+    return where, [], "no LED control (no ledctl, no enclosure in sysfs): use the slot above"
+
+
+def _which(host: Host, tool: str) -> bool:
+    import shutil
+
+    return not host.is_snapshot and shutil.which(tool) is not None
