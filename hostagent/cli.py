@@ -62,6 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
     tune.add_argument("--json", action="store_true", help="print JSON")
     tune.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
+    replace = disk_sub.add_parser("replace", help="replace a failed mirror disk: vet the new one, partition it, "
+                                                  "add it to every array, install the bootloader, follow the resync")
+    replace.add_argument("--old", required=True, metavar="DISK", help="the failed disk: sdb, /dev/sdb, a by-path or "
+                                                                     "by-id link, or its serial")
+    replace.add_argument("--new", required=True, metavar="DISK", help="the blank replacement disk")
+    replace.add_argument("--apply", action="store_true", help="do it (default: dry run, print the plan)")
+    replace.add_argument("--wipe", action="store_true", help="erase a new disk that holds partitions, an md "
+                                                             "superblock or a filesystem (refused otherwise)")
+    replace.add_argument("--read-test-mib", type=int, default=256, metavar="N",
+                         help="MiB read from the new disk while vetting it, spread over the disk (default 256)")
+    replace.add_argument("--no-selftest", action="store_true", help="skip the SMART short self-test (about 2 min)")
+    replace.add_argument("--json", action="store_true", help="print JSON (progress goes to stderr)")
+    replace.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
+    replace.add_argument("--state-dir", metavar="DIR", help="journal and audit log (default agent.state_dir); "
+                                                            "a re-run resumes from the journal")
+    locate = disk_sub.add_parser("locate", help="blink a disk's slot LED (ledctl or sysfs), or print its slot")
+    locate.add_argument("disk", help="kernel name, /dev path, by-path/by-id link, or serial")
+    locate.add_argument("--off", action="store_true", help="turn the LED off again")
+    locate.add_argument("--apply", action="store_true", help="switch the LED (default: dry run)")
+    locate.add_argument("--json", action="store_true", help="print JSON")
+    locate.add_argument("--root", default="/", metavar="DIR", help="look the disk up in a snapshot")
+    locate.add_argument("--state-dir", metavar="DIR", help="where the audit log is written")
 
     boot = sub.add_parser("boot", help="bootloaders on the members of the boot arrays")
     boot_sub = boot.add_subparsers(dest="boot_command", required=True, parser_class=_Parser)
@@ -300,6 +322,8 @@ def _disk(args: argparse.Namespace) -> int:
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
     if args.disk_command == "fail":
         return _disk_fail(args, host, config)
+    if args.disk_command in ("replace", "locate"):
+        return _disk_replace(args, host, config)
     if args.disk_command == "status":
         rows = disk_status(ctx, config)
         sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else render_status(rows))
@@ -318,6 +342,62 @@ def _repair(args: argparse.Namespace, ctx: Any, config: Any, action: str, check:
     outcomes, remaining = repair(ctx, action, check, apply=args.apply, audit=AuditLog(audit_dir), timeout=timeout)
     sys.stdout.write(render(outcomes, remaining, args.apply, args.json, nothing))
     return 0 if succeeded(outcomes, remaining) else 1
+
+
+def _disk_replace(args: argparse.Namespace, host: Any, config: Any) -> int:
+    import json
+
+    from hostagent.actions import AuditLog
+    from hostagent.diskreplace import locate, replace
+    from hostagent.progress import ProgressBoard
+
+    state_dir = args.state_dir or config.agent.state_dir
+    if args.disk_command == "locate":
+        where, outcomes, how = locate(host, args.disk, apply=args.apply, off=args.off, audit=AuditLog(state_dir),
+                                      timeout=config.agent.command_timeout)
+        if args.json:
+            print(json.dumps({"disk": where.__dict__, "led": how, "steps": [o.to_json() for o in outcomes]},
+                             indent=2))
+        else:
+            print(where.describe())
+            for outcome in outcomes:
+                mark = "applied" if outcome.applied else "dry run"
+                failed = "" if outcome.ok else f"  FAILED: {outcome.error or outcome.output}"
+                print(f"[{mark}] $ {' '.join(outcome.step.argv)}{failed}")
+            if not outcomes:
+                print(how)
+        return 0 if all(o.ok for o in outcomes) else 1
+    out = sys.stderr if args.json else sys.stdout
+    board = ProgressBoard(out, every=10.0)
+    try:
+        result = replace(host, config, args.old, args.new, apply=args.apply, wipe=args.wipe,
+                         read_mib=args.read_test_mib, selftest=not args.no_selftest, state_dir=state_dir,
+                         say=lambda line: print(line, file=out, flush=True), progress=board.update)
+    finally:
+        board.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0 if result.error is None else 1
+    if result.vetting is not None:
+        print(f"vetting /dev/{result.plan.new.name}: {result.vetting.verdict.upper()}")
+        for line in result.vetting.evidence:
+            print(f"  {line}")
+    for outcome in result.steps:
+        mark = "applied" if outcome.applied else "dry run"
+        failed = "" if outcome.ok else f"  FAILED: {outcome.error or outcome.output}"
+        print(f"[{mark}] {outcome.step.what}\n    $ {' '.join(outcome.step.argv)}{failed}")
+    if result.error:
+        print(f"stopped: {result.error}")
+        return 1
+    if not args.apply:
+        print("dry run: nothing was changed; run again with --apply")
+        return 0
+    print("done: every array has its new member in sync")
+    for finding in result.final:
+        print(f"after: {finding['severity']} {finding['code']} {finding['subject']}: {finding['summary']}")
+    if not result.final:
+        print("after: every check is clean")
+    return 0
 
 
 def _disk_fail(args: argparse.Namespace, host: Any, config: Any) -> int:

@@ -41,10 +41,10 @@ from hostagent.sources.blockdev import Disk, parent_disks, read_disk, read_disks
 from hostagent.sources.smartctl import SmartReport, parse_smartctl
 
 JOURNAL_DIR = "replace"
-PHASES = ("identified", "vetted", "partitioned", "added", "tuned", "bootloader", "resynced")
 CRC_ATTRIBUTE = 199
-LATER = {"tuned": "ERC/kernel timeout per the erc check",
-         "bootloader": "the bootloader per the boot check (grub-install, or the ESP copy)"}
+LATER = {"tuned": "the ERC/kernel timeout of the new disk per the erc check",
+         "resynced": "follow the resync of every array (speed, ETA)",
+         "bootloader": "install the bootloader on the new disk per the boot check (grub-install, or the ESP copy)"}
 MEDIA_ATTRIBUTES = {5: "reallocated sectors", 197: "pending sectors", 198: "offline uncorrectable"}
 
 
@@ -155,7 +155,11 @@ def plan(host: Host, old_spec: str, new_spec: str, *, wipe: bool, journal: dict[
         "/dev/")
     if new_disk.name == old_name:
         raise ActionRefused(f"--new {new_spec} is the old disk")
-    touched = [a for a in arrays if a.degraded or any(_disk_of(host, m.device) == old_name for m in a.members)]
+    if journal and "added" in journal.get("done", []):  # resuming: the arrays of the interrupted run
+        named = {a["array"] for a in journal["plan"]["arrays"]}
+        touched = [a for a in arrays if a.name in named]
+    else:
+        touched = [a for a in arrays if a.degraded or any(_disk_of(host, m.device) == old_name for m in a.members)]
     if not touched:
         raise ActionRefused(f"no array is degraded or has a member on {old_name}: nothing to replace")
     array_plans, templates = [], set()
@@ -164,13 +168,16 @@ def plan(host: Host, old_spec: str, new_spec: str, *, wipe: bool, journal: dict[
             raise ActionRefused(f"{array.name} is {array.level}: only redundant arrays can take a new member")
         survivors = [m for m in array.members if m.in_sync and _disk_of(host, m.device) not in (old_name,
                                                                                                   new_disk.name)]
-        if not survivors:
-            raise ActionRefused(f"{array.name} has no in-sync member left to copy from")
         still_in_sync = [m.device for m in array.members if m.in_sync and _disk_of(host, m.device) == old_name]
+        if still_in_sync and not survivors:
+            raise ActionRefused(f"{', '.join(still_in_sync)} of {old_name} is still in sync in {array.name} and "
+                                "holds its last in-sync copy: that is not the failed disk")
         if still_in_sync:
             raise ActionRefused(f"{', '.join(still_in_sync)} of {old_name} is still in sync in {array.name}: "
                                 f"fail it first (hostagent disk fail {still_in_sync[0]} --apply), or pick the "
                                 "failed disk as --old")
+        if not survivors:
+            raise ActionRefused(f"{array.name} has no in-sync member left to copy from")
         template = survivors[0]
         templates.add(_disk_of(host, template.device))
         number = _partition_number(host, template.device)
@@ -220,8 +227,8 @@ def _signatures(host: Host, disk: Disk) -> list[str]:
     found = [f"partitions {', '.join(disk.partitions)}"] if disk.partitions else []
     for device in (disk.name, *disk.partitions):
         result = host.run("blkid", ["-p", "-o", "export", f"/dev/{device}"], name=f"blkid-{device}", timeout=30)
-        if result.returncode not in (0, 2):  # 2: nothing found
-            raise ProbeUnavailable(f"blkid -p /dev/{device}: {result.stderr.strip() or result.returncode}")
+        if result.returncode not in (0, 2):  # 2: nothing found; else unreadable: the vetting's read test tells
+            continue
         fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         kind = fields.get("TYPE") or fields.get("PTTYPE")
         if kind:
@@ -501,13 +508,19 @@ def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: 
         ("partitioned", lambda: partition_steps(host, the_plan, timeout)),
         ("added", lambda: member_steps(_still_missing(host, the_plan))),
         ("tuned", lambda: tuning_steps(_context(host, config), config, new_name)),
+        ("resynced", lambda: []),
+        # after the resync: the boot check vouches only for in-sync members of the boot arrays
         ("bootloader", lambda: boot_steps(_context(host, config), config, new_name)),
     ]
     for phase, steps_of in groups:
         if phase in resumed:
             continue
-        if not apply and phase in ("tuned", "bootloader"):
-            say(f"then: {LATER[phase]} on /dev/{new_name}")
+        if not apply and phase in LATER:
+            say(f"then: {LATER[phase]}")
+            continue
+        if phase == "resynced":
+            follow_resync(host, the_plan, progress)
+            journal.record(phase, plan=the_plan.to_json())
             continue
         outcomes = perform(host, steps_of(), apply=apply, audit=audit, timeout=timeout * 10)
         result.steps += outcomes
@@ -518,10 +531,8 @@ def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: 
         if apply:
             journal.record(phase, plan=the_plan.to_json())
     if not apply:
-        say("then: follow the resync, and run every check again")
+        say("then: run every check again")
         return result
-    follow_resync(host, the_plan, progress)
-    journal.record("resynced", plan=the_plan.to_json())
     from hostagent.runner import run_checks
 
     report = run_checks(host, config, None)

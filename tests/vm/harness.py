@@ -33,7 +33,7 @@ RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
 MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
            "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net"]
-TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs")
+TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "wipefs", "blkid", "blockdev")
 DATA_DIRS = ("/usr/lib/grub/i386-pc",)
 AGENT_DEPENDENCIES = ("apscheduler", "tzlocal", "pyudev", "sqlalchemy", "typing_extensions")
 PYTHON = "/usr/bin/python3.11"
@@ -134,6 +134,9 @@ def base_image() -> Path:
             if applet != "busybox" and not (stage / "bin" / applet).exists():
                 (stage / "bin" / applet).symlink_to("busybox")
         for tool in (*TOOLS, PYTHON):
+            applet = stage / "bin" / Path(tool).name
+            if applet.is_symlink():  # the real tool, not busybox's smaller applet (blkid -p, wipefs)
+                applet.unlink()
             path = _need(tool)
             for lib in _libraries(path):
                 _copy(lib, stage)
@@ -214,13 +217,17 @@ class VM:
     """A running VM with ``disks`` sparse virtio disks of ``disk_mib`` MiB each."""
 
     def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
-                 disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None) -> None:
+                 disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None,
+                 scsi_specs: Sequence[tuple[int, str | None]] = ()) -> None:
+        """``scsi_specs``: one (MiB, sfdisk layout or None for blank) per SCSI disk, instead of
+        ``scsi_disks`` disks of ``disk_mib`` with ``disk_layout``."""
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
         self.disks = [self.run_dir / f"disk{i}.img" for i in range(disks)]
         self.sata_disks = [self.run_dir / f"sata{i}.img" for i in range(sata_disks)]
-        self.scsi_disks = [self.run_dir / f"scsi{i}.img" for i in range(scsi_disks)]
+        self.scsi_disks = [self.run_dir / f"scsi{i}.img" for i in range(len(scsi_specs) or scsi_disks)]
+        self._scsi_specs = list(scsi_specs)
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd: socket.socket | None = None
         self._qmp: socket.socket | None = None
@@ -265,7 +272,9 @@ class VM:
             argv += ["-device", "ahci,id=ahci0"]
         for disks, prefix, device in buses:
             for i, disk in enumerate(disks):
-                argv += self._disk(disk, f"{prefix}{i}", device.format(node=f"{prefix}{i}", i=i), disk_mib)
+                mib, layout = (self._scsi_specs[i] if prefix == "scsi" and self._scsi_specs
+                               else (disk_mib, self._layout))
+                argv += self._disk(disk, f"{prefix}{i}", device.format(node=f"{prefix}{i}", i=i), mib, layout)
         if self._smtp_port is not None:
             # The guest's only network: 10.0.2.100:25 relayed to an SMTP server on host loopback.
             relay = f"cmd:{sys.executable} {HERE / 'smtp_relay.py'} 127.0.0.1 {self._smtp_port}"
@@ -284,12 +293,12 @@ class VM:
         if self._smtp_port is not None:
             self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
 
-    def _disk(self, path: Path, node: str, device: str, mib: int) -> list[str]:
+    def _disk(self, path: Path, node: str, device: str, mib: int, layout: str | None) -> list[str]:
         """A sparse image under a blkdebug layer (so writes can be held), named ``node`` for QMP."""
         with path.open("wb") as handle:
             handle.truncate(mib * 1024 * 1024)
-        if self._layout:  # sfdisk works on the image file itself, before the guest sees it
-            subprocess.run(["sfdisk", "-q", str(path)], input=self._layout.encode(), check=True, capture_output=True)
+        if layout:  # sfdisk works on the image file itself, before the guest sees it
+            subprocess.run(["sfdisk", "-q", str(path)], input=layout.encode(), check=True, capture_output=True)
         return ["-blockdev", f"driver=file,filename={path},node-name={node}-file,cache.direct=off,cache.no-flush=on",
                 "-blockdev", f"driver=blkdebug,image={node}-file,node-name={node}-debug",
                 "-blockdev", f"driver=raw,file={node}-debug,node-name={node}",

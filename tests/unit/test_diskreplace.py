@@ -1,0 +1,133 @@
+"""disk replace planning over snapshots: identification by name, serial and slot, the refusals,
+the dry-run plan, and resuming from a journal.  The VM test (tests/vm/test_replace.py) does it for real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hostagent.config import Config
+from hostagent.diskreplace import Journal, member_steps, partition_steps, plan, replace
+from hostagent.errors import ActionRefused, HostagentError
+from hostagent.host import Host
+from tests.snapshots import HostSnapshot
+
+SECTORS = 3907029168
+DUMP = """label: dos
+label-id: 0x1a2b3c4d
+device: /dev/sda
+unit: sectors
+sector-size: 512
+
+/dev/sda1 : start=        2048, size=     1048576, type=fd
+/dev/sda2 : start=     1050624, size=  3905978544, type=fd
+"""
+
+
+def host_with_failed_sdb(root: Path, *, sdb_failed: bool = True) -> HostSnapshot:
+    snap = HostSnapshot(root)
+    snap.disk("sda", serial="WD-GOOD", partitions=("sda1", "sda2"))
+    snap.disk("sdb", serial="WD-DEAD", partitions=("sdb1", "sdb2"))
+    snap.disk("sdc", serial="WD-NEW", model="NEW DISK")
+    snap.disk("sdd", serial="WD-SMALL", sectors=SECTORS // 2)
+    snap.disk("sde", serial="WD-USED")
+    flag, state = ("(F)", "[2/1] [U_]") if sdb_failed else ("", "[2/2] [UU]")
+    snap.mdstat("Personalities : [raid1]\n"
+                f"md0 : active raid1 sda1[0] sdb1[1]{flag}\n      523264 blocks super 1.2 {state}\n\n"
+                f"md1 : active raid1 sda2[0] sdb2[1]{flag}\n      1952857088 blocks super 1.2 {state}\n\n"
+                "unused devices: <none>\n")
+    for index, disk in enumerate(("sda", "sdb", "sdc", "sdd", "sde"), start=1):
+        snap.link(f"dev/disk/by-path/pci-0000:00:1f.2-ata-{index}", f"../../{disk}")
+    for disk in ("sdc", "sdd"):
+        snap.command("blkid", f"blkid-{disk}", "", rc=2)
+    snap.command("blkid", "blkid-sde", "DEVNAME=/dev/sde\nUUID=1234\nTYPE=ext4\n")
+    snap.command("sfdisk", "sfdisk-dump-sda", DUMP)
+    return snap
+
+
+def test_identifies_disks_arrays_and_slots(tmp_path: Path) -> None:
+    host = Host(host_with_failed_sdb(tmp_path).root)
+    the_plan = plan(host, "WD-DEAD", "/dev/sdc", wipe=False, journal=None)  # old by serial, new by path
+    assert (the_plan.old.name, the_plan.new.name, the_plan.template.name) == ("sdb", "sdc", "sda")
+    assert the_plan.old.slots == ("pci-0000:00:1f.2-ata-2",) and the_plan.new.slots == ("pci-0000:00:1f.2-ata-3",)
+    assert "NEW DISK, serial WD-NEW" in the_plan.new.describe()
+    assert [(a.array, a.number, a.template_member, a.new_member, a.old_members) for a in the_plan.arrays] == [
+        ("md0", 1, "sda1", "sdc1", ("sdb1",)), ("md1", 2, "sda2", "sdc2", ("sdb2",))]
+    by_path = plan(host, "disk/by-path/pci-0000:00:1f.2-ata-2", "sdc", wipe=False, journal=None)
+    assert by_path.old.name == "sdb"
+
+
+def test_steps_copy_the_table_and_add_every_partition(tmp_path: Path) -> None:
+    host = Host(host_with_failed_sdb(tmp_path).root)
+    the_plan = plan(host, "sdb", "sdc", wipe=False, journal=None)
+    partition = partition_steps(host, the_plan, 10)
+    assert [s.argv for s in partition] == [("sfdisk", "--no-reread", "--wipe", "always", "/dev/sdc"),
+                                           ("blockdev", "--rereadpt", "/dev/sdc")]
+    table = partition[0].stdin or ""
+    assert "label-id" not in table and "device:" not in table  # a fresh disk identifier
+    assert "/dev/sda2 : start=     1050624, size=  3905978544, type=fd" in table
+    assert [s.argv for s in member_steps(the_plan)] == [
+        ("mdadm", "--manage", "/dev/md0", "--remove", "failed", "detached"),
+        ("mdadm", "--manage", "/dev/md0", "--add", "/dev/sdc1"),
+        ("mdadm", "--manage", "/dev/md1", "--remove", "failed", "detached"),
+        ("mdadm", "--manage", "/dev/md1", "--add", "/dev/sdc2")]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("sdb", "sdd", "/dev/sdd (1000199467008 bytes) is smaller than /dev/sda (2000398934016 bytes)"),
+    ("sdb", "sde", "/dev/sde is not blank: ext4 on /dev/sde"),
+    ("sdb", "sdb", "is the old disk"),
+    ("sdb", "sdz", "--new sdz: no such disk"),
+])
+def test_refusals(tmp_path: Path, old: str, new: str, message: str) -> None:
+    host = Host(host_with_failed_sdb(tmp_path).root)
+    with pytest.raises(HostagentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan(host, old, new, wipe=False, journal=None)
+
+
+def test_wipe_erases_a_used_disk_first(tmp_path: Path) -> None:
+    host = Host(host_with_failed_sdb(tmp_path).root)
+    the_plan = plan(host, "sdb", "sde", wipe=True, journal=None)
+    assert the_plan.notes == ["--wipe: erasing ext4 on /dev/sde"]
+    assert partition_steps(host, the_plan, 10)[0].argv == ("wipefs", "--all", "/dev/sde")
+
+
+def test_an_old_disk_still_in_sync_is_refused(tmp_path: Path) -> None:
+    host = Host(host_with_failed_sdb(tmp_path, sdb_failed=False).root)
+    with pytest.raises(ActionRefused, match="sdb1 of sdb is still in sync in md0: fail it first"):
+        plan(host, "sdb", "sdc", wipe=False, journal=None)
+    failed = Host(host_with_failed_sdb(tmp_path / "b").root)
+    with pytest.raises(ActionRefused, match="holds its last in-sync copy: that is not the failed disk"):
+        plan(failed, "sda", "sdc", wipe=False, journal=None)
+
+
+def test_dry_run_prints_the_plan_and_writes_no_journal(tmp_path: Path) -> None:
+    host = Host(host_with_failed_sdb(tmp_path / "host").root)
+    lines: list[str] = []
+    result = replace(host, Config(), "sdb", "sdc", apply=False, wipe=False, read_mib=16, selftest=True,
+                     state_dir=str(tmp_path / "state"), say=lines.append, progress=lambda *a: None)
+    text = "\n".join(lines)
+    assert "old disk  /dev/sdb: TEST DISK, serial WD-DEAD" in text and "pci-0000:00:1f.2-ata-2" in text
+    assert "vet /dev/sdc: SMART health and a short self-test, a 16 MiB read test" in text
+    assert "then: follow the resync" in text and "then: install the bootloader" in text
+    assert [o.applied for o in result.steps] == [False] * 6 and result.error is None
+    assert not (tmp_path / "state/replace").exists()
+    with pytest.raises(ActionRefused, match="snapshot"):
+        replace(host, Config(), "sdb", "sdc", apply=True, wipe=False, read_mib=16, selftest=True,
+                state_dir=str(tmp_path / "state"), say=lines.append, progress=lambda *a: None)
+
+
+def test_resuming_skips_the_refusals_for_our_own_partitions(tmp_path: Path) -> None:
+    snap = host_with_failed_sdb(tmp_path / "host")
+    snap.command("blkid", "blkid-sdc", "PTTYPE=dos\n")  # partitioned by the interrupted run
+    host = Host(snap.root)
+    with pytest.raises(ActionRefused, match="not blank"):
+        plan(host, "sdb", "sdc", wipe=False, journal=None)
+    journal = Journal(tmp_path / "state", "sdc")
+    journal.record("vetted")
+    journal.record("partitioned")
+    resumed = plan(host, "sdb", "sdc", wipe=False, journal=Journal(tmp_path / "state", "sdc").data)
+    assert resumed.new.name == "sdc"
+    assert json.loads((tmp_path / "state/replace/sdc.json").read_text())["done"] == ["vetted", "partitioned"]

@@ -1,0 +1,151 @@
+"""``hostagent disk replace`` end to end in a VM: real kernel, real mdadm, real GRUB.
+
+Disks behind virtio-scsi: sda and sdb hold /boot (md0) and / (md1), GRUB on both; sdc is the
+blank replacement, sdd a smaller one, sde one that holds a filesystem; a dm ``error`` device is
+the dead-on-arrival one.  sdb dies: ``offline`` in sysfs makes every I/O to it fail, as a dead
+disk's does, and md fails its members on the next writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vm.harness import VM, boot_from_disk
+
+pytestmark = pytest.mark.vm
+
+MENU = "hostagent replaced disk boot test"
+LAYOUT = "label: dos\nstart=2048, size=20MiB, type=fd\nstart=43008, type=fd\n"
+GRUB_CFG = f"""serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=60
+menuentry "{MENU}" {{
+    echo ok
+}}
+"""
+STATE = "/tmp/replace-state"
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    machine = VM(disks=0, memory_mib=768, scsi_specs=[(64, LAYOUT), (64, LAYOUT), (64, None), (48, None), (64, None)])
+    try:
+        machine.run("for n in 1 2; do mdadm --create /dev/md$((n-1)) --run --level=1 --raid-devices=2 "
+                    "--metadata=1.2 /dev/sda$n /dev/sdb$n; done; mdadm --wait /dev/md0 /dev/md1; "
+                    "mkfs.ext4 -q /dev/md0 && mkfs.ext4 -q /dev/md1 && mkdir -p /boot /data "
+                    "&& mount /dev/md0 /boot && mount /dev/md1 /data", timeout=180)
+        for disk in ("sda", "sdb"):
+            machine.run(f"grub-install --target=i386-pc /dev/{disk}", timeout=180)
+        machine.run(f"cat > /boot/grub/grub.cfg <<'EOF'\n{GRUB_CFG}EOF")
+        machine.run("dd if=/dev/urandom of=/data/payload bs=1M count=8 && sync && sha256sum /data/payload "
+                    "> /tmp/payload.sha256")
+        machine.run("mkfs.ext4 -q -F /dev/sde")  # a used disk: must not be taken without --wipe
+        machine.run("dmsetup create doa --table '0 131072 error'")  # dead on arrival
+        # sdb dies; the writes make md notice
+        machine.run("echo offline > /sys/block/sdb/device/state; "
+                    "for i in 1 2 3; do dd if=/dev/zero of=/data/poke bs=4k count=16 conv=fsync 2>/dev/null; "
+                    "touch /boot/poke; sync; sleep 1; done", timeout=60)
+        yield machine
+    finally:
+        machine.close()
+
+
+def mdstat(vm: VM) -> str:
+    return vm.run("cat /proc/mdstat").stdout
+
+
+def replace(vm: VM, args: str, timeout: float = 300) -> tuple[int, dict[str, object], str]:
+    result = vm.run(f"cd /tmp && python3 -m hostagent disk replace {args} --no-selftest --read-test-mib 16 "
+                    f"--state-dir {STATE} --json", timeout=timeout, check=False)
+    return result.rc, (json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}), result.stderr
+
+
+def test_the_old_disk_is_failed_and_both_arrays_are_degraded(vm: VM) -> None:
+    text = mdstat(vm)
+    assert text.count("[2/1] [U_]") == 2, text
+    assert "sdb1[1](F)" in text and "sdb2[1](F)" in text
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(vm: VM) -> None:
+    before = mdstat(vm)
+    dry = vm.run(f"cd /tmp && python3 -m hostagent disk replace --old sdb --new sdc --state-dir {STATE}", check=False)
+    assert dry.rc == 0, dry
+    for expected in ("old disk  /dev/sdb", "serial SCSI1", "new disk  /dev/sdc", "copy from /dev/sda",
+                     "/dev/md0: add /dev/sdc1 as partition 1 (replacing sdb1)", "/dev/md1: add /dev/sdc2",
+                     "$ sfdisk --no-reread --wipe always /dev/sdc",
+                     "$ mdadm --manage /dev/md0 --remove failed detached", "$ mdadm --manage /dev/md1 --add /dev/sdc2",
+                     "then: follow the resync", "then: install the bootloader on the new disk per the boot check",
+                     "dry run: nothing was changed"):
+        assert expected in dry.stdout, (expected, dry.stdout)
+    assert "pci" in dry.stdout  # the slot, from /dev/disk/by-path
+    assert mdstat(vm) == before
+    assert vm.run("ls /sys/block/sdc/ | grep -c '^sdc[0-9]' || true").stdout.strip() == "0"
+
+
+def test_refusals_write_nothing(vm: VM) -> None:
+    before = mdstat(vm)
+    code, _, err = replace(vm, "--old sdb --new sdd --apply")
+    assert code == 3 and "is smaller than /dev/sda" in err, err
+    code, _, err = replace(vm, "--old sdb --new sde --apply")
+    assert code == 3 and "/dev/sde is not blank: ext4 on /dev/sde" in err and "--wipe" in err, err
+    assert "TYPE=ext4" in vm.run("blkid -p -o export /dev/sde").stdout  # untouched
+    code, _, err = replace(vm, "--old sda --new sdc --apply")
+    assert code == 3 and "holds its last in-sync copy: that is not the failed disk" in err, err
+    assert mdstat(vm) == before
+
+
+def test_dead_on_arrival_disk_is_rejected_at_vetting(vm: VM) -> None:
+    before = mdstat(vm)
+    code, result, _ = replace(vm, "--old sdb --new dm-0 --apply")
+    assert code == 1, result
+    assert result["vetting"]["verdict"] == "doa"  # type: ignore[index]
+    assert result["error"].startswith("DOA: return it")  # type: ignore[union-attr]
+    assert any("read test: error" in line for line in result["vetting"]["evidence"])  # type: ignore[index]
+    assert result["steps"] == []
+    assert mdstat(vm) == before
+
+
+def test_interrupted_replacement_resumes_and_the_new_disk_boots_alone(vm: VM, tmp_path: Path) -> None:
+    vm.run("echo 500 > /proc/sys/dev/raid/speed_limit_max; echo 100 > /proc/sys/dev/raid/speed_limit_min")
+    vm.run(f"cd /tmp && (python3 -m hostagent disk replace --old sdb --new sdc --apply --no-selftest "
+           f"--read-test-mib 16 --state-dir {STATE} > /tmp/first.log 2>&1 & echo $! > /tmp/first.pid)")
+
+    def following_the_resync() -> bool:  # partitioned, added and tuned: the command waits for md now
+        journal = vm.run(f"cat {STATE}/replace/sdc.json 2>/dev/null", check=False).stdout
+        return '"tuned"' in journal and "recovery" in mdstat(vm)
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not following_the_resync():
+        time.sleep(2)
+    assert following_the_resync(), vm.run("cat /tmp/first.log").stdout
+    vm.run("kill -9 $(cat /tmp/first.pid)")
+    journal = json.loads(vm.run(f"cat {STATE}/replace/sdc.json").stdout)
+    assert "added" in journal["done"] and "resynced" not in journal["done"], journal
+    vm.run("echo 200000 > /proc/sys/dev/raid/speed_limit_max")
+
+    code, result, err = replace(vm, "--old sdb --new sdc --apply", timeout=600)
+    assert code == 0, (result, err)
+    assert result["resumed_from"] == ["vetted", "partitioned", "added", "tuned"]
+    text = mdstat(vm)
+    assert text.count("[2/2] [UU]") == 2, text
+    assert re.search(r"md0 : active raid1 sdc1\[\d\] sda1\[0\]", text), text
+    assert vm.run("sha256sum -c /tmp/payload.sha256").rc == 0
+    boot = json.loads(vm.hostagent("check --json --only boot").stdout)
+    assert boot["findings"] == []  # GRUB is on sdc too
+    assert not [f for f in result["final"] if f["code"].startswith(("md.", "boot."))]  # type: ignore[union-attr]
+    audit = vm.run(f"cat {STATE}/audit.jsonl").stdout
+    assert '"event": "replace.done"' in audit and "grub-install" in audit
+
+    vm.run("sync; umount /boot /data; mdadm --stop /dev/md0 /dev/md1")
+    vm.shutdown()
+    alone = tmp_path / "sdc.img"
+    shutil.copy(vm.scsi_disks[2], alone)  # the new disk, alone
+    assert MENU in boot_from_disk(alone, MENU)
