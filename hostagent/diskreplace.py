@@ -95,12 +95,17 @@ class Plan:
 
 
 def slots(host: Host, disk: str) -> tuple[str, ...]:
-    """The /dev/disk/by-path names of a whole disk: where it sits (controller, port, bay)."""
+    """Where a disk sits (controller, port, bay): its /dev/disk/by-path names, or without udev
+    its device path in sysfs."""
     found = []
     for name in host.listdir("/dev/disk/by-path"):
         target = host.readlink(f"/dev/disk/by-path/{name}")
         if target is not None and os.path.basename(target) == disk:
             found.append(name)
+    if not found:
+        target = host.readlink(f"/sys/block/{disk}") or ""
+        if "/devices/" in target:
+            found.append("sysfs " + target.split("/devices/", 1)[1].removesuffix(f"/block/{disk}"))
     return tuple(found)
 
 
