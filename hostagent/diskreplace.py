@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,8 +135,10 @@ def resolve(host: Host, spec: str, disks: list[Disk], what: str) -> Disk | None:
 
 
 def _disk_of(host: Host, member: str) -> str:
-    parents = parent_disks(host, member)
-    return parents[0] if parents else member.rstrip("0123456789").removesuffix("p") if member[-1].isdigit() else member
+    """The whole disk under a member; by name when the disk has gone from sysfs (sdb1 -> sdb, nvme0n1p2 -> nvme0n1)."""
+    if host.exists(f"/sys/class/block/{member}"):
+        return (parent_disks(host, member) or [member])[0]
+    return re.sub(r"(?<=\d)p$", "", member.rstrip("0123456789")) if member[-1].isdigit() else member
 
 
 def _partition_number(host: Host, member: str) -> int:
@@ -310,7 +313,11 @@ def _selftest(host: Host, disk: str, timeout: float, evidence: list[str], progre
         time.sleep(5)
         result = host.run("smartctl", ["--json=c", "-c", "-l", "selftest", f"/dev/{disk}"],
                           name=f"{disk}.selftest.json", timeout=timeout)
-        data = json.loads(result.stdout or "{}")
+        try:
+            data = json.loads(result.stdout or "{}")
+        except ValueError:
+            evidence.append(f"short self-test: unreadable smartctl output: {result.stdout[:80]!r}")
+            return False
         status = data.get("ata_smart_data", {}).get("self_test", {}).get("status", {})
         remaining = status.get("remaining_percent")
         if remaining is not None:
@@ -445,7 +452,7 @@ class Journal:
 
 
 @dataclass
-class Outcome_:
+class Replacement:
     plan: Plan
     vetting: Vetting | None
     steps: list[Outcome]
@@ -461,7 +468,7 @@ class Outcome_:
 
 def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: bool, wipe: bool, read_mib: int,
             selftest: bool, state_dir: str | None, say: Callable[[str], None],
-            progress: Callable[[str, str, bool], None]) -> Outcome_:
+            progress: Callable[[str, str, bool], None]) -> Replacement:
     """Plan, and with ``apply`` carry out, the replacement; resumable through the journal."""
     if apply and host.is_snapshot:
         raise ActionRefused(f"{host.root} is a snapshot: nothing can be applied to it")
@@ -491,7 +498,7 @@ def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: 
         say(f"resuming: already done: {', '.join(resumed)}")
     audit = AuditLog(directory)
     timeout = config.agent.command_timeout
-    result = Outcome_(the_plan, None, [], resumed, [])
+    result = Replacement(the_plan, None, [], resumed, [])
     if "vetted" in resumed:
         result.vetting = Vetting(**journal.data["vetting"])
     elif not apply:

@@ -131,3 +131,26 @@ def test_resuming_skips_the_refusals_for_our_own_partitions(tmp_path: Path) -> N
     resumed = plan(host, "sdb", "sdc", wipe=False, journal=Journal(tmp_path / "state", "sdc").data)
     assert resumed.new.name == "sdc"
     assert json.loads((tmp_path / "state/replace/sdc.json").read_text())["done"] == ["vetted", "partitioned"]
+
+
+@pytest.mark.parametrize(("member", "disk"), [("sdb1", "sdb"), ("nvme0n1p2", "nvme0n1"), ("sdp1", "sdp"),
+                                              ("xvda3", "xvda")])
+def test_the_disk_of_a_member_that_left_sysfs(tmp_path: Path, member: str, disk: str) -> None:
+    from hostagent.diskreplace import _disk_of
+
+    assert _disk_of(Host(HostSnapshot(tmp_path).root), member) == disk
+
+
+def test_locate_by_enclosure_led_or_by_slot(tmp_path: Path) -> None:
+    from hostagent.actions import AuditLog
+    from hostagent.diskreplace import locate
+
+    snap = host_with_failed_sdb(tmp_path)
+    host = Host(snap.root)
+    where, steps, how = locate(host, "WD-DEAD", apply=False, off=False, audit=AuditLog(None), timeout=5)
+    assert where.name == "sdb" and steps == [] and "no LED control" in how
+    snap.write("sys/block/sdb/device/enclosure_device:Slot 02/locate", "0\n")
+    _, steps, how = locate(host, "sdb", apply=False, off=False, audit=AuditLog(None), timeout=5)
+    assert how == "sysfs enclosure" and [o.applied for o in steps] == [False]
+    assert steps[0].step.argv == ("tee", "/sys/block/sdb/device/enclosure_device:Slot 02/locate")
+    assert steps[0].step.stdin == "1\n"
