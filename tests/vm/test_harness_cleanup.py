@@ -36,10 +36,11 @@ def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_killed_test_leaves_nothing_behind(tmp_path: Path, sig: signal.Signals) -> None:
     marker = tmp_path / "marker.json"
+    output = (tmp_path / "child.log").open("w")  # a file, not a pipe nobody reads: the child never blocks on it
     child = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/vm/probe_sleeper.py"],
         cwd=REPO, env={**os.environ, "HOSTAGENT_PROBE_MARKER": str(marker)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=output, stderr=subprocess.STDOUT,
     )
     try:
         assert _wait(marker.exists, 180), "the probe VM never came up"
@@ -47,11 +48,16 @@ def test_killed_test_leaves_nothing_behind(tmp_path: Path, sig: signal.Signals) 
         run_dir, qemu = Path(probe["run_dir"]), probe["qemu_pid"]
         assert _alive(qemu) and run_dir.exists()
         child.send_signal(sig)
-        child.wait(timeout=60)
+        try:
+            child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the child pytest did not end after {sig.name}; its output:\n"
+                                 + (tmp_path / "child.log").read_text()[-3000:]) from None
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        output.close()
     assert _wait(lambda: not _alive(qemu), 30), f"QEMU {qemu} survived {sig.name}"
     if sig is signal.SIGKILL:
         # a killed pytest cannot clean up; the next harness start removes what it left
