@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hostagent.sources.mdstat import MdstatArray
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 EXAMPLES = REPO / "examples" / "hosts"
+T = TypeVar("T")
 
 
 def summarize(array: MdstatArray) -> str:
@@ -41,3 +45,14 @@ def summarize(array: MdstatArray) -> str:
     if array.bitmap is not None:
         parts.append(f"bitmap={array.bitmap.pages_used}/{array.bitmap.pages_total}")
     return " | ".join(parts)
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Poll until ``predicate`` returns something true, and return it; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

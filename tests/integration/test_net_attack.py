@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.netlab import ATTACKER_IP, TARGET_IP, Lab, lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tcpdump") is None,
@@ -183,9 +184,9 @@ def test_daemon_pages_at_once_blackholes_and_lets_it_expire(net: Lab, tmp_path: 
             time.sleep(CYCLE + 1)  # the daemon's first cycle is the baseline
             net.syn_flood(8080, 3000, {"10.77.1.0": 0.95, "10.77.2.0": 0.05}, CYCLE)
             mail = wait_for(lambda: [m for m in mailbox.Maildir(str(maildir)) if "syn flood" in m["Subject"]],
-                            3 * CYCLE, "the flood page")
-            wait_for(lambda: "blackhole 10.77.1.0/24" in net.routes(net.target), 2 * CYCLE, "the blackhole route")
-            wait_for(lambda: "blackhole 10.77.1.0/24" not in net.routes(net.target), 12 + 3 * CYCLE, "the expiry")
+                            "the flood page", 3 * CYCLE)
+            wait_for(lambda: "blackhole 10.77.1.0/24" in net.routes(net.target), "the blackhole route", 2 * CYCLE)
+            wait_for(lambda: "blackhole 10.77.1.0/24" not in net.routes(net.target), "the expiry", 12 + 3 * CYCLE)
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
@@ -204,16 +205,6 @@ def test_daemon_pages_at_once_blackholes_and_lets_it_expire(net: Lab, tmp_path: 
     resolved = order.index(("alert", "resolved", "net.syn_flood"))
     assert order.index(("mitigation.start", "blackhole", None)) < resolved < order.index(
         ("mitigation.end", "blackhole", None))
-
-
-def wait_for(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
 
 
 SPEAKER = """
@@ -290,17 +281,17 @@ def test_exabgp_announcement_reaches_a_bgp_peer_with_the_blackhole_community(net
     try:
         with net.capture_host_side(tmp_path / "host-side.txt") as seen:
             # the speaker's End-of-RIB marker arrives once the session is established
-            wait_for(lambda: received.exists() and '"eor"' in received.read_text(), 60, "the BGP session")
+            wait_for(lambda: received.exists() and '"eor"' in received.read_text(), "the BGP session", 60)
             dry = hostagent("announce", TARGET_IP)
             assert dry.returncode == 0 and (f"[dry run] announce route {TARGET_IP}/32 next-hop 192.0.2.1 "
                                             "community [65535:666]") in dry.stdout
             applied = hostagent("announce", TARGET_IP, "--ttl", "2", "--apply")
             assert applied.returncode == 0, applied.stdout + applied.stderr
-            wait_for(lambda: any("announce" in u for u in updates()), 20, "the announcement at the peer")
+            wait_for(lambda: any("announce" in u for u in updates()), "the announcement at the peer", 20)
             time.sleep(2.5)
             expired = hostagent("expire", "--apply")
             assert expired.returncode == 0, expired.stdout + expired.stderr
-            wait_for(lambda: any("withdraw" in u for u in updates()), 20, "the withdrawal at the peer")
+            wait_for(lambda: any("withdraw" in u for u in updates()), "the withdrawal at the peer", 20)
     finally:
         for process in speakers:
             process.terminate()

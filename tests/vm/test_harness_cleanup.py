@@ -41,6 +41,8 @@ def test_killed_test_leaves_nothing_behind(tmp_path: Path, sig: signal.Signals) 
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/vm/probe_sleeper.py"],
         cwd=REPO, env={**os.environ, "HOSTAGENT_PROBE_MARKER": str(marker)},
         stdout=output, stderr=subprocess.STDOUT,
+        # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert _wait(marker.exists, 180), "the probe VM never came up"

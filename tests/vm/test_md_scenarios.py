@@ -8,20 +8,10 @@ import json
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
+from tests.helpers import wait_for
 from tests.vm.conftest import MdHelper
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_clean_raid1_reports_both_members_in_sync(md: MdHelper) -> None:
