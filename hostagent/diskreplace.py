@@ -39,13 +39,14 @@ from hostagent.host import Host
 from hostagent.inventory import MdArray, read_arrays
 from hostagent.output import write_atomic
 from hostagent.sources.blockdev import Disk, parent_disks, read_disk, read_disks
-from hostagent.sources.smartctl import SmartReport, parse_smartctl
+from hostagent.sources.smartctl import SelfTestStatus, SmartReport, parse_selftest_status, parse_smartctl
 
 JOURNAL_DIR = "replace"
 CRC_ATTRIBUTE = 199
 LATER = {"tuned": "the ERC/kernel timeout of the new disk per the erc check",
          "resynced": "follow the resync of every array (speed, ETA)",
          "bootloader": "install the bootloader on the new disk per the boot check (grub-install, or the ESP copy)"}
+SELFTEST_LIMIT_S = 15 * 60
 MEDIA_ATTRIBUTES = {5: "reallocated sectors", 197: "pending sectors", 198: "offline uncorrectable"}
 
 
@@ -272,66 +273,98 @@ def _crc(report: SmartReport | None) -> int | None:
     return report.attributes[CRC_ATTRIBUTE].count
 
 
+def smart_evidence(report: SmartReport) -> tuple[bool, list[str]]:
+    """Signs, before any test, that a new disk is dead on arrival: failed health, media defects."""
+    evidence = []
+    if not report.passed:
+        evidence.append("SMART overall health: FAILED")
+    for number, label in MEDIA_ATTRIBUTES.items():
+        attribute = report.attributes.get(number)
+        if attribute is not None and attribute.count > 0:
+            evidence.append(f"attribute {number} ({label}) = {attribute.count} on a new disk")
+    if report.nvme is not None and report.nvme.media_errors:
+        evidence.append(f"NVMe media errors = {report.nvme.media_errors} on a new disk")
+    evidence += [f"self-test log: {failure}" for failure in report.failed_selftests]
+    doa = bool(evidence)
+    if not doa:
+        evidence.append("SMART overall health: PASSED, no reallocated, pending or uncorrectable sectors")
+    return doa, evidence
+
+
+def link_evidence(before: SmartReport | None, after: SmartReport | None) -> tuple[bool, list[str]]:
+    """Whether the interface CRC error counter (attribute 199) rose during the tests."""
+    crc_before, crc_after = _crc(before), _crc(after)
+    if crc_before is None or crc_after is None:
+        return False, []
+    if crc_after > crc_before:
+        return True, [f"CRC error count (attribute 199) rose from {crc_before} to {crc_after} during the test"]
+    return False, [f"CRC error count (attribute 199) stayed at {crc_after}"]
+
+
 def vet(host: Host, disk: str, size_bytes: int | None, *, read_mib: int, selftest: bool, timeout: float,
-        progress: Callable[[str], None]) -> Vetting:
+        progress: Callable[[str], None], poll: float = 5.0) -> Vetting:
     evidence: list[str] = []
     before = _smart(host, disk, timeout)
     doa = False
     if before is None:
         evidence.append("no SMART (a virtual or bridged disk): health and self-test skipped")
     else:
-        if not before.passed:
-            doa = True
-            evidence.append("SMART overall health: FAILED")
-        for number, label in MEDIA_ATTRIBUTES.items():
-            attribute = before.attributes.get(number)
-            if attribute is not None and attribute.count > 0:
-                doa = True
-                evidence.append(f"attribute {number} ({label}) = {attribute.count} on a new disk")
+        doa, found = smart_evidence(before)
+        evidence += found
         if selftest and not doa:
-            doa |= _selftest(host, disk, timeout, evidence, progress)
+            doa |= _selftest(host, disk, timeout, evidence, progress, poll)
     doa |= _read_test(host, disk, size_bytes, read_mib, timeout, evidence, progress)
     after = _smart(host, disk, timeout) if before is not None else None
-    crc_before, crc_after = _crc(before), _crc(after)
-    link = crc_before is not None and crc_after is not None and crc_after > crc_before
-    if link:
-        evidence.append(f"CRC error count (attribute 199) rose from {crc_before} to {crc_after} during the test")
-    elif crc_before is not None:
-        evidence.append(f"CRC error count (attribute 199) stayed at {crc_after}")
+    link, found = link_evidence(before, after)
+    evidence += found
     verdict = "doa" if doa else "link" if link else "ok"
     return Vetting(verdict, evidence, before is not None)
 
 
-def _selftest(host: Host, disk: str, timeout: float, evidence: list[str], progress: Callable[[str], None]) -> bool:
-    """A SMART short self-test, followed to its end; True when it failed."""
+def _selftest_status(host: Host, disk: str, timeout: float) -> SelfTestStatus | None:
+    result = host.run("smartctl", ["--json=c", "-c", "-l", "selftest", f"/dev/{disk}"],
+                      name=f"{disk}.selftest.json", timeout=timeout)
+    try:
+        return parse_selftest_status(result.stdout, source=f"smartctl -c -l selftest /dev/{disk}")
+    except ParseError:
+        return None
+
+
+def _selftest(host: Host, disk: str, timeout: float, evidence: list[str], progress: Callable[[str], None],
+              poll: float) -> bool:
+    """A SMART short self-test, followed to its end; True when the disk failed it."""
+    before = _selftest_status(host, disk, timeout)
+    if before is None or before.running:
+        evidence.append("short self-test: skipped (" + ("one is already running" if before else
+                                                       "smartctl reports no self-test state") + ")")
+        return False
     started = host.run("smartctl", ["-t", "short", f"/dev/{disk}"], name=f"{disk}.selftest", timeout=timeout)
-    if started.returncode & 0b11:
-        evidence.append(f"short self-test could not start: {started.stdout.strip().splitlines()[-1:]}")
+    if started.returncode & 0b111:
+        evidence.append(f"short self-test could not start: {' '.join(started.stdout.strip().splitlines()[-1:])}")
         return False
-    deadline = time.monotonic() + 15 * 60
+    progress("short self-test: started")
+    seen_running, quiet_polls = False, 0
+    deadline = time.monotonic() + SELFTEST_LIMIT_S
     while time.monotonic() < deadline:
-        time.sleep(5)
-        result = host.run("smartctl", ["--json=c", "-c", "-l", "selftest", f"/dev/{disk}"],
-                          name=f"{disk}.selftest.json", timeout=timeout)
-        try:
-            data = json.loads(result.stdout or "{}")
-        except ValueError:
-            evidence.append(f"short self-test: unreadable smartctl output: {result.stdout[:80]!r}")
+        time.sleep(poll)
+        now = _selftest_status(host, disk, timeout)
+        if now is None:
+            evidence.append("short self-test: unreadable smartctl output while it ran")
             return False
-        status = data.get("ata_smart_data", {}).get("self_test", {}).get("status", {})
-        remaining = status.get("remaining_percent")
-        if remaining is not None:
-            progress(f"short self-test: {100 - remaining}% done")
+        if now.running:
+            seen_running = True
+            progress(f"short self-test: {now.percent_done if now.percent_done is not None else '?'}% done")
             continue
-        table = data.get("ata_smart_self_test_log", {}).get("standard", {}).get("table", [])
-        if table:
-            newest = table[0]
-            passed = newest.get("status", {}).get("passed", False)
-            evidence.append(f"short self-test: {newest.get('status', {}).get('string', '?')}")
-            return not passed
-        evidence.append("short self-test: no result in the self-test log")
-        return False
-    evidence.append("short self-test: still running after 15 minutes")
+        if not seen_running and now.marker == before.marker:
+            quiet_polls += 1  # the drive has not logged the new test yet
+            if quiet_polls < 3:
+                continue
+            evidence.append("short self-test: the drive logged no new result")
+            return False
+        progress(f"short self-test: {now.result}")
+        evidence.append(f"short self-test: {now.result}")
+        return bool(now.failed)
+    evidence.append(f"short self-test: still running after {SELFTEST_LIMIT_S // 60} minutes")
     return True
 
 

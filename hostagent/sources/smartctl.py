@@ -294,3 +294,63 @@ def parse_scterc(text: str, source: str = "smartctl -l scterc") -> Scterc | None
         # (or "SCT Error Recovery Control command not supported") as text, which JSON omits.
         return Scterc(False, None, None)
     return None
+
+
+@dataclass(frozen=True)
+class SelfTestStatus:
+    """Where the drive's self-test stands: running (and how far), or its newest result."""
+
+    running: bool
+    percent_done: int | None = None
+    result: str | None = None  # the newest result, in smartctl's words
+    failed: bool | None = None  # None while running, after an abort, or with no result at all
+    marker: tuple[Any, ...] = ()  # differs once a new result is logged
+
+
+# Result codes that mean "stopped by someone", not "the disk failed it"; 15 is "in progress".
+_ABORTED = {"ata": {1, 2}, "nvme": {1, 2, 3, 4, 8, 9}, "scsi": {1, 2}}
+_IN_PROGRESS = 15
+
+
+def parse_selftest_status(text: str, source: str = "smartctl -c -l selftest") -> SelfTestStatus:
+    """The self-test state in ``smartctl --json -c -l selftest`` output, for ATA, NVMe and SCSI."""
+    data = load_json(text, source)
+
+    def status(kind: str, code: int | None, words: str, marker: tuple[Any, ...]) -> SelfTestStatus:
+        failed = None if code is None or code in _ABORTED[kind] else code != 0
+        return SelfTestStatus(False, None, words, failed, marker)
+
+    ata = data.get("ata_smart_data", {}).get("self_test", {}).get("status")
+    if isinstance(ata, dict) and _int(ata.get("value")) is not None:
+        log = data.get("ata_smart_self_test_log", {}).get("standard", {})
+        newest = (log.get("table") or [{}])[0]
+        kind = newest.get("type", {}).get("string")
+        marker: tuple[Any, ...] = (_int(log.get("count")), kind, newest.get("lifetime_hours"))
+        code = ata["value"] >> 4
+        if code == _IN_PROGRESS:
+            remaining = _int(ata.get("remaining_percent"))
+            return SelfTestStatus(True, None if remaining is None else 100 - remaining, marker=marker)
+        words = str(ata.get("string", ata["value"]))
+        return status("ata", code, f"{kind}: {words}" if kind else words, marker)
+    nvme = data.get("nvme_self_test_log")
+    if isinstance(nvme, dict):
+        table = nvme.get("table") or []
+        newest = table[0] if table else {}
+        kind = str(newest.get("self_test_code", {}).get("string", "self-test"))
+        marker = (len(table), kind, newest.get("power_on_hours"))
+        if _int(nvme.get("current_self_test_operation", {}).get("value")):
+            return SelfTestStatus(True, _int(nvme.get("current_self_test_completion_percent")), marker=marker)
+        if not newest:
+            return SelfTestStatus(False, marker=marker)
+        result = newest.get("self_test_result", {})
+        return status("nvme", _int(result.get("value")), f"{kind}: {result.get('string', '?')}", marker)
+    scsi = data.get("scsi_self_test_0")
+    if isinstance(scsi, dict):
+        result = scsi.get("result", {})
+        code = _int(result.get("value"))
+        kind = str(scsi.get("code", {}).get("string", "self-test"))
+        marker = (kind, scsi.get("power_on_time", {}).get("hours"), code)
+        if code == _IN_PROGRESS:
+            return SelfTestStatus(True, marker=marker)
+        return status("scsi", code, f"{kind}: {result.get('string', '?')}", marker)
+    return SelfTestStatus(False)

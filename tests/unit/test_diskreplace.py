@@ -3,15 +3,26 @@ the dry-run plan, and resuming from a journal.  The VM test (tests/vm/test_repla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from hostagent.config import Config
-from hostagent.diskreplace import Journal, member_steps, partition_steps, plan, replace
+from hostagent.diskreplace import (
+    Journal,
+    link_evidence,
+    member_steps,
+    partition_steps,
+    plan,
+    replace,
+    smart_evidence,
+)
 from hostagent.errors import ActionRefused, HostagentError
 from hostagent.host import Host
+from hostagent.sources.smartctl import SmartReport, parse_smartctl
+from tests.helpers import FIXTURES
 from tests.snapshots import HostSnapshot
 
 SECTORS = 3907029168
@@ -154,3 +165,37 @@ def test_locate_by_enclosure_led_or_by_slot(tmp_path: Path) -> None:
     assert how == "sysfs enclosure" and [o.applied for o in steps] == [False]
     assert steps[0].step.argv == ("tee", "/sys/block/sdb/device/enclosure_device:Slot 02/locate")
     assert steps[0].step.stdin == "1\n"
+
+
+def smart_sample(name: str) -> SmartReport:
+    return parse_smartctl((FIXTURES / "smartctl-json" / name).read_text(), name)
+
+
+@pytest.mark.parametrize(("name", "doa", "evidence"), [
+    ("qemu/ide-hd-a.json", False, "SMART overall health: PASSED, no reallocated"),
+    ("smartctl_exporter/WDC_WD20EFRX-68EUZN0_17.json", False, "SMART overall health: PASSED"),
+    ("scrutiny/smart-fail2.json", True, "SMART overall health: FAILED"),
+    ("scrutiny/smart-fail2.json", True, "attribute 5 (reallocated sectors) = 1975 on a new disk"),
+    ("scrutiny/smart-fail2.json", True, "attribute 197 (pending sectors) = 8 on a new disk"),
+    ("scrutiny/smart-fail2.json", True, "self-test log: Extended offline: Completed: read failure at 4 h"),
+    ("smartctl_exporter/ST3500418AS_12.json", True, "attribute 5 (reallocated sectors) = 304 on a new disk"),
+    ("smartctl_exporter/nvme-null-SAMSUNG_MZWLL3T2HAJQ-00005-nvme0.json", True, "SMART overall health: FAILED"),
+])
+def test_dead_on_arrival_signs_in_real_smart_data(name: str, doa: bool, evidence: str) -> None:
+    found_doa, found = smart_evidence(smart_sample(name))
+    assert found_doa is doa
+    assert any(line.startswith(evidence) for line in found), found
+
+
+def test_a_rising_crc_counter_means_the_cable_or_slot() -> None:
+    """The HGST sample has 12 interface CRC errors; the "after" report is that sample with more."""
+    before = smart_sample("smartctl_exporter/HGST_HUS724020ALE640_28.json")
+    attributes = dict(before.attributes)
+    attributes[199] = dataclasses.replace(attributes[199], raw=15, raw_string="15")
+    after = dataclasses.replace(before, attributes=attributes)
+    rose = "CRC error count (attribute 199) rose from 12 to 15 during the test"
+    assert link_evidence(before, after) == (True, [rose])
+    assert link_evidence(before, before) == (False, ["CRC error count (attribute 199) stayed at 12"])
+    qemu = smart_sample("qemu/ide-hd-a.json")  # no attribute 199: nothing to say either way
+    assert link_evidence(qemu, qemu) == (False, [])
+    assert link_evidence(before, None) == (False, [])

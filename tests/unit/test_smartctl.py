@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from checks import smart
 from hostagent.errors import ParseError
 from hostagent.sources.smartctl import (
+    SelfTestStatus,
     decode_exit_status,
     decode_nvme_critical_warning,
     parse_scan,
     parse_scterc,
+    parse_selftest_status,
     parse_smartctl,
 )
 from tests.helpers import FIXTURES
@@ -51,6 +55,9 @@ EXPECTED = {
     "telegraf/scsi-response.json": [],
     "telegraf/scsi_extended-response.json": [],
     "telegraf/usb-response.json": [],
+    "qemu/ide-hd-a.json": [],
+    "qemu/ide-hd-selftest-never-run.json": [],
+    "qemu/ide-hd-selftest-short-done.json": [],
 }
 
 
@@ -164,3 +171,79 @@ def test_scterc() -> None:
     assert m4 is not None and m4.enabled and (m4.read_ds, m4.write_ds) == (40, 40)
     fail2 = parse_scterc((SMART / "scrutiny/smart-fail2.json").read_text())
     assert fail2 is None  # ERC supported per capabilities, but its state was not asked for
+
+
+# -- the self-test state, as disk replace follows it -----------------------------------------
+
+
+def selftest(name: str) -> SelfTestStatus:
+    return parse_selftest_status((SMART / name).read_text(), name)
+
+
+def test_selftest_state_of_a_real_drive_before_and_after_a_short_test() -> None:
+    """QEMU's SATA disk: an empty log, then its instantly completed short self-test as entry 1."""
+    before, after = selftest("qemu/ide-hd-selftest-never-run.json"), selftest("qemu/ide-hd-selftest-short-done.json")
+    assert not before.running and not after.running
+    assert before.marker != after.marker  # a new result is told from an old one
+    assert (after.result, after.failed) == ("Short offline: completed without error", False)
+
+
+@pytest.mark.parametrize(("name", "result", "failed"), [
+    ("scrutiny/smart-fail2.json", "Short offline: completed without error", False),  # newest test passed
+    ("telegraf/scsi_extended-response.json", "Background long: Completed", False),
+    ("telegraf/nvme-response.json", None, None),  # no test in progress, none logged
+    ("smartctl_exporter/HGST_HUS724020ALE640_28.json", None, None),  # smartctl -a without -c: no state
+])
+def test_selftest_state_of_real_samples(name: str, result: str | None, failed: bool | None) -> None:
+    state = selftest(name)
+    assert (state.running, state.result, state.failed) == (False, result, failed)
+
+
+def _edited(name: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    data = json.loads((SMART / name).read_text())
+    edit(data)
+    return json.dumps(data)
+
+
+def test_selftest_running_failed_and_aborted() -> None:
+    """The status byte's other values (ATA: high nibble 15 = running, the low one tenths left;
+    3-8 failed; 1-2 aborted), written into the real QEMU sample."""
+    def status(value: int, words: str, remaining: int | None = None) -> Callable[[dict[str, Any]], None]:
+        def edit(data: dict[str, Any]) -> None:
+            data["ata_smart_data"]["self_test"]["status"] = {"value": value, "string": words}
+            if remaining is not None:
+                data["ata_smart_data"]["self_test"]["status"]["remaining_percent"] = remaining
+        return edit
+
+    name = "qemu/ide-hd-selftest-short-done.json"
+    running = parse_selftest_status(_edited(name, status(0xF9, "in progress, 90% remaining", 90)))
+    assert (running.running, running.percent_done, running.failed) == (True, 10, None)
+    failed = parse_selftest_status(_edited(name, status(0x73, "completed: read failure")))
+    assert (failed.running, failed.failed) == (False, True)
+    assert failed.result == "Short offline: completed: read failure"
+    aborted = parse_selftest_status(_edited(name, status(0x10, "aborted by host")))
+    assert (aborted.running, aborted.failed) == (False, None)
+
+
+def test_nvme_selftest_log() -> None:
+    def log(current: int, results: list[int]) -> Callable[[dict[str, Any]], None]:
+        def edit(data: dict[str, Any]) -> None:
+            data["nvme_self_test_log"] = {
+                "current_self_test_operation": {"value": current, "string": "x"},
+                "current_self_test_completion_percent": 40,
+                "table": [{"self_test_code": {"value": 1, "string": "Short"},
+                           "self_test_result": {"value": r, "string": f"result {r}"}, "power_on_hours": 100 - i}
+                          for i, r in enumerate(results)]}
+        return edit
+
+    name = "telegraf/nvme-response.json"
+    running = parse_selftest_status(_edited(name, log(1, [0])))
+    assert (running.running, running.percent_done) == (True, 40)
+    assert parse_selftest_status(_edited(name, log(0, [7, 0]))).failed is True  # segment failure, newest first
+    assert parse_selftest_status(_edited(name, log(0, [0, 7]))).failed is False
+    assert parse_selftest_status(_edited(name, log(0, [1]))).failed is None  # aborted by a command
+
+
+def test_selftest_state_of_bad_input_names_the_source() -> None:
+    with pytest.raises(ParseError, match="selftest-of-sdz"):
+        parse_selftest_status("{not json", "selftest-of-sdz")

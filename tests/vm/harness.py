@@ -264,7 +264,7 @@ class VM:
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]
         buses = [(self.disks, "disk", "virtio-blk-pci,drive={node},id=vd{i},serial=disk{i}"),
-                 (self.scsi_disks, "scsi", "scsi-hd,drive={node},bus=scsi0.0,scsi-id=0,lun={i},serial=SCSI{i}"),
+                 (self.scsi_disks, "scsi", "scsi-hd,drive={node},bus=scsi0.0,scsi-id={i},lun=0,serial=SCSI{i}"),
                  (self.sata_disks, "sata", "ide-hd,drive={node},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}")]
         if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]

@@ -38,6 +38,9 @@ STATE = "/tmp/replace-state"
 def vm() -> Iterator[VM]:
     machine = VM(disks=0, memory_mib=768, scsi_specs=[(64, LAYOUT), (64, LAYOUT), (64, None), (48, None), (64, None)])
     try:
+        targets = machine.run("for d in /sys/block/sd*; do echo ${d##*/} $(basename $(readlink $d/device)); done").stdout
+        assert targets.split() == ["sda", "0:0:0:0", "sdb", "0:0:1:0", "sdc", "0:0:2:0", "sdd", "0:0:3:0",
+                                   "sde", "0:0:4:0"], targets  # one SCSI target per disk, named in order
         machine.run("for n in 1 2; do mdadm --create /dev/md$((n-1)) --run --level=1 --raid-devices=2 "
                     "--metadata=1.2 /dev/sda$n /dev/sdb$n; done; mdadm --wait /dev/md0 /dev/md1; "
                     "mkfs.ext4 -q /dev/md0 && mkfs.ext4 -q /dev/md1 && mkdir -p /boot /data "
