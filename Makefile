@@ -10,8 +10,9 @@ APT_PACKAGES := python3 python3-venv python3-pip python3-dev gcc openssl
 APT_PACKAGES += libvirt-dev pkg-config
 # the VM suite (tests/vm): Debian's kernel under QEMU with real md, dm and mdadm
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static cpio kmod smartmontools
-# bootloader tests (tests/images.py): real GRUB (BIOS and EFI) on loop-device images
-APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fsprogs dosfstools mtools efibootmgr
+# bootloader tests (tests/images.py): real GRUB (BIOS and EFI) on loop-device images; sgdisk for
+# copying GPT tables in disk replace
+APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fsprogs dosfstools mtools efibootmgr gdisk
 # maintenance with real guests (qemu:///embed) and the libvirt-guests benchmark: the QEMU driver,
 # the libvirt-qemu user, virsh and libvirt-guests.sh
 APT_PACKAGES += libvirt-daemon-system libvirt-clients

@@ -620,7 +620,7 @@ def follow_resync(host: Host, the_plan: Plan, progress: Callable[[str, str, bool
             if sync.running and sync.progress is not None:
                 speed = f", {sync.speed_kbps / 1024:.1f} MiB/s" if sync.speed_kbps else ""
                 eta = f", about {sync.eta_s // 60} min {sync.eta_s % 60} s left" if sync.eta_s is not None else ""
-                progress(name, f"{sync.action} {sync.progress:.1f}%{speed}{eta}", False)
+                progress(name, f"{sync.action} {sync.progress * 100:.1f}%{speed}{eta}", False)
             else:
                 progress(name, f"waiting ({sync.action})", False)
         if waiting:

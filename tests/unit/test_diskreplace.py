@@ -11,7 +11,9 @@ import pytest
 
 from hostagent.config import Config
 from hostagent.diskreplace import (
+    ArrayPlan,
     Journal,
+    follow_resync,
     link_evidence,
     member_steps,
     partition_steps,
@@ -199,3 +201,23 @@ def test_a_rising_crc_counter_means_the_cable_or_slot() -> None:
     qemu = smart_sample("qemu/ide-hd-a.json")  # no attribute 199: nothing to say either way
     assert link_evidence(qemu, qemu) == (False, [])
     assert link_evidence(before, None) == (False, [])
+
+
+def test_the_resync_is_shown_with_percent_speed_and_eta(tmp_path: Path) -> None:
+    """A real recovery line (pymdstat's mdstat.05: 12.6%, 33440K/sec, finish=127.5min)."""
+    snap = HostSnapshot(tmp_path)
+    snap.mdstat((FIXTURES / "mdstat/pymdstat/mdstat.05").read_text())
+    base = plan(Host(host_with_failed_sdb(tmp_path / "plan").root), "sdb", "sdc", wipe=False, journal=None)
+    the_plan = dataclasses.replace(base, arrays=[ArrayPlan("md127", 1, "sdg1", "sdh1", ())])
+    shown: list[tuple[str, str]] = []
+
+    class Shown(Exception):
+        pass
+
+    def progress(item: str, text: str, final: bool) -> None:
+        shown.append((item, text))
+        raise Shown  # one round is enough: the snapshot never finishes its recovery
+
+    with pytest.raises(Shown):
+        follow_resync(Host(snap.root), the_plan, progress, poll=0)
+    assert shown == [("md127", "recover 12.6%, 32.7 MiB/s, about 127 min 30 s left")]

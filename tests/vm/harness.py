@@ -33,7 +33,7 @@ RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
 MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
            "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net"]
-TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "wipefs", "blkid", "blockdev")
+TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "sgdisk", "wipefs", "blkid", "blockdev")
 DATA_DIRS = ("/usr/lib/grub/i386-pc",)
 AGENT_DEPENDENCIES = ("apscheduler", "tzlocal", "pyudev", "sqlalchemy", "typing_extensions")
 PYTHON = "/usr/bin/python3.11"
@@ -134,9 +134,9 @@ def base_image() -> Path:
             if applet != "busybox" and not (stage / "bin" / applet).exists():
                 (stage / "bin" / applet).symlink_to("busybox")
         for tool in (*TOOLS, PYTHON):
-            applet = stage / "bin" / Path(tool).name
-            if applet.is_symlink():  # the real tool, not busybox's smaller applet (blkid -p, wipefs)
-                applet.unlink()
+            link = stage / "bin" / Path(tool).name
+            if link.is_symlink():  # the real tool, not busybox's smaller applet (blkid -p, wipefs)
+                link.unlink()
             path = _need(tool)
             for lib in _libraries(path):
                 _copy(lib, stage)
@@ -218,16 +218,17 @@ class VM:
 
     def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
                  disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None,
-                 scsi_specs: Sequence[tuple[int, str | None]] = ()) -> None:
-        """``scsi_specs``: one (MiB, sfdisk layout or None for blank) per SCSI disk, instead of
-        ``scsi_disks`` disks of ``disk_mib`` with ``disk_layout``."""
+                 scsi_specs: Sequence[tuple[int, str | None]] = (),
+                 sata_specs: Sequence[tuple[int, str | None]] = ()) -> None:
+        """``scsi_specs``/``sata_specs``: one (MiB, sfdisk layout or None for blank) per SCSI/SATA
+        disk, instead of ``scsi_disks``/``sata_disks`` disks of ``disk_mib`` with ``disk_layout``."""
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
         self.disks = [self.run_dir / f"disk{i}.img" for i in range(disks)]
-        self.sata_disks = [self.run_dir / f"sata{i}.img" for i in range(sata_disks)]
+        self.sata_disks = [self.run_dir / f"sata{i}.img" for i in range(len(sata_specs) or sata_disks)]
         self.scsi_disks = [self.run_dir / f"scsi{i}.img" for i in range(len(scsi_specs) or scsi_disks)]
-        self._scsi_specs = list(scsi_specs)
+        self._specs = {"scsi": list(scsi_specs), "sata": list(sata_specs)}
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd: socket.socket | None = None
         self._qmp: socket.socket | None = None
@@ -272,8 +273,8 @@ class VM:
             argv += ["-device", "ahci,id=ahci0"]
         for disks, prefix, device in buses:
             for i, disk in enumerate(disks):
-                mib, layout = (self._scsi_specs[i] if prefix == "scsi" and self._scsi_specs
-                               else (disk_mib, self._layout))
+                specs = self._specs.get(prefix)
+                mib, layout = specs[i] if specs else (disk_mib, self._layout)
                 argv += self._disk(disk, f"{prefix}{i}", device.format(node=f"{prefix}{i}", i=i), mib, layout)
         if self._smtp_port is not None:
             # The guest's only network: 10.0.2.100:25 relayed to an SMTP server on host loopback.

@@ -1,8 +1,8 @@
 """``hostagent disk replace`` end to end in a VM: real kernel, real mdadm, real GRUB.
 
 Disks behind virtio-scsi: sda and sdb hold /boot (md0) and / (md1), GRUB on both; sdc is the
-blank replacement, sdd a smaller one, sde one that holds a filesystem; a dm ``error`` device is
-the dead-on-arrival one.  sdb dies: ``offline`` in sysfs makes every I/O to it fail, as a dead
+blank replacement, sdd a smaller one, sde one that holds a filesystem; dm ``error`` and ``flakey``
+devices are the dead-on-arrival ones.  sdb dies: ``offline`` in sysfs makes every I/O to it fail, as a dead
 disk's does, and md fails its members on the next writes.
 """
 
@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,13 +33,15 @@ menuentry "{MENU}" {{
 }}
 """
 STATE = "/tmp/replace-state"
+RESYNC_LINE = r"md\d: recover\w* \d+\.\d%, [\d.]+ MiB/s, about \d+ min \d+ s left"
 
 
 @pytest.fixture(scope="module")
 def vm() -> Iterator[VM]:
     machine = VM(disks=0, memory_mib=768, scsi_specs=[(64, LAYOUT), (64, LAYOUT), (64, None), (48, None), (64, None)])
     try:
-        targets = machine.run("for d in /sys/block/sd*; do echo ${d##*/} $(basename $(readlink $d/device)); done").stdout
+        targets = machine.run("for d in /sys/block/sd*; do echo ${d##*/} $(basename $(readlink $d/device)); "
+                              "done").stdout
         assert targets.split() == ["sda", "0:0:0:0", "sdb", "0:0:1:0", "sdc", "0:0:2:0", "sdd", "0:0:3:0",
                                    "sde", "0:0:4:0"], targets  # one SCSI target per disk, named in order
         machine.run("for n in 1 2; do mdadm --create /dev/md$((n-1)) --run --level=1 --raid-devices=2 "
@@ -51,7 +54,6 @@ def vm() -> Iterator[VM]:
         machine.run("dd if=/dev/urandom of=/data/payload bs=1M count=8 && sync && sha256sum /data/payload "
                     "> /tmp/payload.sha256")
         machine.run("mkfs.ext4 -q -F /dev/sde")  # a used disk: must not be taken without --wipe
-        machine.run("dmsetup create doa --table '0 131072 error'")  # dead on arrival
         # sdb dies; the writes make md notice
         machine.run("echo offline > /sys/block/sdb/device/state; "
                     "for i in 1 2 3; do dd if=/dev/zero of=/data/poke bs=4k count=16 conv=fsync 2>/dev/null; "
@@ -65,7 +67,7 @@ def mdstat(vm: VM) -> str:
     return vm.run("cat /proc/mdstat").stdout
 
 
-def replace(vm: VM, args: str, timeout: float = 300) -> tuple[int, dict[str, object], str]:
+def replace(vm: VM, args: str, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
     result = vm.run(f"cd /tmp && python3 -m hostagent disk replace {args} --no-selftest --read-test-mib 16 "
                     f"--state-dir {STATE} --json", timeout=timeout, check=False)
     return result.rc, (json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}), result.stderr
@@ -93,27 +95,43 @@ def test_dry_run_prints_the_plan_and_changes_nothing(vm: VM) -> None:
     assert vm.run("ls /sys/block/sdc/ | grep -c '^sdc[0-9]' || true").stdout.strip() == "0"
 
 
+def contents(vm: VM) -> str:
+    """Every byte of the candidate disks, and the arrays: what "nothing was written" compares."""
+    return vm.run("sha256sum /dev/sdc /dev/sdd /dev/sde; cat /proc/mdstat").stdout
+
+
 def test_refusals_write_nothing(vm: VM) -> None:
-    before = mdstat(vm)
+    before = contents(vm)
     code, _, err = replace(vm, "--old sdb --new sdd --apply")
     assert code == 3 and "is smaller than /dev/sda" in err, err
     code, _, err = replace(vm, "--old sdb --new sde --apply")
     assert code == 3 and "/dev/sde is not blank: ext4 on /dev/sde" in err and "--wipe" in err, err
-    assert "TYPE=ext4" in vm.run("blkid -p -o export /dev/sde").stdout  # untouched
     code, _, err = replace(vm, "--old sda --new sdc --apply")
     assert code == 3 and "holds its last in-sync copy: that is not the failed disk" in err, err
-    assert mdstat(vm) == before
+    assert contents(vm) == before
+    assert "TYPE=ext4" in vm.run("blkid -p -o export /dev/sde").stdout
+    assert vm.run(f"ls {STATE}/replace 2>/dev/null || true").stdout.strip() == ""  # no journal either
 
 
-def test_dead_on_arrival_disk_is_rejected_at_vetting(vm: VM) -> None:
-    before = mdstat(vm)
-    code, result, _ = replace(vm, "--old sdb --new dm-0 --apply")
-    assert code == 1, result
-    assert result["vetting"]["verdict"] == "doa"  # type: ignore[index]
-    assert result["error"].startswith("DOA: return it")  # type: ignore[union-attr]
-    assert any("read test: error" in line for line in result["vetting"]["evidence"])  # type: ignore[index]
-    assert result["steps"] == []
-    assert mdstat(vm) == before
+@pytest.mark.parametrize("table", ["0 131072 error", "0 131072 flakey /dev/sdc 0 0 1"],
+                         ids=["error", "flakey"])
+def test_dead_on_arrival_disk_is_rejected_at_vetting(vm: VM, table: str) -> None:
+    """A dm ``error`` device, and a ``flakey`` one over the blank sdc that is in its down interval
+    (up 0 s, down 1 s: every I/O fails)."""
+    vm.run(f"dmsetup create doa --table '{table}'")
+    try:
+        before = contents(vm)
+        minor = vm.run("dmsetup info -c --noheadings -o minor doa").stdout.strip()
+        code, result, _ = replace(vm, f"--old sdb --new dm-{minor} --apply")
+        assert code == 1, result
+        assert result["vetting"]["verdict"] == "doa"
+        assert result["error"].startswith("DOA: return it")
+        assert any("read test: error" in line for line in result["vetting"]["evidence"])
+        assert result["steps"] == []
+        assert contents(vm) == before
+        assert vm.run(f"ls {STATE}/replace 2>/dev/null || true").stdout.strip() == ""
+    finally:
+        vm.run("dmsetup remove doa")
 
 
 def test_interrupted_replacement_resumes_and_the_new_disk_boots_alone(vm: VM, tmp_path: Path) -> None:
@@ -121,9 +139,10 @@ def test_interrupted_replacement_resumes_and_the_new_disk_boots_alone(vm: VM, tm
     vm.run(f"cd /tmp && (python3 -m hostagent disk replace --old sdb --new sdc --apply --no-selftest "
            f"--read-test-mib 16 --state-dir {STATE} > /tmp/first.log 2>&1 & echo $! > /tmp/first.pid)")
 
-    def following_the_resync() -> bool:  # partitioned, added and tuned: the command waits for md now
+    def following_the_resync() -> bool:  # partitioned, added and tuned: the command shows md's progress now
         journal = vm.run(f"cat {STATE}/replace/sdc.json 2>/dev/null", check=False).stdout
-        return '"tuned"' in journal and "recovery" in mdstat(vm)
+        shown = vm.run("cat /tmp/first.log").stdout
+        return '"tuned"' in journal and re.search(RESYNC_LINE, shown) is not None and "recovery" in mdstat(vm)
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not following_the_resync():
@@ -143,7 +162,7 @@ def test_interrupted_replacement_resumes_and_the_new_disk_boots_alone(vm: VM, tm
     assert vm.run("sha256sum -c /tmp/payload.sha256").rc == 0
     boot = json.loads(vm.hostagent("check --json --only boot").stdout)
     assert boot["findings"] == []  # GRUB is on sdc too
-    assert not [f for f in result["final"] if f["code"].startswith(("md.", "boot."))]  # type: ignore[union-attr]
+    assert not [f for f in result["final"] if f["code"].startswith(("md.", "boot."))]
     audit = vm.run(f"cat {STATE}/audit.jsonl").stdout
     assert '"event": "replace.done"' in audit and "grub-install" in audit
 
