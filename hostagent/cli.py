@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     replace.add_argument("--no-selftest", action="store_true", help="skip the SMART short self-test (about 2 min)")
     replace.add_argument("--json", action="store_true", help="print JSON (progress goes to stderr)")
     replace.add_argument("--root", default="/", metavar="DIR", help="plan against a snapshot (never applied)")
-    replace.add_argument("--state-dir", metavar="DIR", help="journal and audit log (default agent.state_dir); "
-                                                            "a re-run resumes from the journal")
+    replace.add_argument("--state-dir", metavar="DIR", help="the audit log (default agent.state_dir), which also "
+                                                            "records each finished phase: a re-run resumes from it")
+    replace.add_argument("--start-over", action="store_true", help="set aside the recorded progress of an "
+                                                                   "unfinished replacement onto this new disk")
     locate = disk_sub.add_parser("locate", help="blink a disk's slot LED (ledctl or sysfs), or print its slot")
     locate.add_argument("disk", help="kernel name, /dev path, by-path/by-id link, or serial")
     locate.add_argument("--off", action="store_true", help="turn the LED off again")
@@ -367,12 +369,15 @@ def _disk_replace(args: argparse.Namespace, host: Any, config: Any) -> int:
             if not outcomes:
                 print(how)
         return 0 if all(o.ok for o in outcomes) else 1
+    if args.read_test_mib < 0:
+        raise HostagentError(f"--read-test-mib {args.read_test_mib}: give 0 (no read test) or more MiB")
     out = sys.stderr if args.json else sys.stdout
     board = ProgressBoard(out, every=10.0)
     try:
         result = replace(host, config, args.old, args.new, apply=args.apply, wipe=args.wipe,
                          read_mib=args.read_test_mib, selftest=not args.no_selftest, state_dir=state_dir,
-                         say=lambda line: print(line, file=out, flush=True), progress=board.update)
+                         say=lambda line: print(line, file=out, flush=True), progress=board.update,
+                         start_over=args.start_over)
     finally:
         board.close()
     if args.json:

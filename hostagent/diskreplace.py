@@ -1,7 +1,7 @@
 """``hostagent disk replace`` and ``disk locate``: the mirror-member replacement runbook as one command.
 
-Phases, each recorded in a journal (``<state>/replace/<new disk>.json``) so that a re-run resumes
-where an interrupted one stopped:
+Phases, each recorded in the audit log (``replace.phase`` events of the new disk) so that a
+re-run resumes where an interrupted one stopped:
 
 1. identify: the old and the new disk by model, serial and slot (``/dev/disk/by-path``); the
    surviving member disk whose partition table is copied; refusals (a new disk that is smaller,
@@ -37,11 +37,9 @@ from hostagent.context import CheckContext
 from hostagent.errors import ActionRefused, HostagentError, ParseError, ProbeUnavailable
 from hostagent.host import Host
 from hostagent.inventory import MdArray, read_arrays
-from hostagent.output import write_atomic
 from hostagent.sources.blockdev import Disk, parent_disks, read_disk, read_disks
 from hostagent.sources.smartctl import SelfTestStatus, SmartReport, parse_selftest_status, parse_smartctl
 
-JOURNAL_DIR = "replace"
 CRC_ATTRIBUTE = 199
 LATER = {"tuned": "the ERC/kernel timeout of the new disk per the erc check",
          "resynced": "follow the resync of every array (speed, ETA)",
@@ -457,28 +455,50 @@ def boot_steps(ctx: CheckContext, config: Config, disk: str) -> list[Step]:
 
 
 class Journal:
-    def __init__(self, directory: Path | None, new_disk: str) -> None:
-        self.path = directory / JOURNAL_DIR / f"{new_disk}.json" if directory is not None else None
+    """The replacement's finished phases, kept in the audit log as ``replace.phase`` events of the
+    new disk.  ``replace.done`` (finished) and ``replace.start-over`` (abandoned) end a run."""
+
+    def __init__(self, audit: AuditLog, new_disk: str) -> None:
+        self.audit, self.new_disk = audit, new_disk
         self.data: dict[str, Any] = {}
-        if self.path is not None and self.path.exists():
+        self.skipped: list[int] = []  # numbers of lines that are not JSON (a write torn by a crash)
+        if audit.path is None or not audit.path.exists():
+            return
+        try:
+            lines = audit.path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise HostagentError(f"audit log {audit.path}: unreadable ({err})") from None
+        for number, line in enumerate(lines, start=1):
             try:
-                self.data = json.loads(self.path.read_text())
-            except (OSError, ValueError) as err:
-                raise HostagentError(f"{self.path}: unreadable ({err}); fix or remove it") from None
+                entry = json.loads(line)
+            except ValueError:
+                self.skipped.append(number)
+                continue
+            if not isinstance(entry, dict) or entry.get("new") != new_disk:
+                continue
+            if entry.get("event") in ("replace.done", "replace.start-over"):
+                self.data = {}
+            elif entry.get("event") == "replace.phase" and isinstance(entry.get("phase"), str):
+                self._remember(entry["phase"], {k: v for k, v in entry.items() if k in ("plan", "vetting")})
+
+    def _remember(self, phase: str, values: dict[str, Any]) -> None:
+        done = self.data.setdefault("done", [])
+        if phase not in done:
+            done.append(phase)
+        self.data.update(values)
 
     @property
     def done(self) -> list[str]:
         return list(self.data.get("done", []))
 
     def record(self, phase: str, **values: Any) -> None:
-        if self.path is None:
-            return
-        self.data.setdefault("done", [])
-        if phase not in self.data["done"]:
-            self.data["done"].append(phase)
-        self.data.update(values, updated=time.time())
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+        self.audit.record({"event": "replace.phase", "new": self.new_disk, "phase": phase, **values})
+        if self.audit.path is not None:
+            self._remember(phase, values)
+
+    def start_over(self) -> None:
+        self.audit.record({"event": "replace.start-over", "new": self.new_disk, "abandoned": self.done})
+        self.data = {}
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -501,7 +521,7 @@ class Replacement:
 
 def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: bool, wipe: bool, read_mib: int,
             selftest: bool, state_dir: str | None, say: Callable[[str], None],
-            progress: Callable[[str, str, bool], None]) -> Replacement:
+            progress: Callable[[str, str, bool], None], start_over: bool = False) -> Replacement:
     """Plan, and with ``apply`` carry out, the replacement; resumable through the journal."""
     if apply and host.is_snapshot:
         raise ActionRefused(f"{host.root} is a snapshot: nothing can be applied to it")
@@ -512,12 +532,21 @@ def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: 
         if found is None:
             raise HostagentError(f"--new {new_spec}: no such disk (is it attached? see lsblk)")
         new_name = found.name
-    journal = Journal(directory, new_name)
+    audit = AuditLog(directory)
+    journal = Journal(audit, new_name)
+    for number in journal.skipped:
+        say(f"note: {audit.path} line {number} is not JSON (a torn write?); ignored")
+    if start_over and journal.done:
+        if not apply:
+            say(f"--start-over: the recorded progress ({', '.join(journal.done)}) would be set aside")
+            journal.data = {}
+        else:
+            journal.start_over()
     recorded = journal.data or None
     the_plan = plan(host, old_spec, new_spec, wipe=wipe, journal=recorded)
     if recorded and recorded.get("plan", {}).get("old", {}).get("name") not in (None, the_plan.old.name):
-        raise ActionRefused(f"{journal.path} records the replacement of {recorded['plan']['old']['name']} by "
-                            f"{new_name}, not of {the_plan.old.name}: finish that one, or remove the journal")
+        raise ActionRefused(f"{audit.path} records an unfinished replacement of {recorded['plan']['old']['name']} "
+                            f"by {new_name}, not of {the_plan.old.name}: finish that one, or give --start-over")
     resumed = journal.done
     say(f"old disk  {the_plan.old.describe()}")
     say(f"new disk  {the_plan.new.describe()}")
@@ -529,7 +558,6 @@ def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: 
         say(f"  note: {note}")
     if resumed:
         say(f"resuming: already done: {', '.join(resumed)}")
-    audit = AuditLog(directory)
     timeout = config.agent.command_timeout
     result = Replacement(the_plan, None, [], resumed, [])
     if "vetted" in resumed:

@@ -59,8 +59,13 @@ class AuditLog:
                  "actor": _actor(), **event}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            with self.path.open("a+b") as handle:
+                line = json.dumps(entry).encode() + b"\n"
+                if handle.seek(0, os.SEEK_END) > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":  # a line torn by a crash: ours starts on a line of its own
+                        line = b"\n" + line
+                handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as err:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hostagent.actions import AuditLog
 from hostagent.config import Config
 from hostagent.diskreplace import (
     ArrayPlan,
@@ -126,7 +128,7 @@ def test_dry_run_prints_the_plan_and_writes_no_journal(tmp_path: Path) -> None:
     assert "vet /dev/sdc: SMART health and a short self-test, a 16 MiB read test" in text
     assert "then: follow the resync" in text and "then: install the bootloader" in text
     assert [o.applied for o in result.steps] == [False] * 6 and result.error is None
-    assert not (tmp_path / "state/replace").exists()
+    assert not (tmp_path / "state/audit.jsonl").exists()
     with pytest.raises(ActionRefused, match="snapshot"):
         replace(host, Config(), "sdb", "sdc", apply=True, wipe=False, read_mib=16, selftest=True,
                 state_dir=str(tmp_path / "state"), say=lines.append, progress=lambda *a: None)
@@ -138,12 +140,52 @@ def test_resuming_skips_the_refusals_for_our_own_partitions(tmp_path: Path) -> N
     host = Host(snap.root)
     with pytest.raises(ActionRefused, match="not blank"):
         plan(host, "sdb", "sdc", wipe=False, journal=None)
-    journal = Journal(tmp_path / "state", "sdc")
+    audit = AuditLog(tmp_path / "state")
+    journal = Journal(audit, "sdc")
     journal.record("vetted")
     journal.record("partitioned")
-    resumed = plan(host, "sdb", "sdc", wipe=False, journal=Journal(tmp_path / "state", "sdc").data)
+    resumed = plan(host, "sdb", "sdc", wipe=False, journal=Journal(audit, "sdc").data)
     assert resumed.new.name == "sdc"
-    assert json.loads((tmp_path / "state/replace/sdc.json").read_text())["done"] == ["vetted", "partitioned"]
+    events = [json.loads(line) for line in (tmp_path / "state/audit.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["new"], e["phase"]) for e in events] == [("replace.phase", "sdc", "vetted"),
+                                                                    ("replace.phase", "sdc", "partitioned")]
+
+
+def test_the_journal_is_the_audit_log(tmp_path: Path) -> None:
+    """Phases of the new disk since its last replace.done or replace.start-over; other disks' and
+    torn lines are passed over."""
+    audit = AuditLog(tmp_path)
+    Journal(audit, "sdc").record("vetted", plan={"old": {"name": "sdb"}}, vetting={"verdict": "ok"})
+    Journal(audit, "sdd").record("vetted")
+    audit.record({"event": "replace.done", "new": "sdc"})
+    assert Journal(audit, "sdc").done == [] and Journal(audit, "sdd").done == ["vetted"]
+    journal = Journal(audit, "sdc")
+    journal.record("vetted", vetting={"verdict": "ok"})
+    journal.record("partitioned")
+    with (tmp_path / "audit.jsonl").open("a") as handle:
+        handle.write('{"event": "replace.phase", "new": "sdc", "pha')  # torn by a crash
+    again = Journal(audit, "sdc")
+    assert again.done == ["vetted", "partitioned"] and again.data["vetting"] == {"verdict": "ok"}
+    assert again.skipped == [6]
+    again.start_over()
+    assert Journal(audit, "sdc").done == [] and again.done == []
+    assert Journal(AuditLog(None), "sdc").done == []  # no state directory: nothing to resume
+
+
+def test_start_over_and_a_journal_of_another_old_disk(tmp_path: Path) -> None:
+    snap = host_with_failed_sdb(tmp_path / "host")
+    host = Host(snap.root)
+    journal = Journal(AuditLog(tmp_path / "state"), "sdc")
+    journal.record("vetted", plan={"old": {"name": "sda"}, "arrays": []}, vetting={"verdict": "ok", "evidence": [],
+                                                                                   "smart": False})
+    kwargs: dict[str, Any] = dict(apply=False, wipe=False, read_mib=16, selftest=False,
+                                  state_dir=str(tmp_path / "state"), progress=lambda *a: None)
+    with pytest.raises(ActionRefused, match=r"unfinished replacement of sda by sdc, not of sdb.*--start-over"):
+        replace(host, Config(), "sdb", "sdc", say=lambda line: None, **kwargs)
+    lines: list[str] = []
+    result = replace(host, Config(), "sdb", "sdc", say=lines.append, start_over=True, **kwargs)
+    assert "--start-over: the recorded progress (vetted) would be set aside" in lines and result.error is None
+    assert Journal(AuditLog(tmp_path / "state"), "sdc").done == ["vetted"]  # a dry run records nothing
 
 
 @pytest.mark.parametrize(("member", "disk"), [("sdb1", "sdb"), ("nvme0n1p2", "nvme0n1"), ("sdp1", "sdp"),
