@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,8 +159,8 @@ def plan(host: Host, old_spec: str, new_spec: str, *, wipe: bool, journal: dict[
     if new_disk is None:
         raise HostagentError(f"--new {new_spec}: no such disk (is it attached? see lsblk)")
     old_disk = resolve(host, old_spec, disks, "--old")
-    old_name = old_disk.name if old_disk else (journal or {}).get("old", {}).get("name") or old_spec.removeprefix(
-        "/dev/")
+    recorded_old = (journal or {}).get("plan", {}).get("old", {}).get("name")
+    old_name = old_disk.name if old_disk else recorded_old or old_spec.removeprefix("/dev/")
     if new_disk.name == old_name:
         raise ActionRefused(f"--new {new_spec} is the old disk")
     if journal and "added" in journal.get("done", []):  # resuming: the arrays of the interrupted run
@@ -681,6 +682,4 @@ def locate(host: Host, spec: str, *, apply: bool, off: bool, audit: AuditLog,
 
 
 def _which(host: Host, tool: str) -> bool:
-    import shutil
-
     return not host.is_snapshot and shutil.which(tool) is not None

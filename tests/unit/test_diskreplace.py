@@ -263,3 +263,22 @@ def test_the_resync_is_shown_with_percent_speed_and_eta(tmp_path: Path) -> None:
     with pytest.raises(Shown):
         follow_resync(Host(snap.root), the_plan, progress, poll=0)
     assert shown == [("md127", "recover 12.6%, 32.7 MiB/s, about 127 min 30 s left")]
+
+
+def test_resuming_after_the_old_disk_was_pulled(tmp_path: Path) -> None:
+    """The journal names the old disk when it is gone from the kernel and given by serial."""
+    snap = HostSnapshot(tmp_path / "host")
+    snap.disk("sda", serial="WD-GOOD", partitions=("sda1", "sda2"))
+    snap.disk("sdc", serial="WD-NEW", partitions=("sdc1", "sdc2"))
+    snap.mdstat("Personalities : [raid1]\n"
+                "md0 : active raid1 sdc1[2] sda1[0]\n      523264 blocks super 1.2 [2/2] [UU]\n\n"
+                "md1 : active raid1 sdc2[2] sda2[0]\n      1952857088 blocks super 1.2 [2/1] [U_]\n"
+                "      [=>...................]  recovery =  9.1% (177724416/1952857088) finish=151.6min "
+                "speed=195081K/sec\n\nunused devices: <none>\n")
+    journal = Journal(AuditLog(tmp_path / "state"), "sdc")
+    recorded = {"old": {"name": "sdb"}, "arrays": [{"array": "md0"}, {"array": "md1"}]}
+    for phase in ("vetted", "partitioned", "added"):
+        journal.record(phase, plan=recorded)
+    resumed = plan(Host(snap.root), "WD-DEAD", "sdc", wipe=False, journal=journal.data)
+    assert (resumed.old.name, resumed.old.present) == ("sdb", False)
+    assert [(a.array, a.new_member) for a in resumed.arrays] == [("md0", "sdc1"), ("md1", "sdc2")]

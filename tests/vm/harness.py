@@ -427,6 +427,13 @@ class VM:
         self.close()
 
 
+def serial_menu(entry: str) -> str:
+    """A grub.cfg whose only menu entry, ``entry``, shows on the serial console that
+    ``boot_from_disk`` watches."""
+    return ("serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=60\n"
+            f'menuentry "{entry}" {{\n    echo ok\n}}\n')
+
+
 def boot_from_disk(image: Path, expect: str, timeout: float = 120.0) -> str:
     """Boot QEMU's firmware from ``image`` alone (no -kernel) and return the serial console once
     ``expect`` appears on it; raises VMError with the console if it never does."""

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.harness import VM, boot_from_disk
+from tests.vm.harness import VM, boot_from_disk, serial_menu
 
 MENU = "hostagent survivor boot test"
-GRUB_CFG = f"""serial --unit=0 --speed=115200
-terminal_input serial
-terminal_output serial
-set timeout=60
-menuentry "{MENU}" {{
-    echo ok
-}}
-"""
+GRUB_CFG = serial_menu(MENU)
 
 
 @pytest.fixture(scope="module")

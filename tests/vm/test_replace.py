@@ -18,20 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.vm.harness import VM, boot_from_disk
+from tests.vm.harness import VM, boot_from_disk, serial_menu
 
 pytestmark = pytest.mark.vm
 
 MENU = "hostagent replaced disk boot test"
 LAYOUT = "label: dos\nstart=2048, size=20MiB, type=fd\nstart=43008, type=fd\n"
-GRUB_CFG = f"""serial --unit=0 --speed=115200
-terminal_input serial
-terminal_output serial
-set timeout=60
-menuentry "{MENU}" {{
-    echo ok
-}}
-"""
+GRUB_CFG = serial_menu(MENU)
 STATE = "/tmp/replace-state"
 RESYNC_LINE = r"md\d: recover\w* \d+\.\d%, [\d.]+ MiB/s, about \d+ min \d+ s left"
 
@@ -100,6 +93,17 @@ def test_dry_run_prints_the_plan_and_changes_nothing(vm: VM) -> None:
     assert "pci" in dry.stdout  # the slot, from /dev/disk/by-path
     assert mdstat(vm) == before
     assert vm.run("ls /sys/block/sdc/ | grep -c '^sdc[0-9]' || true").stdout.strip() == "0"
+
+
+def test_locate_the_dead_disk_prints_its_slot(vm: VM) -> None:
+    """No ledmon and no SES enclosure in the VM: the slot from sysfs is the answer, even with --apply."""
+    for flags in ("--json", "--json --apply"):
+        located = json.loads(vm.hostagent(f"disk locate sdb {flags} --state-dir {STATE}").stdout)
+        assert located["disk"]["name"] == "sdb" and located["disk"]["serial"] == "SCSI1", located
+        assert located["steps"] == [] and located["led"].startswith("no LED control"), located
+        assert any("pci" in slot for slot in located["disk"]["slots"]), located
+    text = vm.hostagent(f"disk locate SCSI1 --state-dir {STATE}").stdout  # by serial
+    assert text.startswith("/dev/sdb: ") and "no LED control" in text, text
 
 
 def contents(vm: VM) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.harness import VM, boot_from_disk
+from tests.vm.harness import VM, boot_from_disk, serial_menu
 
 pytestmark = pytest.mark.vm
 
@@ -24,14 +24,7 @@ LAYOUT = ("label: gpt\n"
           "start=2048, size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name=bios\n"
           f"size=20MiB, type={RAID}, name=boot\n"
           f"type={RAID}, name=root\n")
-GRUB_CFG = f"""serial --unit=0 --speed=115200
-terminal_input serial
-terminal_output serial
-set timeout=60
-menuentry "{MENU}" {{
-    echo ok
-}}
-"""
+GRUB_CFG = serial_menu(MENU)
 STATE = "/tmp/replace-state"
 
 
