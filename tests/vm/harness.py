@@ -396,6 +396,17 @@ class VM:
         for node in nodes:
             self.hmp(f'qemu-io {node} "resume {tag}"')
 
+    def error_table(self, node: str) -> None:
+        """Remap a whole disk to an error target, as ``dmsetup load --table "0 S error"`` and
+        ``dmsetup resume`` would: from now on every read and write the guest sends it fails with
+        EIO.  ``node`` is a node name such as "scsi1".  The guest keeps the disk, its partitions
+        and its slot, as a dying disk that still answers its controller does."""
+        rules = [{"event": event, "errno": 5, "once": False, "immediately": True}
+                 for event in ("read_aio", "write_aio")]
+        self.qmp("blockdev-add", driver="blkdebug", **{"node-name": f"{node}-error", "image": f"{node}-debug",
+                                                         "inject-error": rules})
+        self.qmp("blockdev-reopen", options=[{"driver": "raw", "node-name": node, "file": f"{node}-error"}])
+
     def close(self) -> None:
         """Power off; QEMU is killed if it does not stop in time. Removes the run directory."""
         self.shutdown()

@@ -2,8 +2,9 @@
 
 Disks behind virtio-scsi: sda and sdb hold /boot (md0) and / (md1), GRUB on both; sdc is the
 blank replacement, sdd a smaller one, sde one that holds a filesystem; dm ``error`` and ``flakey``
-devices are the dead-on-arrival ones.  sdb dies: ``offline`` in sysfs makes every I/O to it fail, as a dead
-disk's does, and md fails its members on the next writes.
+devices are the dead-on-arrival ones.  sdb dies: QEMU remaps it to an error table
+(``VM.error_table``), so every I/O to it fails with EIO, and md fails its members on the next
+writes.
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ def vm() -> Iterator[VM]:
         machine.run("dd if=/dev/urandom of=/data/payload bs=1M count=8 && sync && sha256sum /data/payload "
                     "> /tmp/payload.sha256")
         machine.run("mkfs.ext4 -q -F /dev/sde")  # a used disk: must not be taken without --wipe
-        # sdb dies; the writes make md notice
-        machine.run("echo offline > /sys/block/sdb/device/state; "
-                    "for i in 1 2 3; do dd if=/dev/zero of=/data/poke bs=4k count=16 conv=fsync 2>/dev/null; "
+        machine.error_table("scsi1")  # sdb dies; the writes make md notice
+        machine.run("for i in 1 2 3; do dd if=/dev/zero of=/data/poke bs=4k count=16 conv=fsync 2>/dev/null; "
                     "touch /boot/poke; sync; sleep 1; done", timeout=60)
         yield machine
     finally:
