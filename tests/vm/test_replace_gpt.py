@@ -50,9 +50,11 @@ def vm() -> Iterator[tuple[VM, list[str]]]:
         for disk in (good, dying):
             machine.run(f"grub-install --target=i386-pc /dev/{disk}", timeout=180)
         machine.run(f"cat > /boot/grub/grub.cfg <<'EOF'\n{GRUB_CFG}EOF")
-        machine.error_table("sata1")  # the second port's disk dies; the writes make md notice
-        machine.run("for i in 1 2 3; do dd if=/dev/zero of=/data/poke bs=4k count=16 conv=fsync 2>/dev/null; "
-                    "touch /boot/poke; sync; sleep 1; done", timeout=60)
+        # The second port's disk dies; the writes make md notice.  libata retries every failed
+        # command through its error handler and md first logs bad blocks, so this takes a while.
+        machine.error_table("sata1")
+        machine.run("until [ $(grep -c '(F)' /proc/mdstat) = 2 ]; do dd if=/dev/zero of=/data/poke bs=4k count=16 "
+                    "conv=fsync 2>/dev/null; touch /boot/poke; sync; sleep 1; done", timeout=600)
         yield machine, names
     finally:
         machine.close()
