@@ -49,8 +49,8 @@ def vm() -> Iterator[VM]:
                     "> /tmp/payload.sha256")
         machine.run("mkfs.ext4 -q -F /dev/sde")  # a used disk: must not be taken without --wipe
         machine.error_table("scsi1")  # sdb dies; the writes make md notice
-        machine.run("for i in 1 2 3; do dd if=/dev/zero of=/data/poke bs=4k count=16 conv=fsync 2>/dev/null; "
-                    "touch /boot/poke; sync; sleep 1; done", timeout=60)
+        machine.run("until [ $(grep -c '(F)' /proc/mdstat) = 2 ]; do dd if=/dev/zero of=/data/poke bs=4k count=16 "
+                    "conv=fsync 2>/dev/null; touch /boot/poke; sync; sleep 1; done", timeout=600)
         yield machine
     finally:
         machine.close()
