@@ -236,6 +236,7 @@ class VM:
         self._buffer = b""
         self._layout = disk_layout
         self._smtp_port = smtp_port
+        self._partitions = 0  # how many partitions the disk layouts make: the guest must show them all
         try:
             self._boot(disk_mib, memory_mib)
         except BaseException:
@@ -291,8 +292,41 @@ class VM:
         self._qmp = self._connect("qmp.sock")
         self._qmp_read(10)
         self.qmp("qmp_capabilities")
+        self._wait_for_block_devices()
+        self._name_disks_in_slot_order()
         if self._smtp_port is not None:
             self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
+
+    def _wait_for_block_devices(self) -> None:
+        """Wait until the guest shows every disk and every partition: the kernel probes SCSI and
+        SATA disks asynchronously, so the command server can be up before they are."""
+        disks = len(self.disks) + len(self.scsi_disks) + len(self.sata_disks)
+        self.run(f"until [ $(ls -d /sys/block/vd* /sys/block/sd* 2>/dev/null | wc -l) = {disks} ] && "
+                 f"[ $(ls /sys/class/block/*/partition 2>/dev/null | wc -l) = {self._partitions} ]; do sleep 0.1; done",
+                 timeout=BOOT_TIMEOUT)
+
+    def _name_disks_in_slot_order(self) -> None:
+        """Make sda, sdb, ... follow the SCSI address (host:channel:target:lun) of each disk, so
+        that scsi0/sata0 is sda.  The sd driver probes disks in parallel and names them in the
+        order its probes happen to run; binding them again one by one, in address order, gives
+        each the next free name."""
+        names = self._sd_names()
+        wanted = [f"sd{chr(97 + i)}" for i in range(len(names))]
+        if [name for _, name in names] == wanted:
+            return
+        sd = "/sys/bus/scsi/drivers/sd"
+        self.run("".join(f"echo {address} > {sd}/unbind; " for address, _ in names)
+                 + "".join(f"echo {address} > {sd}/bind; " for address, _ in names), timeout=BOOT_TIMEOUT)
+        self._wait_for_block_devices()
+        if [name for _, name in self._sd_names()] != wanted:
+            raise VMError(f"the guest named its SCSI disks out of address order: {self._sd_names()}")
+
+    def _sd_names(self) -> list[tuple[str, str]]:
+        """(SCSI address, disk name) of every disk the sd driver holds, in address order."""
+        listing = self.run("for d in /sys/bus/scsi/drivers/sd/*:*; do [ -d $d/block ] && echo ${d##*/} $(ls $d/block); "
+                           "done; true").stdout.split()
+        pairs = list(zip(listing[::2], listing[1::2], strict=True))
+        return sorted(pairs, key=lambda pair: [int(part) for part in pair[0].split(":")])
 
     def _disk(self, path: Path, node: str, device: str, mib: int, layout: str | None) -> list[str]:
         """A sparse image under a blkdebug layer (so writes can be held), named ``node`` for QMP."""
@@ -300,6 +334,8 @@ class VM:
             handle.truncate(mib * 1024 * 1024)
         if layout:  # sfdisk works on the image file itself, before the guest sees it
             subprocess.run(["sfdisk", "-q", str(path)], input=layout.encode(), check=True, capture_output=True)
+            table = subprocess.run(["sfdisk", "--json", str(path)], check=True, capture_output=True, text=True)
+            self._partitions += len(json.loads(table.stdout)["partitiontable"]["partitions"])
         return ["-blockdev", f"driver=file,filename={path},node-name={node}-file,cache.direct=off,cache.no-flush=on",
                 "-blockdev", f"driver=blkdebug,image={node}-file,node-name={node}-debug",
                 "-blockdev", f"driver=raw,file={node}-debug,node-name={node}",
