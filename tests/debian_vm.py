@@ -140,9 +140,11 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300) 
         ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory_mib),
          "-nographic", "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
          "-append", "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0",
-         "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
+         # event_idx=off: see "virtio event index" in docs/testing.md
+         "-drive", f"file={disk},if=none,id=root,format=raw,cache=unsafe",
+         "-device", "virtio-blk-pci,drive=root,event_idx=off",
          "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-         "-device", "virtio-net-pci,netdev=n0", "-serial", f"file:{console}", "-monitor", "none"],
+         "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     vm = DebianVM(port, key, known, console, process)
     try:

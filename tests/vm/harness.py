@@ -219,9 +219,10 @@ class VM:
     def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
                  disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None,
                  scsi_specs: Sequence[tuple[int, str | None]] = (),
-                 sata_specs: Sequence[tuple[int, str | None]] = ()) -> None:
+                 sata_specs: Sequence[tuple[int, str | None]] = (), event_idx: bool = False) -> None:
         """``scsi_specs``/``sata_specs``: one (MiB, sfdisk layout or None for blank) per SCSI/SATA
-        disk, instead of ``scsi_disks``/``sata_disks`` disks of ``disk_mib`` with ``disk_layout``."""
+        disk, instead of ``scsi_disks``/``sata_disks`` disks of ``disk_mib`` with ``disk_layout``.
+        ``event_idx``: let the virtio devices use event index (only ``tests.vm.soak`` does)."""
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
@@ -237,6 +238,7 @@ class VM:
         self._layout = disk_layout
         self._smtp_port = smtp_port
         self._partitions = 0  # how many partitions the disk layouts make: the guest must show them all
+        self._event_idx = "on" if event_idx else "off"
         try:
             self._boot(disk_mib, memory_mib)
         except BaseException:
@@ -265,11 +267,13 @@ class VM:
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]
-        buses = [(self.disks, "disk", "virtio-blk-pci,drive={node},id=vd{i},serial=disk{i}"),
+        # event_idx=off on every virtio device: see "virtio event index" in docs/testing.md
+        event_idx = f"event_idx={self._event_idx}"
+        buses = [(self.disks, "disk", f"virtio-blk-pci,drive={{node}},id=vd{{i}},serial=disk{{i}},{event_idx}"),
                  (self.scsi_disks, "scsi", "scsi-hd,drive={node},bus=scsi0.0,scsi-id={i},lun=0,serial=SCSI{i}"),
                  (self.sata_disks, "sata", "ide-hd,drive={node},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}")]
         if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi
-            argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+            argv += ["-device", f"virtio-scsi-pci,id=scsi0,{event_idx}"]
         if self.sata_disks:  # sdX through libata, behind an emulated AHCI controller
             argv += ["-device", "ahci,id=ahci0"]
         for disks, prefix, device in buses:
@@ -281,7 +285,7 @@ class VM:
             # The guest's only network: 10.0.2.100:25 relayed to an SMTP server on host loopback.
             relay = f"cmd:{sys.executable} {HERE / 'smtp_relay.py'} 127.0.0.1 {self._smtp_port}"
             argv += ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:25-{relay}",
-                     "-device", "virtio-net-pci,netdev=net0"]
+                     "-device", f"virtio-net-pci,netdev=net0,{event_idx}"]
         log = (self.run_dir / "qemu.stderr").open("wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       preexec_fn=_die_with_parent)
