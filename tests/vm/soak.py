@@ -17,11 +17,7 @@ import sys
 import time
 
 from tests.vm.harness import VM
-from tests.vm.test_replace import LAYOUT
-
-SETUP = ("for n in 1 2; do mdadm --create /dev/md$((n-1)) --run --level=1 --raid-devices=2 --metadata=1.2 "
-         "/dev/sda$n /dev/sdb$n; done; mdadm --wait /dev/md0 /dev/md1; mkfs.ext4 -q /dev/md0 && "
-         "mkfs.ext4 -q /dev/md1 && mkdir -p /boot /data && mount /dev/md0 /boot && mount /dev/md1 /data")
+from tests.vm.test_replace import DISKS, MIRRORS
 
 
 def spin() -> None:
@@ -41,10 +37,9 @@ def virtqueues(vm: VM) -> str:
 
 
 def round_hangs(number: int, event_idx: bool) -> bool:
-    vm = VM(disks=0, memory_mib=768, scsi_specs=[(64, LAYOUT), (64, LAYOUT), (64, None), (48, None), (64, None)],
-            event_idx=event_idx)
+    vm = VM(disks=0, memory_mib=768, scsi_specs=DISKS, event_idx=event_idx)
     try:
-        steps = [SETUP] + [f"grub-install --target=i386-pc /dev/{disk}" for disk in ("sda", "sdb")]
+        steps = [MIRRORS] + [f"grub-install --target=i386-pc /dev/{disk}" for disk in ("sda", "sdb")]
         for step in steps:
             started = time.monotonic()
             result = vm.run(step, timeout=120, check=False)

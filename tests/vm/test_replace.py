@@ -27,21 +27,22 @@ MENU = "hostagent replaced disk boot test"
 LAYOUT = "label: dos\nstart=2048, size=20MiB, type=fd\nstart=43008, type=fd\n"
 GRUB_CFG = serial_menu(MENU)
 STATE = "/tmp/replace-state"
+DISKS = [(64, LAYOUT), (64, LAYOUT), (64, None), (48, None), (64, None)]  # sda..sde, as the docstring says
+MIRRORS = ("for n in 1 2; do mdadm --create /dev/md$((n-1)) --run --level=1 --raid-devices=2 --metadata=1.2 "
+           "/dev/sda$n /dev/sdb$n; done; mdadm --wait /dev/md0 /dev/md1; mkfs.ext4 -q /dev/md0 && "
+           "mkfs.ext4 -q /dev/md1 && mkdir -p /boot /data && mount /dev/md0 /boot && mount /dev/md1 /data")
 RESYNC_LINE = r"md\d: recover\w* \d+\.\d%, [\d.]+ MiB/s, about \d+ min \d+ s left"
 
 
 @pytest.fixture(scope="module")
 def vm() -> Iterator[VM]:
-    machine = VM(disks=0, memory_mib=768, scsi_specs=[(64, LAYOUT), (64, LAYOUT), (64, None), (48, None), (64, None)])
+    machine = VM(disks=0, memory_mib=768, scsi_specs=DISKS)
     try:
         targets = machine.run("for d in /sys/block/sd*; do echo ${d##*/} $(basename $(readlink $d/device)); "
                               "done").stdout
         assert targets.split() == ["sda", "0:0:0:0", "sdb", "0:0:1:0", "sdc", "0:0:2:0", "sdd", "0:0:3:0",
                                    "sde", "0:0:4:0"], targets  # one SCSI target per disk, named in order
-        machine.run("for n in 1 2; do mdadm --create /dev/md$((n-1)) --run --level=1 --raid-devices=2 "
-                    "--metadata=1.2 /dev/sda$n /dev/sdb$n; done; mdadm --wait /dev/md0 /dev/md1; "
-                    "mkfs.ext4 -q /dev/md0 && mkfs.ext4 -q /dev/md1 && mkdir -p /boot /data "
-                    "&& mount /dev/md0 /boot && mount /dev/md1 /data", timeout=180)
+        machine.run(MIRRORS, timeout=180)
         for disk in ("sda", "sdb"):
             machine.run(f"grub-install --target=i386-pc /dev/{disk}", timeout=180)
         machine.run(f"cat > /boot/grub/grub.cfg <<'EOF'\n{GRUB_CFG}EOF")
