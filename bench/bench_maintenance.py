@@ -144,7 +144,7 @@ def round_hostagent(poller: Poller, scratch: Path) -> dict[str, object]:
     config = MaintenanceConfig(uri=URI, save_dir=str(SAVE_DIR), concurrency=4)
     store = JournalStore(scratch)
     journal = Journal.new(0.0, "benchmark", NAMES).advance("preflight")
-    store.save(journal)
+    store.create(journal)
     recorder = Recorder(journal, store)
     poller.measure()
     time.sleep(0.2)

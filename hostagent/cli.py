@@ -442,20 +442,9 @@ def _maintenance(args: argparse.Namespace) -> int:
     if args.action in ("list", "status"):
         rows = maintenance.listing(config, args.state_dir)
         if args.action == "status":
-            rows = [r for r in rows if r["phase"] not in ("done", "failed", "cancelled", "missed")][:1]
-        if args.json:
-            sys.stdout.write(maintenance.render(rows))
-        else:
-            for row in rows:
-                print(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {row['reason']}")
-                for guest, record in row["guests"].items():
-                    down = f", down {record['downtime_s']:.1f} s" if record["downtime_s"] is not None else ""
-                    error = f" ({record['error']})" if record["error"] else ""
-                    print(f"    {guest}: {record['state']}{down}{error}")
-                if row["error"]:
-                    print(f"    error: {row['error']}")
-            if not rows:
-                print("no maintenance" + (" scheduled" if args.action == "status" else ""))
+            rows = [r for r in rows if r["phase"] not in ("done", "failed", "cancelled", "missed", "unreadable")][:1]
+        status = args.action == "status"
+        sys.stdout.write(maintenance.render(rows) if args.json else maintenance.render_rows(rows, status))
         return 0
     if args.action == "run-now":
         document = maintenance.run_now(config, args.config, args.state_dir)
@@ -465,7 +454,8 @@ def _maintenance(args: argparse.Namespace) -> int:
         return 0 if document["phase"] in ("rebooting", "done") else 1
     if args.action == "cancel":
         document = maintenance.cancel(config, args.state_dir)
-        sys.stdout.write(maintenance.render(document) if args.json else f"maintenance {document['id']} cancelled\n")
+        sys.stdout.write(maintenance.render(document) if args.json
+                         else f"maintenance {document['id']} cancelled: {document['note']}\n")
         return 0
     if not args.reboot_at:
         raise HostagentError("maintenance needs --reboot-at WHEN")

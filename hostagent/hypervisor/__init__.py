@@ -24,6 +24,10 @@ class Hypervisor(abc.ABC):
         """Every defined guest."""
 
     @abc.abstractmethod
+    def image_for(self, name: str, save_dir: str) -> str:
+        """Where ``save`` puts the guest's memory image (a restore looks there even when no save was recorded)."""
+
+    @abc.abstractmethod
     def save(self, name: str, image: str) -> str:
         """Save a running guest's memory and stop it; returns where the image is."""
 
@@ -50,6 +54,10 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def is_running(self, name: str) -> bool:
         """Whether the guest runs now."""
+
+    @abc.abstractmethod
+    def sync_clock(self, name: str) -> None:
+        """Set the guest's clock from the host's through its guest agent (a restored guest's is behind)."""
 
     @abc.abstractmethod
     def abort(self, name: str) -> None:

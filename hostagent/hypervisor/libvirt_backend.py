@@ -79,6 +79,9 @@ class LibvirtHypervisor(Hypervisor):
             ))
         return sorted(found, key=lambda g: g.name)
 
+    def image_for(self, name: str, save_dir: str) -> str:
+        return os.path.join(save_dir, f"{name}.save") if self.xen else "managed"
+
     def save(self, name: str, image: str) -> str:
         domain = self._domain(name)
         if self.xen:
@@ -129,6 +132,10 @@ class LibvirtHypervisor(Hypervisor):
 
     def is_running(self, name: str) -> bool:
         return bool(self._domain(name).isActive())
+
+    def sync_clock(self, name: str) -> None:
+        """``virsh domtime --sync``, as libvirt-guests' SYNC_TIME does."""
+        self._call(name, "set the clock", self._domain(name).setTime, None, self._libvirt.VIR_DOMAIN_TIME_SYNC)
 
     def abort(self, name: str) -> None:
         self._call(name, "abortJob", self._domain(name).abortJob)

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hostagent.actions import AuditLog
 from hostagent.config import Config
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
-from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.journal import OUTCOMES, Journal, JournalError, JournalStore, PhaseMoved
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.maintenance.when import describe, parse_when
 
@@ -42,6 +43,10 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
                                 "reason": reason, "dry_run": dry_run, "preflight": result.lines(),
                                 "allowed": result.allowed(force, force_unbootable)}
     if not result.allowed(force, force_unbootable):
+        if result.hypervisor_problem:
+            raise HostagentError("preflight refuses the reboot: the guests cannot be seen, so a reboot could take "
+                                 "any of them down unsaved (no option overrides this):\n  "
+                                 + "\n  ".join(result.lines()))
         needs = "--force-unbootable" if result.boot_problems else "--force"
         raise HostagentError("preflight refuses the reboot:\n  " + "\n  ".join(result.lines())
                              + f"\n(override with {needs} once you know why)")
@@ -56,24 +61,82 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
         journal = Journal.new(moment.timestamp(), reason, [g.name for g in saving],
                               owners={n: o for n, o in owners.items() if o}, force=force,
                               force_unbootable=force_unbootable, notify_owners=notify_owners)
-        store.save(journal)
+        audit = AuditLog(state_dir or config.agent.state_dir)
+        event = {"event": "maintenance", "action": "schedule", "maintenance": journal.id, "subject": journal.id,
+                 "reboot_at": document["reboot_at_utc"], "reason": reason, "force": force,
+                 "force_unbootable": force_unbootable, "guests": sorted(journal.guests)}
+        try:
+            store.create(journal)
+        except JournalError as err:
+            _audit_or_log(audit, {**event, "state": "refused", "error": str(err)})
+            raise HostagentError(f"{err}; nothing was scheduled") from None
+        _audit_or_log(audit, {**event, "state": "planned"})
         document["id"] = journal.id
     return document, result
 
 
+def _audit_or_log(audit: AuditLog, event: dict[str, Any]) -> None:
+    """The audit record; when even that cannot be written, the same record goes to syslog."""
+    try:
+        audit.record(event)
+    except HostagentError as err:
+        import syslog
+
+        syslog.openlog("hostagent", 0, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_ERR, f"{err}; the record: {json.dumps(event)}")
+
+
 def listing(config: Config, state_dir: str | None) -> list[dict[str, Any]]:
-    return [journal.row() for journal in store_for(config, state_dir).all()]
+    """Every maintenance, and every journal file that cannot be read (phase ``unreadable``)."""
+    journals, unreadable = store_for(config, state_dir).scan()
+    return [journal.row() for journal in journals] + [entry.row() for entry in unreadable]
+
+
+def render_rows(rows: list[dict[str, Any]], status: bool) -> str:
+    """``maintenance list|status`` as text: each maintenance, its guests' outcomes and downtimes."""
+    lines = []
+    for row in rows:
+        if row["phase"] == "unreadable":
+            lines.append(f"{row['file']}  unreadable: {row['error']}")
+            continue
+        lines.append(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {printable(row['reason'])}")
+        for guest, record in row["guests"].items():
+            down = f", down {record['downtime_s']:.1f} s" if record["downtime_s"] is not None else ""
+            said = OUTCOMES.get(record["outcome"], record["state"])
+            added = " (added at run time)" if record["added_at_run_time"] else ""
+            error = f" ({record['error']})" if record["error"] else ""
+            lines.append(f"    {guest}: {said}{added}{down}{error}")
+        if row["error"]:
+            lines.append(f"    error: {row['error']}")
+    if not rows:
+        lines.append("no maintenance" + (" scheduled" if status else ""))
+    return "\n".join(lines) + "\n"
+
+
+def printable(text: str) -> str:
+    """Text from a journal as safe to print on a terminal: control characters shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
+    """Cancel the maintenance that has not rebooted yet: a compare-and-set on the journal on disk.
+
+    Before the saves start nothing was touched; once they have, the run stops before the reboot and
+    the guests already saved are restored at once.  After ``rebooting`` it is too late."""
     store = store_for(config, state_dir)
     active = store.active()
     if active is None:
         raise HostagentError("no maintenance is scheduled")
-    if active.phase != "planned":
-        raise HostagentError(f"maintenance {active.id} is already {active.phase}: too late to cancel")
-    store.save(active.advance("cancelled"))
-    return {"id": active.id, "phase": "cancelled"}
+    try:
+        cancelled = store.update(active.id, lambda current: current.cancel())
+    except PhaseMoved as moved:
+        raise HostagentError(str(moved)) from None
+    AuditLog(state_dir or config.agent.state_dir).record(
+        {"event": "maintenance", "action": "cancel", "maintenance": cancelled.id, "subject": cancelled.id,
+         "state": cancelled.phase})
+    note = "no reboot; the guests already saved are being restored" if cancelled.phase == "restoring" else \
+        "nothing was touched"
+    return {"id": cancelled.id, "phase": "cancelled", "journal_phase": cancelled.phase, "note": note}
 
 
 def run_now(config: Config, config_path: str | None, state_dir: str | None) -> dict[str, Any]:

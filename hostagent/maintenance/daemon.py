@@ -10,6 +10,7 @@ with the journals and supervises the worker.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
@@ -24,7 +25,7 @@ from hostagent.config import Config
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.maintenance import notices
-from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.run import current_boot_id, due, mark_missed
 from hostagent.maintenance.worker import Worker
 from hostagent.model import Finding, Severity
@@ -60,6 +61,7 @@ class MaintenanceDaemon:
     started: float = field(default_factory=time.time)
     worker: Worker | None = None
     restore_workers: Counter[str] = field(default_factory=Counter)
+    _orphan: str | None = None
 
     @property
     def store(self) -> JournalStore:
@@ -97,23 +99,43 @@ class MaintenanceDaemon:
                               args=[job_id], id=job_id, jobstore=JOBSTORE, replace_existing=True,
                               misfire_grace_time=None if grace is None else max(int(grace), 1), coalesce=True)
 
-    # -- the tick --------------------------------------------------------------------------
+    # -- the tick ---------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> None:
+        """One look at the journals and the worker; whatever fails is logged and alerted, and the next tick
+        comes all the same."""
+        try:
+            self._tick(time.time() if now is None else now)
+        except Exception as err:  # the daemon's maintenance loop must not die
+            log.exception("maintenance tick failed")
+            self._alert(Finding("maintenance.tick_failed", "maintenance", "maintenance", Severity.CRITICAL,
+                                f"the maintenance tick failed: {type(err).__name__}: {err}"))
+
+    def _tick(self, now: float) -> None:
         """Supervise the worker; otherwise do what the journal says is next."""
-        now = time.time() if now is None else now
         if self.worker is not None and not self._supervise():
             return
+        for entry in self.store.quarantine():
+            log.error("maintenance journal %s", entry.reason)
+            self._alert(Finding("maintenance.journal_unreadable", "maintenance", entry.path.name, Severity.CRITICAL,
+                                entry.reason))
         self._reports()
         journal = self.store.active()
         if journal is None or self.host.is_snapshot:
             return
+        if journal.phase != "planned" and self.store.worker_running(journal.id):
+            if self._orphan != journal.id:  # a worker that a daemon before this one started: let it finish
+                log.warning("maintenance %s: a worker from before this daemon is still running (%s)", journal.id,
+                            journal.phase)
+                self._orphan = journal.id
+            return
         if journal.phase == "planned":
             self._planned(journal, now)
         elif journal.phase == "preflight":  # no worker runs it any more
-            failed = journal.advance("failed", error="the maintenance worker stopped during the preflight")
-            self.store.save(failed)
-            self._announce("maintenance.failed", failed)
+            with contextlib.suppress(PhaseMoved):
+                failed = self.store.update(journal.id, lambda current: current.advance(
+                    "failed", error="the maintenance worker stopped during the preflight: not rebooted"))
+                self._announce("maintenance.failed", failed)
         elif journal.phase in ("saving", "restoring"):
             self._start_restore(journal)
         elif journal.phase == "rebooting":
@@ -126,10 +148,15 @@ class MaintenanceDaemon:
         if worker.finished():
             self.worker = None
             journal = self.store.load(worker.journal_id)
+            code = worker.process.returncode
             log.warning("maintenance %s: worker %s ended (exit %s), maintenance %s%s", journal.id, worker.action,
-                        worker.process.returncode, journal.phase, f": {journal.error}" if journal.error else "")
+                        code, journal.phase, f": {journal.error}" if journal.error else "")
             if journal.phase == "failed":
                 self._announce("maintenance.failed", journal)
+            elif code != 0:
+                self._announce("maintenance.worker_failed", journal,
+                               f"the {worker.action} worker failed (exit {code}) in phase {journal.phase}: "
+                               f"{worker.last_words()}")
             return True
         if worker.overdue():
             worker.kill()
@@ -149,12 +176,14 @@ class MaintenanceDaemon:
             for owner, guests in notices.by_owner(journal).items():
                 subject, text = notices.before_notice(journal, guests, self.host.hostname(), now)
                 self.alerter.mail(subject, text, [owner], "maintenance.notice")
-            journal = journal.mark_sent(*keys)
-            self.store.save(journal)
+            journal = self.store.update(journal.id, lambda current: current.mark_sent(*keys))
             log.info("maintenance %s: owners notified (%s)", journal.id, ", ".join(keys))
         verdict = due(journal, now, self.config.maintenance.late_start_grace)
         if verdict == "missed":
-            missed = mark_missed(self.store, journal, now)
+            try:
+                missed = mark_missed(self.store, journal, now)
+            except PhaseMoved:
+                return  # cancelled meanwhile
             log.error("maintenance %s missed: %s", journal.id, missed.error)
             self._announce("maintenance.missed", missed)
         elif verdict == "run":
@@ -169,8 +198,8 @@ class MaintenanceDaemon:
             self._start_restore(journal)
         elif now - entered > self.config.maintenance.reboot_wait:
             error = f"the host did not reboot within {self.config.maintenance.reboot_wait:g} s of the reboot command"
-            restoring = journal.advance("restoring", error=error + "; guests restored without a reboot")
-            self.store.save(restoring)
+            restoring = self.store.update(journal.id, lambda current: current.advance(
+                "restoring", error=error + "; guests restored without a reboot"))
             self._announce("maintenance.reboot_stalled", restoring, error)
             self._start_restore(restoring)
 
@@ -197,25 +226,35 @@ class MaintenanceDaemon:
             if not journal.final or notices.REPORT in journal.sent:
                 continue
             hostname = self.host.hostname()
-            if journal.entered("preflight") is None:  # cancelled or missed: owners told of it hear it is off
+            if journal.entered("saving") is None:  # nothing touched: owners told of it hear it is off
                 if any(key.startswith("before:") for key in journal.sent):
                     for owner, guests in notices.by_owner(journal).items():
                         subject, text = notices.called_off(journal, guests, hostname)
                         self.alerter.mail(subject, text, [owner], "maintenance.called_off")
-                self.store.save(journal.mark_sent(notices.REPORT))
+                if journal.entered("preflight") is not None and self.config.alerts.enabled:
+                    subject, text = notices.report(journal, hostname)
+                    self.alerter.mail(subject, text, self.alerter.operators(), "maintenance.report")
+                self.store.update(journal.id, lambda current: current.mark_sent(notices.REPORT))
                 continue
             if self.config.alerts.enabled:
                 subject, text = notices.report(journal, hostname)
                 self.alerter.mail(subject, text, self.alerter.operators(), "maintenance.report")
-            if journal.notify_owners and journal.entered("saving") is not None:
+            if journal.notify_owners:
                 for owner, guests in notices.by_owner(journal).items():
                     subject, text = notices.after_notice(journal, guests, hostname)
                     self.alerter.mail(subject, text, [owner], "maintenance.after")
-            self.store.save(journal.mark_sent(notices.REPORT, notices.AFTER))
+            self.store.update(journal.id, lambda current: current.mark_sent(notices.REPORT, notices.AFTER))
+            lost = [n for n, g in journal.guests.items() if g.outcome == "lost"]
+            if lost:
+                self._alert(Finding("maintenance.guest_lost", "maintenance", f"maintenance {journal.id}",
+                                    Severity.CRITICAL, f"not running after maintenance {journal.id}: "
+                                                       f"{', '.join(lost)} (see hostagent maintenance status)"))
             log.info("maintenance %s: report sent", journal.id)
 
     def _announce(self, code: str, journal: Journal, summary: str | None = None) -> None:
-        finding = Finding(code, "maintenance", f"maintenance {journal.id}", Severity.CRITICAL,
-                          summary or f"maintenance {journal.id} {journal.phase}: {journal.error or ''}".strip())
+        self._alert(Finding(code, "maintenance", f"maintenance {journal.id}", Severity.CRITICAL,
+                            summary or f"maintenance {journal.id} {journal.phase}: {journal.error or ''}".strip()))
+
+    def _alert(self, finding: Finding) -> None:
         if self.config.alerts.enabled:
             self.alerter.process([finding], [])

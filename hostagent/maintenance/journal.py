@@ -7,14 +7,20 @@ Transitions are checked, so the journal can only ever tell the truth about what 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
+import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hostagent.durable import exclusive, read_bounded, write_durable
 from hostagent.errors import HostagentError
 
 PHASES = ("planned", "preflight", "saving", "rebooting", "restoring", "done", "failed", "cancelled", "missed")
@@ -22,26 +28,49 @@ FINAL = ("done", "failed", "cancelled", "missed")
 NEXT_PHASE = {
     "planned": ("preflight", "cancelled", "missed"),
     "preflight": ("saving", "failed", "cancelled"),
-    "saving": ("rebooting", "failed", "restoring"),  # restoring: an aborted save brings guests back
+    "saving": ("rebooting", "failed", "restoring"),  # restoring: a cancel or an aborted save brings guests back
     "rebooting": ("restoring",),
-    "restoring": ("done", "failed"),
+    "restoring": ("done", "failed", "cancelled"),  # cancelled: the guests a cancel found saved run again
 }
-GUEST_STATES = ("planned", "saving", "saved", "save_failed", "shut_down", "skipped", "restoring", "running",
-                "restore_failed", "cold_booted")
+CANCELLABLE = ("planned", "preflight", "saving")
+GUEST_STATES = ("planned", "saving", "saved", "save_failed", "shut_down", "skipped", "stopped", "restoring",
+                "running", "restore_failed", "cold_booted", "lost")
 NEXT_GUEST = {
-    "planned": ("saving", "skipped"),
-    "saving": ("saved", "save_failed", "restoring"),  # restoring: the save was interrupted (worker killed)
-    "save_failed": ("shut_down", "skipped", "restoring"),
-    "saved": ("restoring",),
-    "shut_down": ("restoring",),
-    "skipped": ("restoring",),
-    "restoring": ("running", "restore_failed", "restoring"),
-    "restore_failed": ("restoring", "cold_booted"),
+    "planned": ("saving", "skipped", "save_failed", "stopped"),
+    "saving": ("saved", "save_failed", "restoring", "lost"),  # restoring: the save was interrupted (worker killed)
+    "save_failed": ("shut_down", "skipped", "restoring", "lost"),
+    "saved": ("restoring", "lost"),
+    "shut_down": ("restoring", "lost"),
+    "skipped": ("restoring", "lost"),
+    "restoring": ("running", "restore_failed", "restoring", "cold_booted", "lost"),
+    "restore_failed": ("restoring", "cold_booted", "lost"),
 }
+# The one truthful outcome of each guest, from which the journal, status, the report and the notices speak.
+OUTCOMES = {
+    "restored": "restored from its memory image: the guest saw no reboot",
+    "cold_booted": "booted afresh after its restore failed (its memory image is kept)",
+    "restarted": "not saved (its save failed): shut down and booted again",
+    "left_stopped": "stopped before the maintenance: left stopped",
+    "lost": "NOT RUNNING after the maintenance",
+}
+ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+MAX_JOURNAL_BYTES = 4 << 20
 
 
 class JournalError(HostagentError):
     """An impossible transition or an unreadable journal."""
+
+
+class PhaseMoved(JournalError):
+    """A compare-and-set refused: the journal on disk had moved on (cancelled, finished) meanwhile."""
+
+    def __init__(self, journal: Journal, message: str) -> None:
+        super().__init__(message)
+        self.journal = journal
+
+
+class JournalWriteError(JournalError):
+    """The journal could not be written (a full disk, a read-only file system): nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,11 @@ class GuestRecord:
     running_again: float | None = None
     attempts: int = 0
     error: str | None = None
+    outcome: str | None = None  # one of OUTCOMES, once the maintenance is over for this guest
+    added: bool = False  # running at the scheduled time, not at scheduling: added at run time
+    restored_by: str | None = None  # "hostagent", or the service that restored it first
+    kept_image: str | None = None  # a memory image kept after a cold boot
+    clock: str | None = None  # "set", or why the guest's clock could not be set after the restore
 
     @property
     def downtime_s(self) -> float | None:
@@ -77,6 +111,7 @@ class Journal:
     notify_owners: bool = False
     sent: tuple[str, ...] = ()  # notices and reports already mailed ("before:3600", "after", "report")
     boot_id: str | None = None  # the kernel's boot id when the reboot command ran
+    cancelled: bool = False  # a cancel arrived after the run started: no reboot, guests restored
 
     @classmethod
     def new(cls, reboot_at: float, reason: str, guests: list[str], owners: dict[str, str] | None = None,
@@ -100,15 +135,29 @@ class Journal:
 
     def advance(self, phase: str, now: float | None = None, error: str | None = None, **changes: Any) -> Journal:
         if phase not in NEXT_PHASE.get(self.phase, ()):
-            raise JournalError(f"maintenance {self.id}: cannot go from {self.phase} to {phase}")
+            raise PhaseMoved(self, f"maintenance {self.id}: cannot go from {self.phase} to {phase}")
         at = time.time() if now is None else now
         return replace(self, phase=phase, history=(*self.history, (phase, at)), error=error or self.error, **changes)
+
+    def cancel(self, now: float | None = None) -> Journal:
+        """Cancelled before anything was touched, or, once guests are being saved, restoring them with no reboot."""
+        if self.phase not in CANCELLABLE:
+            raise PhaseMoved(self, f"maintenance {self.id} is already {self.phase}: too late to cancel")
+        if self.phase == "saving":
+            return self.advance("restoring", now, error="cancelled during the saves: not rebooted", cancelled=True)
+        return self.advance("cancelled", now, cancelled=True)
 
     def guest(self, name: str, state: str, **changes: Any) -> Journal:
         record = self.guests[name]
         if state != record.state and state not in NEXT_GUEST.get(record.state, ()):
             raise JournalError(f"maintenance {self.id}: guest {name} cannot go from {record.state} to {state}")
         return replace(self, guests={**self.guests, name: replace(record, state=state, **changes)})
+
+    def with_guest(self, record: GuestRecord) -> Journal:
+        """A guest the run-time plan adds (started after scheduling)."""
+        if record.name in self.guests:
+            raise JournalError(f"maintenance {self.id}: guest {record.name} is already in the journal")
+        return replace(self, guests={**self.guests, record.name: record})
 
     def row(self) -> dict[str, Any]:
         """The summary ``maintenance list --json`` prints and ``hostagent rpc`` returns."""
@@ -120,60 +169,249 @@ class Journal:
         return {"id": self.id, "phase": self.phase, "reason": self.reason, "reboot_at": describe(at),
                 "reboot_at_utc": at.isoformat(), "notify_owners": self.notify_owners, "sent": list(self.sent),
                 "history": [{"phase": phase, "at": when} for phase, when in self.history],
-                "guests": {n: {"state": g.state, "owner": g.owner, "downtime_s": g.downtime_s,
-                               "attempts": g.attempts, "error": g.error} for n, g in self.guests.items()},
-                "error": self.error}
+                "guests": {n: {"state": g.state, "outcome": g.outcome, "owner": g.owner, "downtime_s": g.downtime_s,
+                               "attempts": g.attempts, "added_at_run_time": g.added, "restored_by": g.restored_by,
+                               "kept_image": g.kept_image, "clock": g.clock, "error": g.error}
+                           for n, g in self.guests.items()},
+                "cancelled": self.cancelled, "error": self.error}
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "reboot_at": self.reboot_at, "reason": self.reason, "phase": self.phase,
                 "created": self.created, "history": [list(h) for h in self.history], "error": self.error,
                 "force": self.force, "force_unbootable": self.force_unbootable,
                 "notify_owners": self.notify_owners, "sent": list(self.sent), "boot_id": self.boot_id,
+                "cancelled": self.cancelled,
                 "guests": {name: asdict(record) for name, record in self.guests.items()}}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Journal:
-        return cls(data["id"], data["reboot_at"], data["reason"], data["phase"], data["created"],
-                   tuple((phase, at) for phase, at in data["history"]),
-                   {name: GuestRecord(**record) for name, record in data["guests"].items()}, data.get("error"),
-                   bool(data.get("force")), bool(data.get("force_unbootable")), bool(data.get("notify_owners")),
-                   tuple(data.get("sent", ())), data.get("boot_id"))
+    def from_json(cls, data: Any) -> Journal:
+        """The journal in ``data``, every field checked: ShapeError names the first one that is wrong."""
+        top = _Shape(data, "journal")
+        guests = {}
+        for name, raw in top.mapping("guests").items():
+            record = _Shape(raw, f"guests.{name}")
+            guests[name] = GuestRecord(
+                name=record.text("name"), state=record.choice("state", GUEST_STATES),
+                image=record.text("image", optional=True), owner=record.text("owner", optional=True),
+                save_started=record.number("save_started", optional=True),
+                running_again=record.number("running_again", optional=True),
+                attempts=int(record.number("attempts", integer=True) or 0),
+                error=record.text("error", optional=True),
+                outcome=record.choice("outcome", tuple(OUTCOMES), optional=True),
+                added=record.flag("added"), restored_by=record.text("restored_by", optional=True),
+                kept_image=record.text("kept_image", optional=True), clock=record.text("clock", optional=True))
+            if guests[name].name != name:
+                raise ShapeError(f"guests.{name}.name: says {guests[name].name!r}")
+        journal_id = top.text("id")
+        if not ID_PATTERN.fullmatch(journal_id):
+            raise ShapeError(f"id: {journal_id!r} is not a maintenance id")
+        history = []
+        for index, entry in enumerate(top.sequence("history")):
+            if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in PHASES):
+                raise ShapeError(f"history[{index}]: not a [phase, time] pair")
+            history.append((entry[0], _Shape({"at": entry[1]}, f"history[{index}]").number("at") or 0.0))
+        sent = top.sequence("sent", optional=True)
+        if not all(isinstance(key, str) for key in sent):
+            raise ShapeError("sent: not a list of strings")
+        return cls(journal_id, top.number("reboot_at") or 0.0, top.text("reason", optional=True) or "",
+                   top.choice("phase", PHASES) or "planned", top.number("created") or 0.0, tuple(history), guests,
+                   top.text("error", optional=True), top.flag("force"), top.flag("force_unbootable"),
+                   top.flag("notify_owners"), tuple(sent), top.text("boot_id", optional=True), top.flag("cancelled"))
+
+
+class ShapeError(ValueError):
+    """A journal field of the wrong type or value."""
+
+
+class _Shape:
+    """Typed access to one JSON object, each miss raising ShapeError with the field's path."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ShapeError(f"{where}: not an object")
+        self.data, self.where = data, where
+
+    def _get(self, key: str, optional: bool) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if optional:
+                return None
+            raise ShapeError(f"{self.where}.{key}: missing")
+        return self.data[key]
+
+    def text(self, key: str, optional: bool = False) -> Any:
+        value = self._get(key, optional)
+        if value is not None and not isinstance(value, str):
+            raise ShapeError(f"{self.where}.{key}: not a string")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], optional: bool = False) -> Any:
+        value = self.text(key, optional)
+        if value is not None and value not in allowed:
+            raise ShapeError(f"{self.where}.{key}: {value[:40]!r} is none of {', '.join(allowed)}")
+        return value
+
+    def number(self, key: str, optional: bool = False, integer: bool = False) -> float | None:
+        value = self._get(key, optional or integer)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or (integer and not isinstance(value, int)) or abs(value) > 1e12:
+            raise ShapeError(f"{self.where}.{key}: not a plausible {'count' if integer else 'time'}")
+        return float(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, False)
+        if not isinstance(value, bool):
+            raise ShapeError(f"{self.where}.{key}: not true or false")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._get(key, False)
+        if not isinstance(value, dict):
+            raise ShapeError(f"{self.where}.{key}: not an object")
+        return value
+
+    def sequence(self, key: str, optional: bool = False) -> list[Any]:
+        value = self._get(key, optional)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ShapeError(f"{self.where}.{key}: not a list")
+        return value
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A journal file that could not be read, and why (``<name>.corrupt`` once moved aside)."""
+
+    path: Path
+    reason: str
+
+    def row(self) -> dict[str, Any]:
+        return {"file": str(self.path), "phase": "unreadable", "error": self.reason}
 
 
 class JournalStore:
-    """Journals as files ``<dir>/<id>.json``, each write atomic and fsync'd (file and directory)."""
+    """Journals as files ``<dir>/<id>.json``.
+
+    Every change goes through ``update``: under the maintenance's lock (``<id>.lock``, flock) it
+    re-reads the journal from disk, applies the change (a transition refused on a journal that
+    moved on raises PhaseMoved) and writes it under a unique temporary name, fsync'd with its
+    directory.  Nobody writes from a stale copy, so a cancel can never be undone."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def save(self, journal: Journal) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = self.directory / f"{journal.id}.json"
-        tmp = target.with_suffix(".tmp")
-        with tmp.open("w") as handle:
-            json.dump(journal.to_json(), handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        fd = os.open(self.directory, os.O_RDONLY)
+    def path(self, journal_id: str) -> Path:
+        if not ID_PATTERN.fullmatch(journal_id):
+            raise JournalError(f"{journal_id!r} is not a maintenance id (12 hex digits)")
+        return self.directory / f"{journal_id}.json"
+
+    def _write(self, journal: Journal) -> None:
+        path = self.path(journal.id)
         try:
-            os.fsync(fd)
+            write_durable(path, (json.dumps(journal.to_json(), indent=2) + "\n").encode())
+        except OSError as err:
+            raise JournalWriteError(f"{path}: cannot write the maintenance journal: {err.strerror or err}") from None
+
+    def create(self, journal: Journal) -> Journal:
+        """Write a new journal; refused when one with its id exists."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            raise JournalWriteError(f"{self.directory}: {err.strerror or err}") from None
+        with exclusive(self.path(journal.id).with_suffix(".lock")):
+            if self.path(journal.id).exists():
+                raise JournalError(f"maintenance {journal.id} exists already")
+            self._write(journal)
+        return journal
+
+    def update(self, journal_id: str, change: Callable[[Journal], Journal]) -> Journal:
+        """Re-read the journal under its lock, apply ``change``, write the result and return it."""
+        with exclusive(self.path(journal_id).with_suffix(".lock")):
+            current = self.load(journal_id)
+            changed = change(current)
+            if changed != current:
+                self._write(changed)
+            return changed
+
+    def load(self, journal_id: str) -> Journal:
+        path = self.path(journal_id)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            raise JournalError(f"no maintenance {journal_id} in {self.directory}") from None
+        except (OSError, ValueError) as err:
+            raise JournalError(f"{path}: unreadable maintenance journal: {err}") from None
+
+    @staticmethod
+    def _read(path: Path) -> Journal:
+        try:
+            data = json.loads(read_bounded(path, MAX_JOURNAL_BYTES))
+        except RecursionError:
+            raise ShapeError("nested too deeply") from None
+        journal = Journal.from_json(data)
+        if f"{journal.id}.json" != path.name:
+            raise ShapeError(f"id: says {journal.id}, but the file is {path.name}")
+        return journal
+
+    def scan(self) -> tuple[list[Journal], list[Unreadable]]:
+        """Every readable journal by reboot time, and the files that are not (moved aside or not)."""
+        if not self.directory.is_dir():
+            return [], []
+        journals, unreadable = [], []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                journals.append(self._read(path))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as err:
+                unreadable.append(Unreadable(path, f"unreadable maintenance journal: {err}"))
+        unreadable += [Unreadable(p, "moved aside: unreadable maintenance journal")
+                       for p in sorted(self.directory.glob("*.corrupt"))]
+        return sorted(journals, key=lambda j: j.reboot_at), unreadable
+
+    def all(self) -> list[Journal]:
+        return self.scan()[0]
+
+    def quarantine(self) -> list[Unreadable]:
+        """Move every unreadable ``*.json`` aside to ``*.corrupt``; returns those moved (for an alert)."""
+        moved = []
+        for entry in self.scan()[1]:
+            if entry.path.suffix != ".json":
+                continue
+            target = entry.path.with_suffix(".corrupt")
+            try:
+                os.replace(entry.path, target)
+            except OSError as err:
+                moved.append(Unreadable(entry.path, f"{entry.reason}; cannot move it aside: {err.strerror or err}"))
+                continue
+            moved.append(Unreadable(target, f"{entry.path.name}: {entry.reason}; moved aside to {target.name}"))
+        return moved
+
+    @contextlib.contextmanager
+    def worker(self, journal_id: str) -> Iterator[None]:
+        """Held by a maintenance worker for its whole life: one worker per maintenance, even across a
+        daemon restart (a worker outlives a killed daemon).  JournalError when another one holds it."""
+        fd = os.open(self.path(journal_id).with_suffix(".worker"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JournalError(f"maintenance {journal_id}: another worker is running") from None
+            yield
         finally:
             os.close(fd)
 
-    def load(self, journal_id: str) -> Journal:
-        path = self.directory / f"{journal_id}.json"
+    def worker_running(self, journal_id: str) -> bool:
+        """Whether a worker (perhaps one a killed daemon left behind) holds this maintenance."""
         try:
-            return Journal.from_json(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise JournalError(f"no maintenance {journal_id} in {self.directory}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise JournalError(f"{path}: unreadable maintenance journal: {err}") from None
-
-    def all(self) -> list[Journal]:
-        if not self.directory.exists():
-            return []
-        return sorted((self.load(p.stem) for p in self.directory.glob("*.json")), key=lambda j: j.reboot_at)
+            with self.worker(journal_id):
+                return False
+        except JournalError:
+            return True
+        except OSError:
+            return False
 
     def active(self) -> Journal | None:
         """The one maintenance not yet final, if any."""

@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -21,51 +21,121 @@ from hostagent.actions import AuditLog
 from hostagent.config import MaintenanceConfig
 from hostagent.errors import HostagentError
 from hostagent.hypervisor import Hypervisor
-from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.journal import GuestRecord, Journal, JournalStore, JournalWriteError, PhaseMoved
+from hostagent.maintenance.preflight import GuestPlan
 from hostagent.progress import ProgressBoard, describe_transfer
 
 
 class Recorder:
-    """Serialises journal updates from worker threads; each one is saved at once and audited."""
+    """Journal updates from the worker's threads, each a compare-and-set on the journal on disk, audited.
+
+    When the journal cannot be written (a full disk), ``write_error`` is set, the run goes on in
+    memory only as far as bringing guests back, and never reboots; ``flush`` writes the outcome
+    once the disk takes it again."""
 
     def __init__(self, journal: Journal, store: JournalStore, audit: AuditLog | None = None) -> None:
         self.journal, self.store = journal, store
         self.audit = audit or AuditLog(None)
+        self.write_error: str | None = None
         self._lock = threading.Lock()
 
-    def guest(self, name: str, state: str, **changes: object) -> None:
+    def _update(self, change: Callable[[Journal], Journal]) -> Journal:
         with self._lock:
-            self.journal = self.journal.guest(name, state, **changes)
-            self.store.save(self.journal)
-            record = self.journal.guests[name]
-            self.audit.record({"event": "maintenance", "action": "guest", "maintenance": self.journal.id,
-                               "subject": name, "state": state, "error": record.error})
+            if self.write_error is None:
+                try:
+                    self.journal = self.store.update(self.journal.id, change)
+                    return self.journal
+                except PhaseMoved as moved:
+                    self.journal = moved.journal
+                    raise
+                except JournalWriteError as err:
+                    self.write_error = str(err)
+            self.journal = change(self.journal)
+            return self.journal
+
+    def _audit(self, event: dict[str, Any]) -> None:
+        try:
+            self.audit.record({"event": "maintenance", "maintenance": self.journal.id, **event})
+        except HostagentError as err:  # no step without its audit record: the run stops before the reboot
+            with self._lock:
+                self.write_error = self.write_error or str(err)
+
+    def guest(self, name: str, state: str, **changes: object) -> None:
+        record = self._update(lambda journal: journal.guest(name, state, **changes)).guests[name]
+        self._audit({"action": "guest", "subject": name, "state": state, "outcome": record.outcome,
+                     "error": record.error})
+
+    def start_save(self, name: str, started: float) -> bool:
+        """Record that a guest's save starts, only while the maintenance is still saving (a cancel stops it)."""
+        def change(journal: Journal) -> Journal:
+            if journal.phase != "saving":
+                raise PhaseMoved(journal, f"maintenance {journal.id} is {journal.phase}: {name} not saved")
+            return journal.guest(name, "saving", save_started=started)
+        try:
+            self._update(change)
+        except PhaseMoved:
+            return False
+        self._audit({"action": "guest", "subject": name, "state": "saving"})
+        return True
 
     def advance(self, phase: str, error: str | None = None, **changes: Any) -> None:
-        with self._lock:
-            self.journal = self.journal.advance(phase, error=error, **changes)
-            self.store.save(self.journal)
-            self.audit.record({"event": "maintenance", "action": "phase", "maintenance": self.journal.id,
-                               "subject": self.journal.id, "state": phase, "error": error})
+        """Raises PhaseMoved when the journal on disk has moved on (a cancel, another worker)."""
+        self._update(lambda journal: journal.advance(phase, error=error, **changes))
+        self._audit({"action": "phase", "subject": self.journal.id, "state": phase, "error": error})
+
+    def replan(self, guests: tuple[GuestPlan, ...], owners: Mapping[str, str]) -> None:
+        """The guests as the hypervisor has them at the scheduled time (see ``run_time_plan``)."""
+        self._update(lambda journal: run_time_plan(journal, guests, owners))
+        for name, record in self.journal.guests.items():
+            if record.added or record.state in ("stopped", "save_failed"):
+                self._audit({"action": "plan", "subject": name, "state": record.state, "added": record.added,
+                             "error": record.error})
+
+    def flush(self) -> None:
+        """After a write error: write the journal as it is in memory, unless the one on disk is final."""
+        if self.write_error is None:
+            return
+        def change(on_disk: Journal) -> Journal:
+            return on_disk if on_disk.final else self.journal
+        with contextlib.suppress(HostagentError):  # still full: the daemon's restore worker resumes from the disk
+            self.store.update(self.journal.id, change)
+
+
+def run_time_plan(journal: Journal, guests: tuple[GuestPlan, ...], owners: Mapping[str, str]) -> Journal:
+    """Decide the guests at the scheduled time: every guest running now is saved (those started since
+    scheduling are added), a planned guest no longer running is left stopped, and a running guest
+    that cannot be saved now is a failed save (``on_save_failure`` decides)."""
+    running = {g.name: g for g in guests if g.running}
+    for name, record in journal.guests.items():
+        if record.state == "planned" and name not in running:
+            journal = journal.guest(name, "stopped", outcome="left_stopped",
+                                    error="stopped before the maintenance: left stopped")
+    for name, plan in running.items():
+        if name not in journal.guests:
+            journal = journal.with_guest(GuestRecord(name, owner=plan.owner or owners.get(name), added=True))
+        if journal.guests[name].state == "planned" and plan.action != "save":
+            journal = journal.guest(name, "save_failed", error=plan.action)
+    return journal
 
 
 def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
-               clock: Callable[[], float] = time.time, progress: ProgressBoard | None = None) -> bool:
-    """Save every planned guest in parallel; False when the maintenance must stop before the reboot.
+               clock: Callable[[], float] = time.time, progress: ProgressBoard | None = None) -> str | None:
+    """Save every planned guest in parallel; returns why the maintenance must stop before the reboot, if it must.
 
     A save that overruns ``save_timeout`` is aborted (the guest keeps running) and fails; one that
     does not even return ``abort_grace`` s after the abort leaves its guest in an unknown state, so
-    the maintenance stops before the reboot whatever ``on_save_failure`` says."""
-    recorder.advance("saving")
+    the maintenance stops before the reboot whatever ``on_save_failure`` says.  A cancel stops
+    further saves (``Recorder.start_save``)."""
     board = progress or ProgressBoard(tty=False, every=float("inf"))
     names = [n for n, g in recorder.journal.guests.items() if g.state == "planned"]
     transfer: dict[str, tuple[int, int] | None] = {}
 
     def save(name: str) -> None:
-        recorder.guest(name, "saving", save_started=clock())
+        if not recorder.start_save(name, clock()):
+            return
         threading.Thread(target=watch_job, args=(name,), daemon=True).start()
         try:
-            image = hypervisor.save(name, f"{config.save_dir}/{name}.save")
+            image = hypervisor.save(name, hypervisor.image_for(name, config.save_dir))
             outcome: dict[str, object] = {"image": image}
         except HostagentError as err:
             outcome = {"error": str(err)}
@@ -111,37 +181,45 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
                                                           f"and did not stop {config.abort_grace:g} s after the "
                                                           "abort: state unknown")
     pool.shutdown(wait=False)  # a stuck call stays behind in its thread; the worker process exits anyway
-    proceed = _apply_failure_policy(recorder, hypervisor, config, stuck, clock)
+    for future in futures:  # an error in a save thread (the journal could not be written) is not lost
+        if future.done() and future.exception() is not None and recorder.write_error is None:
+            return f"saving {futures[future]}: {future.exception()}"
+    stop = _apply_failure_policy(recorder, hypervisor, config, stuck, clock)
     for name in names:
         record = recorder.journal.guests[name]
         board.update(name, record.state + (f": {record.error}" if record.error else ""), final=True)
-    return proceed
+    return stop
 
 
 def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, stuck: list[str],
-                          clock: Callable[[], float]) -> bool:
-    """``on_save_failure`` for the guests that could not be saved; False: stop before the reboot."""
+                          clock: Callable[[], float]) -> str | None:
+    """``on_save_failure`` for the guests that could not be saved; returns why to stop before the reboot."""
     failed = [n for n, g in recorder.journal.guests.items() if g.state == "save_failed"]
     if not failed:
-        return True
+        return None
     if config.on_save_failure == "abort" or stuck:
         why = "could not be saved" if not stuck else f"left in an unknown state ({', '.join(stuck)} stuck)"
-        recorder.advance("restoring", error=f"aborted before the reboot: {', '.join(failed)} {why}")
-        return False
+        return f"aborted before the reboot: {', '.join(failed)} {why}"
+    if recorder.journal.phase != "saving":  # cancelled: the guests that could not be saved just keep running
+        return None
     for name in failed:
+        error = recorder.journal.guests[name].error
         if config.on_save_failure == "skip":
-            recorder.guest(name, "skipped")
+            recorder.guest(name, "skipped", error=f"{error}; not saved: it goes down with the host")
             continue
         try:
             hypervisor.shutdown(name)
             deadline = clock() + config.shutdown_timeout
             while hypervisor.is_running(name) and clock() < deadline:
                 time.sleep(0.2)
-            recorder.guest(name, "shut_down" if not hypervisor.is_running(name) else "skipped",
-                           error=recorder.journal.guests[name].error)
+            if hypervisor.is_running(name):
+                recorder.guest(name, "skipped", error=f"{error}; it did not shut down within "
+                                                      f"{config.shutdown_timeout:g} s: it goes down with the host")
+            else:
+                recorder.guest(name, "shut_down", error=f"{error}; shut down gracefully")
         except HostagentError as err:
-            recorder.guest(name, "skipped", error=f"{recorder.journal.guests[name].error}; shutdown: {err}")
-    return True
+            recorder.guest(name, "skipped", error=f"{error}; shutdown: {err}; it goes down with the host")
+    return None
 
 
 def restore_workers(config: MaintenanceConfig) -> int:
@@ -159,55 +237,106 @@ def _quietly(call: Callable[[str], None], name: str) -> None:
 
 def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
                   clock: Callable[[], float] = time.time, aborted: bool = False,
-                  progress: ProgressBoard | None = None) -> None:
+                  progress: ProgressBoard | None = None, others: str | None = None) -> None:
     """Bring every guest back, priority first; idempotent after a crash or a second boot.
 
-    ``aborted``: the maintenance stopped before the reboot; it ends failed once guests run again."""
+    Each guest ends with one outcome (``journal.OUTCOMES``).  A guest is never booted afresh while
+    its save image exists.  ``aborted``: the maintenance stopped before the reboot; it ends failed
+    (or cancelled) once guests run again.  ``others``: the services on this host that may have
+    restored a guest before us (named in the outcome)."""
     if recorder.journal.phase != "restoring":
         recorder.advance("restoring")
     board = progress or ProgressBoard(tty=False, every=float("inf"))
-    pending = [n for n, g in recorder.journal.guests.items() if g.state not in ("running", "cold_booted", "planned")]
+    pending = [n for n, g in recorder.journal.guests.items()
+               if g.state not in ("running", "cold_booted", "planned", "stopped", "lost")]
     first = [n for n in config.restore_priority if n in pending]
     rest = [n for n in pending if n not in first]
 
     def restore(name: str) -> None:
-        record = recorder.journal.guests[name]
-        if hypervisor.is_running(name):  # restored before a crash, or never stopped
-            if record.state != "restoring":
-                recorder.guest(name, "restoring")
-            recorder.guest(name, "running", running_again=record.running_again or clock())
-            board.update(name, "running", final=True)
-            return
-        for attempt in range(1, config.restore_attempts + 1):
-            board.update(name, f"restoring (attempt {attempt})")
-            recorder.guest(name, "restoring", attempts=recorder.journal.guests[name].attempts + 1)
-            try:
-                if record.image and hypervisor.has_image(name, record.image):
-                    hypervisor.restore(name, record.image)
-                else:
-                    hypervisor.start(name)
-                if hypervisor.is_running(name):
-                    recorder.guest(name, "running", running_again=clock(), error=None)
-                    board.update(name, "running", final=True)
-                    return
-            except HostagentError as err:
-                recorder.guest(name, "restore_failed", error=f"attempt {attempt}: {err}")
-        if config.cold_boot_on_failure:
-            try:
-                kept = hypervisor.cold_boot(name, record.image, f"{config.save_dir}/{name}.kept-{recorder.journal.id}")
-                recorder.guest(name, "cold_booted", running_again=clock(),
-                               error=f"{recorder.journal.guests[name].error}; cold booted, save image kept at {kept}")
-            except HostagentError as err:
-                recorder.guest(name, "restore_failed", error=f"cold boot: {err}; save image kept")
+        try:
+            _restore_guest(recorder, hypervisor, config, name, clock, others)
+        except HostagentError as err:  # one guest's surprise never stops the others
+            with contextlib.suppress(HostagentError):
+                recorder.guest(name, "restore_failed", error=f"restore: {err}")
         final = recorder.journal.guests[name]
-        board.update(name, f"{final.state}: {final.error}", final=True)
+        board.update(name, f"{final.outcome or final.state}" + (f": {final.error}" if final.error else ""),
+                     final=True)
 
     for name in first:
         restore(name)
     with ThreadPoolExecutor(max_workers=restore_workers(config)) as pool:
         list(pool.map(restore, rest))
-    lost = [n for n, g in recorder.journal.guests.items() if g.state not in ("running", "cold_booted", "planned")]
+    for name, record in recorder.journal.guests.items():  # a guest whose restore raised: not running
+        if record.state not in ("running", "cold_booted", "planned", "stopped", "lost"):
+            recorder.guest(name, "lost", outcome="lost", error=record.error)
+    lost = [n for n, g in recorder.journal.guests.items() if g.outcome == "lost"]
     if lost:
-        recorder.advance("failed", error=f"not running after restore: {', '.join(lost)} (images kept)")
+        recorder.advance("failed", error=f"not running after the maintenance: {', '.join(lost)} (images kept)")
+    elif recorder.journal.cancelled:
+        recorder.advance("cancelled")
     else:
         recorder.advance("failed" if aborted else "done")
+
+
+def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, name: str,
+                   clock: Callable[[], float], others: str | None) -> None:
+    record = recorder.journal.guests[name]
+    image = record.image or hypervisor.image_for(name, config.save_dir)
+    has_image = hypervisor.has_image(name, image)
+    went_down_unsaved = record.image is None and record.state in ("shut_down", "skipped")
+    if hypervisor.is_running(name):  # restored before a crash, by another service, or never stopped
+        if record.state != "restoring":
+            recorder.guest(name, "restoring")
+        if record.attempts > 0:
+            outcome, by, note = ("restarted" if went_down_unsaved else "restored"), "hostagent", record.error
+        elif record.image is not None or went_down_unsaved:
+            outcome = "restarted" if went_down_unsaved else ("cold_booted" if has_image else "restored")
+            by = f"another service ({others})" if others else "another service"
+            note = f"{by} started it before hostagent's restore" + (
+                f"; its memory image is kept at {image}" if outcome == "cold_booted" else "")
+        else:  # its save never completed: it kept running
+            outcome, by, note = None, None, "it kept running: its save did not complete"
+        recorder.guest(name, "running", running_again=record.running_again or clock(), outcome=outcome,
+                       restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None)
+        return
+    error = record.error
+    for attempt in range(1, config.restore_attempts + 1):
+        recorder.guest(name, "restoring", attempts=recorder.journal.guests[name].attempts + 1)
+        try:
+            if has_image:
+                hypervisor.restore(name, image)
+            else:
+                hypervisor.start(name)
+            if hypervisor.is_running(name):
+                outcome = "restored" if has_image else ("restarted" if went_down_unsaved else "cold_booted")
+                if outcome == "cold_booted":
+                    error = f"its save image {image} was gone: booted afresh"
+                recorder.guest(name, "running", running_again=clock(), outcome=outcome, restored_by="hostagent",
+                               error=error if outcome != "restored" else None,
+                               clock=_set_clock(hypervisor, name) if outcome == "restored" else None)
+                return
+            error = f"attempt {attempt}: not running after the {'restore' if has_image else 'start'}"
+            recorder.guest(name, "restore_failed", error=error)
+        except HostagentError as err:
+            error = f"attempt {attempt}: {err}"
+            recorder.guest(name, "restore_failed", error=error)
+    if not (config.cold_boot_on_failure and has_image):
+        recorder.guest(name, "lost", outcome="lost", error=f"{error}; " + (
+            f"its memory image is kept at {image}" if has_image else "it could not be started"))
+        return
+    try:
+        kept = hypervisor.cold_boot(name, image, f"{config.save_dir}/{name}.kept-{recorder.journal.id}")
+    except HostagentError as err:
+        recorder.guest(name, "lost", outcome="lost", error=f"{error}; cold boot: {err}; its memory image is kept")
+        return
+    recorder.guest(name, "cold_booted", running_again=clock(), outcome="cold_booted", restored_by="hostagent",
+                   kept_image=kept, error=f"{error}; booted afresh, its memory image is kept at {kept}")
+
+
+def _set_clock(hypervisor: Hypervisor, name: str) -> str:
+    """After a restore the guest's clock is behind by its downtime: set it through the guest agent."""
+    try:
+        hypervisor.sync_clock(name)
+    except HostagentError as err:
+        return f"not set: {err}"
+    return "set"

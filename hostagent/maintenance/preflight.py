@@ -1,7 +1,8 @@
 """Preflight: may this host be rebooted now, and what happens to each guest.
 
 Host problems can be overridden with --force; a member that cannot boot only with
---force-unbootable: never reboot into a host that cannot boot.
+--force-unbootable: never reboot into a host that cannot boot.  A hypervisor that cannot be
+reached is overridden by nothing: without the list of guests, a reboot could take any of them down.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class GuestPlan:
     memory_kib: int
     action: str  # "save", or why not
     owner: str | None = None
+    running: bool = True
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,16 @@ class Preflight:
     host_problems: tuple[str, ...] = ()
     boot_problems: tuple[str, ...] = ()
     guests: tuple[GuestPlan, ...] = field(default_factory=tuple)
+    hypervisor_problem: str | None = None  # the guests cannot be listed: no override
 
     def allowed(self, force: bool = False, force_unbootable: bool = False) -> bool:
-        return (not self.host_problems or force) and (not self.boot_problems or force_unbootable)
+        return (self.hypervisor_problem is None and (not self.host_problems or force)
+                and (not self.boot_problems or force_unbootable))
 
     def lines(self) -> list[str]:
-        out = [f"host: {p}" for p in self.host_problems] + [f"boot: {p}" for p in self.boot_problems]
+        out = [f"hypervisor: {self.hypervisor_problem} (no override: the guests cannot be seen)"
+               ] if self.hypervisor_problem else []
+        out += [f"host: {p}" for p in self.host_problems] + [f"boot: {p}" for p in self.boot_problems]
         out += [f"guest {g.name} ({g.memory_kib // 1024} MiB): {g.action}" for g in self.guests]
         return out
 
@@ -56,8 +62,7 @@ def run_preflight(ctx: CheckContext, config: Config, connect: Callable[[], Hyper
     try:
         guests = connect().guests()
     except HostagentError as err:
-        problems.append(f"hypervisor: {err}")
-        return Preflight(tuple(problems), boot_problems)
+        return Preflight(tuple(problems), boot_problems, hypervisor_problem=str(err))
     plans = [plan(g) for g in guests]
     needed = sum(g.memory_kib for g in guests if g.running) * 1024 * SAVE_MARGIN
     try:
@@ -81,4 +86,4 @@ def plan(guest: GuestInfo) -> GuestPlan:
         action = f"cannot save: {guest.unsaveable}"
     else:
         action = "save"
-    return GuestPlan(guest.name, guest.memory_kib, action, guest.owner)
+    return GuestPlan(guest.name, guest.memory_kib, action, guest.owner, guest.running)

@@ -6,6 +6,7 @@ process the daemon supervises; tests call them directly against libvirt's test d
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Literal
 
@@ -15,7 +16,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
-from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.progress import ProgressBoard
@@ -32,38 +33,62 @@ def due(journal: Journal, now: float, grace: float) -> Literal["wait", "run", "m
 
 
 def mark_missed(store: JournalStore, journal: Journal, now: float) -> Journal:
+    """Planned, and past its grace: missed (refused, PhaseMoved, if it was cancelled or started meanwhile)."""
     late = now - journal.reboot_at
-    missed = journal.advance("missed", now=now, error=f"the daemon was down at the scheduled time; "
-                                                      f"{late:.0f} s late is past the grace: not rebooted")
-    store.save(missed)
-    return missed
+    return store.update(journal.id, lambda current: current.advance(
+        "missed", now=now, error=f"the daemon was down at the scheduled time; {late:.0f} s late is past the grace: "
+                                 "not rebooted"))
 
 
-def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Preflight,
+def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Callable[[], Preflight],
             config: MaintenanceConfig, reboot: Callable[[], str | None], *, boot_id: str | None = None,
-            audit: AuditLog | None = None, progress: ProgressBoard | None = None) -> Journal:
-    """Preflight again, save every guest, sync, record ``rebooting`` and reboot.
+            audit: AuditLog | None = None, progress: ProgressBoard | None = None, others: str | None = None) -> Journal:
+    """Preflight again, decide the guests, save them, then (a compare-and-set on the journal) ``rebooting``
+    and reboot.
 
     ``reboot`` returns None once the reboot is under way, or why it failed; then the guests are
-    restored at once and the maintenance ends failed."""
+    restored at once and the maintenance ends failed.  A cancel at any point before ``rebooting``
+    wins: no reboot, and the guests already saved are restored at once."""
     recorder = Recorder(journal, store, audit)
-    recorder.advance("preflight")
-    if not preflight.allowed(journal.force, journal.force_unbootable):
-        recorder.advance("failed", error="preflight at the scheduled time: " + "; ".join(preflight.lines()))
+    try:
+        recorder.advance("preflight")
+        try:
+            checked = preflight()
+        except HostagentError as err:
+            recorder.advance("failed", error=f"preflight at the scheduled time: {err}")
+            return recorder.journal
+        if not checked.allowed(recorder.journal.force, recorder.journal.force_unbootable):
+            recorder.advance("failed", error="preflight at the scheduled time: " + "; ".join(checked.lines()))
+            return recorder.journal
+        recorder.replan(checked.guests, config.owners)
+        recorder.advance("saving")
+    except PhaseMoved:
+        return recorder.journal  # cancelled meanwhile: nothing was touched
+    stop = save_phase(recorder, hypervisor, config, progress=progress)
+    if stop is None and recorder.write_error is None:
+        try:
+            recorder.advance("rebooting", boot_id=boot_id)  # the last look: a cancel during the saves wins
+        except PhaseMoved:
+            stop = recorder.journal.error or "cancelled"
+    if recorder.write_error is not None:
+        stop = f"{recorder.write_error}: not rebooted"
+    if stop is not None:
+        if recorder.journal.phase in ("saving", "rebooting"):
+            with contextlib.suppress(PhaseMoved):  # a cancel put it in restoring already
+                recorder.advance("restoring", error=stop)
+        restore_phase(recorder, hypervisor, config, aborted=True, progress=progress, others=others)
+        recorder.flush()
         return recorder.journal
-    if not save_phase(recorder, hypervisor, config, progress=progress):
-        restore_phase(recorder, hypervisor, config, aborted=True, progress=progress)
-        return recorder.journal
-    recorder.advance("rebooting", boot_id=boot_id)  # sync is part of the reboot command's child process
-    failure = reboot()
+    failure = reboot()  # sync is part of the reboot command's child process
     if failure is not None:
         recorder.advance("restoring", error=f"the reboot command failed: {failure}; guests restored without a reboot")
-        restore_phase(recorder, hypervisor, config, aborted=True, progress=progress)
+        restore_phase(recorder, hypervisor, config, aborted=True, progress=progress, others=others)
     return recorder.journal
 
 
 def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: MaintenanceConfig,
-                      audit: AuditLog | None = None, progress: ProgressBoard | None = None) -> Journal | None:
+                      audit: AuditLog | None = None, progress: ProgressBoard | None = None,
+                      others: str | None = None) -> Journal | None:
     """After the reboot, or after a worker died mid-save or mid-restore: restore whatever is not running."""
     journal = store.active()
     if journal is None or journal.phase not in ("saving", "rebooting", "restoring"):
@@ -71,8 +96,10 @@ def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: Maint
     aborted = journal.phase == "saving" or journal.error is not None
     recorder = Recorder(journal, store, audit)
     if journal.phase == "saving":
-        recorder.advance("restoring", error="the maintenance worker stopped while saving: not rebooted")
-    restore_phase(recorder, hypervisor, config, aborted=aborted, progress=progress)
+        with contextlib.suppress(PhaseMoved):
+            recorder.advance("restoring", error="the maintenance worker stopped while saving: not rebooted")
+    restore_phase(recorder, hypervisor, config, aborted=aborted, progress=progress, others=others)
+    recorder.flush()
     return recorder.journal
 
 
@@ -89,11 +116,9 @@ def execute(host: Host, state: StateStore, config: Config, store: JournalStore, 
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
     try:
         hypervisor = LibvirtHypervisor(config.maintenance.uri)
-        preflight = run_preflight(ctx, config, lambda: hypervisor, config.maintenance.save_dir)
-    except HostagentError as err:
-        failed = journal.advance("preflight").advance("failed", error=str(err))
-        store.save(failed)
-        return failed
+    except HostagentError as err:  # the guests cannot be seen: no reboot, whatever --force said
+        why = f"cannot see the guests: {err}; not rebooted"
+        return store.update(journal.id, lambda current: current.advance("preflight").advance("failed", error=why))
     command = config.maintenance.reboot_command
 
     def reboot() -> str | None:
@@ -107,6 +132,9 @@ def execute(host: Host, state: StateStore, config: Config, store: JournalStore, 
         if result.returncode != 0:
             return f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-300:]}"
         return None
+
+    def preflight() -> Preflight:
+        return run_preflight(ctx, config, lambda: hypervisor, config.maintenance.save_dir)
 
     return run_now(store, journal, hypervisor, preflight, config.maintenance, reboot,
                    boot_id=current_boot_id(host), audit=audit, progress=progress)

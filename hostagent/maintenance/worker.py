@@ -52,6 +52,7 @@ class Worker:
     journal_id: str
     process: subprocess.Popen[bytes]
     deadline: float
+    log_path: Path | None = None
 
     @classmethod
     def start(cls, action: str, journal: Journal, state_dir: str, config: Config, config_path: str | None,
@@ -64,7 +65,20 @@ class Worker:
         finally:
             if out is not None:
                 out.close()
-        return cls(action, journal.id, process, time.monotonic() + deadline_for(action, journal, config.maintenance))
+        return cls(action, journal.id, process, time.monotonic() + deadline_for(action, journal, config.maintenance),
+                   log_path)
+
+    def last_words(self) -> str:
+        """The last line the worker wrote to its log (its outcome or its error)."""
+        if self.log_path is None:
+            return "no log"
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 2048))
+                tail = handle.read().decode(errors="replace").strip().splitlines()
+        except OSError as err:
+            return f"{self.log_path}: {err.strerror or err}"
+        return tail[-1] if tail else "no output"
 
     def finished(self) -> bool:
         return self.process.poll() is not None
@@ -99,16 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         store = JournalStore(Path(args.state_dir) / "maintenance")
         audit = AuditLog(args.state_dir)
-        journal = store.load(args.id)
-        if args.action == "run":
-            host = Host("/", command_timeout=config.agent.command_timeout)
-            result: Journal | None = execute(host, StateStore(args.state_dir), config, store, journal, audit,
-                                             progress)
-        else:
-            from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+        with store.worker(args.id):  # one worker per maintenance, even one a killed daemon left behind
+            journal = store.load(args.id)
+            if args.action == "run":
+                host = Host("/", command_timeout=config.agent.command_timeout)
+                result: Journal | None = execute(host, StateStore(args.state_dir), config, store, journal, audit,
+                                                 progress)
+            else:
+                from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 
-            result = resume_after_boot(store, LibvirtHypervisor(config.maintenance.uri), config.maintenance,
-                                       audit, progress)
+                result = resume_after_boot(store, LibvirtHypervisor(config.maintenance.uri), config.maintenance,
+                                           audit, progress)
     except HostagentError as err:
         print(json.dumps({"id": args.id, "action": args.action, "error": str(err)}), flush=True)
         os._exit(1)

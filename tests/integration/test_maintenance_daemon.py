@@ -23,7 +23,7 @@ from hostagent.maintenance.worker import Worker
 from hostagent.state import StateStore
 from tests.integration.test_alerts import Sink, sink_server
 from tests.integration.test_hypervisor import node
-from tests.integration.test_maintenance_phases import setup
+from tests.integration.test_maintenance_phases import seen, setup
 
 
 def config_text(tmp_path: Path, port: int, extra: str = "") -> str:
@@ -93,7 +93,7 @@ def test_wake_ups_persist_and_a_start_missed_past_the_grace_is_not_run(tmp_path:
                                                                       "notice_lead_times = [2.0, 3600.0]\n"))
     store = JournalStore(tmp_path / "state" / "maintenance")
     planned = Journal.new(time.time() + 5, "kernel", ["web1"], notify_owners=True)
-    store.save(planned)
+    store.create(planned)
     daemon = watch(tmp_path)
     jobs = wait_for_jobs(tmp_path / "state", 2)
     assert set(jobs) == {f"{planned.id}:start", f"{planned.id}:before:2"}
@@ -121,7 +121,7 @@ def test_a_start_within_the_grace_runs_late_after_a_restart(tmp_path: Path, sink
     (tmp_path / "hostagent.toml").write_text(config_text(tmp_path, port, "late_start_grace = 120.0\n"))
     store = JournalStore(tmp_path / "state" / "maintenance")
     planned = Journal.new(time.time() + 4, "kernel", ["web1", "db1"], force=True)  # gpu1 cannot be saved
-    store.save(planned)
+    store.create(planned)
     daemon = watch(tmp_path)
     wait_for_jobs(tmp_path / "state", 1)
     stop(daemon)
@@ -137,7 +137,7 @@ def test_an_overdue_worker_is_killed_and_the_guests_are_brought_back(tmp_path: P
     daemon = daemon_for(tmp_path, port)
     journal = Journal.new(0.0, "kernel", ["web1", "db1"]).advance("preflight").advance("saving")
     journal = journal.guest("web1", "saving", save_started=time.time())
-    daemon.store.save(journal)
+    daemon.store.create(journal)
     hung = subprocess.Popen(["sleep", "600"], start_new_session=True)
     daemon.worker = Worker("run", journal.id, hung, deadline=time.monotonic() - 1)
     daemon.tick()
@@ -156,7 +156,7 @@ def test_a_worker_lost_in_the_preflight_fails_the_maintenance_and_alerts(tmp_pat
     port, received = sink
     daemon = daemon_for(tmp_path, port)
     journal = Journal.new(0.0, "kernel", ["web1"]).advance("preflight")
-    daemon.store.save(journal)
+    daemon.store.create(journal)
     daemon.tick()
     assert daemon.store.load(journal.id).phase == "failed"
     assert any(f"maintenance {journal.id}" in m["subject"] and "CRITICAL" in m["subject"]
@@ -170,7 +170,7 @@ def test_after_the_reboot_command_the_same_daemon_waits_then_restores_if_no_rebo
     journal = Journal.new(0.0, "kernel", ["web1"]).advance("preflight").advance("saving")
     journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
     journal = journal.advance("rebooting", boot_id=current_boot_id(Host("/")))
-    daemon.store.save(journal)
+    daemon.store.create(journal)
     daemon.tick()
     assert daemon.worker is None and daemon.store.load(journal.id).phase == "rebooting"  # shutting down: wait
     time.sleep(2.5)
@@ -183,12 +183,11 @@ def test_after_the_reboot_command_the_same_daemon_waits_then_restores_if_no_rebo
 
 def test_a_failing_reboot_command_restores_the_guests_at_once(tmp_path: Path) -> None:
     from hostagent.config import MaintenanceConfig
-    from hostagent.maintenance.preflight import Preflight
 
     hypervisor, store, _ = setup(tmp_path)
     planned = Journal.new(0.0, "kernel", ["a", "b", "c"])
-    store.save(planned)
-    journal = run_now(store, planned, hypervisor, Preflight(), MaintenanceConfig(save_dir=str(tmp_path)),
+    store.create(planned)
+    journal = run_now(store, planned, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path)),
                       lambda: "systemctl reboot exited 1: Access denied")
     assert journal.phase == "failed" and "the reboot command failed" in (journal.error or "")
     assert all(hypervisor.is_running(n) for n in "abc")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hostagent.config import MaintenanceConfig
 from hostagent.errors import HostagentError
+from hostagent.hypervisor import Hypervisor
 from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
+from hostagent.maintenance.preflight import Preflight, plan
 from hostagent.progress import ProgressBoard
 from tests.integration.test_hypervisor import DOMAIN
 
@@ -42,9 +45,14 @@ def setup(tmp_path: Path, fail: dict[tuple[str, str], int] | None = None) -> tup
     (tmp_path / "node.xml").write_text(f"<node>\n{domains}\n</node>\n")
     hypervisor = Faulty(f"test://{tmp_path / 'node.xml'}", fail or {})
     store = JournalStore(tmp_path / "journal")
-    journal = Journal.new(0.0, "test", ["a", "b", "c"]).advance("preflight")
-    store.save(journal)
+    journal = Journal.new(0.0, "test", ["a", "b", "c"]).advance("preflight").advance("saving")
+    store.create(journal)
     return hypervisor, store, Recorder(journal, store)
+
+
+def seen(hypervisor: Hypervisor) -> Callable[[], Preflight]:
+    """A preflight that passes and sees the guests as the hypervisor has them when it runs."""
+    return lambda: Preflight(guests=tuple(plan(g) for g in hypervisor.guests()))
 
 
 def states(store: JournalStore, recorder: Recorder) -> dict[str, str]:
@@ -55,7 +63,7 @@ def states(store: JournalStore, recorder: Recorder) -> dict[str, str]:
 
 def test_full_cycle(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path)
-    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path)))
+    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path))) is None
     assert states(store, recorder) == {"a": "saved", "b": "saved", "c": "saved"}
     assert not any(hypervisor.is_running(n) for n in "abc")
     recorder.advance("rebooting")
@@ -63,21 +71,27 @@ def test_full_cycle(tmp_path: Path) -> None:
     assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
     assert recorder.journal.phase == "done"
     assert all(g.downtime_s is not None and g.downtime_s >= 0 for g in recorder.journal.guests.values())
+    assert {g.outcome for g in recorder.journal.guests.values()} == {"restored"}
+    assert {g.restored_by for g in recorder.journal.guests.values()} == {"hostagent"}
 
 
 def test_a_failed_save_is_shut_down_and_cold_started(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path, {("save", "b"): 1})
-    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), shutdown_timeout=5))
+    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), shutdown_timeout=5)) is None
     assert states(store, recorder) == {"a": "saved", "b": "shut_down", "c": "saved"}
     assert "injected" in (recorder.journal.guests["b"].error or "")
     recorder.advance("rebooting")
     restore_phase(recorder, hypervisor, MaintenanceConfig())
     assert recorder.journal.phase == "done" and all(hypervisor.is_running(n) for n in "abc")
+    b = recorder.journal.guests["b"]  # the truth: it was shut down and booted again, not restored
+    assert (b.state, b.outcome) == ("running", "restarted") and "shut down gracefully" in (b.error or "")
 
 
 def test_abort_policy_brings_the_saved_guests_back_without_a_reboot(tmp_path: Path) -> None:
     hypervisor, store, recorder = setup(tmp_path, {("save", "a"): 1})
-    assert not save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), on_save_failure="abort"))
+    stop = save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), on_save_failure="abort"))
+    assert stop is not None
+    recorder.advance("restoring", error=stop)
     restore_phase(recorder, hypervisor, MaintenanceConfig(), aborted=True)
     assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
     assert recorder.journal.phase == "failed" and "aborted before the reboot" in (recorder.journal.error or "")
@@ -91,8 +105,9 @@ def test_restore_retries_then_keeps_the_image_when_it_keeps_failing(tmp_path: Pa
     recorder.advance("rebooting")
     restore_phase(recorder, hypervisor, MaintenanceConfig(restore_attempts=3))
     guests = store.load(recorder.journal.id).guests
-    assert (guests["a"].state, guests["a"].attempts) == ("running", 3)
-    assert guests["b"].state == "restore_failed" and hypervisor.has_image("b", "managed")  # never discarded
+    assert (guests["a"].state, guests["a"].attempts, guests["a"].outcome) == ("running", 3, "restored")
+    assert (guests["b"].state, guests["b"].outcome) == ("lost", "lost")
+    assert hypervisor.has_image("b", "managed") and "memory image is kept" in (guests["b"].error or "")
     assert recorder.journal.phase == "failed" and "b" in (recorder.journal.error or "")
 
 
@@ -101,12 +116,15 @@ def test_a_crash_mid_restore_resumes_without_restoring_twice(tmp_path: Path) -> 
     save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path)))
     recorder.advance("rebooting")
     recorder.advance("restoring")
+    recorder.guest("a", "restoring", attempts=1)  # as restore_phase records it before the restore call
     hypervisor.restore("a", "managed")  # the agent restored a, then died before writing it down
-    recorder.guest("b", "restoring")
+    recorder.guest("b", "restoring", attempts=1)
     resumed = Recorder(store.load(recorder.journal.id), store)  # a new agent process reads the journal
     restore_phase(resumed, hypervisor, MaintenanceConfig())
     assert states(store, resumed) == {"a": "running", "b": "running", "c": "running"}
-    assert resumed.journal.guests["a"].attempts == 0  # found running: not restored again
+    a = resumed.journal.guests["a"]  # found running: not restored again, and restored by us
+    assert (a.attempts, a.outcome, a.restored_by) == (1, "restored", "hostagent")
+    assert resumed.journal.guests["b"].attempts == 2  # b's image was still there: restored from it
     assert resumed.journal.phase == "done"
 
 
@@ -140,7 +158,7 @@ def slow_setup(tmp_path: Path, deaf: bool = False) -> tuple[Slow, JournalStore, 
 def test_a_save_past_its_timeout_is_aborted_and_follows_the_policy(tmp_path: Path) -> None:
     hypervisor, store, recorder = slow_setup(tmp_path)
     config = MaintenanceConfig(save_dir=str(tmp_path), save_timeout=1.5, on_save_failure="skip")
-    assert save_phase(recorder, hypervisor, config)
+    assert save_phase(recorder, hypervisor, config) is None
     assert hypervisor.aborts == ["b"]
     assert states(store, recorder) == {"a": "saved", "b": "skipped", "c": "saved"}
     assert "timed out after 1.5 s, job aborted" in (recorder.journal.guests["b"].error or "")
@@ -150,8 +168,9 @@ def test_a_save_past_its_timeout_is_aborted_and_follows_the_policy(tmp_path: Pat
 def test_a_save_that_ignores_the_abort_stops_the_maintenance_whatever_the_policy(tmp_path: Path) -> None:
     hypervisor, store, recorder = slow_setup(tmp_path, deaf=True)
     config = MaintenanceConfig(save_dir=str(tmp_path), save_timeout=1.0, abort_grace=1.0, on_save_failure="skip")
-    assert not save_phase(recorder, hypervisor, config)  # a guest in an unknown state: no reboot
-    assert recorder.journal.phase == "restoring" and "b stuck" in (recorder.journal.error or "")
+    stop = save_phase(recorder, hypervisor, config)  # a guest in an unknown state: no reboot
+    assert stop is not None and "b stuck" in stop
+    recorder.advance("restoring", error=stop)
     assert "state unknown" in (recorder.journal.guests["b"].error or "")
     restore_phase(recorder, hypervisor, config, aborted=True)
     assert recorder.journal.phase == "failed" and "rebooting" not in [p for p, _ in recorder.journal.history]

@@ -48,7 +48,8 @@ def test_an_unreachable_hypervisor_and_no_room_to_save(tmp_path: Path) -> None:
         raise ProbeUnavailable("hypervisor qemu:///system not reachable: no socket")
 
     result = run_preflight(CheckContext.for_host(Host(snap.root)), Config(), unreachable, "/")
-    assert result.host_problems == ("hypervisor: hypervisor qemu:///system not reachable: no socket",)
+    assert result.hypervisor_problem == "hypervisor qemu:///system not reachable: no socket"
+    assert not result.allowed(force=True, force_unbootable=True)  # no override for guests it cannot see
     small = tmp_path / "small.xml"
     big = node(tmp_path).removeprefix("test://")
     small.write_text(Path(big).read_text().replace("<memory unit='MiB'>512</memory>",

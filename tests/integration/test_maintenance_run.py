@@ -6,9 +6,9 @@ from pathlib import Path
 
 from hostagent.config import MaintenanceConfig
 from hostagent.maintenance.journal import Journal, JournalStore
-from hostagent.maintenance.preflight import GuestPlan, Preflight
+from hostagent.maintenance.preflight import Preflight
 from hostagent.maintenance.run import due, mark_missed, resume_after_boot, run_now
-from tests.integration.test_maintenance_phases import Faulty, setup
+from tests.integration.test_maintenance_phases import Faulty, seen, setup
 
 
 def test_due_missed_and_waiting() -> None:
@@ -21,7 +21,7 @@ def test_due_missed_and_waiting() -> None:
 
 def test_missed_is_recorded_and_never_run(tmp_path: Path) -> None:
     store = JournalStore(tmp_path)
-    journal = Journal.new(1000.0, "r", ["a"])
+    journal = store.create(Journal.new(1000.0, "r", ["a"]))
     missed = mark_missed(store, journal, 5000.0)
     assert store.load(journal.id).phase == "missed" and "4000 s late" in (missed.error or "")
 
@@ -30,10 +30,9 @@ def test_cycle_through_a_reboot_and_an_agent_restart(tmp_path: Path) -> None:
     hypervisor, _, _ = setup(tmp_path)
     store = JournalStore(tmp_path / "run")  # only this maintenance in it
     planned = Journal.new(0.0, "kernel", ["a", "b", "c"])
-    store.save(planned)
+    store.create(planned)
     reboots: list[str] = []
-    ok = Preflight(guests=(GuestPlan("a", 131072, "save"),))
-    journal = run_now(store, planned, hypervisor, ok, MaintenanceConfig(save_dir=str(tmp_path)),
+    journal = run_now(store, planned, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path)),
                       lambda: reboots.append("reboot"))
     assert reboots == ["reboot"] and store.load(planned.id).phase == "rebooting"
     assert not any(hypervisor.is_running(n) for n in "abc")
@@ -49,9 +48,9 @@ def test_preflight_failing_at_the_scheduled_time_touches_nothing(tmp_path: Path)
     hypervisor, _, _ = setup(tmp_path)
     store = JournalStore(tmp_path / "run")
     planned = Journal.new(0.0, "kernel", ["a", "b"], force=True)  # --force does not cover the boot check
-    store.save(planned)
+    store.create(planned)
     blocked = Preflight(boot_problems=("boot.missing_on_member: sdb cannot boot",))
-    journal = run_now(store, planned, hypervisor, blocked, MaintenanceConfig(), lambda: None)
+    journal = run_now(store, planned, hypervisor, lambda: blocked, MaintenanceConfig(), lambda: None)
     assert journal.phase == "failed" and "sdb cannot boot" in (journal.error or "")
     assert all(hypervisor.is_running(n) for n in "ab")
     assert isinstance(hypervisor, Faulty)
@@ -75,23 +74,26 @@ def test_the_daemon_runs_a_due_maintenance_and_restores_after_the_reboot(tmp_pat
                           '[[alerts.routes]]\nto = ["ops@example.com"]\n[checks.smart]\nenabled = false\n')
         store = JournalStore(state / "maintenance")
         due_now = Journal.new(time.time() - 1, "kernel", ["web1", "db1"], force=True)  # gpu1 has a hostdev
-        store.save(due_now)
+        store.create(due_now)
         first = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))
         assert first.returncode == 0, first.stderr
         assert rebooted.exists() and store.load(due_now.id).phase == "rebooting"
-        assert {g.state for g in store.load(due_now.id).guests.values()} == {"saved"}
+        # gpu1 (host device passthrough) cannot be saved: --force lets it be shut down and started again
+        assert {n: g.state for n, g in store.load(due_now.id).guests.items()} == {
+            "web1": "saved", "db1": "saved", "gpu1": "shut_down"}
+        assert store.load(due_now.id).guests["gpu1"].added
         second = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))  # after boot
         assert second.returncode == 0, second.stderr
         assert store.load(due_now.id).phase == "done"
         assert f"maintenance {due_now.id}: worker restore ended (exit 0), maintenance done" in second.stderr
-        assert "web1: running" in (state / "maintenance" / f"{due_now.id}.log").read_text()  # the worker's log
+        assert "web1: restored" in (state / "maintenance" / f"{due_now.id}.log").read_text()  # the worker's log
         audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
         steps = [(a["action"], a["subject"], a["state"]) for a in audit if a.get("event") == "maintenance"]
         assert ("guest", "web1", "saved") in steps and ("guest", "web1", "running") in steps
         assert ("phase", due_now.id, "rebooting") in steps and ("phase", due_now.id, "done") in steps
 
         missed = Journal.new(time.time() - 3600, "too late", ["web1"])
-        store.save(missed)
+        store.create(missed)
         third = hostagent("--config", str(config), "watch", "--once", "--state-dir", str(state))
         assert store.load(missed.id).phase == "missed" and "<3>maintenance" in third.stderr
         hostname = json.loads(hostagent("--config", str(config), "status", "--json", "--state-dir",

@@ -51,16 +51,15 @@ def test_journal_transitions_and_guest_records() -> None:
 def test_journal_store_round_trip_and_active(tmp_path: Path) -> None:
     store = JournalStore(tmp_path / "maintenance")
     first = Journal.new(NOW.timestamp() + 60, "reason", ["vm1"])
-    store.save(first)
+    store.create(first)
     assert store.load(first.id) == first
     assert store.active() == first
-    done = first.advance("cancelled")
-    store.save(done)
+    store.update(first.id, lambda current: current.cancel())
     assert store.active() is None
-    assert [p.name for p in (tmp_path / "maintenance").iterdir()] == [f"{first.id}.json"]  # no temporary left
-    (tmp_path / "maintenance/broken.json").write_text("{")
+    assert sorted(p.name for p in (tmp_path / "maintenance").iterdir()) == [f"{first.id}.json", f"{first.id}.lock"]
+    (tmp_path / "maintenance/0123456789ab.json").write_text("{")
     with pytest.raises(JournalError, match="unreadable maintenance journal"):
-        store.load("broken")
+        store.load("0123456789ab")
 
 
 def test_now_means_at_once() -> None:

@@ -128,7 +128,7 @@ def test_a_guest_that_runs_on_is_not_restored_twice(embed_root: Path, tmp_path: 
     store = JournalStore(tmp_path / "maintenance")
     journal = Journal.new(0.0, "crash test", ["web1"]).advance("preflight").advance("saving")
     journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
-    store.save(journal.advance("rebooting"))
+    store.create(journal.advance("rebooting"))
     out = resume_in_child(uri, store)
     assert out.stdout.strip() == "done", out.stderr
     assert store.load(journal.id).guests["web1"].attempts == 0  # found running: no restore attempted
@@ -150,7 +150,7 @@ def test_a_restore_that_keeps_failing_cold_boots_and_keeps_the_image(embed_root:
     store = JournalStore(tmp_path / "maintenance")
     journal = Journal.new(0.0, "cold boot test", ["web1"]).advance("preflight").advance("saving")
     journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
-    store.save(journal.advance("rebooting"))
+    store.create(journal.advance("rebooting"))
     out = resume_in_child(uri, store, save_dir=str(save_dir), restore_attempts=2, cold_boot_on_failure=True)
     record = store.load(journal.id).guests["web1"]
     assert out.stdout.strip() == "done", out.stderr
