@@ -88,6 +88,7 @@ class GuestRecord:
     restored_by: str | None = None  # "hostagent", or the service that restored it first
     kept_image: str | None = None  # a memory image kept after a cold boot
     clock: str | None = None  # "set", or why the guest's clock could not be set after the restore
+    unsaved: str | None = None  # how a guest whose save failed went down: "shut_down" or "with_host"
 
     @property
     def downtime_s(self) -> float | None:
@@ -199,7 +200,8 @@ class Journal:
                 error=record.text("error", optional=True),
                 outcome=record.choice("outcome", tuple(OUTCOMES), optional=True),
                 added=record.flag("added"), restored_by=record.text("restored_by", optional=True),
-                kept_image=record.text("kept_image", optional=True), clock=record.text("clock", optional=True))
+                kept_image=record.text("kept_image", optional=True), clock=record.text("clock", optional=True),
+                unsaved=record.choice("unsaved", ("shut_down", "with_host"), optional=True))
             if guests[name].name != name:
                 raise ShapeError(f"guests.{name}.name: says {guests[name].name!r}")
         journal_id = top.text("id")

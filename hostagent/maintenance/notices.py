@@ -14,9 +14,29 @@ from hostagent.maintenance.journal import GuestRecord, Journal
 from hostagent.maintenance.when import describe
 
 AFTER, REPORT = "after", "report"
-OUTCOME = {"running": "restored: it was paused, not rebooted", "cold_booted": "REBOOTED (its restore failed)",
-           "skipped": "not saved: it went down with the host", "shut_down": "shut down and started again",
-           "restore_failed": "NOT RUNNING: our staff are on it"}
+# What an owner reads for each outcome (journal.OUTCOMES); a guest whose save failed says how it went down.
+OWNER_TEXT = {
+    "restored": "restored: it was paused, not rebooted",
+    "cold_booted": "REBOOTED: it could not be restored from its memory image, so it was started afresh",
+    "restarted:shut_down": "REBOOTED: it could not be saved, so it was shut down cleanly and started again",
+    "restarted:with_host": "REBOOTED: it could not be saved and went down with the host; started again after",
+    "left_stopped": "not touched: it was stopped before the maintenance and is left stopped",
+    "lost": "NOT RUNNING after the maintenance: our staff are on it",
+    None: "not interrupted: it kept running",
+}
+
+
+def owner_text(record: GuestRecord) -> str:
+    key = f"restarted:{record.unsaved or 'with_host'}" if record.outcome == "restarted" else record.outcome
+    return OWNER_TEXT.get(key, OWNER_TEXT["lost"])
+
+
+def downtime_text(record: GuestRecord) -> str:
+    if record.outcome == "left_stopped" or (record.outcome is None and record.save_started is None):
+        return "none"
+    if record.outcome == "lost":
+        return "still down"
+    return _duration(record.downtime_s) if record.downtime_s is not None else "unknown"
 
 
 def _at(timestamp: float | None) -> str:
@@ -65,9 +85,9 @@ def after_notice(journal: Journal, guests: list[GuestRecord], hostname: str) -> 
     lines = [f"The maintenance of {hostname} planned for {_at(journal.reboot_at)} has ended.", "",
              "machine        downtime        outcome"]
     for g in guests:
-        down = _duration(g.downtime_s) if g.downtime_s is not None else "unknown"
-        lines.append(f"{g.name:<14} {down:<15} {OUTCOME.get(g.state, g.state)}")
-        lines.append(f"{'':<14} down from {_at(g.save_started)} to {_at(g.running_again)}")
+        lines.append(f"{g.name:<14} {downtime_text(g):<15} {owner_text(g)}")
+        if g.save_started is not None and g.outcome not in ("left_stopped", None):
+            lines.append(f"{'':<14} down from {_at(g.save_started)} to {_at(g.running_again)}")
     lines += ["", f"Maintenance {journal.id}"]
     return subject, "\n".join(lines) + "\n"
 
@@ -89,11 +109,16 @@ def report(journal: Journal, hostname: str) -> tuple[str, str]:
              f"Planned for {_at(journal.reboot_at)}; reason: {journal.reason or '-'}"]
     if journal.error:
         lines.append(f"Error: {journal.error}")
-    lines += ["", "guest          state          downtime   owner / error"]
+    lines += ["", "guest          outcome        downtime   owner / details"]
     for g in journal.guests.values():
         down = f"{g.downtime_s:.1f} s" if g.downtime_s is not None else "-"
-        lines.append(f"{g.name:<14} {g.state:<14} {down:<10} {g.owner or '-'}"
-                     + (f" / {g.error}" if g.error else ""))
+        details = [g.owner or "-"]
+        details += ["added at run time"] if g.added else []
+        details += [f"restored by {g.restored_by}"] if g.restored_by and g.restored_by != "hostagent" else []
+        details += [f"memory image kept at {g.kept_image}"] if g.kept_image else []
+        details += [f"clock {g.clock}"] if g.clock and g.clock != "set" else []
+        details += [g.error] if g.error else []
+        lines.append(f"{g.name:<14} {g.outcome or g.state:<14} {down:<10} " + " / ".join(details))
     if downtimes:
         lines.append(f"total guest downtime {sum(downtimes):.1f} s, longest {max(downtimes):.1f} s")
     lines += ["", "phases:", *(f"  {phase:<10} {_at(at)}" for phase, at in journal.history)]

@@ -205,7 +205,8 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
     for name in failed:
         error = recorder.journal.guests[name].error
         if config.on_save_failure == "skip":
-            recorder.guest(name, "skipped", error=f"{error}; not saved: it goes down with the host")
+            recorder.guest(name, "skipped", error=f"{error}; not saved: it goes down with the host",
+                           unsaved="with_host")
             continue
         try:
             hypervisor.shutdown(name)
@@ -214,11 +215,13 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
                 time.sleep(0.2)
             if hypervisor.is_running(name):
                 recorder.guest(name, "skipped", error=f"{error}; it did not shut down within "
-                                                      f"{config.shutdown_timeout:g} s: it goes down with the host")
+                                                      f"{config.shutdown_timeout:g} s: it goes down with the host",
+                               unsaved="with_host")
             else:
-                recorder.guest(name, "shut_down", error=f"{error}; shut down gracefully")
+                recorder.guest(name, "shut_down", error=f"{error}; shut down gracefully", unsaved="shut_down")
         except HostagentError as err:
-            recorder.guest(name, "skipped", error=f"{error}; shutdown: {err}; it goes down with the host")
+            recorder.guest(name, "skipped", error=f"{error}; shutdown: {err}; it goes down with the host",
+                           unsaved="with_host")
     return None
 
 
@@ -283,7 +286,7 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
     record = recorder.journal.guests[name]
     image = record.image or hypervisor.image_for(name, config.save_dir)
     has_image = hypervisor.has_image(name, image)
-    went_down_unsaved = record.image is None and record.state in ("shut_down", "skipped")
+    went_down_unsaved = record.unsaved is not None
     if hypervisor.is_running(name):  # restored before a crash, by another service, or never stopped
         if record.state != "restoring":
             recorder.guest(name, "restoring")

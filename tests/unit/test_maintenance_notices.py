@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hostagent.maintenance import notices
-from hostagent.maintenance.journal import Journal
+from hostagent.maintenance.journal import GuestRecord, Journal
 
 LEADS = (86400.0, 3600.0)
 
@@ -51,7 +51,7 @@ def test_the_before_notice_names_the_time_in_utc_and_the_guests() -> None:
 def test_the_after_notice_gives_each_guests_downtime_and_outcome() -> None:
     j = journal().advance("preflight").advance("saving")
     j = j.guest("db1", "saving", save_started=1000.0).guest("db1", "saved", image="managed")
-    j = j.guest("db1", "restoring").guest("db1", "running", running_again=1000.0 + 125.4)
+    j = j.guest("db1", "restoring").guest("db1", "running", running_again=1000.0 + 125.4, outcome="restored")
     subject, text = notices.after_notice(j, notices.by_owner(j)["bob@example.com"], "hv1")
     assert subject == "Maintenance of hv1 finished: your downtime"
     assert "db1            2 min 5 s       restored: it was paused, not rebooted" in text
@@ -59,10 +59,18 @@ def test_the_after_notice_gives_each_guests_downtime_and_outcome() -> None:
 
 def test_a_cold_booted_guest_is_called_rebooted() -> None:
     j = journal().advance("preflight").advance("saving")
-    j = j.guest("web1", "saving", save_started=0.0).guest("web1", "save_failed", error="x")
-    j = j.guest("web1", "restoring").guest("web1", "restore_failed").guest("web1", "cold_booted", running_again=40.0)
+    j = j.guest("web1", "saving", save_started=0.0).guest("web1", "saved", image="managed")
+    j = j.guest("web1", "restoring").guest("web1", "restore_failed").guest("web1", "cold_booted", running_again=40.0,
+                                                                            outcome="cold_booted")
     _, text = notices.after_notice(j, [j.guests["web1"]], "hv1")
-    assert "40 s            REBOOTED (its restore failed)" in text
+    assert "40 s            REBOOTED: it could not be restored from its memory image" in text
+
+
+def test_every_outcome_has_its_own_text() -> None:
+    texts = [notices.owner_text(GuestRecord("g", outcome=outcome, unsaved=unsaved)) for outcome, unsaved in (
+        ("restored", None), ("cold_booted", None), ("restarted", "shut_down"), ("restarted", "with_host"),
+        ("left_stopped", None), ("lost", None), (None, None))]
+    assert len(set(texts)) == len(texts)
 
 
 def test_the_report_lists_every_guest_and_the_total_downtime() -> None:
@@ -74,6 +82,7 @@ def test_the_report_lists_every_guest_and_the_total_downtime() -> None:
     assert subject == f"[hostagent] maintenance {j.id} on hv1: saving"
     assert "total guest downtime 30.0 s, longest 20.0 s" in text
     assert "db1            planned        -          bob@example.com" in text
+    assert "web1           running        10.0 s" in text
 
 
 def test_called_off_tells_owners_nothing_happened() -> None:

@@ -1,0 +1,295 @@
+"""Maintenance under faults and races (issue #19), on libvirt's test driver with real processes.
+
+- each guest outcome reaches its owner through a real SMTP server, with its own text and downtime;
+- the guests are decided at the scheduled time, and an unreachable hypervisor never reboots;
+- a cancel that returned is never followed by a reboot, whenever it lands;
+- unreadable journals are set aside and never block the others;
+- a full state directory stops a schedule or a run cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hostagent.config import MaintenanceConfig
+from hostagent.errors import HostagentError
+from hostagent.maintenance import notices
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.preflight import Preflight
+from hostagent.maintenance.run import resume_after_boot, run_now
+from tests.integration.test_alerts import Sink
+from tests.integration.test_cli import hostagent
+from tests.integration.test_hypervisor import DOMAIN
+from tests.integration.test_maintenance_daemon import daemon_for, sink  # noqa: F401 - the sink fixture
+from tests.integration.test_maintenance_phases import Faulty, seen
+
+OWNERS = {"web1": "alice@example.com", "web2": "bob@example.com", "web3": "carol@example.com"}
+
+
+def hypervisor_with(tmp_path: Path, fail: dict[tuple[str, str], int] | None = None,
+                    names: tuple[str, ...] = ("web1", "web2", "web3")) -> Faulty:
+    domains = "\n".join(DOMAIN.format(name=n, memory=64, metadata="", devices="") for n in names)
+    (tmp_path / "node.xml").write_text(f"<node>\n{domains}\n</node>\n")
+    return Faulty(f"test://{tmp_path / 'node.xml'}", fail or {})
+
+
+class FailingStart(Faulty):
+    """A test-driver backend whose cold starts fail (a guest that cannot come back at all)."""
+
+    def start(self, name: str) -> None:
+        self._maybe("start", name)
+        super().start(name)
+
+
+# -- one truthful outcome per guest, in the owner's mail ------------------------------------------
+
+OUTCOME_CASES = {
+    "restored": ({}, {}, "restored: it was paused, not rebooted"),
+    "cold_booted": ({}, {}, "REBOOTED: it could not be restored from its memory image, so it was started afresh"),
+    "restarted-shut-down": ({("save", "web1"): 1}, {"on_save_failure": "shutdown"},
+                            "REBOOTED: it could not be saved, so it was shut down cleanly and started again"),
+    "restarted-with-host": ({("save", "web1"): 1}, {"on_save_failure": "skip"},
+                            "REBOOTED: it could not be saved and went down with the host; started again after"),
+    "left_stopped": ({}, {}, "not touched: it was stopped before the maintenance and is left stopped"),
+    "lost": ({("restore", "web1"): 9, ("start", "web1"): 9}, {},
+             "NOT RUNNING after the maintenance: our staff are on it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTCOME_CASES))
+def test_each_outcome_reaches_the_owner_with_its_own_text_and_downtime(tmp_path: Path, case: str,
+                                                                      sink: tuple[int, Sink]) -> None:
+    port, received = sink
+    fail, options, text = OUTCOME_CASES[case]
+    daemon = daemon_for(tmp_path, port)
+    hypervisor_with(tmp_path)  # web1..web3 in the node file (over daemon_for's), then a connection that reads it
+    hypervisor = FailingStart(f"test://{tmp_path / 'node.xml'}", fail)
+    if case == "left_stopped":
+        hypervisor._domain("web1").destroy()  # its owner stopped it after the maintenance was scheduled
+    config = MaintenanceConfig(save_dir=str(tmp_path), restore_attempts=2, shutdown_timeout=5,
+                               **options)  # type: ignore[arg-type]
+    store = daemon.store
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS), owners=OWNERS, notify_owners=True))
+    reboots: list[str] = []
+    run_now(store, journal, hypervisor, seen(hypervisor), config, lambda: reboots.append("reboot") and None)
+    assert reboots == ["reboot"]
+    if case == "cold_booted":  # the memory image is gone (the test driver's managed save is a flag)
+        hypervisor._domain("web1").managedSaveRemove(0)
+    resume_after_boot(store, hypervisor, config)
+    record = store.load(journal.id).guests["web1"]
+    expected = case.split("-")[0]
+    assert record.outcome == expected, record
+    daemon.tick()
+    deadline = time.monotonic() + 20
+    while not any(m["to"] == ["alice@example.com"] for m in received.messages):
+        assert time.monotonic() < deadline, "no after-notice reached the owner"
+        time.sleep(0.1)
+    body = next(m for m in received.messages if m["to"] == ["alice@example.com"])["body"]
+    line = next(line for line in body.splitlines() if line.startswith("web1 "))
+    assert text in line
+    assert notices.downtime_text(record) in line
+    if expected in ("restored", "cold_booted", "restarted"):
+        assert record.downtime_s is not None and record.downtime_s >= 0 and record.running_again is not None
+    if expected == "left_stopped":
+        assert not hypervisor.is_running("web1")  # never started after the reboot
+    if expected == "lost":
+        assert store.load(journal.id).phase == "failed"
+        assert any("maintenance.guest_lost" in m["body"] or "not running after maintenance" in m["body"]
+                   for m in received.messages if m["to"] == ["ops@example.com"])
+    if expected == "cold_booted":
+        assert "was gone: booted afresh" in (record.error or "")
+    report = next(m for m in received.messages if m["to"] == ["ops@example.com"] and "maintenance" in m["subject"])
+    assert f"web1           {expected}" in report["body"]
+
+
+# -- the guests are decided at the scheduled time ----------------------------------------------------
+
+
+def test_the_guests_are_read_again_at_the_scheduled_time(tmp_path: Path) -> None:
+    hypervisor = hypervisor_with(tmp_path, names=("web1", "web2", "late1"))
+    store = JournalStore(tmp_path / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["web1", "web2"]))  # late1 started after scheduling
+    hypervisor._domain("web2").destroy()  # and web2's owner stopped it after scheduling
+    reboots: list[str] = []
+    config = MaintenanceConfig(save_dir=str(tmp_path))
+    run_now(store, journal, hypervisor, seen(hypervisor), config, lambda: reboots.append("reboot") and None)
+    saved = store.load(journal.id)
+    assert reboots == ["reboot"]
+    assert {n: g.state for n, g in saved.guests.items()} == {"web1": "saved", "web2": "stopped", "late1": "saved"}
+    assert saved.guests["late1"].added and not saved.guests["web1"].added
+    resume_after_boot(store, hypervisor, config)
+    done = store.load(journal.id)
+    assert done.phase == "done"
+    assert {n: g.outcome for n, g in done.guests.items()} == {"web1": "restored", "web2": "left_stopped",
+                                                              "late1": "restored"}
+    assert hypervisor.is_running("late1") and not hypervisor.is_running("web2")
+    listing = notices.report(done, "hv1")[1]
+    assert "added at run time" in listing and "stopped before the maintenance" in listing
+
+
+def test_a_hypervisor_unreachable_at_run_time_never_reboots_whatever_force_said(tmp_path: Path) -> None:
+    hypervisor = hypervisor_with(tmp_path)
+    store = JournalStore(tmp_path / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS), force=True, force_unbootable=True))
+    blind = Preflight(hypervisor_problem="hypervisor qemu:///system not reachable: Connection refused")
+    reboots: list[str] = []
+    result = run_now(store, journal, hypervisor, lambda: blind, MaintenanceConfig(save_dir=str(tmp_path)),
+                     lambda: reboots.append("reboot") and None)
+    assert reboots == [] and result.phase == "failed" and "not reachable" in (result.error or "")
+    assert all(hypervisor.is_running(n) for n in OWNERS)
+
+
+def test_run_now_through_the_cli_with_libvirt_down_does_not_reboot(tmp_path: Path) -> None:
+    """The real worker process, with a URI that cannot be opened at the scheduled time."""
+    state, rebooted = tmp_path / "state", tmp_path / "rebooted"
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[maintenance]\nuri = "test://{tmp_path}/gone.xml"\nsave_dir = "{tmp_path}"\n'
+                      f'reboot_command = ["touch", "{rebooted}"]\n[checks.smart]\nenabled = false\n')
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(time.time() + 3600, "kernel", ["web1"], force=True))
+    ran = hostagent("--config", str(config), "maintenance", "run-now", "--json", "--state-dir", str(state))
+    assert ran.returncode == 1, ran.stderr
+    assert json.loads(ran.stdout)["phase"] == "failed" and "cannot see the guests" in json.loads(ran.stdout)["error"]
+    assert not rebooted.exists() and store.load(journal.id).phase == "failed"
+
+
+# -- a cancel is final -------------------------------------------------------------------------------
+
+
+class Gate(Faulty):
+    """Saves that wait at a gate, so a cancel can land while they run."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri, {})
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def save(self, name: str, image: str) -> str:
+        self.entered.set()
+        self.release.wait(30)
+        return super().save(name, image)
+
+
+def cancel_cli(state: Path) -> subprocess.CompletedProcess[str]:
+    config = state.parent / "empty.toml"
+    config.write_text("")
+    return hostagent("--config", str(config), "maintenance", "cancel", "--json", "--state-dir", str(state))
+
+
+def test_a_cancel_during_the_preflight_wins(tmp_path: Path) -> None:
+    hypervisor = hypervisor_with(tmp_path)
+    state = tmp_path / "state"
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+    reboots: list[str] = []
+
+    def slow_preflight() -> Preflight:  # the cancel lands while the worker runs the preflight
+        cancelled = cancel_cli(state)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert json.loads(cancelled.stdout)["phase"] == "cancelled"
+        return seen(hypervisor)()
+
+    result = run_now(store, journal, hypervisor, slow_preflight, MaintenanceConfig(save_dir=str(tmp_path)),
+                     lambda: reboots.append("reboot") and None)
+    assert reboots == [] and result.phase == "cancelled" and store.load(journal.id).phase == "cancelled"
+    assert all(hypervisor.is_running(n) for n in OWNERS)
+    assert all(g.state == "planned" for g in store.load(journal.id).guests.values())  # nothing was touched
+
+
+def test_a_cancel_during_the_saves_stops_the_reboot_and_restores_the_saved_guests(tmp_path: Path) -> None:
+    hypervisor_with(tmp_path)
+    hypervisor = Gate(f"test://{tmp_path / 'node.xml'}")
+    state = tmp_path / "state"
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+    reboots: list[str] = []
+    config = MaintenanceConfig(save_dir=str(tmp_path), concurrency=1)  # one save at a time: the others wait
+    worker = threading.Thread(target=run_now, args=(store, journal, hypervisor, seen(hypervisor), config,
+                                                    lambda: reboots.append("reboot") and None))
+    worker.start()
+    assert hypervisor.entered.wait(30)
+    cancelled = cancel_cli(state)
+    hypervisor.release.set()
+    worker.join(60)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "no reboot" in json.loads(cancelled.stdout)["note"]
+    final = store.load(journal.id)
+    assert reboots == [] and final.phase == "cancelled" and final.cancelled
+    assert all(hypervisor.is_running(n) for n in OWNERS)
+    saved = [n for n, g in final.guests.items() if g.save_started is not None]
+    assert len(saved) == 1  # the save under way finished; no other save started after the cancel
+    assert final.guests[saved[0]].outcome == "restored"
+    assert "rebooting" not in [phase for phase, _ in final.history]
+
+
+def test_a_cancel_once_rebooting_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = JournalStore(state / "maintenance")
+    journal = Journal.new(0.0, "kernel", []).advance("preflight").advance("saving").advance("rebooting")
+    store.create(journal)
+    refused = cancel_cli(state)
+    assert refused.returncode == 3 and "too late to cancel" in refused.stderr
+    assert store.load(journal.id).phase == "rebooting"
+
+
+class SlowSaves(Faulty):
+    """Saves of a random length, so that cancels land in every part of the run."""
+
+    def __init__(self, uri: str, rng: random.Random) -> None:
+        super().__init__(uri, {})
+        self.rng = rng
+
+    def save(self, name: str, image: str) -> str:
+        time.sleep(self.rng.uniform(0.05, 0.4))
+        return super().save(name, image)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_cancel_that_returned_is_never_followed_by_a_reboot(tmp_path: Path, seed: int) -> None:
+    """Cancels from another process at random moments of real runs: the cancel and the last look before
+    the reboot are compare-and-sets on one journal, so exactly one of them wins."""
+    rng = random.Random(seed)
+    hypervisor_with(tmp_path)
+    hypervisor = SlowSaves(f"test://{tmp_path / 'node.xml'}", rng)
+    state = tmp_path / "state"
+    outcomes = []
+    for _ in range(8):
+        store = JournalStore(state / "maintenance")
+        for path in store.directory.glob("*.json") if store.directory.exists() else []:
+            path.unlink()
+        for name in OWNERS:  # every guest running again for the next round
+            if not hypervisor.is_running(name):
+                hypervisor.restore(name, "managed")
+        journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+        reboots: list[str] = []
+        delay = rng.uniform(0.0, 1.0)
+
+        def late_preflight(pause: float = rng.uniform(0.0, 0.2)) -> Preflight:
+            time.sleep(pause)
+            return seen(hypervisor)()
+
+        worker = threading.Thread(target=run_now, args=(
+            store, journal, hypervisor, late_preflight, MaintenanceConfig(save_dir=str(tmp_path), concurrency=1),
+            lambda: reboots.append("reboot") and None))
+        worker.start()
+        time.sleep(delay)
+        cancelled = cancel_cli(state)
+        worker.join(60)
+        final = store.load(journal.id)
+        if cancelled.returncode == 0:
+            assert reboots == [], final
+            assert final.phase == "cancelled" and all(hypervisor.is_running(n) for n in OWNERS)
+        else:
+            assert "too late to cancel" in cancelled.stderr and reboots == ["reboot"]
+            assert final.phase == "rebooting"
+            resume_after_boot(store, hypervisor, MaintenanceConfig())
+        outcomes.append(cancelled.returncode)
+    print("cancel won", outcomes.count(0), "of", len(outcomes))
