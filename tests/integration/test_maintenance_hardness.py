@@ -12,24 +12,22 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hostagent.config import MaintenanceConfig
-from hostagent.errors import HostagentError
 from hostagent.maintenance import notices
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.preflight import Preflight
 from hostagent.maintenance.run import resume_after_boot, run_now
-from tests.integration.test_alerts import Sink
+from tests.integration.test_alerts import Sink, sink_server
 from tests.integration.test_cli import hostagent
 from tests.integration.test_hypervisor import DOMAIN
-from tests.integration.test_maintenance_daemon import daemon_for, sink  # noqa: F401 - the sink fixture
+from tests.integration.test_maintenance_daemon import daemon_for
 from tests.integration.test_maintenance_phases import Faulty, seen
 
 OWNERS = {"web1": "alice@example.com", "web2": "bob@example.com", "web3": "carol@example.com"}
@@ -50,6 +48,12 @@ class FailingStart(Faulty):
         super().start(name)
 
 
+@pytest.fixture
+def mail() -> Iterator[tuple[int, Sink]]:
+    with sink_server() as (controller, received):
+        yield controller.port, received
+
+
 # -- one truthful outcome per guest, in the owner's mail ------------------------------------------
 
 OUTCOME_CASES = {
@@ -67,8 +71,8 @@ OUTCOME_CASES = {
 
 @pytest.mark.parametrize("case", sorted(OUTCOME_CASES))
 def test_each_outcome_reaches_the_owner_with_its_own_text_and_downtime(tmp_path: Path, case: str,
-                                                                      sink: tuple[int, Sink]) -> None:
-    port, received = sink
+                                                                      mail: tuple[int, Sink]) -> None:
+    port, received = mail
     fail, options, text = OUTCOME_CASES[case]
     daemon = daemon_for(tmp_path, port)
     hypervisor_with(tmp_path)  # web1..web3 in the node file (over daemon_for's), then a connection that reads it
@@ -276,9 +280,12 @@ def test_a_cancel_that_returned_is_never_followed_by_a_reboot(tmp_path: Path, se
             time.sleep(pause)
             return seen(hypervisor)()
 
+        def reboot(reboots: list[str] = reboots) -> None:
+            reboots.append("reboot")
+
         worker = threading.Thread(target=run_now, args=(
             store, journal, hypervisor, late_preflight, MaintenanceConfig(save_dir=str(tmp_path), concurrency=1),
-            lambda: reboots.append("reboot") and None))
+            reboot))
         worker.start()
         time.sleep(delay)
         cancelled = cancel_cli(state)
