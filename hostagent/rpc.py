@@ -187,9 +187,11 @@ class Server:
 
         from hostagent.maintenance.journal import JournalStore
 
-        rows = [j.row() for j in JournalStore(Path(self._directory()) / "maintenance").all()]
+        journals, unreadable = JournalStore(Path(self._directory()) / "maintenance").scan()
+        rows = [j.row() for j in journals]
         active = [r for r in rows if r["phase"] not in ("done", "failed", "cancelled", "missed")]
-        return {"active": active[0] if active else None, "last": rows[-1] if rows else None, "recent": rows[-5:]}
+        return {"active": active[0] if active else None, "last": rows[-1] if rows else None, "recent": rows[-5:],
+                "unreadable": [entry.row() for entry in unreadable]}
 
     def _schedule(self, request: Request) -> Any:
         options = request.options

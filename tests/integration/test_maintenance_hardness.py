@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -300,3 +301,146 @@ def test_a_cancel_that_returned_is_never_followed_by_a_reboot(tmp_path: Path, se
             resume_after_boot(store, hypervisor, MaintenanceConfig())
         outcomes.append(cancelled.returncode)
     print("cancel won", outcomes.count(0), "of", len(outcomes))
+
+
+# -- bad or foreign journal files never block the others -------------------------------------------
+
+
+def finished(reboot_at: float) -> Journal:
+    return Journal.new(reboot_at, "old", ["web1"]).advance("cancelled")
+
+
+def test_unreadable_journals_are_listed_set_aside_and_block_nothing(tmp_path: Path, mail: tuple[int, Sink]) -> None:
+    port, received = mail
+    daemon = daemon_for(tmp_path, port)
+    store = daemon.store
+    truncated = store.create(finished(1000.0))
+    text = store.path(truncated.id).read_text()
+    store.path(truncated.id).write_text(text[: len(text) // 2])  # a torn old journal
+    wrong = store.create(finished(2000.0))
+    store.path(wrong.id).write_text(json.dumps({**wrong.to_json(), "guests": ["web1"]}))  # the wrong shape
+    planned = store.create(Journal.new(time.time() + 3600, "kernel", ["web1"]))
+    state = tmp_path / "state"
+    config = str(tmp_path / "hostagent.toml")
+    listed = hostagent("--config", config, "maintenance", "list", "--json", "--state-dir", str(state))
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["phase"] for r in rows] == ["planned", "unreadable", "unreadable"]
+    by_file = {Path(r["file"]).name: r["error"] for r in rows if r["phase"] == "unreadable"}
+    assert "Unterminated string" in by_file[f"{truncated.id}.json"] or "Expecting" in by_file[f"{truncated.id}.json"]
+    assert "guests: not an object" in by_file[f"{wrong.id}.json"]
+    text_list = hostagent("--config", config, "maintenance", "list", "--state-dir", str(state))
+    assert f"{wrong.id}.json  unreadable" in text_list.stdout and "Traceback" not in text_list.stderr
+    status = hostagent("--config", config, "maintenance", "status", "--json", "--state-dir", str(state))
+    assert [r["id"] for r in json.loads(status.stdout)] == [planned.id]
+    report = hostagent("--config", config, "rpc", "--state-dir", str(state),
+                       env={"SSH_ORIGINAL_COMMAND": "maintenance status"})
+    assert report.returncode == 0, report.stderr
+    assert len(json.loads(report.stdout)["result"]["unreadable"]) == 2
+    daemon.tick()  # the daemon sets both aside and alerts naming each
+    assert sorted(p.name for p in store.directory.glob("*.corrupt")) == sorted(
+        [f"{truncated.id}.corrupt", f"{wrong.id}.corrupt"])
+    deadline = time.monotonic() + 20
+    while len([m for m in received.messages if "journal" in m["body"]]) < 2:
+        assert time.monotonic() < deadline, [m["subject"] for m in received.messages]
+        time.sleep(0.1)
+    bodies = "\n".join(m["body"] for m in received.messages)
+    assert f"{truncated.id}.json" in bodies and f"{wrong.id}.json" in bodies
+    cancelled = hostagent("--config", config, "maintenance", "cancel", "--json", "--state-dir", str(state))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert store.load(planned.id).phase == "cancelled"
+    again = hostagent("--config", config, "maintenance", "list", "--json", "--state-dir", str(state))
+    assert sorted(r["phase"] for r in json.loads(again.stdout)) == ["cancelled", "unreadable", "unreadable"]
+
+
+def test_the_restore_after_a_reboot_goes_on_beside_a_corrupt_journal(tmp_path: Path) -> None:
+    hypervisor = hypervisor_with(tmp_path)
+    store = JournalStore(tmp_path / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+    (store.directory / "0123456789ab.json").write_text('{"id": "0123456789ab", "phase": ')
+    run_now(store, journal, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path)), lambda: None)
+    assert store.load(journal.id).phase == "rebooting"
+    restored = resume_after_boot(store, hypervisor, MaintenanceConfig())
+    assert restored is not None and restored.phase == "done"
+    assert all(hypervisor.is_running(n) for n in OWNERS)
+
+
+# -- write errors: a full state directory -----------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs for the state directory: a disk that really fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> None:
+    """Fill the file system to the last byte."""
+    with (directory / "filler").open("wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+
+
+def test_scheduling_on_a_full_disk_fails_cleanly_and_is_audited(tmp_path: Path, small_tmpfs: Path) -> None:
+    state = small_tmpfs / "state"
+    (state / "maintenance").mkdir(parents=True)
+    (state / "audit.jsonl").write_text('{"event": "start"}\n')  # the audit log has room left in its last page
+    fill(small_tmpfs)
+    config = tmp_path / "hostagent.toml"
+    hypervisor_with(tmp_path)
+    config.write_text(f'[maintenance]\nuri = "test://{tmp_path}/node.xml"\nsave_dir = "{tmp_path}"\n'
+                      '[checks.smart]\nenabled = false\n')
+    scheduled = hostagent("--config", str(config), "maintenance", "--reboot-at", "2099-01-01 04:00", "--json",
+                          "--state-dir", str(state))
+    assert scheduled.returncode == 3, scheduled.stderr
+    assert "No space left on device" in scheduled.stderr and "nothing was scheduled" in scheduled.stderr
+    assert "Traceback" not in scheduled.stderr
+    assert not list((state / "maintenance").glob("*.json")) and not list((state / "maintenance").glob(".*tmp"))
+    audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "schedule" and audit[-1]["state"] == "refused"
+    assert "No space left on device" in audit[-1]["error"]
+
+
+class FillsTheDisk(Faulty):
+    """The state directory fills up while the guests are being saved (after the first save)."""
+
+    def __init__(self, uri: str, directory: Path) -> None:
+        super().__init__(uri, {})
+        self.directory, self.saves = directory, 0
+
+    def save(self, name: str, image: str) -> str:
+        image = super().save(name, image)
+        self.saves += 1
+        if self.saves == 1:
+            fill(self.directory)
+        return image
+
+
+def test_a_disk_that_fills_during_the_saves_stops_the_run_before_the_reboot(tmp_path: Path,
+                                                                           small_tmpfs: Path) -> None:
+    from hostagent.actions import AuditLog
+
+    hypervisor_with(tmp_path)
+    hypervisor = FillsTheDisk(f"test://{tmp_path / 'node.xml'}", small_tmpfs)
+    store = JournalStore(small_tmpfs / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+    reboots: list[str] = []
+    result = run_now(store, journal, hypervisor, seen(hypervisor),
+                     MaintenanceConfig(save_dir=str(tmp_path), concurrency=1), lambda: reboots.append("x") and None,
+                     audit=AuditLog(small_tmpfs))
+    assert reboots == []
+    assert all(hypervisor.is_running(n) for n in OWNERS)  # the guests already saved run again
+    assert result.phase == "failed" and "No space left on device" in (result.error or "")
+    assert not list(store.directory.glob(".*.tmp"))
+    (small_tmpfs / "filler").unlink()  # space again: the daemon's restore worker would find the truth on disk
+    after = resume_after_boot(store, hypervisor, MaintenanceConfig())
+    final = store.load(journal.id)
+    assert final.phase == "failed" and "rebooting" not in [p for p, _ in final.history], (after, final)
+    assert all(g.outcome in ("restored", None) for g in final.guests.values())
