@@ -382,10 +382,9 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 def fill(directory: Path) -> None:
     """Fill the file system to the last byte."""
-    with (directory / "filler").open("wb", buffering=0) as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(b"\0" * 4096)
+    with (directory / "filler").open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
 
 
 def test_scheduling_on_a_full_disk_fails_cleanly_and_is_audited(tmp_path: Path, small_tmpfs: Path) -> None:
