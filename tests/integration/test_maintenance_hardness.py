@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -443,3 +444,50 @@ def test_a_disk_that_fills_during_the_saves_stops_the_run_before_the_reboot(tmp_
     final = store.load(journal.id)
     assert final.phase == "failed" and "rebooting" not in [p for p, _ in final.history], (after, final)
     assert all(g.outcome in ("restored", None) for g in final.guests.values())
+
+
+# -- concurrent writers and readers ----------------------------------------------------------------
+
+STRESS_WRITER = """
+import sys
+from pathlib import Path
+from hostagent.maintenance.journal import JournalStore
+store, journal_id, me, rounds = JournalStore(Path(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
+for i in range(rounds):
+    store.update(journal_id, lambda current: current.mark_sent(f"{me}:{i}"))
+print("ok")
+"""
+
+STRESS_READER = """
+import sys, time
+from pathlib import Path
+from hostagent.maintenance.journal import JournalStore
+store, journal_id, stop = JournalStore(Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3])
+reads = 0
+while not stop.exists():
+    store.load(journal_id)
+    store.scan()
+    reads += 1
+print(reads)
+"""
+
+
+def test_concurrent_writers_and_readers_never_see_a_torn_journal_or_lose_an_update(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+    stop = tmp_path / "stop"
+    rounds, writers = 400, 3
+    readers = [subprocess.Popen([sys.executable, "-c", STRESS_READER, str(store.directory), journal.id, str(stop)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    started = [subprocess.Popen([sys.executable, "-c", STRESS_WRITER, str(store.directory), journal.id, f"w{n}",
+                                 str(rounds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for n in range(writers)]
+    results = [process.communicate(timeout=300) for process in started]
+    stop.touch()
+    read = [process.communicate(timeout=60) for process in readers]
+    assert [(p.returncode, out.strip(), err) for p, (out, err) in zip(started, results, strict=True)] == [
+        (0, "ok", "")] * writers
+    assert all(p.returncode == 0 and err == "" and int(out) > 0 for p, (out, err) in zip(readers, read, strict=True))
+    sent = store.load(journal.id).sent
+    assert len(sent) == rounds * writers == len(set(sent))  # no update lost to a stale copy
+    assert sorted(p.name for p in store.directory.iterdir()) == [f"{journal.id}.json", f"{journal.id}.lock"]

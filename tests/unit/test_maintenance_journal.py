@@ -69,3 +69,85 @@ def test_now_means_at_once() -> None:
 
     moment = dt.datetime(2026, 11, 23, 15, 0, tzinfo=dt.UTC)
     assert parse_when("now", moment) == moment and parse_when(" now ", moment) == moment
+
+
+def valid() -> dict[str, object]:
+    journal = Journal.new(NOW.timestamp(), "kernel", ["web1"]).advance("preflight")
+    return journal.to_json()
+
+
+@pytest.mark.parametrize(("mangle", "message"), [
+    (lambda d: [d], "journal: not an object"),
+    (lambda d: {**d, "id": 5}, "journal.id: not a string"),
+    (lambda d: {**d, "id": "../../etc"}, "not a maintenance id"),
+    (lambda d: {**d, "phase": "exploded"}, "journal.phase: 'exploded' is none of"),
+    (lambda d: {**d, "guests": ["web1"]}, "journal.guests: not an object"),
+    (lambda d: {**d, "guests": {"web1": {**d["guests"]["web1"], "state": 3}}}, "guests.web1.state: not a string"),
+    (lambda d: {**d, "guests": {"web1": {**d["guests"]["web1"], "name": "db1"}}}, "guests.web1.name: says 'db1'"),
+    (lambda d: {**d, "guests": {"web1": {**d["guests"]["web1"], "attempts": 1.5}}}, "attempts: not a plausible count"),
+    (lambda d: {**d, "guests": {"web1": {**d["guests"]["web1"], "outcome": "fine"}}}, "outcome: 'fine' is none of"),
+    (lambda d: {**d, "reboot_at": "tomorrow"}, "journal.reboot_at: not a plausible time"),
+    (lambda d: {**d, "reboot_at": 1e300}, "journal.reboot_at: not a plausible time"),
+    (lambda d: {**d, "reboot_at": True}, "journal.reboot_at: not a plausible time"),
+    (lambda d: {**d, "history": [["planned"]]}, r"history\[0\]: not a \[phase, time\] pair"),
+    (lambda d: {**d, "history": {"planned": 1}}, "journal.history: not a list"),
+    (lambda d: {**d, "sent": [1]}, "sent: not a list of strings"),
+    (lambda d: {**d, "force": "yes"}, "journal.force: not true or false"),
+    (lambda d: {k: v for k, v in d.items() if k != "created"}, "journal.created: missing"),
+])
+def test_journals_of_the_wrong_shape_are_refused_naming_the_field(mangle: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Journal.from_json(mangle(valid()))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"id": "', "unreadable maintenance journal"),
+    (b"\xff\xfe\x00binary", "unreadable maintenance journal"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"reboot_at": ' + b"9" * 5000 + b"}", "unreadable maintenance journal"),
+    (b'{"reboot_at": NaN}', "unreadable maintenance journal"),
+    (b" " * (5 << 20), "larger than"),
+])
+def test_unreadable_files_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    store = JournalStore(tmp_path)
+    (tmp_path / "0123456789ab.json").write_bytes(content)
+    with pytest.raises(JournalError, match=message) as caught:
+        store.load("0123456789ab")
+    assert str(tmp_path / "0123456789ab.json") in str(caught.value)
+    journals, unreadable = store.scan()
+    assert journals == [] and [u.path.name for u in unreadable] == ["0123456789ab.json"]
+    assert [u.path.name for u in store.quarantine()] == ["0123456789ab.corrupt"]
+    assert store.scan()[1][0].path.name == "0123456789ab.corrupt"
+
+
+def test_a_fifo_or_a_symlink_to_dev_zero_never_hangs_the_reader(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "0123456789ab.json")
+    (tmp_path / "ba9876543210.json").symlink_to("/dev/zero")
+    store = JournalStore(tmp_path)
+    assert store.all() == [] and len(store.scan()[1]) == 2
+
+
+def test_a_transition_from_a_phase_that_moved_on_is_refused_not_overwritten(tmp_path: Path) -> None:
+    from hostagent.maintenance.journal import PhaseMoved
+
+    store = JournalStore(tmp_path)
+    stale = store.create(Journal.new(NOW.timestamp(), "kernel", ["web1"]))
+    store.update(stale.id, lambda current: current.cancel())  # another process cancels
+    with pytest.raises(PhaseMoved, match="cannot go from cancelled to preflight"):
+        store.update(stale.id, lambda current: current.advance("preflight"))
+    marked = store.update(stale.id, lambda current: current.mark_sent("report"))
+    assert (marked.phase, marked.sent) == ("cancelled", ("report",))  # metadata lands on the fresh copy
+    with pytest.raises(JournalError, match="exists already"):
+        store.create(stale)
+
+
+def test_cancel_before_and_during_the_saves() -> None:
+    planned = Journal.new(NOW.timestamp(), "kernel", ["web1"])
+    assert planned.cancel().phase == "cancelled"
+    saving = planned.advance("preflight").advance("saving")
+    cancelled = saving.cancel()
+    assert (cancelled.phase, cancelled.cancelled) == ("restoring", True)
+    with pytest.raises(JournalError, match="too late to cancel"):
+        saving.advance("rebooting").cancel()
