@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from hostagent import __version__
-from hostagent.errors import HostagentError
+from hostagent.errors import ConfigError, HostagentError
 
 EXIT_UNKNOWN = 3
 
@@ -244,9 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return net_main(args)
         if args.command == "config":
-            from hostagent.config import load_config
+            from hostagent.config import check_on_host, load_config
 
             loaded = load_config(args.file)
+            problems = check_on_host(loaded)
+            if problems:
+                raise ConfigError("\n".join(problems))
             print(f"{loaded.source}: valid")
             return 0
         if args.command == "rpc":

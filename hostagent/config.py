@@ -7,6 +7,7 @@ expected; a missing file means defaults.  The reference is docs/config.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -149,7 +150,42 @@ def load_config(explicit: str | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
     values: Config = _build(Config, dict(data), source, "", skip=("source",))
+    _check_maintenance(values.maintenance, source)
     return dataclasses.replace(values, source=source)
+
+
+def _check_maintenance(m: MaintenanceConfig, source: str) -> None:
+    """Values that would only fail in the middle of a maintenance, after guests were saved."""
+    problems = []
+    if not m.reboot_command or not m.reboot_command[0].strip():
+        problems.append("reboot_command: must name a command, e.g. [\"systemctl\", \"reboot\"]")
+    if not m.uri.strip():
+        problems.append("uri: must name the hypervisor, e.g. \"qemu:///system\"")
+    if not m.save_dir.startswith("/"):
+        problems.append(f"save_dir: must be an absolute path, got {m.save_dir!r}")
+    for key in ("concurrency", "restore_attempts"):
+        if getattr(m, key) < 1:
+            problems.append(f"{key}: must be at least 1, got {getattr(m, key)}")
+    for key in ("save_timeout", "shutdown_timeout", "restore_timeout", "reboot_wait"):
+        if getattr(m, key) <= 0:
+            problems.append(f"{key}: must be more than 0 s, got {getattr(m, key)}")
+    if any(lead <= 0 for lead in m.notice_lead_times):
+        problems.append("notice_lead_times: every lead time must be more than 0 s")
+    for guest, owner in m.owners.items():
+        if "@" not in owner or any(c.isspace() or not c.isprintable() for c in owner):
+            problems.append(f"owners.{guest}: {owner!r} is not a mail address")
+    if problems:
+        raise ConfigError(f"{source}: maintenance." + f"\n{source}: maintenance.".join(problems))
+
+
+def check_on_host(config: Config) -> list[str]:
+    """What ``config check`` finds wrong for this host beyond the file itself (commands that are missing)."""
+    import shutil
+
+    command = config.maintenance.reboot_command[0]
+    if shutil.which(command) is None:
+        return [f"{config.source}: maintenance.reboot_command: {command!r} is not an executable on this host"]
+    return []
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
@@ -197,6 +233,8 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     if tp in _TYPE_NAMES:
         if type(value) is not tp:
             raise ConfigError(f"{source}: {path}: expected {_TYPE_NAMES[tp]}, got {_describe(value)}")
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{source}: {path}: must be a finite number, got {value}")
         if tp in (int, float) and value < 0:
             raise ConfigError(f"{source}: {path}: must not be negative, got {value}")
         return value

@@ -173,3 +173,26 @@ def test_config_check_validates_without_running_anything(tmp_path: Path) -> None
     assert refused.returncode == 3 and "unknown key maintenance.concurency" in refused.stderr
     missing = hostagent("config", "check", str(tmp_path / "none.toml"))
     assert missing.returncode == 3 and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("reboot_command = []", "maintenance.reboot_command: must name a command"),
+    ('reboot_command = [""]', "maintenance.reboot_command: must name a command"),
+    ('reboot_command = ["no-such-reboot-tool"]', "'no-such-reboot-tool' is not an executable on this host"),
+    ("concurrency = 0", "maintenance.concurrency: must be at least 1"),
+    ("restore_attempts = 0", "maintenance.restore_attempts: must be at least 1"),
+    ("save_timeout = 0", "maintenance.save_timeout: must be more than 0 s"),
+    ("save_timeout = nan", "maintenance.save_timeout: must be a finite number"),
+    ("shutdown_timeout = inf", "maintenance.shutdown_timeout: must be a finite number"),
+    ('save_dir = "save"', "maintenance.save_dir: must be an absolute path"),
+    ('uri = ""', "maintenance.uri: must name the hypervisor"),
+    ("notice_lead_times = [0.0]", "maintenance.notice_lead_times: every lead time must be more than 0 s"),
+    ('owners = { web1 = "ops@example.com\\nBcc: x@example.com" }', "maintenance.owners.web1"),
+])
+def test_config_check_refuses_maintenance_values_that_would_fail_mid_run(tmp_path: Path, text: str,
+                                                                          message: str) -> None:
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f"[maintenance]\n{text}\n")
+    refused = hostagent("config", "check", str(config))
+    assert refused.returncode == 3 and message in refused.stderr, refused.stderr
+    assert str(config) in refused.stderr and "Traceback" not in refused.stderr
