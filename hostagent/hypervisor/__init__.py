@@ -56,6 +56,10 @@ class Hypervisor(abc.ABC):
         """Whether the guest runs now."""
 
     @abc.abstractmethod
+    def resume_paused(self, name: str) -> bool:
+        """Let a guest that an interrupted save or restore left paused run on; True when it was paused."""
+
+    @abc.abstractmethod
     def sync_clock(self, name: str) -> None:
         """Set the guest's clock from the host's through its guest agent (a restored guest's is behind)."""
 

@@ -133,6 +133,14 @@ class LibvirtHypervisor(Hypervisor):
     def is_running(self, name: str) -> bool:
         return bool(self._domain(name).isActive())
 
+    def resume_paused(self, name: str) -> bool:
+        domain = self._domain(name)
+        state, reason = self._call(name, "state", domain.state)
+        if state != self._libvirt.VIR_DOMAIN_PAUSED:
+            return False
+        self._call(name, f"resume (paused, reason {reason})", domain.resume)
+        return True
+
     def sync_clock(self, name: str) -> None:
         """``virsh domtime --sync``, as libvirt-guests' SYNC_TIME does."""
         self._call(name, "set the clock", self._domain(name).setTime, None, self._libvirt.VIR_DOMAIN_TIME_SYNC)

@@ -24,7 +24,7 @@ from hostagent.alerts.alerter import Alerter
 from hostagent.config import Config
 from hostagent.errors import HostagentError
 from hostagent.host import Host
-from hostagent.maintenance import notices
+from hostagent.maintenance import faults, notices
 from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.run import current_boot_id, due, mark_missed
 from hostagent.maintenance.worker import Worker
@@ -178,6 +178,7 @@ class MaintenanceDaemon:
                 self.alerter.mail(subject, text, [owner], "maintenance.notice")
             journal = self.store.update(journal.id, lambda current: current.mark_sent(*keys))
             log.info("maintenance %s: owners notified (%s)", journal.id, ", ".join(keys))
+            faults.point("notices-sent")
         verdict = due(journal, now, self.config.maintenance.late_start_grace)
         if verdict == "missed":
             try:
@@ -193,7 +194,14 @@ class MaintenanceDaemon:
     def _rebooting(self, journal: Journal, now: float) -> None:
         entered = journal.entered("rebooting") or 0.0
         boot_id = current_boot_id(self.host)
-        if (journal.boot_id and boot_id and boot_id != journal.boot_id) or self.started > entered:
+        known = bool(journal.boot_id and boot_id)
+        rebooted = known and boot_id != journal.boot_id
+        if known and not rebooted and journal.reboot_issued is None and self.started > entered:
+            error = "the agent stopped after saving the guests, before the reboot command ran: not rebooted"
+            log.error("maintenance %s: %s; restoring guests", journal.id, error)
+            restoring = self.store.update(journal.id, lambda current: current.advance("restoring", error=error))
+            self._start_restore(restoring)
+        elif rebooted or self.started > entered:
             log.warning("maintenance %s: back after the reboot; restoring guests", journal.id)
             self._start_restore(journal)
         elif now - entered > self.config.maintenance.reboot_wait:

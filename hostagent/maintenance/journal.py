@@ -113,6 +113,7 @@ class Journal:
     sent: tuple[str, ...] = ()  # notices and reports already mailed ("before:3600", "after", "report")
     boot_id: str | None = None  # the kernel's boot id when the reboot command ran
     cancelled: bool = False  # a cancel arrived after the run started: no reboot, guests restored
+    reboot_issued: float | None = None  # when the reboot command returned (absent: it may never have run)
 
     @classmethod
     def new(cls, reboot_at: float, reason: str, guests: list[str], owners: dict[str, str] | None = None,
@@ -181,7 +182,7 @@ class Journal:
                 "created": self.created, "history": [list(h) for h in self.history], "error": self.error,
                 "force": self.force, "force_unbootable": self.force_unbootable,
                 "notify_owners": self.notify_owners, "sent": list(self.sent), "boot_id": self.boot_id,
-                "cancelled": self.cancelled,
+                "cancelled": self.cancelled, "reboot_issued": self.reboot_issued,
                 "guests": {name: asdict(record) for name, record in self.guests.items()}}
 
     @classmethod
@@ -218,7 +219,8 @@ class Journal:
         return cls(journal_id, top.number("reboot_at") or 0.0, top.text("reason", optional=True) or "",
                    top.choice("phase", PHASES) or "planned", top.number("created") or 0.0, tuple(history), guests,
                    top.text("error", optional=True), top.flag("force"), top.flag("force_unbootable"),
-                   top.flag("notify_owners"), tuple(sent), top.text("boot_id", optional=True), top.flag("cancelled"))
+                   top.flag("notify_owners"), tuple(sent), top.text("boot_id", optional=True), top.flag("cancelled"),
+                   top.number("reboot_issued", optional=True))
 
 
 class ShapeError(ValueError):

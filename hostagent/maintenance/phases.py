@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import Any
 
 from hostagent.actions import AuditLog
@@ -82,6 +83,12 @@ class Recorder:
         """Raises PhaseMoved when the journal on disk has moved on (a cancel, another worker)."""
         self._update(lambda journal: journal.advance(phase, error=error, **changes))
         self._audit({"action": "phase", "subject": self.journal.id, "state": phase, "error": error})
+
+    def reboot_issued(self) -> None:
+        """The reboot command returned: the reboot is under way (not merely decided)."""
+        at = time.time()
+        with contextlib.suppress(HostagentError):  # the host is going down; the boot id tells the rest
+            self._update(lambda journal: replace(journal, reboot_issued=at))
 
     def replan(self, guests: tuple[GuestPlan, ...], owners: Mapping[str, str]) -> None:
         """The guests as the hypervisor has them at the scheduled time (see ``run_time_plan``)."""
@@ -288,6 +295,7 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
     has_image = hypervisor.has_image(name, image)
     went_down_unsaved = record.unsaved is not None
     if hypervisor.is_running(name):  # restored before a crash, by another service, or never stopped
+        resumed = hypervisor.resume_paused(name)  # an interrupted save or restore can leave it paused
         if record.state != "restoring":
             recorder.guest(name, "restoring")
         if record.attempts > 0:
@@ -297,6 +305,8 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
             by = f"another service ({others})" if others else "another service"
             note = f"{by} started it before hostagent's restore" + (
                 f"; its memory image is kept at {image}" if outcome == "cold_booted" else "")
+        elif resumed:  # its save was interrupted while the guest was paused: it runs on from memory
+            outcome, by, note = "restored", "hostagent", "its save was interrupted: resumed from pause"
         else:  # its save never completed: it kept running
             outcome, by, note = None, None, "it kept running: its save did not complete"
         recorder.guest(name, "running", running_again=record.running_again or clock(), outcome=outcome,

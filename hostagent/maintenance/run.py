@@ -16,6 +16,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
+from hostagent.maintenance import faults
 from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from hostagent.maintenance.preflight import Preflight, run_preflight
@@ -52,6 +53,7 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
     recorder = Recorder(journal, store, audit)
     try:
         recorder.advance("preflight")
+        faults.point("preflight")
         try:
             checked = preflight()
         except HostagentError as err:
@@ -79,8 +81,11 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
         restore_phase(recorder, hypervisor, config, aborted=True, progress=progress, others=others)
         recorder.flush()
         return recorder.journal
+    faults.point("before-reboot")
     failure = reboot()  # sync is part of the reboot command's child process
-    if failure is not None:
+    if failure is None:
+        recorder.reboot_issued()
+    else:
         recorder.advance("restoring", error=f"the reboot command failed: {failure}; guests restored without a reboot")
         restore_phase(recorder, hypervisor, config, aborted=True, progress=progress, others=others)
     return recorder.journal
@@ -93,6 +98,7 @@ def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: Maint
     journal = store.active()
     if journal is None or journal.phase not in ("saving", "rebooting", "restoring"):
         return None
+    faults.point("before-restore")
     aborted = journal.phase == "saving" or journal.error is not None
     recorder = Recorder(journal, store, audit)
     if journal.phase == "saving":

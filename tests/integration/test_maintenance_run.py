@@ -102,4 +102,4 @@ def test_the_daemon_runs_a_due_maintenance_and_restores_after_the_reboot(tmp_pat
             f"[hostagent] maintenance {due_now.id} on {hostname}: done",
             f"[hostagent] CRITICAL maintenance {missed.id} missed on {hostname}"]
         report = next(m for m in sink.messages if "done" in m["subject"])
-        assert "web1           running" in report["body"] and "total guest downtime" in report["body"]
+        assert "web1           restored" in report["body"] and "total guest downtime" in report["body"]
