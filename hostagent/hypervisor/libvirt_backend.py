@@ -138,7 +138,12 @@ class LibvirtHypervisor(Hypervisor):
         state, reason = self._call(name, "state", domain.state)
         if state != self._libvirt.VIR_DOMAIN_PAUSED:
             return False
-        self._call(name, f"resume (paused, reason {reason})", domain.resume)
+        try:
+            domain.resume()
+        except self._libvirt.libvirtError as err:  # libvirt's own recovery of the interrupted job may beat us to it
+            if domain.state()[0] != self._libvirt.VIR_DOMAIN_RUNNING:
+                raise HostagentError(f"guest {name}: resume (paused, reason {reason}) failed: "
+                                     f"{err.get_error_message()}") from None
         return True
 
     def sync_clock(self, name: str) -> None:

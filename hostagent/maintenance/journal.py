@@ -37,11 +37,12 @@ GUEST_STATES = ("planned", "saving", "saved", "save_failed", "shut_down", "skipp
                 "running", "restore_failed", "cold_booted", "lost")
 NEXT_GUEST = {
     "planned": ("saving", "skipped", "save_failed", "stopped"),
-    "saving": ("saved", "save_failed", "restoring", "lost"),  # restoring: the save was interrupted (worker killed)
-    "save_failed": ("shut_down", "skipped", "restoring", "lost"),
-    "saved": ("restoring", "lost"),
-    "shut_down": ("restoring", "lost"),
-    "skipped": ("restoring", "lost"),
+    # restoring: the save was interrupted (worker killed); restore_failed: the restore raised before its first try
+    "saving": ("saved", "save_failed", "restoring", "restore_failed", "lost"),
+    "save_failed": ("shut_down", "skipped", "restoring", "restore_failed", "lost"),
+    "saved": ("restoring", "restore_failed", "lost"),
+    "shut_down": ("restoring", "restore_failed", "lost"),
+    "skipped": ("restoring", "restore_failed", "lost"),
     "restoring": ("running", "restore_failed", "restoring", "cold_booted", "lost"),
     "restore_failed": ("restoring", "cold_booted", "lost"),
 }

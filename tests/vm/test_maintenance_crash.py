@@ -1,0 +1,183 @@
+"""A real ``hostagent watch`` killed with SIGKILL at every step of a maintenance, with real QEMU guests.
+
+The daemon and its worker are killed from outside (as ``systemctl kill -s KILL`` would) when the
+journal shows the step, or at a fault point that only tests turn on (``hostagent.maintenance.faults``),
+then the daemon is started again.  Every run must end with every guest that ran before running
+again, with the expected outcome; no guest may boot afresh (one boot mark on its console, an uptime
+that only counts up) and none may be saved twice.  The same two guests live through every round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hostagent.maintenance.journal import Journal, JournalStore
+from tests import guests
+from tests.integration.test_alerts import sink_server
+from tests.integration.test_cli import hostagent
+from tests.vm.test_maintenance_guests import assert_never_rebooted
+
+GUESTS = [("web1", 128, "alice@example.com"), ("db1", 128, "bob@example.com")]
+NAMES = [name for name, _, _ in GUESTS]
+
+
+@dataclass
+class Site:
+    root: Path
+    consoles: Path
+    smtp_port: int
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    root = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))  # short: QEMU's monitor sockets live under it
+    guests.prepare_root(root)
+    try:
+        with sink_server() as (controller, _):
+            yield Site(root, guests.start(root, GUESTS), controller.port)
+    finally:
+        guests.destroy_all(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
+class Agent:
+    """One host's agent: a daemon that can be killed (with its worker) and started again."""
+
+    def __init__(self, site: Site, directory: Path) -> None:
+        self.state, self.pidfile, self.log = directory / "state", directory / "daemon.pid", directory / "daemon.log"
+        self.pauses = directory / "pauses"
+        self.pauses.mkdir()
+        self.config = directory / "hostagent.toml"
+        self.daemon = [sys.executable, "-m", "hostagent", "--config", str(self.config), "watch", "--state-dir",
+                       str(self.state)]
+        reboot = [sys.executable, "-m", "tests.fake_reboot", str(self.pidfile), str(self.log), "--", *self.daemon]
+        self.config.write_text(
+            f'[maintenance]\nuri = "{guests.uri(site.root)}"\nsave_dir = "{site.root}/lib/qemu/save"\n'
+            f"reboot_command = {json.dumps(reboot)}\nnotice_lead_times = [3600.0]\n"
+            f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {site.smtp_port}\n'
+            '[[alerts.routes]]\nto = ["ops@example.com"]\n[checks.smart]\nenabled = false\n')
+        self.store = JournalStore(self.state / "maintenance")
+        self.started: list[int] = []
+
+    def start(self, pause: str | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTAGENT_TEST_PAUSE")}
+        if pause:
+            env.update(HOSTAGENT_TEST_PAUSE=pause, HOSTAGENT_TEST_PAUSE_DIR=str(self.pauses))
+        with self.log.open("ab") as out:
+            process = subprocess.Popen(self.daemon, stdout=out, stderr=out, cwd=guests.REPO, env=env,
+                                       start_new_session=True)
+        self.pidfile.write_text(f"{process.pid}\n")
+        self.started.append(process.pid)
+
+    def workers(self) -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if "hostagent.maintenance.worker" in cmdline and str(self.state) in cmdline:
+                found.append(process)
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and its worker, not the guests' QEMU processes (they outlive both)."""
+        victims = [psutil.Process(int(self.pidfile.read_text()))] + self.workers()
+        for victim in victims:
+            victim.send_signal(signal.SIGKILL)
+        psutil.wait_procs(victims, timeout=30)
+
+    def stop(self) -> None:
+        for pid in set(self.started) | {int(self.pidfile.read_text())}:
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGTERM)
+        wait_for("the daemons to stop", lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() !=
+                                                       psutil.STATUS_ZOMBIE for p in self.started), 60, 0.2)
+
+    def schedule(self, ahead: float) -> Journal:
+        at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ahead)).isoformat()
+        scheduled = hostagent("--config", str(self.config), "maintenance", "--reboot-at", at, "--notify-owners",
+                              "--reason", "crash test", "--json", "--state-dir", str(self.state))
+        assert scheduled.returncode == 0, scheduled.stderr
+        return self.store.load(json.loads(scheduled.stdout)["id"])
+
+    def journal(self, journal_id: str) -> Journal:
+        return self.store.load(journal_id)
+
+    def paused(self, point: str) -> bool:
+        return (self.pauses / point).exists()
+
+    def audit(self) -> list[dict[str, object]]:
+        path = self.state / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def guest_in(agent: Agent, journal_id: str, state: str, attempts: int = 0) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            records = agent.journal(journal_id).guests.values()
+        except Exception:  # noqa: BLE001 - a journal not yet written
+            return False
+        return any(g.state == state and g.attempts >= attempts for g in records)
+    return check
+
+
+# crash point -> (pause point or None, when to kill, expected final phase, outcomes allowed per guest)
+CRASHES: dict[str, tuple[str | None, Callable[[Agent, str], Callable[[], object]], str, set[str | None]]] = {
+    "after-notices": ("notices-sent", lambda a, j: lambda: a.paused("notices-sent"), "done", {"restored"}),
+    "preflight": ("preflight", lambda a, j: lambda: a.paused("preflight"), "failed", {None}),
+    "during-save": (None, lambda a, j: guest_in(a, j, "saving"), "failed", {"restored", None}),
+    "before-reboot": ("before-reboot", lambda a, j: lambda: a.paused("before-reboot"), "failed", {"restored"}),
+    "before-restore": ("before-restore", lambda a, j: lambda: a.paused("before-restore"), "done", {"restored"}),
+    "during-restore": (None, lambda a, j: guest_in(a, j, "restoring", attempts=1), "done", {"restored"}),
+}
+
+
+@pytest.mark.parametrize("crash", list(CRASHES))
+def test_a_daemon_killed_at_each_step_ends_with_every_guest_running(site: Site, tmp_path: Path, crash: str) -> None:
+    pause, when, phase, outcomes = CRASHES[crash]
+    agent = Agent(site, tmp_path)
+    agent.start(pause)
+    try:
+        journal = agent.schedule(ahead=25)
+        wait_for(f"the {crash} step", when(agent, journal.id), timeout=240)
+        agent.kill()
+        agent.start()
+        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=240, step=0.5)
+        final = agent.journal(journal.id)
+        samples = {name: len(guests.uptimes(site.consoles / f"{name}.log")) for name in NAMES}
+        wait_for("every guest to print after the maintenance", lambda: all(
+            len(guests.uptimes(site.consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5)
+    finally:
+        agent.stop()
+    log = agent.log.read_text()
+    assert final.phase == phase, f"{final.error}\n{log[-3000:]}"
+    for name in NAMES:
+        record = final.guests[name]
+        assert record.outcome in outcomes, f"{name}: {record}\n{log[-3000:]}"
+        assert_never_rebooted(site.consoles / f"{name}.log")  # across every round so far
+    saves = [(e["subject"]) for e in agent.audit() if e.get("action") == "guest" and e.get("state") == "saving"]
+    assert sorted(saves) == sorted(set(saves)), f"a guest was saved twice: {saves}"
+    if crash == "before-reboot":
+        assert "before the reboot command ran: not rebooted" in (final.error or "")
+    if crash in ("after-notices", "before-restore", "during-restore"):
+        assert [p for p, _ in final.history][-3:] == ["rebooting", "restoring", "done"]
