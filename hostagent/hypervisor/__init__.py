@@ -14,6 +14,7 @@ class GuestInfo:
     memory_kib: int
     owner: str | None = None
     unsaveable: str | None = None  # why the guest cannot be saved (host PCI passthrough, ...)
+    autostart: bool = False  # the hypervisor starts it at boot by itself
 
 
 class Hypervisor(abc.ABC):

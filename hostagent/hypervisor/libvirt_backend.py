@@ -76,6 +76,7 @@ class LibvirtHypervisor(Hypervisor):
                 name=domain.name(), running=bool(domain.isActive()), persistent=bool(domain.isPersistent()),
                 memory_kib=int(domain.info()[2]), owner=owner_text,
                 unsaveable="host device passthrough (hostdev)" if passthrough is not None else None,
+                autostart=bool(domain.autostart()),
             ))
         return sorted(found, key=lambda g: g.name)
 

@@ -314,6 +314,12 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         return
     error = record.error
     for attempt in range(1, config.restore_attempts + 1):
+        if attempt > 1 and hypervisor.is_running(name):  # another service restored it between our attempts
+            by = f"another service ({others})" if others else "another service"
+            recorder.guest(name, "running", running_again=clock(), restored_by=by,
+                           outcome="restarted" if went_down_unsaved else "restored",
+                           error=f"{by} started it while hostagent was restoring it ({error})")
+            return
         recorder.guest(name, "restoring", attempts=recorder.journal.guests[name].attempts + 1)
         try:
             if has_image:

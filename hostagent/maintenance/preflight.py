@@ -16,6 +16,8 @@ from hostagent.config import Config
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.hypervisor import GuestInfo, Hypervisor
+from hostagent.maintenance import coexist
+from hostagent.maintenance.coexist import Coexistence
 from hostagent.sources.mounts import boot_arrays
 
 ARRAY_BLOCKERS = ("md.degraded", "md.recovering", "md.failed", "md.inactive")
@@ -37,6 +39,7 @@ class Preflight:
     boot_problems: tuple[str, ...] = ()
     guests: tuple[GuestPlan, ...] = field(default_factory=tuple)
     hypervisor_problem: str | None = None  # the guests cannot be listed: no override
+    coexistence: tuple[Coexistence, ...] = ()  # services that also act on guests at the reboot (warnings)
 
     def allowed(self, force: bool = False, force_unbootable: bool = False) -> bool:
         return (self.hypervisor_problem is None and (not self.host_problems or force)
@@ -47,6 +50,7 @@ class Preflight:
                ] if self.hypervisor_problem else []
         out += [f"host: {p}" for p in self.host_problems] + [f"boot: {p}" for p in self.boot_problems]
         out += [f"guest {g.name} ({g.memory_kib // 1024} MiB): {g.action}" for g in self.guests]
+        out += [f"warning: {c.line()}" for c in self.coexistence]
         return out
 
 
@@ -74,7 +78,12 @@ def run_preflight(ctx: CheckContext, config: Config, connect: Callable[[], Hyper
     except OSError as err:
         problems.append(f"{save_dir}: {err.strerror or err}")
     problems += [f"guest {p.name}: {p.action}" for p in plans if p.action.startswith("cannot")]
-    return Preflight(tuple(problems), boot_problems, tuple(plans))
+    try:
+        others = tuple(coexist.detect(ctx.host, guests))
+    except HostagentError as err:
+        others = (coexist.Coexistence("coexistence", f"cannot tell which services act on guests: {err}",
+                                      "check libvirt-guests, libvirt autostart and xendomains by hand"),)
+    return Preflight(tuple(problems), boot_problems, tuple(plans), coexistence=others)
 
 
 def plan(guest: GuestInfo) -> GuestPlan:

@@ -16,7 +16,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
-from hostagent.maintenance import faults
+from hostagent.maintenance import coexist, faults
 from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from hostagent.maintenance.preflight import Preflight, run_preflight
@@ -63,6 +63,7 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
             recorder.advance("failed", error="preflight at the scheduled time: " + "; ".join(checked.lines()))
             return recorder.journal
         recorder.replan(checked.guests, config.owners)
+        others = others or coexist.restorers(checked.coexistence)
         recorder.advance("saving")
     except PhaseMoved:
         return recorder.journal  # cancelled meanwhile: nothing was touched

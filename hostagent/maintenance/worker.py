@@ -24,6 +24,8 @@ from pathlib import Path
 
 from hostagent.config import Config, MaintenanceConfig
 from hostagent.errors import HostagentError
+from hostagent.host import Host
+from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import Journal
 
 KILL_GRACE = 5.0
@@ -93,6 +95,16 @@ class Worker:
             self.process.wait(timeout=KILL_GRACE)
 
 
+def restorers_on(host: Host, hypervisor: Hypervisor) -> str | None:
+    """The services on this host that may restore a guest before we do (named in its outcome)."""
+    from hostagent.maintenance.coexist import detect, restorers
+
+    try:
+        return restorers(detect(host, hypervisor.guests()))
+    except HostagentError:
+        return "another service"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hostagent.maintenance.worker")
     parser.add_argument("--state-dir", required=True)
@@ -102,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hostagent.actions import AuditLog
     from hostagent.config import load_config
-    from hostagent.host import Host
     from hostagent.maintenance.journal import JournalStore
     from hostagent.maintenance.run import execute, resume_after_boot
     from hostagent.progress import ProgressBoard
@@ -122,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 
-                result = resume_after_boot(store, LibvirtHypervisor(config.maintenance.uri), config.maintenance,
-                                           audit, progress)
+                hypervisor = LibvirtHypervisor(config.maintenance.uri)
+                result = resume_after_boot(store, hypervisor, config.maintenance, audit, progress,
+                                           others=restorers_on(Host("/"), hypervisor))
     except HostagentError as err:
         print(json.dumps({"id": args.id, "action": args.action, "error": str(err)}), flush=True)
         os._exit(1)
