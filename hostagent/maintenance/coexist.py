@@ -37,6 +37,8 @@ class Coexistence:
     service: str  # "libvirt-guests", "libvirt autostart", "xendomains"
     problem: str
     change: str
+    guest: str | None = None  # the one guest concerned (autostart); None: every guest
+    restores: bool = False  # it may start or restore guests at boot, before hostagent
 
     def line(self) -> str:
         return f"{self.service}: {self.problem}; {self.change}"
@@ -69,7 +71,7 @@ def libvirt_guests(values: dict[str, str], enabled: bool) -> list[Coexistence]:
     if values.get("ON_BOOT") == "start":
         found.append(Coexistence("libvirt-guests", "ON_BOOT=start starts at boot the guests it stopped at "
                                  "shutdown, perhaps before hostagent restores them (reported as restored by "
-                                 "libvirt-guests)", f"set ON_BOOT=ignore in {LIBVIRT_GUESTS}"))
+                                 "libvirt-guests)", f"set ON_BOOT=ignore in {LIBVIRT_GUESTS}", restores=True))
     if values.get("ON_SHUTDOWN") == "shutdown":
         found.append(Coexistence("libvirt-guests", "ON_SHUTDOWN=shutdown shuts down at the reboot any guest "
                                  "hostagent could not save", f"set ON_SHUTDOWN=suspend in {LIBVIRT_GUESTS}, so "
@@ -87,7 +89,8 @@ def xendomains(values: dict[str, str], enabled: bool) -> list[Coexistence]:
     if values.get("XENDOMAINS_RESTORE") == "true" or values.get("XENDOMAINS_AUTO"):
         found.append(Coexistence("xendomains", "it restores or starts domains at boot "
                                  "(XENDOMAINS_RESTORE, XENDOMAINS_AUTO), racing hostagent's restore",
-                                 f'set XENDOMAINS_RESTORE=false and XENDOMAINS_AUTO="" in {XENDOMAINS}'))
+                                 f'set XENDOMAINS_RESTORE=false and XENDOMAINS_AUTO="" in {XENDOMAINS}',
+                                 restores=True))
     return found
 
 
@@ -100,7 +103,8 @@ def autostart(guests: Iterable[GuestInfo]) -> list[Coexistence]:
             problem = f"{guest.name} has autostart on: libvirtd restores it at boot, perhaps before hostagent"
         else:
             problem = f"{guest.name} is stopped but has autostart on: libvirtd starts it at boot"
-        found.append(Coexistence("libvirt autostart", problem, f"virsh autostart --disable {guest.name}"))
+        found.append(Coexistence("libvirt autostart", problem, f"virsh autostart --disable {guest.name}",
+                                 guest.name, restores=True))
     return found
 
 
@@ -113,7 +117,11 @@ def detect(host: Host, guests: Iterable[GuestInfo]) -> list[Coexistence]:
     return found + autostart(guests)
 
 
-def restorers(found: Iterable[Coexistence]) -> str | None:
-    """The services that may restore a guest before hostagent, for the outcome's ``restored_by``."""
-    names = sorted({c.service for c in found if "boot" in c.problem})
-    return " or ".join(names) or None
+def restorers(found: Iterable[Coexistence]) -> dict[str, str]:
+    """Guest name (``*``: any guest) -> the service that may restore it before hostagent (``restored_by``)."""
+    who: dict[str, str] = {}
+    for item in found:
+        if item.restores:
+            key = item.guest or "*"
+            who[key] = f"{who[key]} or {item.service}" if key in who else item.service
+    return who

@@ -247,13 +247,13 @@ def _quietly(call: Callable[[str], None], name: str) -> None:
 
 def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
                   clock: Callable[[], float] = time.time, aborted: bool = False,
-                  progress: ProgressBoard | None = None, others: str | None = None) -> None:
+                  progress: ProgressBoard | None = None, others: Mapping[str, str] | None = None) -> None:
     """Bring every guest back, priority first; idempotent after a crash or a second boot.
 
     Each guest ends with one outcome (``journal.OUTCOMES``).  A guest is never booted afresh while
     its save image exists.  ``aborted``: the maintenance stopped before the reboot; it ends failed
-    (or cancelled) once guests run again.  ``others``: the services on this host that may have
-    restored a guest before us (named in the outcome)."""
+    (or cancelled) once guests run again.  ``others``: guest name (or ``*``, any guest) -> the
+    service on this host that may have restored it before us (``coexist.restorers``), named in its outcome."""
     if recorder.journal.phase != "restoring":
         recorder.advance("restoring")
     board = progress or ProgressBoard(tty=False, every=float("inf"))
@@ -289,7 +289,7 @@ def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: Maintenanc
 
 
 def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, name: str,
-                   clock: Callable[[], float], others: str | None) -> None:
+                   clock: Callable[[], float], others: Mapping[str, str] | None) -> None:
     record = recorder.journal.guests[name]
     image = record.image or hypervisor.image_for(name, config.save_dir)
     has_image = hypervisor.has_image(name, image)
@@ -302,7 +302,7 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
             outcome, by, note = ("restarted" if went_down_unsaved else "restored"), "hostagent", record.error
         elif record.image is not None or went_down_unsaved:
             outcome = "restarted" if went_down_unsaved else ("cold_booted" if has_image else "restored")
-            by = f"another service ({others})" if others else "another service"
+            by = _who(name, others)
             note = f"{by} started it before hostagent's restore" + (
                 f"; its memory image is kept at {image}" if outcome == "cold_booted" else "")
         elif resumed:  # its save was interrupted while the guest was paused: it runs on from memory
@@ -310,12 +310,13 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         else:  # its save never completed: it kept running
             outcome, by, note = None, None, "it kept running: its save did not complete"
         recorder.guest(name, "running", running_again=record.running_again or clock(), outcome=outcome,
-                       restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None)
+                       restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None,
+                       clock=_set_clock(hypervisor, name) if outcome == "restored" else None)
         return
     error = record.error
     for attempt in range(1, config.restore_attempts + 1):
         if attempt > 1 and hypervisor.is_running(name):  # another service restored it between our attempts
-            by = f"another service ({others})" if others else "another service"
+            by = _who(name, others)
             recorder.guest(name, "running", running_again=clock(), restored_by=by,
                            outcome="restarted" if went_down_unsaved else "restored",
                            error=f"{by} started it while hostagent was restoring it ({error})")
@@ -350,6 +351,12 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         return
     recorder.guest(name, "cold_booted", running_again=clock(), outcome="cold_booted", restored_by="hostagent",
                    kept_image=kept, error=f"{error}; booted afresh, its memory image is kept at {kept}")
+
+
+def _who(name: str, others: Mapping[str, str] | None) -> str:
+    """The service that restored a guest before us, as far as this host's configuration tells."""
+    found = (others or {}).get(name) or (others or {}).get("*")
+    return found or "another service"
 
 
 def _set_clock(hypervisor: Hypervisor, name: str) -> str:

@@ -7,7 +7,7 @@ process the daemon supervises; tests call them directly against libvirt's test d
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from hostagent.actions import AuditLog
@@ -43,7 +43,8 @@ def mark_missed(store: JournalStore, journal: Journal, now: float) -> Journal:
 
 def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Callable[[], Preflight],
             config: MaintenanceConfig, reboot: Callable[[], str | None], *, boot_id: str | None = None,
-            audit: AuditLog | None = None, progress: ProgressBoard | None = None, others: str | None = None) -> Journal:
+            audit: AuditLog | None = None, progress: ProgressBoard | None = None,
+            others: Mapping[str, str] | None = None) -> Journal:
     """Preflight again, decide the guests, save them, then (a compare-and-set on the journal) ``rebooting``
     and reboot.
 
@@ -94,7 +95,7 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
 
 def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: MaintenanceConfig,
                       audit: AuditLog | None = None, progress: ProgressBoard | None = None,
-                      others: str | None = None) -> Journal | None:
+                      others: Mapping[str, str] | None = None) -> Journal | None:
     """After the reboot, or after a worker died mid-save or mid-restore: restore whatever is not running."""
     journal = store.active()
     if journal is None or journal.phase not in ("saving", "rebooting", "restoring"):

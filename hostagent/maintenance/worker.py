@@ -95,14 +95,14 @@ class Worker:
             self.process.wait(timeout=KILL_GRACE)
 
 
-def restorers_on(host: Host, hypervisor: Hypervisor) -> str | None:
+def restorers_on(host: Host, hypervisor: Hypervisor) -> dict[str, str]:
     """The services on this host that may restore a guest before we do (named in its outcome)."""
     from hostagent.maintenance.coexist import detect, restorers
 
     try:
         return restorers(detect(host, hypervisor.guests()))
     except HostagentError:
-        return "another service"
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,8 @@ def test_detect_names_each_service_and_what_to_change(tmp_path: Path) -> None:
     assert "libvirt autostart: web1 has autostart on" in "\n".join(lines)
     assert any("old1 is stopped but has autostart on" in line and "virsh autostart --disable old1" in line
                for line in lines)
-    assert coexist.restorers(found) == "libvirt autostart or libvirt-guests"
+    assert coexist.restorers(found) == {"*": "libvirt-guests", "web1": "libvirt autostart",
+                                        "old1": "libvirt autostart"}
     (wants / "xendomains.service").write_text("")
     xen = [c for c in coexist.detect(Host(str(tmp_path)), []) if c.service == "xendomains"]
     assert [c.change for c in xen] == ['set XENDOMAINS_RESTORE=false and XENDOMAINS_AUTO="" in /etc/default/xendomains']

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hostagent.maintenance import notices
 from hostagent.maintenance.journal import Journal, JournalStore
 from tests import guests
 from tests.integration.test_alerts import sink_server
@@ -65,14 +66,15 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: f
 class Agent:
     """One host's agent: a daemon that can be killed (with its worker) and started again."""
 
-    def __init__(self, site: Site, directory: Path) -> None:
+    def __init__(self, site: Site, directory: Path, hook: Path | None = None) -> None:
         self.state, self.pidfile, self.log = directory / "state", directory / "daemon.pid", directory / "daemon.log"
         self.pauses = directory / "pauses"
         self.pauses.mkdir()
         self.config = directory / "hostagent.toml"
         self.daemon = [sys.executable, "-m", "hostagent", "--config", str(self.config), "watch", "--state-dir",
                        str(self.state)]
-        reboot = [sys.executable, "-m", "tests.fake_reboot", str(self.pidfile), str(self.log), "--", *self.daemon]
+        reboot = [sys.executable, "-m", "tests.fake_reboot", *(["--hook", str(hook)] if hook else []),
+                  str(self.pidfile), str(self.log), "--", *self.daemon]
         self.config.write_text(
             f'[maintenance]\nuri = "{guests.uri(site.root)}"\nsave_dir = "{site.root}/lib/qemu/save"\n'
             f"reboot_command = {json.dumps(reboot)}\nnotice_lead_times = [3600.0]\n"
@@ -181,3 +183,61 @@ def test_a_daemon_killed_at_each_step_ends_with_every_guest_running(site: Site, 
         assert "before the reboot command ran: not rebooted" in (final.error or "")
     if crash in ("after-notices", "before-restore", "during-restore"):
         assert [p for p, _ in final.history][-3:] == ["rebooting", "restoring", "done"]
+
+
+LIBVIRT_GUESTS = Path("/usr/lib/libvirt/libvirt-guests.sh")  # Debian's own (libvirt-daemon-system)
+
+
+def set_autostart(site: Site, name: str, on: bool) -> None:
+    code = ("import sys\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+            "LibvirtHypervisor(sys.argv[1])._domain(sys.argv[2]).setAutostart(int(sys.argv[3]))\n")
+    subprocess.run([sys.executable, "-c", code, guests.uri(site.root), name, str(int(on))], cwd=guests.REPO,
+                   check=True, timeout=120)
+
+
+def test_with_libvirt_guests_on_boot_start_and_autostart_every_guest_is_restored_once(site: Site,
+                                                                                     tmp_path: Path) -> None:
+    """The fake reboot runs Debian's real libvirt-guests script (ON_BOOT=start, ON_SHUTDOWN=suspend) at
+    shutdown and at boot, and clears libvirt's autostart mark as a boot clears /run: libvirt then
+    restores web1 (autostart on) from its managed save image by itself when the restore worker opens
+    the driver.  hostagent restores the rest, and records who brought each guest back."""
+    etc, var = tmp_path / "etc", tmp_path / "var"
+    (etc / "default").mkdir(parents=True)
+    (var / "lib/libvirt").mkdir(parents=True)
+    (var / "lock").mkdir(parents=True)
+    (etc / "default/libvirt-guests").write_text(f'URIS="{guests.uri(site.root)}"\nON_BOOT=start\n'
+                                                "ON_SHUTDOWN=suspend\nSYNC_TIME=1\n")
+    script = tmp_path / "libvirt-guests.sh"
+    script.write_text(LIBVIRT_GUESTS.read_text().replace('sysconfdir="/etc"', f'sysconfdir="{etc}"')
+                      .replace('localstatedir="/var"', f'localstatedir="{var}"'))
+    script.chmod(0o755)
+    hook = tmp_path / "hook"
+    hook.write_text(f"#!/bin/sh\ncase \"$1\" in\nshutdown) {script} stop ;;\n"
+                    f"boot) rm -f {site.root}/run/qemu/autostarted; {script} start ;;\nesac\n")
+    hook.chmod(0o755)
+    set_autostart(site, "web1", True)
+    agent = Agent(site, tmp_path, hook)
+    agent.start()
+    try:
+        journal = agent.schedule(ahead=20)
+        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=300, step=0.5)
+        final = agent.journal(journal.id)
+        samples = {name: len(guests.uptimes(site.consoles / f"{name}.log")) for name in NAMES}
+        wait_for("every guest to print after the maintenance", lambda: all(
+            len(guests.uptimes(site.consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5)
+    finally:
+        agent.stop()
+        set_autostart(site, "web1", False)
+    log = agent.log.read_text()
+    assert final.phase == "done", f"{final.error}\n{log[-3000:]}"
+    assert "Running guests on" in log and "hook boot" in log  # the real script ran at shutdown, the hook at boot
+    web1, db1 = final.guests["web1"], final.guests["db1"]
+    assert (web1.outcome, web1.restored_by, web1.attempts) == ("restored", "libvirt autostart", 0), web1
+    assert (db1.outcome, db1.restored_by, db1.attempts) == ("restored", "hostagent", 1), db1
+    for name in NAMES:
+        assert_never_rebooted(site.consoles / f"{name}.log")
+    report = notices.report(final, "hv1")[1]
+    assert "restored by libvirt autostart" in report
+    for record in (web1, db1):  # the busybox guests run no guest agent: their clocks are reported, not set
+        assert (record.clock or "").startswith("not set: ") and "guest agent" in (record.clock or ""), record
+    assert report.count("clock not set: ") == 2
