@@ -8,12 +8,23 @@ from hostagent.host import Host
 from hostagent.hypervisor import GuestInfo
 from hostagent.maintenance import coexist
 
-DEBIAN_DEFAULTS = Path("/etc/default/libvirt-guests")  # Debian's own file (libvirt-daemon-system, from the Makefile)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "coexist"  # Debian 12's own files
 
 
 def test_debians_libvirt_guests_file_gives_the_scripts_defaults() -> None:
-    values = coexist.parse_shell_defaults(DEBIAN_DEFAULTS.read_text(), coexist.LIBVIRT_GUESTS_DEFAULTS)
+    text = (FIXTURES / "libvirt-guests").read_text()
+    values = coexist.parse_shell_defaults(text, coexist.LIBVIRT_GUESTS_DEFAULTS)
     assert values["ON_BOOT"] == "ignore" and values["ON_SHUTDOWN"] == "shutdown"
+    assert [c.change for c in coexist.libvirt_guests(values, enabled=True)] == [
+        "set ON_SHUTDOWN=suspend in /etc/default/libvirt-guests, so such a guest is suspended and hostagent "
+        "restores it from that image"]
+
+
+def test_debians_xendomains_file_saves_and_restores_every_domain() -> None:
+    values = coexist.parse_shell_defaults((FIXTURES / "xendomains").read_text(), coexist.XENDOMAINS_DEFAULTS)
+    assert (values["XENDOMAINS_SAVE"], values["XENDOMAINS_RESTORE"]) == ("/var/lib/xen/save", "true")
+    assert [c.service for c in coexist.xendomains(values, enabled=True)] == ["xendomains", "xendomains"]
+    assert coexist.xendomains(values, enabled=False) == []
 
 
 def test_assignments_quotes_comments_and_export() -> None:

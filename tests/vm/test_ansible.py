@@ -87,6 +87,9 @@ def recap(output: str) -> dict[str, int]:
 
 def test_site_installs_the_agent_and_controller_idempotently(vm: DebianVM, tmp_path: Path) -> None:
     hosts = inventory(vm, tmp_path)
+    for name in ("libvirt-guests", "xendomains"):  # Debian's own files, as libvirt and Xen install them
+        text = (REPO / "tests/fixtures/coexist" / name).read_text()
+        assert vm.ssh(f"cat > /etc/default/{name} <<'EOF'\n{text}EOF").returncode == 0
     first = playbook(hosts)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     assert recap(first.stdout)["failed"] == 0 and recap(first.stdout)["changed"] > 0
@@ -98,6 +101,11 @@ def test_site_installs_the_agent_and_controller_idempotently(vm: DebianVM, tmp_p
     check = vm.ssh("/opt/hostagent/venv/bin/hostagent check --json")
     assert json.loads(check.stdout)["schema"] == "hostagent.report/1", check.stderr
     assert "ACTION==" in vm.ssh("cat /etc/udev/rules.d/60-hostagent-erc.rules").stdout
+    # libvirt-guests and xendomains no longer race the maintenance save and restore
+    guests_conf = vm.ssh("grep -E '^ON_(BOOT|SHUTDOWN)=' /etc/default/libvirt-guests").stdout.split()
+    assert guests_conf == ["ON_BOOT=ignore", "ON_SHUTDOWN=suspend"]
+    xen_conf = vm.ssh("grep -E '^XENDOMAINS_(SAVE|RESTORE|AUTO)=' /etc/default/xendomains").stdout.split()
+    assert xen_conf == ['XENDOMAINS_SAVE=""', "XENDOMAINS_RESTORE=false", 'XENDOMAINS_AUTO=""']
 
     # the controller's key runs hostagent rpc and nothing else
     controller_key = tmp_path / "controller_key"
