@@ -93,6 +93,7 @@ class FleetConfig:
     keepalive: int = 15
     poll_interval: float = 60.0
     stale_after: float = 300.0
+    maintenance_window: float = 1800.0  # after a host's announced reboot time: silence is expected, not paged
     retention_days: float = 30.0
     host_findings: Literal["agent", "controller", "both"] = "agent"
     digest_hour: int = 7

@@ -27,7 +27,7 @@ FINAL = ("done", "failed", "cancelled", "missed")
 
 
 def rows(controller: Controller) -> list[dict[str, Any]]:
-    return status_rows(controller.store.hosts(), time.time())
+    return status_rows(controller.store.hosts(), time.time(), controller.fleet)
 
 
 def schedule_request(moment: dt.datetime, reason: str, notify_owners: bool, force: bool, dry_run: bool) -> str:

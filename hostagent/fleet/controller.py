@@ -7,6 +7,7 @@ connect and command timeouts, so one hung or dead host never delays the others b
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterable
@@ -114,18 +115,51 @@ class Controller:
         self.transport.close()
 
 
+def announced_maintenance(state: HostState) -> dict[str, Any] | None:
+    """The maintenance the host last reported as not finished (its journal row), if any."""
+    maintenance = (state.maintenance or {}).get("maintenance")
+    active = maintenance.get("active") if isinstance(maintenance, dict) else None
+    return active if isinstance(active, dict) else None
+
+
+def maintenance_window(state: HostState, now: float, fleet: FleetConfig) -> tuple[str, float] | None:
+    """("in", end) while the host is inside its announced maintenance window (its reboot time plus
+    ``fleet.maintenance_window``), ("over", end) once that has passed with the maintenance not over."""
+    active = announced_maintenance(state)
+    if active is None:
+        return None
+    try:
+        start = dt.datetime.fromisoformat(str(active["reboot_at_utc"])).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return None
+    if now < start:
+        return None
+    end = start + fleet.maintenance_window
+    return ("in", end) if now <= end else ("over", end)
+
+
 def fleet_findings(states: list[HostState], now: float, fleet: FleetConfig) -> list[Finding]:
     """What the controller alerts on: silent hosts, stopped agent daemons, and (when it is the
-    controller's job, ``fleet.host_findings``) the hosts' own CRITICAL findings."""
+    controller's job, ``fleet.host_findings``) the hosts' own CRITICAL findings.  A host inside its
+    announced maintenance window is expected to be silent; one not back by its end is paged."""
     found = []
     for state in states:
         seen = f"last seen {_ago(now - state.last_seen)}" if state.last_seen else "never seen"
+        window = maintenance_window(state, now, fleet)
+        if window is not None:
+            active = announced_maintenance(state) or {}
+            if window[0] == "over":
+                found.append(Finding("fleet.maintenance_overrun", "fleet", state.name, Severity.CRITICAL,
+                                     f"{state.name} is not back from maintenance {active.get('id')} "
+                                     f"({active.get('phase')} when {seen}); its window ended "
+                                     f"{_ago(now - window[1])}"))
+            continue  # in the window: silence and a stopped daemon are the maintenance itself
         if state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen):
             found.append(Finding("fleet.unreachable", "fleet", state.name, Severity.CRITICAL,
                                  f"{state.name} cannot be polled: {state.last_error} ({seen})"))
         elif state.last_seen is not None and now - state.last_seen > fleet.stale_after:
             found.append(Finding("fleet.stale", "fleet", state.name, Severity.CRITICAL,
-                                 f"no report from {state.name} for {_ago(now - state.last_seen)}"))
+                                 f"no report from {state.name}: last seen {_ago(now - state.last_seen)}"))
         daemon = (state.maintenance or {}).get("daemon")
         if state.last_seen is not None and not state.last_error:
             last_cycle = (daemon or {}).get("last_cycle_at")
@@ -151,13 +185,17 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def status_rows(states: list[HostState], now: float) -> list[dict[str, Any]]:
+def status_rows(states: list[HostState], now: float, fleet: FleetConfig | None = None) -> list[dict[str, Any]]:
     rows = []
     for state in states:
         reachable = not (state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen))
-        active = ((state.maintenance or {}).get("maintenance") or {}).get("active")
+        active = announced_maintenance(state)
+        window = maintenance_window(state, now, fleet) if fleet is not None else None
+        status = state.status if reachable else "UNREACHABLE"
+        if window is not None:
+            status = "MAINTENANCE" if window[0] == "in" else "MAINTENANCE OVERRUN"
         rows.append({"host": state.name, "address": state.address, "groups": list(state.groups),
-                     "status": state.status if reachable else "UNREACHABLE",
+                     "status": status, "reachable": reachable,
                      "open_findings": len([f for f in state.findings if f.get("severity") != "OK"]),
                      "findings": state.findings, "last_seen": state.last_seen,
                      "last_seen_ago": _ago(now - state.last_seen) if state.last_seen else "never",

@@ -11,9 +11,14 @@ from typing import Any
 
 from hostagent.output import write_atomic
 
-STATUS_ORDER = ("UNREACHABLE", "CRITICAL", "UNKNOWN", "WARNING", "INFO", "OK")
+STATUS_ORDER = ("MAINTENANCE OVERRUN", "UNREACHABLE", "CRITICAL", "UNKNOWN", "WARNING", "MAINTENANCE", "INFO", "OK")
 COLOURS = {"OK": "#1a7f37", "INFO": "#1a7f37", "WARNING": "#9a6700", "UNKNOWN": "#8250df", "CRITICAL": "#cf222e",
-           "UNREACHABLE": "#cf222e"}
+           "UNREACHABLE": "#cf222e", "MAINTENANCE": "#0969da", "MAINTENANCE OVERRUN": "#cf222e"}
+
+
+def _known(status: str | None) -> str:
+    """A status this page knows; anything else a host reports is shown as UNKNOWN."""
+    return status if status in STATUS_ORDER else "UNKNOWN"
 
 
 def _when(timestamp: float | None) -> str:
@@ -24,12 +29,12 @@ def _when(timestamp: float | None) -> str:
 
 def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status") -> str:
     """One self-contained HTML page: worst state first, then every host, then planned maintenance."""
-    counts = {state: sum(1 for r in rows if (r["status"] or "UNKNOWN") == state) for state in STATUS_ORDER}
+    counts = {state: sum(1 for r in rows if _known(r["status"]) == state) for state in STATUS_ORDER}
     worst = next((s for s in STATUS_ORDER if counts[s]), "OK")
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     body = []
-    for row in sorted(rows, key=lambda r: (STATUS_ORDER.index(r["status"] or "UNKNOWN"), r["host"])):
-        status = row["status"] or "UNKNOWN"
+    for row in sorted(rows, key=lambda r: (STATUS_ORDER.index(_known(r["status"])), r["host"])):
+        status = _known(row["status"])
         problems = "; ".join(html.escape(f"{f.get('code')}: {f.get('summary')}") for f in row["findings"]
                              if f.get("severity") not in ("OK", "INFO"))
         detail = html.escape(row["error"]) if row["error"] else problems
@@ -38,10 +43,14 @@ def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status") ->
                     f'{status}</td><td>{row["open_findings"]}</td><td>{html.escape(row["last_seen_ago"])}</td>'
                     f'<td>{html.escape(row["version"] or "-")}</td><td>{detail}</td></tr>')
     planned = [r for r in rows if r["maintenance"]]
+
+    def cell(row: dict[str, Any], key: str) -> str:  # the host's own words: shown escaped, whatever they are
+        return html.escape(str(row["maintenance"].get(key, "-")))
+
     maintenance = "".join(
-        f'<tr class="maintenance"><td>{html.escape(r["host"])}</td><td>{html.escape(r["maintenance"]["phase"])}</td>'
-        f'<td>{html.escape(r["maintenance"]["reboot_at"])}</td><td>{html.escape(r["maintenance"]["reason"])}</td>'
-        f'<td>{len(r["maintenance"]["guests"])}</td></tr>' for r in planned) or \
+        f'<tr class="maintenance"><td>{html.escape(r["host"])}</td><td>{cell(r, "phase")}</td>'
+        f'<td>{cell(r, "reboot_at")}</td><td>{cell(r, "reason")}</td>'
+        f'<td>{len(r["maintenance"].get("guests") or ())}</td></tr>' for r in planned) or \
         '<tr><td colspan="5">No maintenance planned.</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="60">
@@ -85,13 +94,12 @@ def metrics(rows: list[dict[str, Any]], now: float) -> str:
     """Prometheus text format: one series set per host, for Alertmanager beyond one controller."""
     lines = ["# HELP hostagent_fleet_host_up 1 when the last poll of the host succeeded.",
              "# TYPE hostagent_fleet_host_up gauge"]
-    lines += [f'hostagent_fleet_host_up{{host="{_label(r["host"])}"}} {0 if r["status"] == "UNREACHABLE" else 1}'
-              for r in rows]
+    lines += [f'hostagent_fleet_host_up{{host="{_label(r["host"])}"}} {1 if r["reachable"] else 0}' for r in rows]
     lines += ["# HELP hostagent_fleet_host_status 1 for the host's worst status (UNREACHABLE: cannot be polled).",
               "# TYPE hostagent_fleet_host_status gauge"]
     for row in rows:
         for state in STATUS_ORDER:
-            value = 1 if (row["status"] or "UNKNOWN") == state else 0
+            value = 1 if _known(row["status"]) == state else 0
             lines.append(f'hostagent_fleet_host_status{{host="{_label(row["host"])}",status="{state}"}} {value}')
     lines += ["# HELP hostagent_fleet_open_findings Findings above OK in the host's last report.",
               "# TYPE hostagent_fleet_open_findings gauge"]

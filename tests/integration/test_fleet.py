@@ -311,3 +311,40 @@ def test_history_is_kept_for_the_retention_only(tmp_path: Path) -> None:
     store.record_failure("hv1", "a", ("dc1",), 4000.0, "host hv1: cannot connect")
     state = store.hosts()[0]
     assert (state.last_seen, state.last_attempt, state.last_error) == (3000.0, 4000.0, "host hv1: cannot connect")
+
+
+def test_a_host_in_its_announced_maintenance_window_is_not_paged_until_the_window_ends() -> None:
+    import datetime as dt
+
+    from hostagent.config import FleetConfig
+    from hostagent.fleet.controller import status_rows
+    from hostagent.fleet.publish import metrics, page
+    from hostagent.fleet.store import HostState
+
+    start = 10_000.0
+    at = dt.datetime.fromtimestamp(start, dt.UTC).isoformat()
+    announced = {"maintenance": {"active": {"id": "0123456789ab", "phase": "saving", "reboot_at": at,
+                                            "reboot_at_utc": at}},
+                 "daemon": {"last_cycle_at": start - 5}}
+    fleet = FleetConfig(maintenance_window=1800.0)
+
+    def down(now: float) -> HostState:  # last seen while it saved its guests, unreachable since
+        return HostState("hv1", "a", (), now, start + 10, "connection refused", "0.1.0", "OK", [], announced, 0.1)
+
+    before = HostState("hv1", "a", (), start - 30, start - 90, "connection refused", "0.1.0", "OK", [], announced, 0.1)
+    assert {f.code for f in fleet_findings([before], start - 30, fleet)} == {"fleet.unreachable"}  # not yet begun
+    assert fleet_findings([down(start + 600)], start + 600, fleet) == []  # rebooting: expected silence
+    row = status_rows([down(start + 600)], start + 600, fleet)[0]
+    assert (row["status"], row["reachable"]) == ("MAINTENANCE", False)
+    late = fleet_findings([down(start + 1900)], start + 1900, fleet)
+    assert [(f.code, f.subject) for f in late] == [("fleet.maintenance_overrun", "hv1")]
+    assert "not back from maintenance 0123456789ab" in late[0].summary
+    rows = status_rows([down(start + 1900)], start + 1900, fleet)
+    assert rows[0]["status"] == "MAINTENANCE OVERRUN"
+    assert "MAINTENANCE OVERRUN" in page(rows, start + 1900)
+    assert 'hostagent_fleet_host_up{host="hv1"} 0' in metrics(rows, start + 1900)
+    back = HostState("hv1", "a", (), start + 1990, start + 1990, None, "0.1.0", "OK", [],
+                     {"maintenance": {"active": None}, "daemon": {"last_cycle_at": start + 1985}}, 0.1)
+    assert fleet_findings([back], start + 2000, fleet) == []  # back and its maintenance over: nothing to say
+    odd = HostState("hv2", "b", (), start, start, None, "0.1.0", "EXPLODED", [], {"daemon": None}, 0.1)
+    assert "UNKNOWN" in page(status_rows([odd], start, fleet), start)  # a status the page does not know
