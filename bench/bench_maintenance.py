@@ -5,7 +5,9 @@ initramfs, TCG), through a real libvirtd (qemu:///system), alternating rounds:
 
 - libvirt-guests: Debian's /usr/lib/libvirt/libvirt-guests.sh with ON_SHUTDOWN=suspend, ``stop``
   then ``start`` (its config and list file redirected to a scratch directory);
-- hostagent: ``save_phase`` then ``restore_phase`` (concurrency 4, managedSave).
+- hostagent: ``run_now`` (the preflight again, the guests read again from the hypervisor, the saves,
+  the compare-and-set before the reboot) then ``resume_after_boot`` (concurrency 4, managedSave): the
+  code the worker runs, with a reboot command that does nothing.
 
 A poller watches every guest's state every 50 ms; a guest's downtime is from the last moment it
 was seen running (paused counts as down) to the first moment it runs again.  The save throughput (bytes of save images
@@ -32,10 +34,13 @@ sys.path.insert(0, str(REPO))
 
 import libvirt  # noqa: E402
 
-from hostagent.config import MaintenanceConfig  # noqa: E402
+from hostagent.config import Config, MaintenanceConfig  # noqa: E402
+from hostagent.context import CheckContext  # noqa: E402
+from hostagent.host import Host  # noqa: E402
 from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor  # noqa: E402
 from hostagent.maintenance.journal import Journal, JournalStore  # noqa: E402
-from hostagent.maintenance.phases import Recorder, restore_phase, save_phase  # noqa: E402
+from hostagent.maintenance.preflight import Preflight, run_preflight  # noqa: E402
+from hostagent.maintenance.run import resume_after_boot, run_now  # noqa: E402
 from tests import guests  # noqa: E402
 
 URI = "qemu:///system"
@@ -143,20 +148,23 @@ def round_hostagent(poller: Poller, scratch: Path) -> dict[str, object]:
     hypervisor = LibvirtHypervisor(URI)
     config = MaintenanceConfig(uri=URI, save_dir=str(SAVE_DIR), concurrency=4)
     store = JournalStore(scratch)
-    journal = Journal.new(0.0, "benchmark", NAMES).advance("preflight")
-    store.create(journal)
-    recorder = Recorder(journal, store)
+    journal = store.create(Journal.new(0.0, "benchmark", NAMES, force=True, force_unbootable=True))
+    context = CheckContext.for_host(Host("/"), None, (), ())
+
+    def preflight() -> Preflight:  # as at the scheduled time: host checks, then the guests as they are now
+        return run_preflight(context, Config(maintenance=config), lambda: hypervisor, str(SAVE_DIR))
+
     poller.measure()
     time.sleep(0.2)
     start = time.monotonic()
-    assert save_phase(recorder, hypervisor, config)
+    ran = run_now(store, journal, hypervisor, preflight, config, lambda: None)
+    assert ran.phase == "rebooting", ran.error
     saved = time.monotonic()
     size = image_bytes()
-    recorder.advance("rebooting")
-    restore_phase(recorder, hypervisor, config)
-    assert recorder.journal.phase == "done", recorder.journal.error
+    done = resume_after_boot(store, hypervisor, config)
+    assert done is not None and done.phase == "done", done
     return {"downtime": poller.wait_all_up(), "save_s": saved - start, "restore_s": time.monotonic() - saved,
-            "bytes": size, "journal": {n: g.downtime_s for n, g in recorder.journal.guests.items()}}
+            "bytes": size, "journal": {n: g.downtime_s for n, g in done.guests.items()}}
 
 
 def image_bytes() -> int:
