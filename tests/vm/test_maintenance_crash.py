@@ -241,3 +241,93 @@ def test_with_libvirt_guests_on_boot_start_and_autostart_every_guest_is_restored
     for record in (web1, db1):  # the busybox guests run no guest agent: their clocks are reported, not set
         assert (record.clock or "").startswith("not set: ") and "guest agent" in (record.clock or ""), record
     assert report.count("clock not set: ") == 2
+
+
+def run_in_child(site: Site, code: str, *args: str) -> None:
+    """Act on the embed root from a child process (one process may hold it at a time)."""
+    subprocess.run([sys.executable, "-c", "import sys\nfrom hostagent.hypervisor.libvirt_backend import "
+                    f"LibvirtHypervisor\nh = LibvirtHypervisor(sys.argv[1])\n{code}\n", guests.uri(site.root), *args],
+                   cwd=guests.REPO, check=True, timeout=120)
+
+
+# A fresh embedded driver reconnects to the running QEMUs in the background: until it has, a destroy
+# can answer "domain is not running".  Retried until the guest is really down.
+def stop_code(name: str, undefine: bool = False) -> str:
+    return f"""import time, libvirt
+deadline = time.monotonic() + 30
+while h._domain({name!r}).isActive():
+    try:
+        h._domain({name!r}).destroy()
+    except libvirt.libvirtError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+{f"h._domain({name!r}).undefineFlags(1)" if undefine else ""}
+"""
+
+
+def test_the_guests_are_those_running_at_the_scheduled_time(site: Site, tmp_path: Path) -> None:
+    """gone1 runs when the maintenance is scheduled and is stopped by its owner before it; late1 is
+    started after scheduling.  late1 is saved and restored, gone1 stays stopped."""
+    guests.start(site.root, [("gone1", 128, None)])
+    agent = Agent(site, tmp_path)
+    agent.start()
+    try:
+        journal = agent.schedule(ahead=60)  # time for late1 to boot before the maintenance starts
+        assert sorted(journal.guests) == ["db1", "gone1", "web1"]
+        guests.start(site.root, [("late1", 128, None)])
+        run_in_child(site, stop_code('gone1'))
+        assert agent.journal(journal.id).phase == "planned"
+        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=300, step=0.5)
+        final = agent.journal(journal.id)
+        printed = len(guests.uptimes(site.consoles / "late1.log"))
+        wait_for("late1 to print after the maintenance",
+                 lambda: len(guests.uptimes(site.consoles / "late1.log")) >= printed + 2, 60, 0.5)
+    finally:
+        agent.stop()
+    try:
+        assert final.phase == "done", f"{final.error}\n{agent.log.read_text()[-3000:]}"
+        late, gone = final.guests["late1"], final.guests["gone1"]
+        assert (late.added, late.outcome, late.image) == (True, "restored", "managed"), late
+        assert (gone.state, gone.outcome) == ("stopped", "left_stopped"), gone
+        report = notices.report(final, "hv1")[1]
+        assert "added at run time" in report and "stopped before the maintenance" in report
+        for name in ("late1", *NAMES):
+            assert_never_rebooted(site.consoles / f"{name}.log")
+        assert guests.boots(site.consoles / "gone1.log") == 1  # never started again after the reboot
+        run_in_child(site, "assert not h.is_running('gone1'), 'gone1 runs again'")
+    finally:
+        for name in ("late1", "gone1"):
+            run_in_child(site, stop_code(name, undefine=True))
+
+
+def test_a_hypervisor_unreachable_at_the_scheduled_time_means_no_reboot(site: Site, tmp_path: Path) -> None:
+    """Another process holds the embedded driver at the scheduled time, so the worker cannot list the
+    guests: no save and no reboot, whatever --force said when it was scheduled."""
+    agent = Agent(site, tmp_path)
+    agent.start()
+    holder = None
+    try:
+        at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).isoformat()
+        scheduled = hostagent("--config", str(agent.config), "maintenance", "--reboot-at", at, "--force",
+                              "--json", "--state-dir", str(agent.state))
+        assert scheduled.returncode == 0, scheduled.stderr
+        journal_id = json.loads(scheduled.stdout)["id"]
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hostagent.hypervisor.libvirt_backend "
+                                   "import LibvirtHypervisor\nh = LibvirtHypervisor(sys.argv[1])\nprint('held', "
+                                   "flush=True)\ntime.sleep(600)\n", guests.uri(site.root)], cwd=guests.REPO,
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        first = int(agent.pidfile.read_text())
+        wait_for("the maintenance to end", lambda: agent.journal(journal_id).final, timeout=180, step=0.5)
+        final = agent.journal(journal_id)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(30)
+        agent.stop()
+    assert final.phase == "failed" and "cannot see the guests" in (final.error or ""), final
+    assert "rebooting" not in [p for p, _ in final.history] and int(agent.pidfile.read_text()) == first
+    assert all(g.state == "planned" and g.save_started is None for g in final.guests.values())
+    for name in NAMES:
+        assert_never_rebooted(site.consoles / f"{name}.log")
