@@ -24,6 +24,7 @@ class ProgressBoard:
         self._drawn = 0
         self._last_draw = -1e9
         self._lock = threading.Lock()
+        self.broken = False
 
     def update(self, item: str, text: str, final: bool = False) -> None:
         with self._lock:
@@ -35,14 +36,22 @@ class ProgressBoard:
                     self._draw(now)
             elif changed and (final or now - self._logged.get(item, -1e9) >= self.every):
                 self._logged[item] = now
-                self.stream.write(f"{item}: {text}\n")
-                self.stream.flush()
+                self._write(f"{item}: {text}\n")
+
+    def _write(self, text: str) -> None:
+        """Progress is for people: a log that cannot be written (a full disk) never stops the work it shows."""
+        if self.broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.broken = True
 
     def _draw(self, now: float) -> None:
         out = f"\x1b[{self._drawn}F" if self._drawn else ""
         out += "".join(f"\x1b[K{item}: {text}\n" for item, text in self.lines.items())
-        self.stream.write(out)
-        self.stream.flush()
+        self._write(out)
         self._drawn = len(self.lines)
         self._last_draw = now
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import queue
 import time
 from collections import Counter
@@ -108,8 +109,11 @@ class MaintenanceDaemon:
             self._tick(time.time() if now is None else now)
         except Exception as err:  # the daemon's maintenance loop must not die
             log.exception("maintenance tick failed")
-            self._alert(Finding("maintenance.tick_failed", "maintenance", "maintenance", Severity.CRITICAL,
-                                f"the maintenance tick failed: {type(err).__name__}: {err}"))
+            try:
+                self._alert(Finding("maintenance.tick_failed", "maintenance", "maintenance", Severity.CRITICAL,
+                                    f"the maintenance tick failed: {type(err).__name__}: {err}"))
+            except Exception:  # the alert path itself is broken (a full disk): the log above must do
+                log.exception("maintenance tick failed, and so did its alert")
 
     def _tick(self, now: float) -> None:
         """Supervise the worker; otherwise do what the journal says is next."""
@@ -156,7 +160,7 @@ class MaintenanceDaemon:
             elif code != 0:
                 self._announce("maintenance.worker_failed", journal,
                                f"the {worker.action} worker failed (exit {code}) in phase {journal.phase}: "
-                               f"{worker.last_words()}")
+                               f"{worker.last_words()}{self._space_note()}")
             return True
         if worker.overdue():
             worker.kill()
@@ -169,6 +173,18 @@ class MaintenanceDaemon:
                            "killed; the daemon resumes from the journal")
             return True
         return False
+
+    def _space_note(self) -> str:
+        """Why a worker may have failed without a word: the journals' file system is full."""
+        try:
+            stat = os.statvfs(self.store.directory)
+        except OSError as err:
+            return f"; {self.store.directory}: {err.strerror or err}"
+        free = stat.f_bavail * stat.f_frsize
+        if free < 1 << 20:
+            return (f"; the file system of {self.store.directory} is full ({free} bytes free): the journal cannot "
+                    "be written, so nothing is rebooted until there is room")
+        return ""
 
     def _planned(self, journal: Journal, now: float) -> None:
         keys = notices.due_before(journal, now, self.config.maintenance.notice_lead_times)

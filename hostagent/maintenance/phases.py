@@ -68,6 +68,9 @@ class Recorder:
 
     def start_save(self, name: str, started: float) -> bool:
         """Record that a guest's save starts, only while the maintenance is still saving (a cancel stops it)."""
+        if self.write_error is not None:  # no reboot will follow: no more guests go down for nothing
+            return False
+
         def change(journal: Journal) -> Journal:
             if journal.phase != "saving":
                 raise PhaseMoved(journal, f"maintenance {journal.id} is {journal.phase}: {name} not saved")
@@ -307,8 +310,8 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
                 f"; its memory image is kept at {image}" if outcome == "cold_booted" else "")
         elif resumed:  # its save was interrupted while the guest was paused: it runs on from memory
             outcome, by, note = "restored", "hostagent", "its save was interrupted: resumed from pause"
-        else:  # its save never completed: it kept running
-            outcome, by, note = None, None, "it kept running: its save did not complete"
+        else:  # no save was recorded as complete (a worker stopped mid-save): it runs, and was never rebooted
+            outcome, by, note = None, None, "running; its save was not recorded as complete"
         recorder.guest(name, "running", running_again=record.running_again or clock(), outcome=outcome,
                        restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None,
                        clock=_set_clock(hypervisor, name) if outcome == "restored" else None)

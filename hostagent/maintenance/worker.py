@@ -26,7 +26,7 @@ from hostagent.config import Config, MaintenanceConfig
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
-from hostagent.maintenance.journal import Journal
+from hostagent.maintenance.journal import Journal, JournalStore
 
 KILL_GRACE = 5.0
 
@@ -114,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hostagent.actions import AuditLog
     from hostagent.config import load_config
-    from hostagent.maintenance.journal import JournalStore
     from hostagent.maintenance.run import execute, resume_after_boot
     from hostagent.progress import ProgressBoard
     from hostagent.state import StateStore
@@ -137,13 +136,29 @@ def main(argv: list[str] | None = None) -> int:
                 result = resume_after_boot(store, hypervisor, config.maintenance, audit, progress,
                                            others=restorers_on(Host("/"), hypervisor))
     except HostagentError as err:
-        print(json.dumps({"id": args.id, "action": args.action, "error": str(err)}), flush=True)
+        _say({"id": args.id, "action": args.action, "error": str(err)})
         os._exit(1)
     progress.close()
     outcome = {"id": args.id, "action": args.action, "phase": result.phase if result else None,
                "error": result.error if result else None}
-    print(json.dumps(outcome), flush=True)
-    os._exit(0)  # a hypervisor call stuck in a thread must not keep the worker alive
+    behind = result is not None and _on_disk(store, args.id) != result
+    if behind:  # the journal could not be written: the daemon must hear of it, and resume from the disk
+        outcome["error"] = f"the journal on disk is behind this run (it ended {outcome['phase']}): {outcome['error']}"
+    _say(outcome)
+    os._exit(2 if behind else 0)  # a hypervisor call stuck in a thread must not keep the worker alive
+
+
+def _say(outcome: dict[str, object]) -> None:
+    """The worker's last line for the daemon; a log that cannot be written (a full disk) is no reason to fail."""
+    with contextlib.suppress(OSError):
+        print(json.dumps(outcome), flush=True)
+
+
+def _on_disk(store: JournalStore, journal_id: str) -> Journal | None:
+    try:
+        return store.load(journal_id)
+    except HostagentError:
+        return None
 
 
 if __name__ == "__main__":

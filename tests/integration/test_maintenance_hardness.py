@@ -438,6 +438,8 @@ def test_a_disk_that_fills_during_the_saves_stops_the_run_before_the_reboot(tmp_
     assert reboots == []
     assert all(hypervisor.is_running(n) for n in OWNERS)  # the guests already saved run again
     assert result.phase == "failed" and "No space left on device" in (result.error or "")
+    assert [n for n, g in result.guests.items() if g.save_started is not None] == ["web1"]  # no more went down
+    assert result.guests["web1"].outcome == "restored"
     assert not list(store.directory.glob(".*.tmp"))
     (small_tmpfs / "filler").unlink()  # space again: the daemon's restore worker would find the truth on disk
     after = resume_after_boot(store, hypervisor, MaintenanceConfig())
@@ -491,3 +493,30 @@ def test_concurrent_writers_and_readers_never_see_a_torn_journal_or_lose_an_upda
     sent = store.load(journal.id).sent
     assert len(sent) == rounds * writers == len(set(sent))  # no update lost to a stale copy
     assert sorted(p.name for p in store.directory.iterdir()) == [f"{journal.id}.json", f"{journal.id}.lock"]
+
+
+def test_a_run_whose_journal_cannot_be_written_does_not_reboot_and_the_daemon_alerts(
+        tmp_path: Path, mail: tuple[int, Sink]) -> None:
+    """The journals' file system fills up before the run: the real worker process runs the maintenance
+    in memory only as far as it must (no save, no reboot), exits non-zero, and the daemon alerts."""
+    port, received = mail
+    daemon = daemon_for(tmp_path, port)
+    journals = daemon.store.directory
+    journals.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(journals)], check=True)
+    try:
+        journal = daemon.store.create(Journal.new(time.time() - 1, "kernel", ["web1", "db1"]))
+        fill(journals)
+        deadline = time.monotonic() + 60
+        while not any("worker_failed" in m["body"] or "worker failed" in m["body"] for m in received.messages):
+            assert time.monotonic() < deadline, [m["subject"] for m in received.messages]
+            daemon.tick()
+            time.sleep(0.2)
+        assert not (tmp_path / "rebooted").exists()  # the reboot command never ran
+        body = next(m["body"] for m in received.messages if "worker failed" in m["body"])
+        assert "failed (exit 2)" in body  # it ran to its end in memory and said the disk is behind
+        assert "is full" in body and "nothing is rebooted until there is room" in body
+        assert daemon.store.load(journal.id).phase == "planned"  # the disk still says what it could
+        assert not list(journals.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(journals)], check=False)
