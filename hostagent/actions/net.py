@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from checks.net import Config
 from hostagent.actions import AuditLog, Outcome, Step, perform
+from hostagent.durable import write_durable
 from hostagent.errors import ActionRefused, HostagentError, ProbeUnavailable
 from hostagent.host import Host
 
@@ -90,9 +91,7 @@ class MitigationStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             active = self._load()
             yield active
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps([m.to_json() for m in active.values()], indent=2) + "\n")
-            os.replace(temporary, self.path)
+            write_durable(self.path, (json.dumps([m.to_json() for m in active.values()], indent=2) + "\n").encode())
 
     def active(self) -> list[Mitigation]:
         return sorted(self._load().values(), key=lambda m: m.created) if self.path.exists() else []

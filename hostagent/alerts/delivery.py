@@ -19,6 +19,7 @@ from typing import Any
 
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.alerts.state import Alert
+from hostagent.durable import write_durable
 from hostagent.errors import HostagentError
 from hostagent.model import Severity
 
@@ -122,12 +123,7 @@ class Spool:
 
 
 def _write(path: Path, entry: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as handle:
-        json.dump(entry, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_durable(path, json.dumps(entry).encode())
 
 
 def sender(config: AlertsConfig) -> Any:
