@@ -16,6 +16,8 @@ APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fspro
 # maintenance with real guests (qemu:///embed) and the libvirt-guests benchmark: the QEMU driver,
 # the libvirt-qemu user, virsh and libvirt-guests.sh
 APT_PACKAGES += libvirt-daemon-system libvirt-clients
+# the test guests run QEMU's guest agent (tests/guests.py), so restored guests get their clocks set
+APT_PACKAGES += qemu-guest-agent
 # the fleet controller's tests: real sshds in network namespaces, and the status page in a browser
 APT_PACKAGES += openssh-server openssh-client iproute2 chromium
 # the Ansible install test: a Debian 12 rootfs (debootstrap) booted under QEMU

@@ -26,9 +26,28 @@ CACHE = REPO / ".cache" / "guests"
 MARK = "guest-init started"
 INIT = f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev
 echo "{MARK}"
-while true; do echo "uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"; /bin/busybox sleep 1; done
+if /bin/busybox grep -q org.qemu.guest_agent /proc/cmdline; then (
+  for module in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console; do
+    /bin/busybox insmod /modules/$module.ko
+  done
+  for try in $(/bin/busybox seq 100); do
+    for port in /dev/vport*p1; do [ -e "$port" ] && exec /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /tmp; done
+    /bin/busybox sleep 0.2
+  done
+  echo "guest agent: no virtio port"
+) & fi
+while true; do
+  echo "uptime $(/bin/busybox cut -d' ' -f1 /proc/uptime)"; echo "clock $(/bin/busybox date +%s)"
+  /bin/busybox sleep 1
+done
 """
+# QEMU's guest agent in the initramfs (Debian's qemu-guest-agent, from the Makefile) with the virtio
+# modules it needs; it runs only in guests whose kernel command line names it (``agent=True``), so
+# hostagent can set their clocks after a restore (``guest-set-time``: ``hwclock -s``).
+AGENT_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+                 "virtio_console")
 OWNER_NS = "https://hostagent.invalid/xmlns/owner/1"
 
 
@@ -41,7 +60,7 @@ def kernel() -> str:
 
 def initramfs() -> Path:
     """The cached guest initramfs (busybox and the /init above), about 1 MB."""
-    image = CACHE / "uptime-initramfs.gz"
+    image = CACHE / "uptime-agent-initramfs.gz"
     if image.exists():
         return image
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -51,6 +70,16 @@ def initramfs() -> Path:
         (stage / "proc").mkdir()
         busybox = shutil.which("busybox") or "/bin/busybox"
         shutil.copy2(busybox, stage / "bin/busybox")
+        for directory in ("dev", "tmp", "sbin", "modules", "usr/sbin"):
+            (stage / directory).mkdir(parents=True, exist_ok=True)
+        (stage / "sbin/hwclock").symlink_to("/bin/busybox")
+        version = Path(kernel()).name.removeprefix("vmlinuz-")
+        for module in AGENT_MODULES:
+            found = glob.glob(f"/lib/modules/{version}/kernel/drivers/**/{module}.ko", recursive=True)
+            if not found:
+                raise RuntimeError(f"no {module}.ko for {version}: the guest agent needs it")
+            shutil.copy2(found[0], stage / "modules" / f"{module}.ko")
+        _copy_with_libraries("/usr/sbin/qemu-ga", stage)
         (stage / "init").write_text(INIT)
         (stage / "init").chmod(0o755)
         listing = "\n".join(str(p.relative_to(stage)) for p in sorted(stage.rglob("*"))) + "\n"
@@ -61,15 +90,30 @@ def initramfs() -> Path:
     return image
 
 
-def domain_xml(name: str, memory_mib: int, console: Path, initrd: Path, owner: str | None = None) -> str:
+def _copy_with_libraries(program: str, stage: Path) -> None:
+    """A dynamically linked program and every library ``ldd`` names, at the same paths."""
+    if not Path(program).exists():
+        raise RuntimeError(f"no {program}: install qemu-guest-agent (make test does)")
+    listing = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    paths = [program] + [word for line in listing.splitlines() for word in line.split() if word.startswith("/")]
+    for path in paths:
+        target = stage / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(path), target)
+
+
+def domain_xml(name: str, memory_mib: int, console: Path, initrd: Path, owner: str | None = None,
+               agent: bool = False) -> str:
     metadata = (f"<metadata><hostagent:owner xmlns:hostagent='{OWNER_NS}'>{owner}</hostagent:owner></metadata>"
                 if owner else "")
+    channel = ("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+               if agent else "")
     return f"""<domain type='qemu'><name>{name}</name>{metadata}
   <memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel()}</kernel><initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline></os>
+    <cmdline>console=ttyS0 quiet panic=-1{' org.qemu.guest_agent' if agent else ''}</cmdline></os>
   <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='file'><source path='{console}' append='on'/></serial><memballoon model='none'/></devices>
+    <serial type='file'><source path='{console}' append='on'/></serial><memballoon model='none'/>{channel}</devices>
 </domain>"""
 
 
@@ -84,11 +128,13 @@ def prepare_root(root: Path) -> None:
     (root / "lib/qemu/save").mkdir(parents=True, exist_ok=True)
 
 
-def start(root: Path, guests: Sequence[tuple[str, int, str | None]], timeout: float = 120) -> Path:
-    """Define and start guests (name, MiB, owner) in a child process; wait until each prints its uptime.
-    Returns the directory of their console logs (``<name>.log``)."""
+def start(root: Path, guests: Sequence[tuple[str, int, str | None]], timeout: float = 120,
+          agents: Sequence[str] = ()) -> Path:
+    """Define and start guests (name, MiB, owner) in a child process, those named in ``agents`` with
+    QEMU's guest agent; wait until each prints its uptime.  Returns the directory of their console
+    logs (``<name>.log``)."""
     consoles = root / "consoles"
-    spec = ",".join(f"{name}:{mib}:{owner or ''}" for name, mib, owner in guests)
+    spec = ",".join(f"{name}:{mib}:{owner or ''}:{int(name in agents)}" for name, mib, owner in guests)
     subprocess.run([sys.executable, "-m", "tests.guests", str(root), spec], cwd=REPO, check=True, timeout=timeout)
     deadline = time.monotonic() + timeout
     for name, _, _ in guests:
@@ -101,6 +147,14 @@ def start(root: Path, guests: Sequence[tuple[str, int, str | None]], timeout: fl
 
 def uri(root: Path) -> str:
     return f"qemu:///embed?root={root}"
+
+
+def clocks(console: Path) -> list[int]:
+    """The guest's wall clock (``date +%s``), printed beside each uptime."""
+    if not console.exists():
+        return []
+    return [int(line.split()[1]) for line in console.read_text(errors="replace").splitlines()
+            if line.startswith("clock ") and len(line.split()) == 2 and line.split()[1].isdigit()]
 
 
 def uptimes(console: Path) -> list[float]:
@@ -136,9 +190,10 @@ def _main() -> None:
 
     hypervisor = LibvirtHypervisor(uri(args.root))
     for item in args.spec.split(","):
-        name, mib, owner = item.split(":")
+        name, mib, owner, agent = item.split(":")
         console = args.root / "consoles" / f"{name}.log"
-        domain = hypervisor._conn.defineXML(domain_xml(name, int(mib), console, args.root / "initrd.gz", owner or None))
+        domain = hypervisor._conn.defineXML(domain_xml(name, int(mib), console, args.root / "initrd.gz", owner or None,
+                                                       agent == "1"))
         domain.create()
     os._exit(0)
 

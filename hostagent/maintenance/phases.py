@@ -313,8 +313,9 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         else:  # no save was recorded as complete (a worker stopped mid-save): it runs, and was never rebooted
             outcome, by, note = None, None, "running; its save was not recorded as complete"
         recorder.guest(name, "running", running_again=record.running_again or clock(), outcome=outcome,
-                       restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None,
-                       clock=_set_clock(hypervisor, name) if outcome == "restored" else None)
+                       restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None)
+        if outcome == "restored":
+            recorder.guest(name, "running", clock=_set_clock(hypervisor, name))
         return
     error = record.error
     for attempt in range(1, config.restore_attempts + 1):
@@ -335,8 +336,9 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
                 if outcome == "cold_booted":
                     error = f"its save image {image} was gone: booted afresh"
                 recorder.guest(name, "running", running_again=clock(), outcome=outcome, restored_by="hostagent",
-                               error=error if outcome != "restored" else None,
-                               clock=_set_clock(hypervisor, name) if outcome == "restored" else None)
+                               error=error if outcome != "restored" else None)
+                if outcome == "restored":
+                    recorder.guest(name, "running", clock=_set_clock(hypervisor, name))
                 return
             error = f"attempt {attempt}: not running after the {'restore' if has_image else 'start'}"
             recorder.guest(name, "restore_failed", error=error)
@@ -362,10 +364,18 @@ def _who(name: str, others: Mapping[str, str] | None) -> str:
     return found or "another service"
 
 
-def _set_clock(hypervisor: Hypervisor, name: str) -> str:
-    """After a restore the guest's clock is behind by its downtime: set it through the guest agent."""
-    try:
-        hypervisor.sync_clock(name)
-    except HostagentError as err:
-        return f"not set: {err}"
-    return "set"
+CLOCK_WAIT = 15.0  # s for a restored guest's agent to reconnect to its channel
+
+
+def _set_clock(hypervisor: Hypervisor, name: str, wait: float = CLOCK_WAIT) -> str:
+    """After a restore the guest's clock is behind by its downtime: set it through the guest agent,
+    waiting a little for an agent that has not reconnected yet (one not configured fails at once)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            hypervisor.sync_clock(name)
+            return "set"
+        except HostagentError as err:
+            if "not connected" not in str(err) or time.monotonic() > deadline:
+                return f"not set: {err}"
+        time.sleep(0.5)
