@@ -126,6 +126,14 @@ class Agent:
     def journal(self, journal_id: str) -> Journal:
         return self.store.load(journal_id)
 
+    def finish(self, journal_id: str, consoles: Path, timeout: float = 300) -> Journal:
+        """Wait for the maintenance to end and every guest of the module to print twice more."""
+        wait_for("the maintenance to end", lambda: self.journal(journal_id).final, timeout=timeout, step=0.5)
+        samples = {name: len(guests.uptimes(consoles / f"{name}.log")) for name in NAMES}
+        wait_for("every guest to print after the maintenance", lambda: all(
+            len(guests.uptimes(consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5)
+        return self.journal(journal_id)
+
     def paused(self, point: str) -> bool:
         return (self.pauses / point).exists()
 
@@ -165,11 +173,7 @@ def test_a_daemon_killed_at_each_step_ends_with_every_guest_running(site: Site, 
         wait_for(f"the {crash} step", when(agent, journal.id), timeout=240)
         agent.kill()
         agent.start()
-        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=240, step=0.5)
-        final = agent.journal(journal.id)
-        samples = {name: len(guests.uptimes(site.consoles / f"{name}.log")) for name in NAMES}
-        wait_for("every guest to print after the maintenance", lambda: all(
-            len(guests.uptimes(site.consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5)
+        final = agent.finish(journal.id, site.consoles)
     finally:
         agent.stop()
     log = agent.log.read_text()
@@ -237,11 +241,7 @@ def test_with_libvirt_guests_on_boot_start_and_autostart_every_guest_is_restored
     agent.start()
     try:
         journal = agent.schedule(ahead=20)
-        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=300, step=0.5)
-        final = agent.journal(journal.id)
-        samples = {name: len(guests.uptimes(site.consoles / f"{name}.log")) for name in NAMES}
-        wait_for("every guest to print after the maintenance", lambda: all(
-            len(guests.uptimes(site.consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5)
+        final = agent.finish(journal.id, site.consoles)
     finally:
         agent.stop()
         set_autostart(site, "web1", False)
