@@ -26,6 +26,7 @@ from hostagent.maintenance import notices
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.preflight import Preflight
 from hostagent.maintenance.run import resume_after_boot, run_now
+from tests.helpers import wait_for
 from tests.integration.test_alerts import Sink, sink_server
 from tests.integration.test_cli import hostagent
 from tests.integration.test_hypervisor import DOMAIN
@@ -95,11 +96,8 @@ def test_each_outcome_reaches_the_owner_with_its_own_text_and_downtime(tmp_path:
     expected = case.split("-")[0]
     assert record.outcome == expected, record
     daemon.tick()
-    deadline = time.monotonic() + 20
-    while not any(m["to"] == ["alice@example.com"] for m in received.messages):
-        assert time.monotonic() < deadline, "no after-notice reached the owner"
-        time.sleep(0.1)
-    body = next(m for m in received.messages if m["to"] == ["alice@example.com"])["body"]
+    body = wait_for(lambda: next((m["body"] for m in received.messages if m["to"] == ["alice@example.com"]), None),
+                    "the owner's after-notice")
     line = next(line for line in body.splitlines() if line.startswith("web1 "))
     assert text in line
     assert notices.downtime_text(record) in line
@@ -341,10 +339,7 @@ def test_unreadable_journals_are_listed_set_aside_and_block_nothing(tmp_path: Pa
     daemon.tick()  # the daemon sets both aside and alerts naming each
     assert sorted(p.name for p in store.directory.glob("*.corrupt")) == sorted(
         [f"{truncated.id}.corrupt", f"{wrong.id}.corrupt"])
-    deadline = time.monotonic() + 20
-    while len([m for m in received.messages if "journal" in m["body"]]) < 2:
-        assert time.monotonic() < deadline, [m["subject"] for m in received.messages]
-        time.sleep(0.1)
+    wait_for(lambda: len([m for m in received.messages if "journal" in m["body"]]) >= 2, "two journal alerts")
     bodies = "\n".join(m["body"] for m in received.messages)
     assert f"{truncated.id}.json" in bodies and f"{wrong.id}.json" in bodies
     cancelled = hostagent("--config", config, "maintenance", "cancel", "--json", "--state-dir", str(state))
@@ -507,11 +502,11 @@ def test_a_run_whose_journal_cannot_be_written_does_not_reboot_and_the_daemon_al
     try:
         journal = daemon.store.create(Journal.new(time.time() - 1, "kernel", ["web1", "db1"]))
         fill(journals)
-        deadline = time.monotonic() + 60
-        while not any("worker_failed" in m["body"] or "worker failed" in m["body"] for m in received.messages):
-            assert time.monotonic() < deadline, [m["subject"] for m in received.messages]
+        def alerted() -> bool:
             daemon.tick()
-            time.sleep(0.2)
+            return any("worker failed" in m["body"] for m in received.messages)
+
+        wait_for(alerted, "the daemon's worker_failed alert", timeout=60)
         assert not (tmp_path / "rebooted").exists()  # the reboot command never ran
         body = next(m["body"] for m in received.messages if "worker failed" in m["body"])
         assert "failed (exit 2)" in body  # it ran to its end in memory and said the disk is behind

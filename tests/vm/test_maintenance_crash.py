@@ -332,6 +332,7 @@ def test_a_hypervisor_unreachable_at_the_scheduled_time_means_no_reboot(site: Si
                               "--json", "--state-dir", str(agent.state))
         assert scheduled.returncode == 0, scheduled.stderr
         journal_id = json.loads(scheduled.stdout)["id"]
+        # the holder keeps the embedded driver until the test kills it (its sleep is only an upper bound)
         holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hostagent.hypervisor.libvirt_backend "
                                    "import LibvirtHypervisor\nh = LibvirtHypervisor(sys.argv[1])\nprint('held', "
                                    "flush=True)\ntime.sleep(600)\n", guests.uri(site.root)], cwd=guests.REPO,
