@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import os
 import shutil
 import signal
@@ -24,7 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "debian12"
 PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "python3", "python3-venv", "python3-apt",
             "python3-libvirt", "python3-packaging", "smartmontools", "mdadm", "iproute2", "kmod", "procps"]
+# A Xen dom0 (issue #20): Debian's hypervisor, its toolstack with xencommons, and libvirt's libxl driver.
+XEN_CACHE = REPO / ".cache" / "xen12"
+XEN_PACKAGES = [*PACKAGES, "xen-hypervisor-4.17-amd64", "xen-utils-4.17", "libvirt-daemon-driver-xen",
+                "libvirt-daemon-system", "libvirt-clients", "libpam-systemd"]  # polkitd needs a logind
 NET_MODULES = ["virtio_net"]
+# dom0's Xen drivers: xencommons mounts xenfs on /proc/xen; the backends serve the DomUs' disks and networks
+XEN_MODULES = ["xenfs", "xen-privcmd", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-netback", "xen-blkback",
+               "bridge"]
 IMAGE_MIB = 2048
 NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
 
@@ -41,11 +49,11 @@ def _run(*argv: str, **kwargs: object) -> None:
     subprocess.run(argv, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
 
 
-def _modules(stage: Path, version: str) -> None:
-    """The network driver and what it depends on, from Debian's kernel; then depmod."""
+def _modules(stage: Path, version: str, modules: list[str]) -> None:
+    """These drivers and what they depend on, from Debian's kernel; then depmod."""
     from tests.vm.harness import module_order
 
-    wanted = module_order(version, NET_MODULES)
+    wanted = module_order(version, modules)
     for path in wanted:
         target = stage / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,19 +65,26 @@ def _modules(stage: Path, version: str) -> None:
     _run("depmod", "-b", str(stage), version)
 
 
-def image() -> tuple[Path, Path, str]:
-    """The cached rootfs image, the root key for it, and its ed25519 host key line."""
-    rootfs, key, host_key = CACHE / "rootfs.img", CACHE / "root_key", CACHE / "host_key.pub"
+def image(xen: bool = False) -> tuple[Path, Path, str]:
+    """The cached rootfs image, the root key for it, and its ed25519 host key line (``xen``: a dom0's)."""
+    cache, packages = (XEN_CACHE, XEN_PACKAGES) if xen else (CACHE, PACKAGES)
+    rootfs, key, host_key = cache / "rootfs.img", cache / "root_key", cache / "host_key.pub"
     if rootfs.exists() and key.exists() and host_key.exists():
         return rootfs, key, host_key.read_text().strip()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    stage = CACHE / f"stage-{os.getpid()}"
+    cache.mkdir(parents=True, exist_ok=True)
+    stage = cache / f"stage-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        _run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(stage),
+        _run("debootstrap", "--variant=minbase", f"--include={','.join(packages)}", "bookworm", str(stage),
              "http://deb.debian.org/debian")
         version = kernel()[0].removeprefix("/boot/vmlinuz-")
-        _modules(stage, version)
+        _modules(stage, version, NET_MODULES + (XEN_MODULES if xen else []))
+        if xen:  # the hypervisor, decompressed: QEMU's -kernel takes the 32-bit multiboot ELF
+            packed = next(iter(glob.glob(str(stage / "boot/xen-*-amd64.gz"))))
+            (cache / "xen").write_bytes(gzip.decompress(Path(packed).read_bytes()))
+            with (stage / "etc/default/xen").open("a") as settings:  # guest consoles to /var/log/xen/console
+                settings.write('XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"\n')
+            (stage / "var/log/xen/console").mkdir(parents=True, exist_ok=True)
         (stage / "etc/hostname").write_text("debian12\n")
         (stage / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 debian12\n")
         (stage / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
@@ -90,7 +105,7 @@ def image() -> tuple[Path, Path, str]:
         shutil.copy2(stage / "etc/ssh/ssh_host_ed25519_key.pub", host_key)
         shutil.rmtree(stage / "var/cache/apt/archives", ignore_errors=True)
         (stage / "var/cache/apt/archives/partial").mkdir(parents=True)
-        partial = CACHE / "rootfs.tmp"
+        partial = cache / "rootfs.tmp"
         partial.unlink(missing_ok=True)
         _run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(stage), str(partial), f"{IMAGE_MIB}M")
         partial.rename(rootfs)
@@ -126,20 +141,36 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no QEMU outlives the test
 
 
+def boot_arguments(memory_mib: int, xen: bool) -> list[str]:
+    """QEMU's CPU, memory and boot options: Debian's kernel directly, or Xen with that kernel as dom0.
+
+    Under Xen (docs/testing.md, "Xen under QEMU"): ``-cpu qemu64`` (dom0 dies early with ``max``),
+    the multiboot module list "kernel and its command line, initrd", dom0's console on hvc0 through
+    Xen's com1, and no ``-no-reboot``: a reboot of dom0 resets the machine and boots Xen again."""
+    vmlinuz, initrd = kernel()
+    if not xen:
+        return ["-cpu", "max", "-m", str(memory_mib), "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
+                "-append", "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0"]
+    dom0_mib = memory_mib // 2
+    return ["-cpu", "qemu64", "-m", str(memory_mib), "-kernel", str(XEN_CACHE / "xen"),
+            "-append", f"dom0_mem={dom0_mib}M,max:{dom0_mib}M console=com1 com1=115200,8n1",
+            "-initrd", f"{vmlinuz} root=/dev/vda rw console=hvc0 panic=-1 net.ifnames=0,{initrd}"]
+
+
 @contextlib.contextmanager
-def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300) -> Iterator[DebianVM]:
-    rootfs, key, host_key = image()
+def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
+              xen: bool = False) -> Iterator[DebianVM]:
+    """A booted Debian 12 VM reachable over SSH; ``xen``: a Xen dom0 with Debian's Xen 4.17."""
+    rootfs, key, host_key = image(xen)
     disk = workdir / "disk.img"
     _run("cp", "--sparse=always", str(rootfs), str(disk))
     port = free_port()
     known = workdir / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
-    vmlinuz, initrd = kernel()
     console = workdir / "console.log"
     process = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory_mib),
-         "-nographic", "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
-         "-append", "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0",
+        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-smp", "2", "-nographic",
+         *boot_arguments(memory_mib, xen),
          # event_idx=off: see "virtio event index" in docs/testing.md
          "-drive", f"file={disk},if=none,id=root,format=raw,cache=unsafe",
          "-device", "virtio-blk-pci,drive=root,event_idx=off",
