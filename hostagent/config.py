@@ -60,8 +60,10 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class MaintenanceConfig:
+    hypervisor: Literal["auto", "xl", "libvirt"] = "auto"  # auto: xl on a Xen dom0 unless uri is xen:
     uri: str = "qemu:///system"
-    save_dir: str = "/var/lib/libvirt/qemu/save"
+    save_dir: str = ""  # "": the backend's own (hostagent.hypervisor.select.DEFAULT_SAVE_DIRS)
+    xl_config_dirs: tuple[str, ...] = ("/etc/xen/auto", "/etc/xen")
     late_start_grace: float = 900.0
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     reboot_wait: float = 900.0
@@ -162,8 +164,10 @@ def _check_maintenance(m: MaintenanceConfig, source: str) -> None:
         problems.append("reboot_command: must name a command, e.g. [\"systemctl\", \"reboot\"]")
     if not m.uri.strip():
         problems.append("uri: must name the hypervisor, e.g. \"qemu:///system\"")
-    if not m.save_dir.startswith("/"):
+    if m.save_dir and not m.save_dir.startswith("/"):
         problems.append(f"save_dir: must be an absolute path, got {m.save_dir!r}")
+    problems += [f"xl_config_dirs: must be absolute paths, got {d!r}"
+                 for d in m.xl_config_dirs if not d.startswith("/")]
     for key in ("concurrency", "restore_attempts"):
         if getattr(m, key) < 1:
             problems.append(f"{key}: must be at least 1, got {getattr(m, key)}")

@@ -152,7 +152,7 @@ def boot_arguments(memory_mib: int, xen: bool) -> list[str]:
         return ["-cpu", "max", "-m", str(memory_mib), "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
                 "-append", "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0"]
     dom0_mib = memory_mib // 2
-    return ["-cpu", "qemu64", "-m", str(memory_mib), "-kernel", str(XEN_CACHE / "xen"),
+    return ["-cpu", "Nehalem", "-m", str(memory_mib), "-kernel", str(XEN_CACHE / "xen"),
             "-append", f"dom0_mem={dom0_mib}M,max:{dom0_mib}M console=com1 com1=115200,8n1",
             "-initrd", f"{vmlinuz} root=/dev/vda rw console=hvc0 panic=-1 net.ifnames=0,{initrd}"]
 

@@ -61,8 +61,8 @@ class Hypervisor(abc.ABC):
         """Let a guest that an interrupted save or restore left paused run on; True when it was paused."""
 
     @abc.abstractmethod
-    def sync_clock(self, name: str) -> None:
-        """Set the guest's clock from the host's through its guest agent (a restored guest's is behind)."""
+    def sync_clock(self, name: str) -> str:
+        """Bring a restored guest's clock up to date (it is behind by the downtime); returns how it was set."""
 
     @abc.abstractmethod
     def abort(self, name: str) -> None:

@@ -68,6 +68,8 @@ class LibvirtHypervisor(Hypervisor):
     def guests(self) -> list[GuestInfo]:
         found = []
         for domain in self._conn.listAllDomains():
+            if self.xen and domain.ID() == 0:  # libxl lists Domain-0 as a running, persistent domain
+                continue
             xml = ET.fromstring(domain.XMLDesc(0))
             owner = xml.find(f"metadata/{{{OWNER_NS}}}owner")
             owner_text = owner.text.strip() if owner is not None and owner.text else None
@@ -147,9 +149,10 @@ class LibvirtHypervisor(Hypervisor):
                                      f"{err.get_error_message()}") from None
         return True
 
-    def sync_clock(self, name: str) -> None:
+    def sync_clock(self, name: str) -> str:
         """``virsh domtime --sync``, as libvirt-guests' SYNC_TIME does."""
         self._call(name, "set the clock", self._domain(name).setTime, None, self._libvirt.VIR_DOMAIN_TIME_SYNC)
+        return "set"
 
     def abort(self, name: str) -> None:
         self._call(name, "abortJob", self._domain(name).abortJob)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from hostagent.config import Config
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
+from hostagent.hypervisor import select
 from hostagent.maintenance.journal import OUTCOMES, Journal, JournalError, JournalStore, PhaseMoved
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.maintenance.when import describe, parse_when
@@ -19,12 +21,6 @@ from hostagent.maintenance.when import describe, parse_when
 
 def store_for(config: Config, state_dir: str | None) -> JournalStore:
     return JournalStore(Path(state_dir or config.agent.state_dir) / "maintenance")
-
-
-def _connect(config: Config) -> Any:
-    from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
-
-    return LibvirtHypervisor(config.maintenance.uri)
 
 
 def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, dry_run: bool, force: bool,
@@ -37,8 +33,9 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
         raise HostagentError(f"maintenance {active.id} is already {active.phase} for "
                              f"{describe(dt.datetime.fromtimestamp(active.reboot_at, dt.UTC))}; cancel it first")
     host = Host("/", command_timeout=config.agent.command_timeout)
+    config = dataclasses.replace(config, maintenance=select.resolve(config.maintenance, host))
     ctx = CheckContext.for_host(host, None, config.disks.include, config.disks.exclude)
-    result = run_preflight(ctx, config, lambda: _connect(config), config.maintenance.save_dir)
+    result = run_preflight(ctx, config, lambda: select.connect(config.maintenance), config.maintenance.save_dir)
     document: dict[str, Any] = {"reboot_at": describe(moment), "reboot_at_utc": moment.astimezone(dt.UTC).isoformat(),
                                 "reason": reason, "dry_run": dry_run, "preflight": result.lines(),
                                 "allowed": result.allowed(force, force_unbootable)}

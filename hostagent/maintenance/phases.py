@@ -373,8 +373,7 @@ def _set_clock(hypervisor: Hypervisor, name: str, wait: float = CLOCK_WAIT) -> s
     deadline = time.monotonic() + wait
     while True:
         try:
-            hypervisor.sync_clock(name)
-            return "set"
+            return hypervisor.sync_clock(name)
         except HostagentError as err:
             if "not connected" not in str(err) or time.monotonic() > deadline:
                 return f"not set: {err}"

@@ -7,6 +7,7 @@ process the daemon supervises; tests call them directly against libvirt's test d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -119,11 +120,12 @@ def current_boot_id(host: Host) -> str | None:
 def execute(host: Host, state: StateStore, config: Config, store: JournalStore, journal: Journal,
             audit: AuditLog, progress: ProgressBoard | None = None) -> Journal:
     """Run a planned maintenance now: the worker at the scheduled time, or ``maintenance run-now``."""
-    from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+    from hostagent.hypervisor import select
 
+    config = dataclasses.replace(config, maintenance=select.resolve(config.maintenance, host))
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
     try:
-        hypervisor = LibvirtHypervisor(config.maintenance.uri)
+        hypervisor = select.connect(config.maintenance)
     except HostagentError as err:  # the guests cannot be seen: no reboot, whatever --force said
         why = f"cannot see the guests: {err}; not rebooted"
         return store.update(journal.id, lambda current: current.advance("preflight").advance("failed", error=why))

@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                 result: Journal | None = execute(host, StateStore(args.state_dir), config, store, journal, audit,
                                                  progress)
             else:
-                from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+                from hostagent.hypervisor import select
 
-                hypervisor = LibvirtHypervisor(config.maintenance.uri)
-                result = resume_after_boot(store, hypervisor, config.maintenance, audit, progress,
+                settings = select.resolve(config.maintenance, Host("/"))
+                hypervisor = select.connect(settings)
+                result = resume_after_boot(store, hypervisor, settings, audit, progress,
                                            others=restorers_on(Host("/"), hypervisor))
     except HostagentError as err:
         _say({"id": args.id, "action": args.action, "error": str(err)})

@@ -1,0 +1,52 @@
+"""Which hypervisor backend a host runs, and the maintenance settings that follow from it.
+
+``maintenance.hypervisor = "auto"`` picks ``xl`` on a Xen dom0 (``/proc/xen/capabilities`` says
+``control_d``), unless ``uri`` names libvirt's Xen driver (``xen:``): hosts that manage their
+DomUs through libvirtd say so there.  Anywhere else it picks libvirt.  ``save_dir = ""`` takes
+the backend's own directory (``DEFAULT_SAVE_DIRS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hostagent.config import MaintenanceConfig
+from hostagent.errors import HostagentError
+from hostagent.host import Host
+from hostagent.hypervisor import Hypervisor
+
+CAPABILITIES = "/proc/xen/capabilities"
+DEFAULT_SAVE_DIRS = {
+    "xl": "/var/lib/xen/save",  # where Debian's xendomains saves too
+    "libvirt-xen": "/var/lib/libvirt/libxl/save",
+    "libvirt": "/var/lib/libvirt/qemu/save",  # libvirt's managed save directory (a kept image is linked there)
+}
+
+
+def is_xen_dom0(host: Host) -> bool:
+    try:
+        text = host.read_optional(CAPABILITIES)
+    except (OSError, HostagentError):  # xenfs not mounted, or unreadable: not a dom0 we can drive
+        return False
+    return text is not None and "control_d" in text
+
+
+def resolve(m: MaintenanceConfig, host: Host) -> MaintenanceConfig:
+    """The settings with ``hypervisor`` decided (``xl`` or ``libvirt``) and ``save_dir`` filled in."""
+    kind = m.hypervisor
+    if kind == "auto":
+        kind = "xl" if is_xen_dom0(host) and not m.uri.startswith("xen:") else "libvirt"
+    save_dir = m.save_dir or DEFAULT_SAVE_DIRS["libvirt-xen" if kind == "libvirt" and m.uri.startswith("xen:")
+                                               else kind]
+    return dataclasses.replace(m, hypervisor=kind, save_dir=save_dir)
+
+
+def connect(m: MaintenanceConfig) -> Hypervisor:
+    """The backend for resolved settings; libvirt is imported only when it is the one."""
+    if m.hypervisor == "xl":
+        from hostagent.hypervisor.xl_backend import XlHypervisor
+
+        return XlHypervisor(m.save_dir, m.xl_config_dirs)
+    from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+
+    return LibvirtHypervisor(m.uri)

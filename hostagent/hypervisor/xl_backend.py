@@ -1,0 +1,223 @@
+"""The ``xl`` backend: Xen's own toolstack, with no libvirtd.
+
+- Guests come from ``xl list -l`` (their configuration) and ``xl list`` (their state); Domain-0 is
+  never a guest.  xl keeps no definitions of stopped domains, so only live domains are listed.
+- ``xl save`` writes the image and destroys the domain; when it fails, xl resumes the domain
+  itself.  Saves run in parallel, one ``xl`` process each; ``abort`` kills that process.
+- ``xl restore`` takes the configuration from the image.  A cold boot (``xl create``) needs the
+  guest's configuration file: the copy taken when it was saved (``<save_dir>/<name>.cfg``), else
+  the file in ``config_dirs`` whose ``name =`` is the guest's, as Debian's xendomains finds them.
+- PV and PVH guests keep Xen's clock across a save; HVM guests have no guest agent channel here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from hostagent.durable import write_durable
+from hostagent.errors import CommandTimeout, HostagentError, ProbeUnavailable
+from hostagent.host import run_command
+from hostagent.hypervisor import GuestInfo, Hypervisor
+from hostagent.sources import xl as parse
+
+PAGE = 4096
+OUTPUT_LIMIT = 16 * 2**20  # xl's answers are a few KiB per domain
+CONFIG_LIMIT = 256 * 1024
+_NAME_LINE = re.compile(r"""^\s*name\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+class XlHypervisor(Hypervisor):
+    def __init__(self, save_dir: str, config_dirs: tuple[str, ...] = ("/etc/xen/auto", "/etc/xen"),
+                 timeout: float = 60.0) -> None:
+        if shutil.which("xl") is None:
+            raise ProbeUnavailable("xl: command not found (install xen-utils, or set maintenance.hypervisor)")
+        self.save_dir, self.config_dirs, self.timeout = save_dir, config_dirs, timeout
+        self._jobs: dict[str, subprocess.Popen[bytes]] = {}
+        self._progress: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def _xl(self, *args: str, timeout: float | None = None, name: str | None = None) -> str:
+        what = f"guest {name}: " if name else ""
+        try:
+            result = run_command(("xl", *args), timeout=timeout or self.timeout)
+        except CommandTimeout as err:
+            raise HostagentError(f"{what}{err}") from None
+        if result.returncode != 0:
+            raise HostagentError(f"{what}xl {args[0]} failed: {_last_lines(result.stderr or result.stdout)}")
+        if len(result.stdout) > OUTPUT_LIMIT:
+            raise HostagentError(f"xl {' '.join(args)}: more than {OUTPUT_LIMIT} bytes of output")
+        return result.stdout
+
+    def _states(self) -> dict[str, parse.XlState]:
+        return {s.name: s for s in parse.parse_list(self._xl("list")) if s.domid != parse.DOM0}
+
+    def guests(self) -> list[GuestInfo]:
+        try:
+            domains = [d for d in parse.parse_list_long(self._xl("list", "-l")) if d.domid != parse.DOM0]
+            states = self._states()
+        except HostagentError as err:
+            raise ProbeUnavailable(f"hypervisor xl not usable: {err}") from None
+        found = []
+        for domain in domains:
+            state = states.get(domain.name)
+            pci = list(domain.pci) or parse.parse_pci_list(self._xl("pci-list", domain.name, name=domain.name))
+            found.append(GuestInfo(
+                name=domain.name, running=state is not None and state.alive, persistent=True,
+                memory_kib=domain.max_memkb,
+                unsaveable=f"PCI passthrough ({', '.join(pci)})" if pci else None,
+                autostart=any(Path(d).name == "auto" for d in self._config_owners(domain.name))))
+        return sorted(found, key=lambda g: g.name)
+
+    def image_for(self, name: str, save_dir: str) -> str:
+        return os.path.join(save_dir, f"{name}.save")
+
+    def _kept_config(self, name: str) -> Path:
+        return Path(self.save_dir) / f"{name}.cfg"
+
+    def _config_owners(self, name: str) -> list[str]:
+        """The directories of ``config_dirs`` holding a configuration file for this guest."""
+        return [str(path.parent) for path in self._configs(name)]
+
+    def _configs(self, name: str) -> list[Path]:
+        found = []
+        for directory in self.config_dirs:
+            with contextlib.suppress(OSError):
+                for path in sorted(Path(directory).iterdir()):
+                    if _config_name(path) == name:
+                        found.append(path)
+        return found
+
+    def config_for(self, name: str) -> Path:
+        """The configuration a cold boot uses: the copy kept at the save, else the guest's file."""
+        kept = self._kept_config(name)
+        if _config_name(kept) == name:
+            return kept
+        found = self._configs(name)
+        if not found:
+            raise HostagentError(f"guest {name}: no configuration file to boot it from ({kept}, or one with "
+                                 f"name = \"{name}\" in {', '.join(self.config_dirs)})")
+        return found[0]
+
+    def save(self, name: str, image: str) -> str:
+        """``xl save``; the guest's configuration file, when it has one, is kept beside the image."""
+        with contextlib.suppress(HostagentError, OSError):
+            source = self.config_for(name)
+            if source != self._kept_config(name):
+                write_durable(self._kept_config(name), source.read_bytes()[:CONFIG_LIMIT])
+        started = time.time()
+        try:
+            os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+            process = subprocess.Popen(["xl", "save", name, image], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                       env={**os.environ, "LC_ALL": "C"})
+        except OSError as err:
+            raise HostagentError(f"guest {name}: cannot save to {image}: {err.strerror or err}") from None
+        with self._lock:
+            self._jobs[name] = process
+        tail = b""
+        try:
+            for chunk in iter(lambda: os.read(process.stdout.fileno(), 65536), b""):  # type: ignore[union-attr]
+                tail = (tail + chunk)[-8192:]
+                progress = parse.parse_progress(tail.decode("utf-8", "replace"))
+                if progress:
+                    self._progress[name] = progress
+            returncode = process.wait()
+        finally:
+            with self._lock:
+                self._jobs.pop(name, None)
+                self._progress.pop(name, None)
+        if returncode != 0:
+            with contextlib.suppress(OSError):  # xl resumed the guest; its partial image must not be restored
+                if os.stat(image).st_mtime >= started - 1:
+                    os.unlink(image)
+            killed = " (aborted)" if returncode < 0 else ""
+            message = _last_lines(tail.decode("utf-8", "replace"))
+            raise HostagentError(f"guest {name}: xl save failed{killed}: {message}")
+        _fsync(image)
+        return image
+
+    def restore(self, name: str, image: str) -> None:
+        if name in self._states():
+            raise HostagentError(f"guest {name}: a domain of that name already exists; not restoring {image}")
+        self._xl("restore", image, timeout=max(self.timeout, 300.0), name=name)
+
+    def has_image(self, name: str, image: str) -> bool:
+        return os.path.isfile(image)
+
+    def start(self, name: str) -> None:
+        if name in self._states():
+            return
+        self._xl("create", str(self.config_for(name)), timeout=max(self.timeout, 120.0), name=name)
+
+    def cold_boot(self, name: str, image: str | None, keep_as: str) -> str | None:
+        """The image stays where it is (``xl create`` never touches it)."""
+        self.start(name)
+        return image
+
+    def shutdown(self, name: str) -> None:
+        self._xl("shutdown", name, name=name)
+
+    def is_running(self, name: str) -> bool:
+        state = self._states().get(name)
+        return state is not None and state.alive
+
+    def resume_paused(self, name: str) -> bool:
+        state = self._states().get(name)
+        if state is None or not state.paused or not state.alive:
+            return False
+        self._xl("unpause", name, name=name)
+        return True
+
+    def sync_clock(self, name: str) -> str:
+        """PV and PVH guests read Xen's clock, which a save does not stop; an HVM guest's is behind."""
+        kind = next((d.type for d in parse.parse_list_long(self._xl("list", "-l", name, name=name))), "pv")
+        if kind == "hvm":
+            raise HostagentError(f"guest {name}: an HVM guest's clock is behind by its downtime and xl has no "
+                                 "guest agent channel: let NTP in the guest set it")
+        return f"kept by Xen ({kind} guest)"
+
+    def abort(self, name: str) -> None:
+        with self._lock:
+            process = self._jobs.get(name)
+        if process is None:
+            raise HostagentError(f"guest {name}: no save running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def job_progress(self, name: str) -> tuple[int, int] | None:
+        progress = self._progress.get(name)
+        return (progress[0] * PAGE, progress[1] * PAGE) if progress else None
+
+
+def _config_name(path: Path) -> str | None:
+    """The ``name =`` of an xl configuration file, or None for anything else."""
+    try:
+        if not path.is_file() or path.stat().st_size > CONFIG_LIMIT:
+            return None
+        match = _NAME_LINE.search(path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def _last_lines(text: str, lines: int = 3) -> str:
+    kept = [line.strip() for line in text.replace("\r", "\n").splitlines()
+            if line.strip() and "xc: progress" not in line]
+    return "; ".join(kept[-lines:]) or "no message"
+
+
+def _fsync(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
