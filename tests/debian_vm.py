@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,10 +158,19 @@ def boot_arguments(memory_mib: int, xen: bool) -> list[str]:
             "-initrd", f"{vmlinuz} root=/dev/vda rw console=hvc0 panic=-1 net.ifnames=0,{initrd}"]
 
 
+def _mail_relay(smtp_port: int | None) -> str:
+    """QEMU's guestfwd: each connection to 10.0.2.100:25 runs tests/vm/smtp_relay.py to the server."""
+    if smtp_port is None:
+        return ""
+    relay = REPO / "tests/vm/smtp_relay.py"
+    return f",guestfwd=tcp:10.0.2.100:25-cmd:{sys.executable} {relay} 127.0.0.1 {smtp_port}"
+
+
 @contextlib.contextmanager
 def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
-              xen: bool = False) -> Iterator[DebianVM]:
-    """A booted Debian 12 VM reachable over SSH; ``xen``: a Xen dom0 with Debian's Xen 4.17."""
+              xen: bool = False, smtp_port: int | None = None) -> Iterator[DebianVM]:
+    """A booted Debian 12 VM reachable over SSH; ``xen``: a Xen dom0 with Debian's Xen 4.17;
+    ``smtp_port``: the VM's 10.0.2.100:25 reaches that SMTP server on host loopback."""
     rootfs, key, host_key = image(xen)
     disk = workdir / "disk.img"
     _run("cp", "--sparse=always", str(rootfs), str(disk))
@@ -174,7 +184,7 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
          # event_idx=off: see "virtio event index" in docs/testing.md
          "-drive", f"file={disk},if=none,id=root,format=raw,cache=unsafe",
          "-device", "virtio-blk-pci,drive=root,event_idx=off",
-         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(smtp_port)}",
          "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     vm = DebianVM(port, key, known, console, process)

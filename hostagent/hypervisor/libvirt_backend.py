@@ -88,6 +88,10 @@ class LibvirtHypervisor(Hypervisor):
     def save(self, name: str, image: str) -> str:
         domain = self._domain(name)
         if self.xen:
+            try:
+                os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+            except OSError as err:
+                raise HostagentError(f"guest {name}: cannot save to {image}: {err.strerror or err}") from None
             self._call(name, "save", domain.save, image)
             return image
         self._call(name, "managedSave", domain.managedSave, 0)

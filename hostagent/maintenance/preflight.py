@@ -69,8 +69,8 @@ def run_preflight(ctx: CheckContext, config: Config, connect: Callable[[], Hyper
         return Preflight(tuple(problems), boot_problems, hypervisor_problem=str(err))
     plans = [plan(g) for g in guests]
     needed = sum(g.memory_kib for g in guests if g.running) * 1024 * SAVE_MARGIN
-    try:
-        stat = os.statvfs(ctx.host.path(save_dir))
+    try:  # a save directory not made yet is made by the first save, on the file system of its parent
+        stat = os.statvfs(_existing(str(ctx.host.path(save_dir))))
         free = stat.f_bavail * stat.f_frsize
         if free < needed:
             problems.append(f"{save_dir} has {free / 2**30:.1f} GiB free; the running guests need "
@@ -84,6 +84,12 @@ def run_preflight(ctx: CheckContext, config: Config, connect: Callable[[], Hyper
         others = (coexist.Coexistence("coexistence", f"cannot tell which services act on guests: {err}",
                                       "check libvirt-guests, libvirt autostart and xendomains by hand"),)
     return Preflight(tuple(problems), boot_problems, tuple(plans), coexistence=others)
+
+
+def _existing(path: str) -> str:
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def plan(guest: GuestInfo) -> GuestPlan:

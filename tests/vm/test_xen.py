@@ -1,41 +1,63 @@
-"""A real Xen host for issue #20: Debian's Xen 4.17 under QEMU (TCG) with Debian 12 as dom0.
+"""Xen for real (issue #20): Debian's Xen 4.17 under QEMU (TCG), Debian 12 as dom0, PV DomUs.
 
-The first step of that issue: the dom0 image and its boot (``tests/debian_vm.py``, ``xen=True``),
-and a PV DomU of the test guests' kind (Debian's kernel and the busybox initramfs that prints its
-uptime) that ``xl save`` and ``xl restore`` pause and resume without a reboot.
+One dom0 boot serves the whole module, in order:
+1. ``xl save`` and ``xl restore`` pause and resume a PV DomU without a reboot;
+2. ansible/site.yml installs the agent and the controller on the dom0 (tests/vm/ansible_run.py's
+   checks, on the dom0 instead of a plain Debian VM), and a second run changes nothing;
+3. the installed agent saves three PV DomUs with xl, dom0 reboots for real, hostagent.service
+   restores them at boot, and the owners' notices reach an aiosmtpd sink on this machine;
+4. failures on real Xen: a save that cannot be written, a save image deleted before the restore,
+   and the agent killed between the saves and the reboot;
+5. the same cycle through libvirtd's libxl driver (``xen:///system``).
+
+The DomUs are the test guests' kind: Debian's kernel and the busybox initramfs that prints its
+uptime every second; xenconsoled logs each console to /var/log/xen/console/guest-<name>.log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from tests import guests
+from hostagent.maintenance import notices
+from hostagent.maintenance.journal import Journal
+from tests import ansible_run, guests
 from tests.debian_vm import DebianVM, debian_vm, kernel
+from tests.integration.test_alerts import Sink, sink_server
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "xen"
+HOSTAGENT = "/opt/hostagent/venv/bin/hostagent"
+CONFIG = "/etc/hostagent/hostagent.toml"
+OWNERS = {"pv1": "alice@example.com", "pv2": "bob@example.com", "pv3": "bob@example.com"}
+PV = ("pv1", "pv2", "pv3")
 
 
 @pytest.fixture(scope="module")
-def dom0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianVM]:
-    with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True) as machine:
+def mail() -> Iterator[tuple[Controller, Sink]]:
+    with sink_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]) -> Iterator[DebianVM]:
+    with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True, smtp_port=mail[0].port) as machine:
+        vmlinuz = Path(kernel()[0])
+        subprocess.run(["scp", "-q", "-i", str(machine.key), "-P", str(machine.port), "-o", "BatchMode=yes", "-o",
+                        f"UserKnownHostsFile={machine.known_hosts}", str(vmlinuz), str(guests.initramfs()),
+                        "root@127.0.0.1:/root/"], check=True, timeout=120)
+        for name in (*PV, "lv1", "lv2"):  # xl's configuration files, where xl and xendomains look for them
+            ssh_ok(machine, f"cat > /etc/xen/{name}.cfg <<'EOF'\nname = \"{name}\"\ntype = \"pv\"\n"
+                            f"kernel = \"/root/{vmlinuz.name}\"\nramdisk = \"/root/{guests.initramfs().name}\"\n"
+                            "extra = \"console=hvc0 quiet\"\nmemory = 64\nEOF")
         yield machine
-
-
-def copy_in(vm: DebianVM, *paths: Path) -> None:
-    subprocess.run(["scp", "-q", "-i", str(vm.key), "-P", str(vm.port), "-o", "BatchMode=yes", "-o",
-                    f"UserKnownHostsFile={vm.known_hosts}", *map(str, paths), "root@127.0.0.1:/root/"],
-                   check=True, timeout=120)
-
-
-def console(vm: DebianVM, name: str, local: Path) -> Path:
-    """The guest's console as xenconsoled logged it, copied here for tests/guests.py's readers."""
-    local.write_text(vm.ssh(f"cat /var/log/xen/console/guest-{name}.log").stdout)
-    return local
 
 
 def ssh_ok(vm: DebianVM, command: str, timeout: float = 180) -> str:
@@ -44,27 +66,226 @@ def ssh_ok(vm: DebianVM, command: str, timeout: float = 180) -> str:
     return done.stdout
 
 
+def wait_for(what: str, predicate: object, timeout: float, step: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
+def console(vm: DebianVM, name: str, local: Path) -> Path:
+    """The guest's console as xenconsoled logged it, copied here for tests/guests.py's readers."""
+    local.write_text(vm.ssh(f"cat /var/log/xen/console/guest-{name}.log").stdout)
+    return local
+
+
+def printed(vm: DebianVM, name: str) -> int:
+    done = vm.ssh(f"grep -c '^uptime ' /var/log/xen/console/guest-{name}.log")
+    return int(done.stdout.strip() or 0) if done.returncode in (0, 1) else 0
+
+
+def start_pv(vm: DebianVM, name: str) -> None:
+    ssh_ok(vm, f"xl create /etc/xen/{name}.cfg")
+    before = printed(vm, name)
+    wait_for(f"{name} to print its uptime", lambda: printed(vm, name) > before, 120)
+
+
+def boot_id(vm: DebianVM) -> str | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        done = vm.ssh("cat /proc/sys/kernel/random/boot_id", timeout=20)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def journal(vm: DebianVM, journal_id: str) -> Journal | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        done = vm.ssh(f"cat /var/lib/hostagent/maintenance/{journal_id}.json", timeout=20)
+        if done.returncode == 0:
+            return Journal.from_json(json.loads(done.stdout))
+    return None
+
+
+def schedule(vm: DebianVM, ahead: float, reason: str) -> str:
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ahead)).isoformat(timespec="seconds")
+    out = ssh_ok(vm, f"{HOSTAGENT} maintenance --reboot-at {at} --reason '{reason}' --notify-owners --json")
+    return str(json.loads(out)["id"])
+
+
+def finish(vm: DebianVM, journal_id: str, timeout: float = 900) -> Journal:
+    found: list[Journal] = []
+
+    def final() -> bool:
+        current = journal(vm, journal_id)
+        found[:] = [current] if current else []
+        return current is not None and current.final
+    wait_for(f"maintenance {journal_id} to end", final, timeout, 5)
+    return found[0]
+
+
+def configure(vm: DebianVM, *lines: str) -> None:
+    """The installed configuration with these [maintenance] settings set, and the daemon restarted."""
+    ssh_ok(vm, f"cp {CONFIG}.installed {CONFIG} 2>/dev/null || cp {CONFIG} {CONFIG}.installed")
+    for line in lines:
+        key = line.split("=")[0].strip()
+        ssh_ok(vm, f"if grep -q '^{key} = ' {CONFIG}; then sed -i 's|^{key} = .*|{line}|' {CONFIG}; "
+                   f"else sed -i '/^\\[maintenance\\]$/a {line}' {CONFIG}; fi")
+    ssh_ok(vm, f"{HOSTAGENT} config check {CONFIG} && systemctl restart hostagent.service")
+
+
 def test_dom0_runs_under_xen_and_a_pv_guest_is_saved_and_restored_without_a_reboot(dom0: DebianVM,
                                                                                    tmp_path: Path) -> None:
     assert ssh_ok(dom0, "cat /sys/hypervisor/type").strip() == "xen"
-    vmlinuz = Path(kernel()[0])
-    copy_in(dom0, vmlinuz, guests.initramfs())
-    config = (f'name = "pv1"\ntype = "pv"\nkernel = "/root/{vmlinuz.name}"\n'
-              f'ramdisk = "/root/{guests.initramfs().name}"\nextra = "console=hvc0 quiet"\nmemory = 96\n')
-    ssh_ok(dom0, f"cat > /root/pv1.cfg <<'EOF'\n{config}EOF\nxl create /root/pv1.cfg")
-    ssh_ok(dom0, "for i in $(seq 120); do grep -q '^uptime ' /var/log/xen/console/guest-pv1.log 2>/dev/null "
-                 "&& exit 0; sleep 1; done; exit 1")
+    start_pv(dom0, "pv1")
     listing = json.loads(ssh_ok(dom0, "xl list -l"))
     assert {d["domid"]: d["config"]["c_info"]["name"] for d in listing} == {0: "Domain-0", 1: "pv1"}
     sample = json.loads((FIXTURES / "xl-list-l.json").read_text())  # captured here: the same shape
     assert [sorted(d["config"]) for d in listing] == [sorted(d["config"]) for d in sample]
     saved = ssh_ok(dom0, "xl save pv1 /root/pv1.save 2>&1")
-    assert "Frames: 24576/24576  100%" in saved  # xl's own progress, for the backend's progress display
+    assert "Frames: 16384/16384  100%" in saved  # xl's own progress, which the backend shows
     assert "pv1" not in ssh_ok(dom0, "xl list")
-    ssh_ok(dom0, "xl restore /root/pv1.save")
-    before = len(guests.uptimes(console(dom0, "pv1", tmp_path / "pv1.log")))
-    ssh_ok(dom0, f"for i in $(seq 60); do [ $(grep -c '^uptime ' /var/log/xen/console/guest-pv1.log) -ge "
-                 f"{before + 3} ] && exit 0; sleep 1; done; exit 1")
+    ssh_ok(dom0, "xl restore /root/pv1.save && rm /root/pv1.save")
+    before = printed(dom0, "pv1")
+    wait_for("pv1 to print after its restore", lambda: printed(dom0, "pv1") >= before + 3, 60)
     log = console(dom0, "pv1", tmp_path / "pv1.log")
     times = guests.uptimes(log)
-    assert guests.boots(log) == 1 and times == sorted(times) and len(times) >= before + 3, log.read_text()[-2000:]
+    assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def installed(dom0: DebianVM, mail: tuple[Controller, Sink],
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """ansible/site.yml's first run on the dom0: alerts and owners' notices go to 10.0.2.100:25."""
+    tmp = tmp_path_factory.mktemp("ansible")
+    hosts = ansible_run.inventory(dom0, tmp)
+    extra = tmp / "vars.json"
+    extra.write_text(json.dumps({
+        "hostagent_smtp_host": "10.0.2.100", "hostagent_alert_to": ["ops@example.com"],
+        "hostagent_config_extra": "[maintenance.owners]\n" + "".join(f'{g} = "{o}"\n' for g, o in OWNERS.items())}))
+    for name in ("libvirt-guests", "xendomains"):  # Debian's own files, as libvirt and Xen install them
+        text = (ansible_run.REPO / "tests/fixtures/coexist" / name).read_text()
+        ssh_ok(dom0, f"cat > /etc/default/{name} <<'EOF'\n{text}EOF")
+    first = ansible_run.playbook(hosts, "-e", f"@{extra}")
+    (tmp / "extra").write_text(str(extra))
+    return hosts, first
+
+
+def test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently(
+        dom0: DebianVM, installed: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    hosts, first = installed
+    extra = ("-e", f"@{(hosts.parent / 'extra').read_text()}")
+    ansible_run.check_installation(dom0, first, tmp_path)
+    config = ssh_ok(dom0, f"cat {CONFIG}")
+    assert 'hypervisor = "auto"' in config and "save_dir" not in config  # xl on this dom0, its own directory
+    second = ansible_run.playbook(hosts, *extra)
+    assert second.returncode == 0 and ansible_run.recap(second.stdout)["changed"] == 0, \
+        ansible_run.changed_tasks(second.stdout)
+    checked = ansible_run.playbook(hosts, "--check", "--diff", *extra)
+    assert checked.returncode == 0 and ansible_run.recap(checked.stdout)["changed"] == 0, \
+        ansible_run.changed_tasks(checked.stdout)
+
+
+def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them_at_boot(
+        dom0: DebianVM, installed: object, mail: tuple[Controller, Sink], tmp_path: Path) -> None:
+    for name in PV:
+        if name not in ssh_ok(dom0, "xl list"):
+            start_pv(dom0, name)
+    preview = json.loads(ssh_ok(dom0, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
+    assert "guest Domain-0" not in "\n".join(preview["preflight"])
+    assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
+        f"guest {name} (64 MiB): save" for name in PV]
+    old_boot = boot_id(dom0)
+    sink = mail[1]
+    sent_before = len(sink.messages)
+    journal_id = schedule(dom0, 90, "kernel update")
+    wait_for("the owners' notices", lambda: {m["to"][0] for m in sink.messages[sent_before:]} >= {
+        "alice@example.com", "bob@example.com"}, 90)
+    wait_for("dom0 to reboot", lambda: boot_id(dom0) not in (old_boot, None), 600, 5)
+    final = finish(dom0, journal_id)
+    assert final.phase == "done", final
+    assert {n: g.outcome for n, g in final.guests.items()} == dict.fromkeys(PV, "restored")
+    assert all(g.restored_by == "hostagent" and g.downtime_s and g.downtime_s > 0 for g in final.guests.values())
+    assert all(g.clock == "kept by Xen (pv guest)" for g in final.guests.values())
+    saves = [final.guests[n].save_started for n in PV]
+    assert max(saves) - min(saves) < min(g.downtime_s or 0 for g in final.guests.values())  # in parallel
+    for name in PV:
+        before = printed(dom0, name)
+        wait_for(f"{name} to print after the reboot", lambda n=name, b=before: printed(dom0, n) >= b + 2, 60)
+        log = console(dom0, name, tmp_path / f"{name}.log")
+        times = guests.uptimes(log)
+        assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-1500:]
+    wait_for("the after-notices", lambda: sum("your downtime" in m["subject"] for m in sink.messages) >= 2, 120)
+    after = {m["to"][0]: m["body"] for m in sink.messages if "your downtime" in m["subject"]}
+    for name, owner in OWNERS.items():  # each owner hears each guest's measured downtime and outcome
+        assert f"{name:<14} {notices.downtime_text(final.guests[name]):<15} " in after[owner], after[owner]
+    assert "pv1" not in after["bob@example.com"] and "pv2" not in after["alice@example.com"]
+
+
+def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_the_restore(
+        dom0: DebianVM, installed: object, tmp_path: Path) -> None:
+    """pv2's image path is a directory, so xl cannot write it: with on_save_failure = "skip" it goes
+    down with the host and is started again from its configuration.  The reboot command deletes
+    pv3's image first, so pv3 is booted afresh and reported so."""
+    ssh_ok(dom0, "mkdir -p /var/lib/xen/save/pv2.save && cat > /root/delete-then-reboot <<'EOF'\n#!/bin/sh\n"
+                 "rm -f /var/lib/xen/save/pv3.save\nexec systemctl reboot\nEOF\nchmod +x /root/delete-then-reboot")
+    configure(dom0, 'on_save_failure = "skip"', 'reboot_command = ["/root/delete-then-reboot"]')
+    old_boot = boot_id(dom0)
+    journal_id = schedule(dom0, 30, "failures")
+    wait_for("dom0 to reboot", lambda: boot_id(dom0) not in (old_boot, None), 600, 5)
+    final = finish(dom0, journal_id)
+    outcomes = {n: (g.outcome, g.unsaved) for n, g in final.guests.items()}
+    assert outcomes == {"pv1": ("restored", None), "pv2": ("restarted", "with_host"), "pv3": ("cold_booted", None)}
+    assert "Failed to open temp file /var/lib/xen/save/pv2.save" in (final.guests["pv2"].error or "")
+    assert "its save image /var/lib/xen/save/pv3.save was gone" in (final.guests["pv3"].error or "")
+    boots = {n: guests.boots(console(dom0, n, tmp_path / f"{n}.log")) for n in PV}
+    assert boots == {"pv1": 1, "pv2": 2, "pv3": 2}  # the truth on the consoles: two guests booted afresh
+    ssh_ok(dom0, "rmdir /var/lib/xen/save/pv2.save")
+
+
+def test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_rebooting(
+        dom0: DebianVM, installed: object) -> None:
+    ssh_ok(dom0, "mkdir -p /etc/systemd/system/hostagent.service.d /run/hostagent-pauses && "
+                 "printf '[Service]\\nEnvironment=HOSTAGENT_TEST_PAUSE=before-reboot "
+                 "HOSTAGENT_TEST_PAUSE_DIR=/run/hostagent-pauses\\n' > /etc/systemd/system/hostagent.service.d/"
+                 "pause.conf && systemctl daemon-reload")
+    configure(dom0)
+    old_boot = boot_id(dom0)
+    journal_id = schedule(dom0, 30, "killed")
+    wait_for("the worker to reach the reboot", lambda: dom0.ssh("test -e /run/hostagent-pauses/before-reboot"
+                                                                ).returncode == 0, 300)
+    assert "pv1" not in ssh_ok(dom0, "xl list")  # saved: only the reboot is left
+    ssh_ok(dom0, "systemctl kill -s KILL hostagent.service; rm /etc/systemd/system/hostagent.service.d/pause.conf; "
+                 "systemctl daemon-reload; systemctl reset-failed hostagent.service; systemctl start hostagent.service")
+    final = finish(dom0, journal_id, 300)
+    assert boot_id(dom0) == old_boot
+    assert final.phase == "failed" and "not rebooted" in (final.error or ""), final
+    assert {n: g.outcome for n, g in final.guests.items()} == dict.fromkeys(PV, "restored")
+    assert all(n in ssh_ok(dom0, "xl list") for n in PV)
+
+
+def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0(
+        dom0: DebianVM, installed: object, tmp_path: Path) -> None:
+    ssh_ok(dom0, "for d in pv1 pv2 pv3; do xl destroy $d; done")
+    for name in ("lv1", "lv2"):
+        ssh_ok(dom0, f"virsh -c xen:///system domxml-from-native xen-xl /etc/xen/{name}.cfg > /root/{name}.xml && "
+                     f"virsh -c xen:///system define /root/{name}.xml && virsh -c xen:///system start {name}")
+        before = printed(dom0, name)
+        wait_for(f"{name} to print", lambda n=name, b=before: printed(dom0, n) > b, 120)
+    configure(dom0, 'uri = "xen:///system"')
+    preview = json.loads(ssh_ok(dom0, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
+    assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
+        "guest lv1 (64 MiB): save", "guest lv2 (64 MiB): save"]  # Domain-0 is not a guest
+    old_boot = boot_id(dom0)
+    journal_id = schedule(dom0, 30, "libvirt")
+    wait_for("dom0 to reboot", lambda: boot_id(dom0) not in (old_boot, None), 600, 5)
+    final = finish(dom0, journal_id)
+    assert final.phase == "done", final
+    assert {n: (g.outcome, g.image) for n, g in final.guests.items()} == {
+        n: ("restored", f"/var/lib/libvirt/libxl/save/{n}.save") for n in ("lv1", "lv2")}
+    for name in ("lv1", "lv2"):
+        before = printed(dom0, name)
+        wait_for(f"{name} to print after the reboot", lambda n=name, b=before: printed(dom0, n) >= b + 2, 60)
+        log = console(dom0, name, tmp_path / f"{name}.log")
+        times = guests.uptimes(log)
+        assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-1500:]
