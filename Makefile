@@ -26,7 +26,7 @@ APT_PACKAGES += debootstrap
 # (the tests run their own nsd on loopback; the system service we install is stopped and disabled)
 APT_PACKAGES += tcpdump nsd
 
-.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-fleet bench-net deps apt clean
+.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-xen bench-fleet bench-net deps apt clean
 
 deps: apt $(STAMP)
 
@@ -77,6 +77,10 @@ bench-fleet: deps
 # guest downtime against libvirt-guests (starts libvirtd when it is not running; about 2 min)
 bench-maintenance: deps
 	$(BIN)/python bench/bench_maintenance.py --rounds 3
+
+# 4 PV guests on a Xen dom0 under QEMU: hostagent's xl path against Debian's xendomains (about 10 min)
+bench-xen: deps
+	$(BIN)/python bench/bench_xen.py --rounds 3
 
 # /proc/net/tcp with 100 k sockets against psutil.net_connections() (about 30 s)
 bench-net: deps

@@ -56,7 +56,7 @@ def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]
         for name in (*PV, "lv1", "lv2"):  # xl's configuration files, where xl and xendomains look for them
             ssh_ok(machine, f"cat > /etc/xen/{name}.cfg <<'EOF'\nname = \"{name}\"\ntype = \"pv\"\n"
                             f"kernel = \"/root/{vmlinuz.name}\"\nramdisk = \"/root/{guests.initramfs().name}\"\n"
-                            "extra = \"console=hvc0 quiet\"\nmemory = 64\nEOF")
+                            "extra = \"console=hvc0 quiet\"\nmemory = 96\nEOF")
         yield machine
 
 
@@ -143,7 +143,7 @@ def test_dom0_runs_under_xen_and_a_pv_guest_is_saved_and_restored_without_a_rebo
     sample = json.loads((FIXTURES / "xl-list-l.json").read_text())  # captured here: the same shape
     assert [sorted(d["config"]) for d in listing] == [sorted(d["config"]) for d in sample]
     saved = ssh_ok(dom0, "xl save pv1 /root/pv1.save 2>&1")
-    assert "Frames: 16384/16384  100%" in saved  # xl's own progress, which the backend shows
+    assert "Frames: 24576/24576  100%" in saved  # xl's own progress, which the backend shows
     assert "pv1" not in ssh_ok(dom0, "xl list")
     ssh_ok(dom0, "xl restore /root/pv1.save && rm /root/pv1.save")
     before = printed(dom0, "pv1")
@@ -194,7 +194,7 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
     preview = json.loads(ssh_ok(dom0, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
     assert "guest Domain-0" not in "\n".join(preview["preflight"])
     assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
-        f"guest {name} (64 MiB): save" for name in PV]
+        f"guest {name} (96 MiB): save" for name in PV]
     old_boot = boot_id(dom0)
     sink = mail[1]
     sent_before = len(sink.messages)
@@ -275,7 +275,7 @@ def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_wi
     configure(dom0, 'uri = "xen:///system"')
     preview = json.loads(ssh_ok(dom0, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
     assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
-        "guest lv1 (64 MiB): save", "guest lv2 (64 MiB): save"]  # Domain-0 is not a guest
+        "guest lv1 (96 MiB): save", "guest lv2 (96 MiB): save"]  # Domain-0 is not a guest
     old_boot = boot_id(dom0)
     journal_id = schedule(dom0, 30, "libvirt")
     wait_for("dom0 to reboot", lambda: boot_id(dom0) not in (old_boot, None), 600, 5)
