@@ -20,7 +20,6 @@ over the save phase's wall time) is set against the save directory's write bandw
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import libvirt  # noqa: E402
 
+from bench.dd_bandwidth import dd_bandwidth  # noqa: E402
 from hostagent.config import Config, MaintenanceConfig  # noqa: E402
 from hostagent.context import CheckContext  # noqa: E402
 from hostagent.host import Host  # noqa: E402
@@ -171,20 +171,6 @@ def image_bytes() -> int:
     return sum((SAVE_DIR / f"{name}.save").stat().st_size for name in NAMES if (SAVE_DIR / f"{name}.save").exists())
 
 
-def dd_bandwidth() -> float:
-    """Bytes per second written to the save directory with O_DIRECT (256 MiB)."""
-    target = SAVE_DIR / "hostagent-dd.test"
-    try:
-        out = subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", "count=256", "oflag=direct"],
-                             capture_output=True, text=True, check=True).stderr
-    finally:
-        target.unlink(missing_ok=True)
-    match = re.search(r"^(\d+) bytes .* copied, ([\d.]+) s", out, re.MULTILINE)
-    if match is None:
-        raise SystemExit(f"cannot read dd's output: {out}")
-    return int(match.group(1)) / float(match.group(2))
-
-
 def setup_guests(conn: libvirt.virConnect) -> Path:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -216,7 +202,7 @@ def main() -> int:
     stack: list[object] = []
     try:
         consoles = setup_guests(conn)
-        bandwidth = dd_bandwidth()
+        bandwidth = dd_bandwidth(SAVE_DIR, 256)
         script = libvirt_guests_script()
         poller = Poller()
         stack.append(poller.stop)

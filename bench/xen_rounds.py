@@ -9,7 +9,6 @@ Runs as root on a Xen dom0 with the system's python3 and this repository's ``hos
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.dd_bandwidth import dd_bandwidth
 from hostagent.config import Config, MaintenanceConfig
 from hostagent.context import CheckContext
 from hostagent.errors import ProbeUnavailable
@@ -142,19 +142,6 @@ def round_hostagent(poller: Poller, names: list[str], scratch: Path) -> dict[str
             "bytes": size}
 
 
-def dd_bandwidth() -> float:
-    target = SAVE_DIR / "dd.test"
-    try:
-        out = subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", "count=128", "oflag=direct"],
-                             capture_output=True, text=True, check=True).stderr
-    finally:
-        target.unlink(missing_ok=True)
-    match = re.search(r"^(\d+) bytes .* copied, ([\d.]+) s", out, re.MULTILINE)
-    if match is None:
-        raise SystemExit(f"cannot read dd's output: {out}")
-    return int(match.group(1)) / float(match.group(2))
-
-
 def setup(names: list[str], kernel: str, ramdisk: str, memory: int) -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     shutil.rmtree(SAVE_DIR, ignore_errors=True)
@@ -191,7 +178,7 @@ def main() -> int:
     args = parser.parse_args()
     names = [f"bench{i}" for i in range(args.guests)]
     setup(names, args.kernel, args.ramdisk, args.memory)
-    bandwidth = dd_bandwidth()
+    bandwidth = dd_bandwidth(SAVE_DIR, 128)
     script = xendomains_script()
     poller = Poller(names)
     results: dict[str, list[dict[str, object]]] = {"xendomains": [], "hostagent": []}
