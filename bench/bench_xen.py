@@ -40,7 +40,8 @@ def main() -> int:
         subprocess.run(["scp", "-q", "-r", *ssh, "-P", str(vm.port), str(REPO / "hostagent"), str(REPO / "checks"),
                         "root@127.0.0.1:/root/bench/"], check=True, timeout=300)
         subprocess.run(["scp", "-q", *ssh, "-P", str(vm.port), str(REPO / "bench/xen_rounds.py"),
-                        str(REPO / "bench/dd_bandwidth.py"), "root@127.0.0.1:/root/bench/bench/"], check=True, timeout=60)
+                        str(REPO / "bench/dd_bandwidth.py"), "root@127.0.0.1:/root/bench/bench/"],
+                       check=True, timeout=60)
         subprocess.run(["scp", "-q", *ssh, "-P", str(vm.port), str(REPO / "tests/guests.py"),
                         str(REPO / "tests/__init__.py"), "root@127.0.0.1:/root/bench/tests/"], check=True, timeout=60)
         subprocess.run(["scp", "-q", *ssh, "-P", str(vm.port), str(vmlinuz), str(initramfs),
