@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
+
+from hostagent.errors import HostagentError
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ class Hypervisor(abc.ABC):
         """Whether the guest's saved image is still there."""
 
     @abc.abstractmethod
+    def discard_image(self, name: str, image: str) -> None:
+        """Delete the image a guest was restored from: once the guest ran on, restoring it again would
+        resume stale memory over a disk that has moved on."""
+
+    @abc.abstractmethod
     def start(self, name: str) -> None:
         """Cold boot (the saved image is kept by the caller, never discarded here)."""
 
@@ -71,3 +79,13 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def job_progress(self, name: str) -> tuple[int, int] | None:
         """Bytes done and total of the guest's running job, from the hypervisor's job stats; None if unknown."""
+
+
+def remove_file(guest: str, path: str) -> None:
+    """Delete one of a guest's files; one already gone is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise HostagentError(f"guest {guest}: cannot delete {path}: {err.strerror or err}") from None

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from hostagent.errors import HostagentError, ProbeUnavailable
-from hostagent.hypervisor import GuestInfo, Hypervisor
+from hostagent.hypervisor import GuestInfo, Hypervisor, remove_file
 
 OWNER_NS = "https://hostagent.invalid/xmlns/owner/1"
 _event_loop_started = threading.Lock()
@@ -108,6 +108,11 @@ class LibvirtHypervisor(Hypervisor):
             return bool(self._call(name, "hasManagedSaveImage", self._domain(name).hasManagedSaveImage, 0))
         return os.path.exists(image)
 
+    def discard_image(self, name: str, image: str) -> None:
+        """libvirt deletes a managed save image itself when it starts the guest from it."""
+        if image != "managed":
+            remove_file(name, image)
+
     def start(self, name: str) -> None:
         domain = self._domain(name)
         if domain.isActive():
@@ -170,3 +175,4 @@ class LibvirtHypervisor(Hypervisor):
             if stats.get(total):
                 return int(stats.get(done, 0)), int(stats[total])
         return None
+

@@ -25,7 +25,7 @@ from pathlib import Path
 from hostagent.durable import write_durable
 from hostagent.errors import CommandTimeout, HostagentError, ProbeUnavailable
 from hostagent.host import run_command
-from hostagent.hypervisor import GuestInfo, Hypervisor
+from hostagent.hypervisor import GuestInfo, Hypervisor, remove_file
 from hostagent.sources import xl as parse
 
 PAGE = 4096
@@ -151,6 +151,11 @@ class XlHypervisor(Hypervisor):
 
     def has_image(self, name: str, image: str) -> bool:
         return os.path.isfile(image)
+
+    def discard_image(self, name: str, image: str) -> None:
+        """The image and the configuration kept beside it at the save, like xendomains after its restore."""
+        for path in (image, str(self._kept_config(name))):
+            remove_file(name, path)
 
     def start(self, name: str) -> None:
         if name in self._states():

@@ -296,6 +296,9 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
     record = recorder.journal.guests[name]
     image = record.image or hypervisor.image_for(name, config.save_dir)
     has_image = hypervisor.has_image(name, image)
+    stale = None
+    if has_image and record.image is None and _written_before(image, recorder.journal.created):
+        has_image, stale = False, f"the image {image} is older than this maintenance and was not restored"
     went_down_unsaved = record.unsaved is not None
     if hypervisor.is_running(name):  # restored before a crash, by another service, or never stopped
         resumed = hypervisor.resume_paused(name)  # an interrupted save or restore can leave it paused
@@ -315,9 +318,11 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         recorder.guest(name, "running", running_again=record.running_again or clock(), outcome=outcome,
                        restored_by=by, error=note, kept_image=image if outcome == "cold_booted" else None)
         if outcome == "restored":
+            if by == "hostagent" and has_image:
+                _discard(recorder, hypervisor, name, image)
             recorder.guest(name, "running", clock=_set_clock(hypervisor, name))
         return
-    error = record.error
+    error = "; ".join(filter(None, (record.error, stale))) or None
     for attempt in range(1, config.restore_attempts + 1):
         if attempt > 1 and hypervisor.is_running(name):  # another service restored it between our attempts
             by = _who(name, others)
@@ -334,10 +339,11 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
             if hypervisor.is_running(name):
                 outcome = "restored" if has_image else ("restarted" if went_down_unsaved else "cold_booted")
                 if outcome == "cold_booted":
-                    error = f"its save image {image} was gone: booted afresh"
+                    error = f"{stale}: booted afresh" if stale else f"its save image {image} was gone: booted afresh"
                 recorder.guest(name, "running", running_again=clock(), outcome=outcome, restored_by="hostagent",
                                error=error if outcome != "restored" else None)
                 if outcome == "restored":
+                    _discard(recorder, hypervisor, name, image)
                     recorder.guest(name, "running", clock=_set_clock(hypervisor, name))
                 return
             error = f"attempt {attempt}: not running after the {'restore' if has_image else 'start'}"
@@ -356,6 +362,23 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         return
     recorder.guest(name, "cold_booted", running_again=clock(), outcome="cold_booted", restored_by="hostagent",
                    kept_image=kept, error=f"{error}; booted afresh, its memory image is kept at {kept}")
+
+
+def _written_before(image: str, moment: float) -> bool:
+    """A file image found where no save was recorded, left by an earlier maintenance."""
+    try:
+        return os.stat(image).st_mtime < moment
+    except OSError:  # "managed", or gone: libvirt's managed save images are never stale
+        return False
+
+
+def _discard(recorder: Recorder, hypervisor: Hypervisor, name: str, image: str) -> None:
+    """Delete the image a guest was restored from; a failure is recorded, the guest runs on."""
+    try:
+        hypervisor.discard_image(name, image)
+    except HostagentError as err:
+        recorder.guest(name, "running", error=f"restored, but its used image stays: {err}; "
+                                              "delete it before the next maintenance")
 
 
 def _who(name: str, others: Mapping[str, str] | None) -> str:

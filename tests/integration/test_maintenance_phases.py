@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -126,6 +127,46 @@ def test_a_crash_mid_restore_resumes_without_restoring_twice(tmp_path: Path) -> 
     assert (a.attempts, a.outcome, a.restored_by) == (1, "restored", "hostagent")
     assert resumed.journal.guests["b"].attempts == 2  # b's image was still there: restored from it
     assert resumed.journal.phase == "done"
+
+
+def file_images(tmp_path: Path, fail: dict[tuple[str, str], int] | None = None) -> tuple[
+        Faulty, JournalStore, Recorder, MaintenanceConfig]:
+    """Images as files in save_dir, as with xl and libvirt's libxl driver; the test driver writes and
+    restores such files for real."""
+    hypervisor, store, recorder = setup(tmp_path, fail)
+    hypervisor.xen = True  # the backend's file-image path (libvirt's xen:/// URIs)
+    return hypervisor, store, recorder, MaintenanceConfig(save_dir=str(tmp_path / "save"), shutdown_timeout=5)
+
+
+def test_an_image_is_deleted_once_its_guest_is_restored_from_it(tmp_path: Path) -> None:
+    hypervisor, store, recorder, config = file_images(tmp_path)
+    save_phase(recorder, hypervisor, config)
+    images = [recorder.journal.guests[n].image for n in "abc"]
+    assert all(image and Path(image).is_file() for image in images)
+    recorder.advance("rebooting")
+    restore_phase(recorder, hypervisor, config)
+    assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
+    assert {g.outcome for g in recorder.journal.guests.values()} == {"restored"}
+    assert not list((tmp_path / "save").iterdir())  # none can be restored a second time, over a newer disk
+
+
+def test_an_image_older_than_the_maintenance_is_never_restored(tmp_path: Path) -> None:
+    """b's save fails; the image at its path is from an earlier maintenance, so b is booted afresh."""
+    hypervisor, store, recorder, config = file_images(tmp_path, {("save", "b"): 1})
+    stale = hypervisor.image_for("b", config.save_dir)
+    LibvirtHypervisor.save(hypervisor, "b", stale)  # a real image of b ...
+    hypervisor.start("b")  # ... left behind when b ran on
+    earlier = recorder.journal.created - 86400
+    os.utime(stale, (earlier, earlier))
+    save_phase(recorder, hypervisor, config)
+    assert recorder.journal.guests["b"].state == "shut_down"
+    recorder.advance("rebooting")
+    restore_phase(recorder, hypervisor, config)
+    assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
+    b = recorder.journal.guests["b"]
+    assert (b.state, b.outcome) == ("running", "restarted")
+    assert f"the image {stale} is older than this maintenance and was not restored" in (b.error or "")
+    assert Path(stale).is_file() and os.stat(stale).st_mtime == earlier  # not restored, not touched
 
 
 class Slow(Faulty):

@@ -220,6 +220,7 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
     for name, owner in OWNERS.items():  # each owner hears each guest's measured downtime and outcome
         assert f"{name:<14} {notices.downtime_text(final.guests[name]):<15} " in after[owner], after[owner]
     assert "pv1" not in after["bob@example.com"] and "pv2" not in after["alice@example.com"]
+    assert ssh_ok(dom0, "ls -A /var/lib/xen/save").split() == []  # used images and their configs are gone
 
 
 def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_the_restore(
@@ -283,6 +284,7 @@ def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_wi
     assert final.phase == "done", final
     assert {n: (g.outcome, g.image) for n, g in final.guests.items()} == {
         n: ("restored", f"/var/lib/libvirt/libxl/save/{n}.save") for n in ("lv1", "lv2")}
+    assert ssh_ok(dom0, "ls -A /var/lib/libvirt/libxl/save").split() == []  # the used images are deleted
     for name in ("lv1", "lv2"):
         before = printed(dom0, name)
         wait_for(f"{name} to print after the reboot", lambda n=name, b=before: printed(dom0, n) >= b + 2, 60)
