@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -50,12 +52,24 @@ def playbook(inventory_path: Path, *args: str) -> subprocess.CompletedProcess[st
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
            "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOCAL_TEMP": str(inventory_path.parent / "tmp"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}"}
-    done = subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inventory_path),
-                           str(REPO / "ansible/site.yml"), *args], capture_output=True, text=True, env=env,
-                          timeout=2400)
+    command = [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inventory_path), str(REPO / "ansible/site.yml"),
+               *args]
     runs = len(list(inventory_path.parent.glob("playbook-*.log")))
-    (inventory_path.parent / f"playbook-{runs + 1}.log").write_text(done.stdout + done.stderr)  # for a failure
-    return done
+    log = inventory_path.parent / f"playbook-{runs + 1}.log"  # each line stamped with its second: where time goes
+    lines: list[str] = []
+    started = time.monotonic()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process, \
+            log.open("w") as stamped:
+        timer = threading.Timer(2400, process.kill)
+        timer.start()
+        try:
+            for line in process.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+                stamped.write(f"{time.monotonic() - started:7.1f} {line}")
+                stamped.flush()
+        finally:
+            timer.cancel()
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
 
 
 def changed_tasks(output: str) -> list[str]:

@@ -85,8 +85,9 @@ def initramfs() -> Path:
         listing = "\n".join(str(p.relative_to(stage)) for p in sorted(stage.rglob("*"))) + "\n"
         packed = subprocess.run(["cpio", "-o", "-H", "newc"], input=listing.encode(), cwd=stage,
                                 capture_output=True, check=True).stdout
-        image.with_suffix(".tmp").write_bytes(gzip.compress(packed))
-        os.replace(image.with_suffix(".tmp"), image)
+        partial = stage / "initramfs.gz"  # unique to this build: make test runs two pytest processes
+        partial.write_bytes(gzip.compress(packed))
+        os.replace(partial, image)
     return image
 
 
