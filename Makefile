@@ -63,11 +63,14 @@ lint: deps
 XEN_TESTS = tests/vm/test_xen.py
 XEN_LOG = .cache/test-xen.log
 
-test: lint
+# The linters run while the Xen module starts; a lint failure stops both.
+test: deps
 	@mkdir -p .cache; trap 'kill $$xen 2>/dev/null' INT TERM; \
 	$(BIN)/pytest --durations=15 --basetemp=/tmp/hostagent-pytest-xen -p no:cacheprovider $(XEN_TESTS) \
 	  > $(XEN_LOG) 2>&1 & xen=$$!; \
-	$(BIN)/pytest --durations=40 --basetemp=/tmp/hostagent-pytest --ignore=$(XEN_TESTS); rest=$$?; \
+	if $(MAKE) --no-print-directory lint; then \
+	  $(BIN)/pytest --durations=40 --basetemp=/tmp/hostagent-pytest --ignore=$(XEN_TESTS); rest=$$?; \
+	else rest=1; kill $$xen; fi; \
 	wait $$xen; xen_rc=$$?; echo "=== $(XEN_TESTS) (ran beside the rest) ==="; cat $(XEN_LOG); \
 	[ $$rest = 0 ] && [ $$xen_rc = 0 ]
 
