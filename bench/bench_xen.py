@@ -9,7 +9,7 @@ A guest's downtime runs from the last ``xl list`` that showed it running to the 
 it running again.  The save throughput is set against the save directory's ``dd oflag=direct``
 bandwidth.
 
-    .venv/bin/python bench/bench_xen.py [--rounds 3] [--guests 4] [--memory 128]     (make bench-xen)
+    .venv/bin/python bench/bench_xen.py [--rounds 3] [--guests 4] [--memory 128] [--concurrency 4]  (make bench-xen)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--guests", type=int, default=4)
     parser.add_argument("--memory", type=int, default=128, help="MiB per guest")
+    parser.add_argument("--concurrency", type=int, default=4, help="hostagent's maintenance.concurrency")
     args = parser.parse_args()
     vmlinuz, initramfs = Path(kernel()[0]), guests.initramfs()
     with tempfile.TemporaryDirectory() as scratch, debian_vm(Path(scratch), memory_mib=2048, xen=True) as vm:
@@ -48,7 +49,7 @@ def main() -> int:
                         "root@127.0.0.1:/root/"], check=True, timeout=120)
         done = vm.ssh(f"python3 /root/bench/bench/xen_rounds.py --kernel /root/{vmlinuz.name} "
                       f"--ramdisk /root/{initramfs.name} --rounds {args.rounds} --guests {args.guests} "
-                      f"--memory {args.memory}", timeout=3600)
+                      f"--memory {args.memory} --concurrency {args.concurrency}", timeout=3600)
         sys.stdout.write(done.stdout)
         if done.returncode != 0:
             sys.stderr.write(done.stderr[-4000:])

@@ -3,7 +3,7 @@
 Runs as root on a Xen dom0 with the system's python3 and this repository's ``hostagent`` and
 ``checks`` packages on the path (bench_xen.py copies them there).  Usage:
 
-    python3 bench/xen_rounds.py --kernel K --ramdisk R [--rounds 3] [--guests 4] [--memory 128]
+    python3 bench/xen_rounds.py --kernel K --ramdisk R [--rounds 3] [--guests 4] [--memory 128] [--concurrency 4]
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ def round_xendomains(script: Path, poller: Poller) -> dict[str, object]:
             "bytes": size}
 
 
-def round_hostagent(poller: Poller, names: list[str], scratch: Path) -> dict[str, object]:
+def round_hostagent(poller: Poller, names: list[str], scratch: Path, concurrency: int) -> dict[str, object]:
     """The worker's code path: run_now (preflight, run-time plan, parallel xl saves) with a reboot that
     does nothing, then resume_after_boot (the restores)."""
-    config = MaintenanceConfig(hypervisor="xl", save_dir=str(SAVE_DIR), concurrency=4)
+    config = MaintenanceConfig(hypervisor="xl", save_dir=str(SAVE_DIR), concurrency=concurrency)
     hypervisor = XlHypervisor(str(SAVE_DIR), ("/etc/xen",))
     store = JournalStore(scratch)
     journal = store.create(Journal.new(0.0, "benchmark", names, force=True, force_unbootable=True))
@@ -175,6 +175,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--guests", type=int, default=4)
     parser.add_argument("--memory", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=4, help="maintenance.concurrency: guests saved at once")
     args = parser.parse_args()
     names = [f"bench{i}" for i in range(args.guests)]
     setup(names, args.kernel, args.ramdisk, args.memory)
@@ -186,7 +187,7 @@ def main() -> int:
         for index in range(args.rounds):
             results["xendomains"].append(round_xendomains(script, poller))
             time.sleep(2)
-            results["hostagent"].append(round_hostagent(poller, names, WORK / f"journal-{index}"))
+            results["hostagent"].append(round_hostagent(poller, names, WORK / f"journal-{index}", args.concurrency))
             time.sleep(2)
     finally:
         poller.stop()
@@ -203,7 +204,7 @@ def report(results: dict[str, list[dict[str, object]]], bandwidth: float, boot_c
 
     medians = {tool: statistics.median(total(r) for r in runs) for tool, runs in results.items()}
     print(f"{args.guests} PV guests of {args.memory} MiB, Xen 4.17 dom0 under QEMU (TCG); "
-          f"{args.rounds} alternating rounds; medians\n")
+          f"{args.rounds} alternating rounds; hostagent saves {args.concurrency} at once; medians\n")
     print("| | xendomains (XENDOMAINS_SAVE) | hostagent (xl) |")
     print("|---|---|---|")
     print(f"| total guest downtime | {medians['xendomains']:.2f} s | {medians['hostagent']:.2f} s |")
