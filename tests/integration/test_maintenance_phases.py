@@ -40,6 +40,10 @@ class Faulty(LibvirtHypervisor):
         self._maybe("restore", name)
         super().restore(name, image)
 
+    def discard_image(self, name: str, image: str) -> None:
+        self._maybe("discard", name)
+        super().discard_image(name, image)
+
 
 def setup(tmp_path: Path, fail: dict[tuple[str, str], int] | None = None) -> tuple[Faulty, JournalStore, Recorder]:
     domains = "\n".join(DOMAIN.format(name=n, memory=128, metadata="", devices="") for n in ("a", "b", "c"))
@@ -148,6 +152,18 @@ def test_an_image_is_deleted_once_its_guest_is_restored_from_it(tmp_path: Path) 
     assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
     assert {g.outcome for g in recorder.journal.guests.values()} == {"restored"}
     assert not list((tmp_path / "save").iterdir())  # none can be restored a second time, over a newer disk
+
+
+def test_an_image_that_cannot_be_deleted_is_recorded_and_the_guest_runs_on(tmp_path: Path) -> None:
+    hypervisor, store, recorder, config = file_images(tmp_path, {("discard", "a"): 1})
+    save_phase(recorder, hypervisor, config)
+    recorder.advance("rebooting")
+    restore_phase(recorder, hypervisor, config)
+    assert states(store, recorder) == {"a": "running", "b": "running", "c": "running"}
+    a = recorder.journal.guests["a"]
+    assert a.outcome == "restored" and "its used image stays" in (a.error or "") and "injected" in (a.error or "")
+    assert recorder.journal.phase == "done"
+    assert [p.name for p in (tmp_path / "save").iterdir()] == ["a.save"]  # only a's, which could not be deleted
 
 
 def test_an_image_older_than_the_maintenance_is_never_restored(tmp_path: Path) -> None:
