@@ -33,6 +33,8 @@ from hostagent.maintenance.daemon import JOBSTORE, WAKEUPS, MaintenanceDaemon, j
 from hostagent.model import CheckResult, Finding, Report
 from hostagent.output import render_prom, write_atomic
 from hostagent.remediate import act, expire_mitigations
+from hostagent.rpc import DEFAULT_ALLOW, allowed_verbs
+from hostagent.rpcserver import Answerer, Published, RpcServer, child_command
 from hostagent.runner import open_state, run_check
 from hostagent.sources.mdstat import MDSTAT_PATH
 from hostagent.sources.mdsysfs import list_md_sysfs
@@ -78,6 +80,33 @@ class Watcher:
                                self.audit, evidence=self.evidence)
         self.maintenance = MaintenanceDaemon(self.config, self.config_path, directory, self.host, self.alerter,
                                              started=self.started)
+        self.published = Published()
+        self.rpc: RpcServer | None = None
+
+    def serve_rpc(self) -> None:
+        """Answer the RPC account on agent.rpc_socket (docs/security.md); a failure is logged, the
+        daemon watches on."""
+        agent = self.config.agent
+        if not agent.rpc_socket:
+            return
+        allow = allowed_verbs(",".join(agent.rpc_allow)) if agent.rpc_allow else DEFAULT_ALLOW
+        answerer = Answerer(lambda: self.published, self.directory / "maintenance",
+                            child_command(self.config_path, str(self.directory)), allow, self._audit_rpc,
+                            self.host.hostname())
+        server = RpcServer(agent.rpc_socket, agent.rpc_user, answerer)
+        try:
+            server.start()
+        except (OSError, HostagentError) as err:
+            log.error("RPC socket %s: %s; the controller cannot reach this agent",
+                      agent.rpc_socket, getattr(err, "strerror", None) or err)
+            return
+        self.rpc = server
+
+    def _audit_rpc(self, event: dict[str, Any]) -> None:
+        try:
+            self.audit.record(event)
+        except HostagentError as err:
+            log.error("%s", err)
 
     # -- what runs when ------------------------------------------------------------------
 
@@ -156,11 +185,26 @@ class Watcher:
         }
         write_atomic(self.directory / STATUS_FILE, json.dumps(status, indent=2) + "\n")
         write_atomic(self.directory / REPORT_FILE, json.dumps(report.to_json()) + "\n")
+        self.published = Published(report.to_json(), status, self._disks(names) or self.published.disks)
+        if self.rpc is not None:
+            self.rpc.published()
         if self.config.agent.prom_file:
             try:
                 write_atomic(self.config.agent.prom_file, render_prom(report))
             except OSError as err:
                 log.error("cannot write %s: %s", self.config.agent.prom_file, err)
+
+    def _disks(self, names: list[str]) -> dict[str, Any] | None:
+        """``disk status`` for the RPC, refreshed when the smart check ran (its own schedule)."""
+        if "smart" not in names and self.published.disks is not None:
+            return None
+        from hostagent.diskcmd import disk_status
+
+        ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
+        try:
+            return {"at": time.time(), "disks": disk_status(ctx, self.config)}
+        except HostagentError as err:
+            return {"at": time.time(), "disks": [], "error": str(err)}
 
     def evidence(self, finding: Finding) -> str:
         """Raw evidence for a mail: the array's lines of /proc/mdstat for md findings."""
@@ -285,6 +329,8 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
 
     schedule()
     scheduler.start()
+    if not once:
+        watcher.serve_rpc()
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
     watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
@@ -339,6 +385,8 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
             watcher.maintenance.tick()
             last_tick = time.monotonic()
     scheduler.shutdown(wait=False)
+    if watcher.rpc is not None:
+        watcher.rpc.stop()
     log.info("hostagent watch stopped")
     return 0
 

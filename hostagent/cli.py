@@ -135,18 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     config_check = config_sub.add_parser("check", help="load FILE as the agent would; exit 0 when it is valid")
     config_check.add_argument("file", metavar="FILE")
 
-    rpc = sub.add_parser("rpc", help="serve one controller request from SSH_ORIGINAL_COMMAND (a forced command)",
-                         description="Run from authorized_keys as command=\"hostagent rpc\": the client's command "
-                                     "line is read from SSH_ORIGINAL_COMMAND, never passed to a shell, and only "
-                                     "whitelisted verbs run. Options given here (in authorized_keys) cannot be "
-                                     "changed by the client.")
+    rpc = sub.add_parser("rpc", help="forward one controller request to the daemon (an SSH forced command)",
+                         description="Run from the RPC account's authorized_keys as command=\"hostagent rpc "
+                                     "--allow ...\": the client's command line is read from SSH_ORIGINAL_COMMAND, "
+                                     "never passed to a shell, validated, and forwarded to the root daemon's "
+                                     "socket. Options given here (in authorized_keys) cannot be changed by the "
+                                     "client. See docs/security.md.")
     rpc.add_argument("words", nargs="*", metavar="VERB",
-                     help="the request when SSH_ORIGINAL_COMMAND is not set (run locally, or by Ansible)")
-    rpc.add_argument("--root", default="/", metavar="DIR", help="check this root (a snapshot) instead of /")
-    rpc.add_argument("--state-dir", metavar="DIR", help="the agent's state directory (journals, audit log)")
-    rpc.add_argument("--allow", metavar="VERBS", help="comma-separated verbs this key may run (default: all of "
-                                                      "version, report, check, disk status, maintenance "
-                                                      "status|cancel|schedule)")
+                     help="the request when SSH_ORIGINAL_COMMAND is not set (run locally)")
+    rpc.add_argument("--allow", metavar="VERBS",
+                     help="comma-separated verbs or groups this key may use (default: version, report, status, "
+                          "disk status, maintenance list|status|schedule|cancel; groups: read, maintenance)")
+    rpc.add_argument("--socket", default="/run/hostagent/rpc.sock", metavar="PATH",
+                     help="the daemon's RPC socket (agent.rpc_socket; default /run/hostagent/rpc.sock)")
+    rpc.add_argument("--key", metavar="LABEL",
+                     help="names this key in the audit log when sshd does not expose it (ExposeAuthInfo)")
 
     fleet = sub.add_parser("fleet", help="the SSH fleet controller: poll agents, alert, publish, roll maintenance")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, parser_class=_Parser)
@@ -160,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
                              help="ISO 8601, or 'YYYY-MM-DD HH:MM' in the controller's time zone")
     fleet_maint.add_argument("--reason", default="", help="for the journals and the owners' notices")
     fleet_maint.add_argument("--notify-owners", action="store_true", help="mail guest owners (see maintenance)")
-    fleet_maint.add_argument("--force", action="store_true", help="override failed host checks on the hosts")
     fleet_maint.add_argument("--dry-run", action="store_true", help="each host's preflight and plan only")
     fleet_maint.add_argument("--rolling", action="store_true",
                              help="host by host: wait for each batch to be done before the next; stop at a failure")
@@ -255,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "rpc":
             from hostagent.rpc import main as rpc_main
 
-            return rpc_main(args.config, args.root, args.state_dir, args.allow, args.words)
+            return rpc_main(args.socket, args.allow, args.key, args.words)
     except HostagentError as err:
         print(f"hostagent: {err}", file=sys.stderr)
         return EXIT_UNKNOWN
@@ -527,7 +529,7 @@ def _fleet(args: argparse.Namespace) -> int:
         targets = select(controller.hosts, [t.strip() for t in args.targets.split(",")])
         say = (lambda line: print(line, file=sys.stderr)) if args.json else print
         outcome = fleet.maintenance(controller, targets, args.reboot_at, reason=args.reason,
-                                    notify_owners=args.notify_owners, force=args.force, dry_run=args.dry_run,
+                                    notify_owners=args.notify_owners, dry_run=args.dry_run,
                                     rolling=args.rolling, batch=args.batch, health_gate=args.health_gate, say=say)
         if args.json:
             sys.stdout.write(fleet.render(outcome))

@@ -29,6 +29,9 @@ class AgentConfig:
     command_timeout: float = 30.0
     prom_file: str | None = None
     state_dir: str = "/var/lib/hostagent"
+    rpc_socket: str = "/run/hostagent/rpc.sock"  # "": no RPC socket
+    rpc_user: str = "hostagent-rpc"  # the only account besides root that the socket answers
+    rpc_allow: tuple[str, ...] = ()  # the most any key line may allow (empty: rpc.DEFAULT_ALLOW)
 
 
 @dataclass(frozen=True)

@@ -1,46 +1,57 @@
 """``hostagent rpc``: the one command the controller's SSH key may run (a forced command).
 
-authorized_keys: ``restrict,from="<controller>",command="hostagent rpc" ssh-ed25519 ...``
+authorized_keys of the unprivileged RPC account (``hostagent-rpc``)::
+
+    restrict,from="<controller>",command="hostagent rpc --allow report,status,maintenance" ssh-ed25519 ...
 
 The request is the client's command line, which sshd hands over in ``SSH_ORIGINAL_COMMAND``.
 No shell ever sees it: the line must consist of plain tokens (letters, digits and ``._:/=@+%,-``)
 separated by single spaces, so ``;``, ``$()``, backticks, pipes, redirections and newlines are
-refused before anything is parsed.  Only whitelisted verbs with their own validated options run.
-Every request, refused or not, is audited.  Output is one JSON document (``hostagent.rpc/1``).
-Free text (a maintenance reason) travels percent-encoded.
+refused before anything is parsed.  Only the verbs the key line allows run, with their own
+validated options.  Free text (a maintenance reason) travels percent-encoded and must decode to
+printable characters.
+
+This process runs as the RPC account: it reads no state and runs no tool.  It validates the
+request and forwards it to the root daemon over its Unix socket (hostagent.rpcserver), which
+validates it again, checks the peer's uid, answers and audits.  A refusal is audited by the daemon
+too, or in the system log when the daemon is down.  Output is one JSON document (``hostagent.rpc/1``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from hostagent import __version__
 from hostagent.errors import HostagentError
 
 SCHEMA = "hostagent.rpc/1"
+SOCKET_PATH = "/run/hostagent/rpc.sock"
 MAX_REQUEST = 1024
+MAX_REASON = 200
+MAX_REPLY = 16 * 1024 * 1024
 TOKEN = re.compile(r"[A-Za-z0-9._:/=@+%,-]+")
+READ_VERBS = ("version", "report", "status", "disk status", "maintenance list", "maintenance status")
+ACTING_VERBS = ("maintenance schedule", "maintenance cancel")
 # verb -> {option: takes a value}
 VERBS: dict[str, dict[str, bool]] = {
-    "version": {},
-    "report": {},
-    "check": {"--only": True},
-    "disk status": {},
-    "maintenance status": {},
+    **{verb: {} for verb in READ_VERBS},
+    "maintenance schedule": {"--reboot-at": True, "--reason": True, "--notify-owners": False, "--dry-run": False},
     "maintenance cancel": {},
-    "maintenance schedule": {"--reboot-at": True, "--reason": True, "--notify-owners": False, "--dry-run": False,
-                             "--force": False},
 }
-CHECK_NAMES = ("md", "hung", "smart", "erc", "boot")
+GROUPS = {"maintenance": ("maintenance list", "maintenance status", "maintenance schedule", "maintenance cancel"),
+          "read": READ_VERBS}
+DEFAULT_ALLOW = READ_VERBS + ACTING_VERBS
+CONSOLE_ONLY = ("--force", "--force-unbootable")
+REPLY_TIMEOUT = 600.0  # a maintenance schedule runs the full preflight
 
 
 class Refused(HostagentError):
@@ -52,20 +63,44 @@ class Request:
     verb: str
     options: dict[str, str | bool] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"verb": self.verb, "options": self.options}
 
-def parse_request(command: str, allow: tuple[str, ...] = tuple(VERBS)) -> Request:
+
+def shown(text: str, limit: int = 200) -> str:
+    """Client-supplied text as safe to store and print: bytes that were not UTF-8 and control
+    characters escaped, cut at ``limit`` characters."""
+    raw = text[:limit].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw) + ("..." if len(text) > limit else "")
+
+
+def _free_text(verb: str, name: str, encoded: str) -> str:
+    try:
+        text = unquote(encoded, errors="strict")
+    except UnicodeDecodeError:
+        raise Refused(f"{verb}: {name} is not percent-encoded UTF-8") from None
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise Refused(f"{verb}: {name} contains the control character {bad!r}: only printable text is accepted")
+    if len(text) > MAX_REASON:
+        raise Refused(f"{verb}: {name} of {len(text)} characters: the limit is {MAX_REASON}")
+    return text
+
+
+def parse_request(command: str, allow: tuple[str, ...] = DEFAULT_ALLOW) -> Request:
     """The verb and options of an SSH_ORIGINAL_COMMAND, or Refused naming what is wrong.
 
     ``allow`` narrows the verbs for this key (``hostagent rpc --allow report,version``)."""
-    if not command.strip():
-        raise Refused("no command: this key only runs 'hostagent rpc VERB' (verbs: " + ", ".join(VERBS) + ")")
     if len(command) > MAX_REQUEST:
         raise Refused(f"request of {len(command)} characters: the limit is {MAX_REQUEST}")
+    if not command.strip():
+        raise Refused("no command: this key only runs 'hostagent rpc VERB' (verbs: " + ", ".join(allow) + ")")
     tokens = command.split(" ")
     for token in tokens:
         if token and not TOKEN.fullmatch(token):
             bad = next(ch for ch in token if not TOKEN.fullmatch(ch))
-            raise Refused(f"character {bad!r} is not allowed in a request (no shell runs it)")
+            what = "a byte that is not UTF-8" if "\udc80" <= bad <= "\udcff" else repr(bad)
+            raise Refused(f"character {what} is not allowed in a request (no shell runs it)")
     words = [t for t in tokens if t]
     if words[:2] == ["hostagent", "rpc"]:  # the client may repeat the forced command's own words
         words = words[2:]
@@ -78,6 +113,9 @@ def parse_request(command: str, allow: tuple[str, ...] = tuple(VERBS)) -> Reques
     options: dict[str, str | bool] = {}
     while rest:
         name = rest.pop(0)
+        if name in CONSOLE_ONLY and verb == "maintenance schedule":
+            raise Refused(f"{verb}: {name} is refused over RPC: overriding the preflight is for a person at the "
+                          "host's console (hostagent maintenance schedule " + name + ")")
         if name not in allowed:
             raise Refused(f"{verb}: unknown option {name!r}" + (f" (allowed: {', '.join(allowed)})" if allowed
                                                                  else " (it takes none)"))
@@ -86,178 +124,147 @@ def parse_request(command: str, allow: tuple[str, ...] = tuple(VERBS)) -> Reques
         if allowed[name]:
             if not rest:
                 raise Refused(f"{verb}: {name} needs a value")
-            options[name] = unquote(rest.pop(0), errors="strict")
+            options[name] = _free_text(verb, name, rest.pop(0))
         else:
             options[name] = True
-    if verb == "check" and "--only" in options:
-        unknown = [n for n in str(options["--only"]).split(",") if n not in CHECK_NAMES]
-        if unknown:
-            raise Refused(f"check: --only {','.join(unknown)}: no such check (checks: {', '.join(CHECK_NAMES)})")
     if verb == "maintenance schedule" and "--reboot-at" not in options:
         raise Refused("maintenance schedule: --reboot-at WHEN is required")
     return Request(verb, options)
 
 
-@dataclass
-class Server:
-    """What the forced command was started with: the client cannot change any of it."""
-
-    config_path: str | None
-    root: str = "/"
-    state_dir: str | None = None
-    allow: tuple[str, ...] = tuple(VERBS)
-
-    def handle(self, request: Request) -> Any:
-        handlers: dict[str, Callable[[Request], Any]] = {
-            "version": lambda r: {"version": __version__, "hostname": socket.gethostname()},
-            "report": lambda r: self._published() or self._report(None),
-            "check": lambda r: self._report(str(r.options["--only"]).split(",") if "--only" in r.options else None),
-            "disk status": lambda r: self._disk_status(),
-            "maintenance status": lambda r: self._maintenance_status(),
-            "maintenance cancel": lambda r: self._maintenance().cancel(self._config(), self.state_dir),
-            "maintenance schedule": self._schedule,
-        }
-        return handlers[request.verb](request)
-
-    def _config(self) -> Any:
-        from hostagent.config import load_config
-
-        return load_config(self.config_path)
-
-    def _maintenance(self) -> Any:
-        from hostagent.maintenance import cli
-
-        return cli
-
-    def _report(self, only: list[str] | None) -> dict[str, Any]:
-        from hostagent.host import Host
-        from hostagent.runner import open_state, run_checks
-
-        config = self._config()
-        host = Host(self.root, command_timeout=config.agent.command_timeout)
-        report = run_checks(host, config, only, state=open_state(host, config, self.state_dir))
-        return {"version": __version__, "report": report.to_json(), "source": "checks run now",
-                "maintenance": self._maintenance_status(), "daemon": self._daemon()}
-
-    def _directory(self) -> str:
-        """The state directory, without loading the config when the forced command names it (fast)."""
-        return self.state_dir or self._config().agent.state_dir
-
-    def _published(self) -> dict[str, Any] | None:
-        """The daemon's last combined report, when it runs: what its checks found on their own schedule,
-        without running them again (no smartctl per poll).  None: run the checks now instead."""
-        from pathlib import Path
-
-        directory = Path(self._directory())
-        daemon = self._daemon()
-        if self.root != "/" or daemon is None or daemon.get("last_cycle_at") is None:
-            return None
-        try:
-            report = json.loads((directory / "report.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return {"version": __version__, "report": report, "source": "daemon",
-                "maintenance": self._maintenance_status(), "daemon": daemon}
-
-    def _daemon(self) -> dict[str, Any] | None:
-        """What the agent daemon last published (its status file): the controller's dead-man switch."""
-        from pathlib import Path
-
-        try:
-            status = json.loads((Path(self._directory()) / "status.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return {"pid": status.get("pid"), "last_cycle_at": (status.get("last_cycle") or {}).get("at"),
-                "status": status.get("status")}
-
-    def _disk_status(self) -> Any:
-        from hostagent.context import CheckContext
-        from hostagent.diskcmd import disk_status
-        from hostagent.host import Host
-        from hostagent.runner import open_state
-
-        config = self._config()
-        host = Host(self.root, command_timeout=config.agent.command_timeout)
-        ctx = CheckContext.for_host(host, open_state(host, config, self.state_dir), config.disks.include,
-                                    config.disks.exclude)
-        return disk_status(ctx, config)
-
-    def _maintenance_status(self) -> Any:
-        from pathlib import Path
-
-        from hostagent.maintenance.journal import JournalStore
-
-        journals, unreadable = JournalStore(Path(self._directory()) / "maintenance").scan()
-        rows = [j.row() for j in journals]
-        active = [r for r in rows if r["phase"] not in ("done", "failed", "cancelled", "missed")]
-        return {"active": active[0] if active else None, "last": rows[-1] if rows else None, "recent": rows[-5:],
-                "unreadable": [entry.row() for entry in unreadable]}
-
-    def _schedule(self, request: Request) -> Any:
-        options = request.options
-        document, _ = self._maintenance().schedule(
-            self._config(), self.state_dir, str(options["--reboot-at"]), str(options.get("--reason", "")),
-            dry_run=bool(options.get("--dry-run")), force=bool(options.get("--force")), force_unbootable=False,
-            notify_owners=bool(options.get("--notify-owners")))
-        return document
-
-
-def serve(server: Server, command: str, audit: Callable[[dict[str, Any]], None]) -> tuple[dict[str, Any], int]:
-    """One request: the JSON reply and the exit code."""
-    started = time.time()
-    client = os.environ.get("SSH_CLIENT", "").split(" ")[0] or None
-    try:
-        request = parse_request(command, server.allow)
-    except Refused as err:
-        audit({"event": "rpc", "action": "refused", "subject": command[:200], "client": client, "error": str(err)})
-        return {"schema": SCHEMA, "ok": False, "refused": True, "error": str(err)}, 2
-    try:
-        result = server.handle(request)
-    except HostagentError as err:
-        audit({"event": "rpc", "action": request.verb, "subject": command[:200], "client": client,
-               "error": str(err)})
-        return {"schema": SCHEMA, "ok": False, "verb": request.verb, "error": str(err)}, 1
-    audit({"event": "rpc", "action": request.verb, "subject": command[:200], "client": client,
-           "duration_ms": round((time.time() - started) * 1000, 1)})
-    return {"schema": SCHEMA, "ok": True, "verb": request.verb, "result": result}, 0
-
-
 def allowed_verbs(text: str | None) -> tuple[str, ...]:
-    """``--allow report,version,maintenance status``: verbs this key may run (all when not given)."""
-    if not text:
-        return tuple(VERBS)
-    verbs = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in verbs if v not in VERBS]
-    if unknown:
-        raise HostagentError(f"--allow {', '.join(unknown)}: no such verb (verbs: {', '.join(VERBS)})")
-    return verbs
+    """``--allow report,status,maintenance``: the verbs this key may run.  A group name
+    (``maintenance``, ``read``) stands for its verbs.  Without ``--allow``: DEFAULT_ALLOW."""
+    if text is None:
+        return DEFAULT_ALLOW
+    chosen: list[str] = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        verbs = GROUPS.get(item, (item,))
+        unknown = [v for v in verbs if v not in VERBS]
+        if unknown:
+            raise HostagentError(f"--allow {item}: no such verb (verbs: {', '.join(VERBS)}; groups: "
+                                 f"{', '.join(GROUPS)})")
+        chosen += [v for v in verbs if v not in chosen]
+    return tuple(v for v in VERBS if v in chosen)
 
 
-def main(config_path: str | None, root: str, state_dir: str | None, allow: str | None = None,
-         words: list[str] | None = None) -> int:
-    """Serve SSH_ORIGINAL_COMMAND; without one (a local operator, Ansible's command module, or a client
-    that asked for a shell) the words given here, which the client does not control."""
-    from hostagent.actions import AuditLog
+def refusal(error: str) -> dict[str, Any]:
+    return {"schema": SCHEMA, "ok": False, "refused": True, "error": error}
 
-    try:
-        server = Server(config_path, root, state_dir, allowed_verbs(allow))
-    except HostagentError as err:
-        sys.stdout.write(json.dumps({"schema": SCHEMA, "ok": False, "error": str(err)}) + "\n")
-        return 1
-    try:
-        directory = state_dir or server._config().agent.state_dir
-    except HostagentError as err:
-        sys.stdout.write(json.dumps({"schema": SCHEMA, "ok": False, "error": str(err)}) + "\n")
-        return 1
-    log = AuditLog(directory)
 
-    def audit(event: dict[str, Any]) -> None:
+# -- who asks ------------------------------------------------------------------------------
+
+def key_fingerprint(line: str) -> str | None:
+    """SHA256:... of an OpenSSH public key (``ssh-ed25519 AAAA...``), as ``ssh-keygen -l`` prints it."""
+    parts = line.split()
+    for index, part in enumerate(parts[:-1]):
+        if part.startswith(("ssh-", "ecdsa-", "sk-")):
+            try:
+                blob = base64.b64decode(parts[index + 1], validate=True)
+            except ValueError:
+                return None
+            return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return None
+
+
+def requester(label: str | None, environ: dict[str, str] | None = None) -> dict[str, str | None]:
+    """The key (its fingerprint from ``SSH_USER_AUTH`` when sshd exposes it, else the label the key
+    line gives with ``--key``) and the source address of this SSH session."""
+    env = os.environ if environ is None else environ
+    fingerprint = None
+    path = env.get("SSH_USER_AUTH")
+    if path:
         try:
-            log.record(event)
-        except HostagentError as err:  # the reply still goes out; the failure shows in the sshd log
-            print(f"hostagent rpc: {err}", file=sys.stderr)
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                fingerprint = key_fingerprint(handle.read(8192).splitlines()[0] if path else "")
+        except (OSError, IndexError):
+            fingerprint = None
+    client = (env.get("SSH_CONNECTION") or env.get("SSH_CLIENT") or "").split(" ")[0] or None
+    return {"key": fingerprint or (shown(label, 100) if label else None), "client": client}
 
+
+# -- the forwarder -------------------------------------------------------------------------
+
+def exchange(path: str, message: dict[str, Any], timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+    """Send one JSON message to the daemon's socket and read its one JSON reply (bounded)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(5.0)
+        conn.connect(path)
+        conn.sendall(json.dumps(message).encode() + b"\n")
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(timeout)
+        chunks, size = [], 0
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_REPLY:
+                raise HostagentError(f"{path}: reply larger than {MAX_REPLY} bytes")
+            chunks.append(chunk)
+    try:
+        reply = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HostagentError(f"{path}: the daemon's reply is not JSON") from None
+    if not isinstance(reply, dict):
+        raise HostagentError(f"{path}: the daemon's reply is not a JSON object")
+    return reply
+
+
+def not_running(path: str, why: str) -> dict[str, Any]:
+    """The reply when the daemon does not answer: never a report, and the age of its last one
+    (the daemon touches its socket after each report it publishes)."""
+    try:
+        age: float | None = max(time.time() - os.stat(path).st_mtime, 0.0)
+    except OSError:
+        age = None
+    said = "no report since the host booted" if age is None else f"last report {age:.0f} s ago"
+    return {"schema": SCHEMA, "ok": False, "agent": "not running", "report_age_s": age,
+            "error": f"agent: not running ({said}; {why})"}
+
+
+def _syslog(event: dict[str, Any]) -> None:
+    import syslog
+
+    syslog.openlog("hostagent-rpc", 0, syslog.LOG_AUTH)
+    syslog.syslog(syslog.LOG_WARNING, json.dumps(event))
+
+
+def forward(command: str, allow: tuple[str, ...], socket_path: str, who: dict[str, str | None]
+            ) -> tuple[dict[str, Any], int]:
+    """Validate here, then let the daemon answer (and audit).  Returns the reply and the exit code."""
+    subject = shown(command)
+    try:
+        parse_request(command, allow)
+    except Refused as err:
+        note = {"op": "refused", "subject": subject, "error": str(err), **who}
+        try:
+            exchange(socket_path, note, timeout=10.0)
+        except (OSError, HostagentError):  # the daemon is down: the system log keeps the record
+            _syslog({"event": "rpc", "action": "refused", **note})
+        return refusal(str(err)), 2
+    try:
+        reply = exchange(socket_path, {"op": "request", "command": command, "allow": list(allow), **who})
+    except (FileNotFoundError, ConnectionRefusedError) as err:
+        _syslog({"event": "rpc", "action": "unanswered", "subject": subject, **who})
+        return not_running(socket_path, err.strerror or str(err)), 1
+    except (OSError, HostagentError) as err:
+        return not_running(socket_path, str(err)), 1
+    return reply, 0 if reply.get("ok") else (2 if reply.get("refused") else 1)
+
+
+def main(socket_path: str, allow: str | None, key: str | None, words: list[str] | None = None) -> int:
+    """Serve SSH_ORIGINAL_COMMAND; without one (a local operator, or a client that asked for a
+    shell) the words given here, which the client does not control."""
+    try:
+        verbs = allowed_verbs(allow)
+    except HostagentError as err:
+        sys.stdout.write(json.dumps({"schema": SCHEMA, "ok": False, "error": str(err)}) + "\n")
+        return 1
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
-    reply, code = serve(server, " ".join(words or []) if command is None else command, audit)
+    reply, code = forward(" ".join(words or []) if command is None else command, verbs, socket_path,
+                          requester(key))
     sys.stdout.write(json.dumps(reply) + "\n")
     return code

@@ -40,16 +40,22 @@ def keygen(path: Path) -> str:
     return (path.with_suffix(".pub") if path.suffix else Path(f"{path}.pub")).read_text().strip()
 
 
-def agent_command(config: Path, state: Path, root: str | None = None, allow: str | None = None,
+def agent_command(socket_path: Path, allow: str | None = None, key: str | None = "controller",
                   extra_path: str = "") -> str:
-    """The agent as a host runs it: Debian's python3 (the test venv's interpreter lives under /root, which
-    the agents' account cannot enter) with this checkout on its path; the agent needs nothing else."""
-    argv = ["/usr/bin/python3", "-m", "hostagent", "--config", str(config), "rpc", "--state-dir", str(state)]
-    if root:
-        argv += ["--root", root]
+    """The forwarder as a host runs it: Debian's python3 (the test venv's interpreter lives under /root,
+    which the agents' account cannot enter) with this checkout on its path; it needs nothing else."""
+    argv = ["/usr/bin/python3", "-m", "hostagent", "rpc", "--socket", str(socket_path)]
     if allow:
         argv += ["--allow", allow]
+    if key:
+        argv += ["--key", key]
     return f"PYTHONPATH={REPO}{':' + extra_path if extra_path else ''} " + " ".join(shlex.quote(a) for a in argv)
+
+
+def agent_config(socket_path: Path, extra: str = "") -> str:
+    """A test host's agent: no remedies, no mail, no SMART; RPC for the agents' account on its own socket."""
+    return (f'[agent]\nrpc_socket = "{socket_path}"\nrpc_user = "{USER}"\n[watch]\nact = false\n'
+            f"[alerts]\nenabled = false\n[checks.smart]\nenabled = false\n{extra}")
 
 
 @dataclass
@@ -61,6 +67,11 @@ class SshHost:
     directory: Path
     host_key_line: str
     process: subprocess.Popen[bytes] | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "run" / "rpc.sock"
 
     @property
     def state(self) -> Path:
@@ -73,6 +84,33 @@ class SshHost:
     def authorize(self, public_key: str, command: str, options: str = "restrict") -> None:
         line = f'{options},command="{command}" {public_key}\n'
         (self.directory / "authorized_keys").write_text(line)
+
+    def start_agent(self, root: str | None = None) -> None:
+        """The root daemon (``hostagent watch``) that answers the forwarder; returns once it answers."""
+        self.stop_agent()
+        argv = [str(REPO / ".venv/bin/hostagent"), "--config", str(self.config), "watch", "--state-dir",
+                str(self.state)] + (["--root", root] if root else [])
+        self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=open(self.directory / "agent.log", "ab"))  # noqa: SIM115
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(self.socket))
+                if (self.state / "status.json").exists():
+                    return
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent for {self.name} did not start: {(self.directory / 'agent.log').read_text()}")
+            time.sleep(0.2)
+
+    def stop_agent(self) -> None:
+        if self.daemon is not None:
+            self.daemon.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.daemon.wait(timeout=20)
+            if self.daemon.poll() is None:
+                self.daemon.kill()
+                self.daemon.wait()
+            self.daemon = None
 
     def stop(self) -> None:
         os.kill(self.pid, 19)  # SIGSTOP: the sshd hangs, the TCP port stays open
@@ -87,7 +125,8 @@ class SshHost:
 
 
 class SshFleet:
-    def __init__(self, base: Path, count: int) -> None:
+    def __init__(self, base: Path, count: int, agents: bool = True) -> None:
+        self.agents = agents
         self.base = base
         self.tag = f"{os.getpid() % 10000}"
         self.hosts: list[SshHost] = []
@@ -123,18 +162,19 @@ class SshFleet:
         directory = self.base / name
         directory.mkdir()
         directory.chmod(0o755)
-        (directory / "state").mkdir()
-        shutil.chown(directory / "state", USER)
+        (directory / "state").mkdir(mode=0o700)  # root's: the agents' account cannot read it
         host_key = keygen(directory / "host_key")
-        (directory / "hostagent.toml").write_text("[checks.smart]\nenabled = false\n")
         host = SshHost(name, index, namespace, address, directory, f"{address} {' '.join(host_key.split()[:2])}")
-        host.authorize(self.controller_public, agent_command(host.config, host.state))
+        (directory / "hostagent.toml").write_text(agent_config(host.socket))
+        host.authorize(self.controller_public, agent_command(host.socket))
         (directory / "sshd_config").write_text(
             f"Port 22\nListenAddress {address}\nHostKey {directory / 'host_key'}\nPidFile none\nUsePAM no\n"
             f"StrictModes no\nAuthorizedKeysFile {directory / 'authorized_keys'}\nMaxStartups 200\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel ERROR\n"
             "ClientAliveInterval 5\nClientAliveCountMax 2\n")  # sessions of vanished clients end on their own
         self.start(host)
+        if self.agents:
+            host.start_agent()
         return host
 
     def start(self, host: SshHost) -> None:
@@ -161,6 +201,7 @@ class SshFleet:
 
     def __exit__(self, *exc: object) -> None:
         for host in self.hosts:
+            host.stop_agent()
             if host.process is not None:
                 with contextlib.suppress(ProcessLookupError):
                     host.cont()

@@ -80,7 +80,8 @@ def _actor() -> str:
     except KeyError:
         name = "?"
     sudo = os.environ.get("SUDO_USER")
-    return f"{name} (uid {uid})" + (f" via sudo by {sudo}" if sudo else "")
+    via = os.environ.get("HOSTAGENT_VIA")  # set by the daemon for a request that came over RPC
+    return f"{name} (uid {uid})" + (f" via sudo by {sudo}" if sudo else "") + (f" for {via}" if via else "")
 
 
 def perform(host: Host, steps: list[Step], *, apply: bool, audit: AuditLog, timeout: float) -> list[Outcome]:

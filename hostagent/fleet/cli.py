@@ -30,18 +30,19 @@ def rows(controller: Controller) -> list[dict[str, Any]]:
     return status_rows(controller.store.hosts(), time.time(), controller.fleet)
 
 
-def schedule_request(moment: dt.datetime, reason: str, notify_owners: bool, force: bool, dry_run: bool) -> str:
+def schedule_request(moment: dt.datetime, reason: str, notify_owners: bool, dry_run: bool) -> str:
+    """The RPC line; the preflight is never overridden remotely (docs/security.md)."""
     request = f"maintenance schedule --reboot-at {moment.astimezone(dt.UTC).isoformat()}"
     if reason:
         request += f" --reason {quote(reason, safe='')}"
-    for flag, on in (("--notify-owners", notify_owners), ("--force", force), ("--dry-run", dry_run)):
+    for flag, on in (("--notify-owners", notify_owners), ("--dry-run", dry_run)):
         if on:
             request += f" {flag}"
     return request
 
 
 def maintenance(controller: Controller, hosts: list[FleetHost], when: str, *, reason: str = "",
-                notify_owners: bool = False, force: bool = False, dry_run: bool = False, rolling: bool = False,
+                notify_owners: bool = False, dry_run: bool = False, rolling: bool = False,
                 batch: int = 1, health_gate: bool = False, step: float = 2.0,
                 say: Callable[[str], None] = print) -> dict[str, Any]:
     """Schedule on every host at WHEN; ``rolling``: batch by batch, each waiting for the previous
@@ -50,7 +51,7 @@ def maintenance(controller: Controller, hosts: list[FleetHost], when: str, *, re
     outcome: dict[str, Any] = {"hosts": {}, "stopped": None}
     if not rolling:
         for host in hosts:
-            outcome["hosts"][host.name] = _schedule(controller, host, moment, reason, notify_owners, force, dry_run)
+            outcome["hosts"][host.name] = _schedule(controller, host, moment, reason, notify_owners, dry_run)
         failed = [n for n, r in outcome["hosts"].items() if "error" in r]
         outcome["stopped"] = f"not scheduled on {', '.join(failed)}" if failed else None
         return outcome
@@ -59,7 +60,7 @@ def maintenance(controller: Controller, hosts: list[FleetHost], when: str, *, re
         at = moment if index == 0 else max(moment, dt.datetime.now(dt.UTC)
                                            + dt.timedelta(seconds=controller.fleet.rolling_start_delay))
         for host in group:
-            result = _schedule(controller, host, at, reason, notify_owners, force, dry_run)
+            result = _schedule(controller, host, at, reason, notify_owners, dry_run)
             outcome["hosts"][host.name] = result
             say(f"{host.name}: " + (f"scheduled {result['id']} at {result['reboot_at']}" if "id" in result
                                     else result.get("error", "dry run")))
@@ -80,9 +81,9 @@ def maintenance(controller: Controller, hosts: list[FleetHost], when: str, *, re
 
 
 def _schedule(controller: Controller, host: FleetHost, moment: dt.datetime, reason: str, notify_owners: bool,
-              force: bool, dry_run: bool) -> dict[str, Any]:
+              dry_run: bool) -> dict[str, Any]:
     try:
-        document, _, _ = controller.ask(host, schedule_request(moment, reason, notify_owners, force, dry_run))
+        document, _, _ = controller.ask(host, schedule_request(moment, reason, notify_owners, dry_run))
     except (TransportError, ReplyError) as err:
         return {"error": str(err)}
     return dict(document["result"])

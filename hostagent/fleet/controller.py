@@ -24,10 +24,19 @@ from hostagent.fleet.transport import Transport, TransportError
 from hostagent.model import Finding, Severity
 
 RPC_SCHEMA = "hostagent.rpc/1"
+AGENT_DOWN = "AGENT DOWN"
 
 
 class ReplyError(HostagentError):
     """An agent answered, but not with a usable reply."""
+
+
+class AgentDown(ReplyError):
+    """The host answered, but its agent daemon does not: there is no current report."""
+
+    def __init__(self, message: str, report_age: float | None) -> None:
+        super().__init__(message)
+        self.report_age = report_age
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ def decode_reply(host: str, stdout: str, exit_status: int) -> dict[str, Any]:
         raise ReplyError(f"host {host}: garbage reply (exit {exit_status}): {shown!r}") from None
     if not isinstance(document, dict) or document.get("schema") != RPC_SCHEMA:
         raise ReplyError(f"host {host}: reply is not {RPC_SCHEMA}: {text[:80]!r}")
+    if not document.get("ok") and document.get("agent") == "not running":
+        age = document.get("report_age_s")
+        raise AgentDown(f"host {host}: {document.get('error')}", float(age) if isinstance(age, (int, float)) else None)
     if not document.get("ok"):
         kind = "refused" if document.get("refused") else "failed"
         raise ReplyError(f"host {host}: request {kind}: {document.get('error')}")
@@ -88,6 +100,14 @@ class Controller:
                                           str(result.get("version")), report,
                                           {"maintenance": result.get("maintenance"), "daemon": result.get("daemon")})
                 return PollResult(host.name, True, seconds, reused, str(report.get("status")))
+            except AgentDown as err:  # reachable, but nothing on it is watched: never shown as healthy
+                before = next((s.maintenance for s in self.store.hosts() if s.name == host.name), None) or {}
+                self.store.record_success(host.name, host.address, host.groups, at, time.time() - at, "",
+                                          {"status": AGENT_DOWN, "findings": []},
+                                          {"maintenance": before.get("maintenance"), "daemon": None,
+                                           "agent": "not running", "report_age_s": err.report_age,
+                                           "error": str(err)})
+                return PollResult(host.name, True, time.time() - at, status=AGENT_DOWN, error=str(err))
             except (TransportError, ReplyError) as err:
                 self.store.record_failure(host.name, host.address, host.groups, at, str(err))
                 return PollResult(host.name, False, time.time() - at, error=str(err))
@@ -163,8 +183,13 @@ def fleet_findings(states: list[HostState], now: float, fleet: FleetConfig) -> l
         daemon = (state.maintenance or {}).get("daemon")
         if state.last_seen is not None and not state.last_error:
             last_cycle = (daemon or {}).get("last_cycle_at")
-            if last_cycle is None or state.last_seen - float(last_cycle) > fleet.stale_after:
-                age = "never ran" if last_cycle is None else f"last ran {_ago(state.last_seen - float(last_cycle))}"
+            down = (state.maintenance or {}).get("agent") == "not running"
+            if down or last_cycle is None or state.last_seen - float(last_cycle) > fleet.stale_after:
+                report_age = (state.maintenance or {}).get("report_age_s")
+                age = ("not running, " + ("no report since the host booted" if report_age is None
+                                          else f"last report {_ago(float(report_age))}") if down
+                       else "never ran" if last_cycle is None
+                       else f"last ran {_ago(state.last_seen - float(last_cycle))}")
                 found.append(Finding("fleet.agent_stale", "fleet", state.name, Severity.CRITICAL,
                                      f"the hostagent daemon on {state.name} is not running its checks ({age}): "
                                      "nothing on that host is being watched"))

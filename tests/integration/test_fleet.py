@@ -30,10 +30,9 @@ def fleet() -> Iterator[SshFleet]:
     base = Path(tempfile.mkdtemp(prefix="hafleet-", dir="/tmp"))  # the agents' account must read it: not pytest's
     with SshFleet(base, 6) as hosts:
         hv = {h.name: h for h in hosts.hosts}
-        hv["hv2"].authorize(hosts.controller_public, agent_command(hv["hv2"].config, hv["hv2"].state, root=DEGRADED))
+        hv["hv2"].start_agent(root=DEGRADED)
         hv["hv5"].authorize(hosts.controller_public, "echo garbage; echo more garbage")
-        hv["hv6"].authorize(hosts.controller_public, agent_command(hv["hv6"].config, hv["hv6"].state,
-                                                                   allow="version"))
+        hv["hv6"].authorize(hosts.controller_public, agent_command(hv["hv6"].socket, allow="version"))
         yield hosts
     shutil.rmtree(base, ignore_errors=True)
 
