@@ -255,6 +255,8 @@ class RpcServer:
             if not chunk:
                 break
             data += chunk
+        if not data and uid in self.allowed_uids:
+            return  # a liveness probe: connected and closed without asking
         if uid not in self.allowed_uids:
             error = f"uid {uid} may not use the RPC socket"
             self.answerer.audit({"event": "rpc", "action": "refused", "peer": peer, "error": error})

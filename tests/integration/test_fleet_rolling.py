@@ -34,10 +34,12 @@ def as_agent(argv: list[str]) -> list[str]:
 def hosts() -> Iterator[tuple[SshFleet, list[subprocess.Popen[bytes]]]]:
     base = Path(tempfile.mkdtemp(prefix="haroll-", dir="/tmp"))
     daemons: list[subprocess.Popen[bytes]] = []
-    with SshFleet(base, 3) as fleet:
+    with SshFleet(base, 3, agents=False) as fleet:
         try:
             for host in fleet.hosts:  # these agents also reach libvirt: the venv's libraries on their path
-                host.authorize(fleet.controller_public, agent_command(host.config, host.state, extra_path=str(SITE)))
+                sock = host.directory / "run" / "sock" / "rpc.sock"
+                shutil.chown(host.state, USER)  # this daemon runs as the agents' account (fake reboots)
+                host.authorize(fleet.controller_public, agent_command(sock))
                 domains = "\n".join(DOMAIN.format(name=n, memory=128, metadata="", devices="") for n in ("g1", "g2"))
                 (host.directory / "node.xml").write_text(f"<node>\n{domains}\n</node>\n")
                 daemon = ["/usr/bin/python3", "-m", "hostagent", "--config", str(host.config), "watch",
@@ -51,7 +53,7 @@ def hosts() -> Iterator[tuple[SshFleet, list[subprocess.Popen[bytes]]]]:
                 host.config.write_text(
                     f'[maintenance]\nuri = "test://{host.directory / "node.xml"}"\nsave_dir = "{host.state}"\n'
                     f"reboot_command = {json.dumps(reboot)}\n[checks.smart]\nenabled = false\n"
-                    "[alerts]\nenabled = false\n")
+                    f'[alerts]\nenabled = false\n[agent]\nrpc_socket = "{sock}"\nrpc_user = "{USER}"\n')
                 log.touch()
                 shutil.chown(log, USER)
                 with log.open("ab") as out:
@@ -77,7 +79,7 @@ def test_rolling_goes_host_by_host_and_stops_at_a_failure(hosts: tuple[SshFleet,
     config = controller_config(fleet, tmp_path, extra="rolling_start_delay = 3.0\nrolling_timeout = 120.0\n")
     when = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)).isoformat()
     result = hostagent("--config", str(config), "fleet", "maintenance", "hypervisors", "--reboot-at", when,
-                       "--rolling", "--force", "--reason", "kernel 6.1.99", "--json", timeout=300)
+                       "--rolling", "--reason", "kernel 6.1.99", "--json", timeout=300)
     outcome = json.loads(result.stdout)
     assert result.returncode == 1, result.stderr
     assert outcome["hosts"]["hv1"]["outcome"] == "done"
