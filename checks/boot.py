@@ -34,6 +34,7 @@ NAME = "boot"
 DESCRIPTION = "a working bootloader on every member disk of the boot arrays"
 BLOCKING = ("boot.missing_on_member", "boot.core_missing", "boot.esp_missing", "boot.unreadable")
 HEAD_BYTES = 64 * 1024
+ESP_COPY = "/run/hostagent/esp-copy"  # where an ESP sync stages the good EFI directory
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,10 @@ def _esp_sync(good: Esp | None, disk: DiskBoot, esp: Esp) -> Remedy:
     return Remedy(
         f"Copy the EFI directory from a good ESP to {target}",
         "Members' ESPs must hold the same loaders, so any survivor boots the same way.",
-        (("sh", "-c", f"rm -rf /run/hostagent-esp && mkdir -p /run/hostagent-esp && "
-                      f"mcopy -s -o -i {good.device} ::/EFI /run/hostagent-esp/ && "
-                      f"mcopy -s -o -i {target} /run/hostagent-esp/EFI ::/"),),
+        (("rm", "-rf", "--", ESP_COPY), ("mkdir", "-p", "-m", "0700", "--", ESP_COPY),
+         ("mcopy", "-s", "-o", "-i", good.device, "::/EFI", f"{ESP_COPY}/"),
+         ("mdeltree", "-i", target, "::/EFI"),  # files only the stale ESP has go too
+         ("mcopy", "-s", "-o", "-i", target, f"{ESP_COPY}/EFI", "::/")),
     )
 
 

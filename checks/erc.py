@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from hostagent.context import CheckContext
 from hostagent.errors import ParseError, ProbeUnavailable
+from hostagent.host import sysfs_write
 from hostagent.inventory import REDUNDANT_LEVELS
 from hostagent.model import Finding, Remedy, Severity
 from hostagent.sources.blockdev import Disk
@@ -84,7 +85,7 @@ def remedy(state: ErcState, config: Config) -> Remedy:
         f"Raise the kernel's command timeout for {disk.name} to {config.min_kernel_timeout} s "
         "(the drive cannot limit its own error recovery)",
         "A desktop drive may retry a bad sector for two minutes; the kernel must wait longer than that.",
-        (("sh", "-c", f"echo {config.min_kernel_timeout} > /sys/block/{disk.name}/device/timeout"),),
+        (sysfs_write(f"/sys/block/{disk.name}/device/timeout", str(config.min_kernel_timeout)),),
     )
 
 

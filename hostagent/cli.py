@@ -414,10 +414,13 @@ def _disk_fail(args: argparse.Namespace, host: Any, config: Any) -> int:
     from hostagent.actions import AuditLog
     from hostagent.actions.hung import force_fail
     from hostagent.inventory import read_arrays
+    from hostagent.names import device_argument
 
-    member = args.member.removeprefix("/dev/")
-    if member.startswith("mapper/"):
+    if args.member.removeprefix("/dev/").startswith("mapper/"):
         raise HostagentError(f"{args.member}: give the kernel name (dm-N) that md lists")
+    member = device_argument(args.member)
+    if args.array:
+        device_argument(args.array)
     holders = [a.name for a in read_arrays(host) if any(m.device == member for m in a.members)]
     if args.array:
         holders = [a for a in holders if a == args.array]

@@ -13,9 +13,11 @@ import abc
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,31 @@ DEFAULT_COMMAND_TIMEOUT = 30.0
 # After killing a timed-out command, how long to wait for it to be reaped.  A process in
 # uninterruptible sleep (D state, a hung disk) cannot die; we leave it rather than hang too.
 REAP_GRACE = 2.0
+# A step that writes one sysfs attribute names this pseudo-tool: ``("sysfs-write", path, value)``.
+# The write is done by Python in a child process (a write to a hung device's attribute can block
+# for good), never through a shell.
+SYSFS_WRITE = "sysfs-write"
+_SYSFS_PATH = re.compile(r"/sys/[A-Za-z0-9_.:+!/-]+")
+_SYSFS_WRITER = (
+    "import os, sys\n"
+    "path, value = sys.argv[1], sys.argv[2]\n"
+    "try:\n"
+    "    fd = os.open(path, os.O_WRONLY)\n"
+    "    try:\n"
+    "        os.write(fd, value.encode())\n"
+    "    finally:\n"
+    "        os.close(fd)\n"
+    "except OSError as err:\n"
+    "    sys.stderr.write(f'{path}: {err.strerror}\\n')\n"
+    "    sys.exit(1)\n"
+)
+
+
+def sysfs_write(path: str, value: str) -> tuple[str, str, str]:
+    """The argv of a step that writes ``value`` to the sysfs attribute ``path``."""
+    if not _SYSFS_PATH.fullmatch(path) or ".." in path.split("/") or not value.isprintable() or not value:
+        raise ProbeUnavailable(f"{path!r} = {value!r}: not a sysfs attribute and value hostagent writes")
+    return (SYSFS_WRITE, path, value)
 
 
 @dataclass(frozen=True)
@@ -199,7 +226,18 @@ class Host:
         argv = (tool, *args)
         if self.is_snapshot:
             return self._replay(argv, tool, name)
-        result = run_command(argv, timeout=self.command_timeout if timeout is None else timeout, stdin=stdin)
+        seconds = self.command_timeout if timeout is None else timeout
+        if tool == SYSFS_WRITE:
+            if len(args) != 2:
+                raise ProbeUnavailable(f"{SYSFS_WRITE} takes a path and a value, not {args!r}")
+            sysfs_write(*args)  # refuses anything but a plain /sys path
+            try:
+                done = run_command((sys.executable, "-I", "-S", "-c", _SYSFS_WRITER, *args), timeout=seconds)
+            except CommandTimeout:
+                raise CommandTimeout(f"{' '.join(argv)}: no answer within {seconds:g} s; killed") from None
+            result = CommandResult(argv, done.returncode, done.stdout, done.stderr)
+        else:
+            result = run_command(argv, timeout=seconds, stdin=stdin)
         self._record_command(tool, name, result)
         return result
 

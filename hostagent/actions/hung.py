@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from hostagent.actions import AuditLog, Outcome, Step, perform
 from hostagent.errors import ActionRefused
-from hostagent.host import Host
+from hostagent.host import Host, sysfs_write
 from hostagent.inventory import MdArray, MdMember, read_arrays
+from hostagent.names import is_kernel_name
 from hostagent.sources.blockdev import parent_disks, read_disk
 from hostagent.sources.blockstat import read_blockstat
 
@@ -69,13 +70,13 @@ def device_layer(host: Host, member: str, arrays: list[MdArray]) -> DeviceLayer:
                                                 f"{array.name}; the disk is left in place")
     transport = read_disk(host, disk).transport
     if transport in SCSI_TRANSPORTS:
-        return DeviceLayer("scsi", (("sh", "-c", f"echo offline > /sys/block/{disk}/device/state"),
-                                    ("sh", "-c", f"echo 1 > /sys/block/{disk}/device/delete")))
+        return DeviceLayer("scsi", (sysfs_write(f"/sys/block/{disk}/device/state", "offline"),
+                                    sysfs_write(f"/sys/block/{disk}/device/delete", "1")))
     if transport == "nvme":
         controller = (host.readlink(f"/sys/block/{disk}/device") or "").rstrip("/").rsplit("/", 1)[-1]
-        if controller.startswith("nvme"):
-            return DeviceLayer("nvme", (("sh", "-c", f"echo 1 > /sys/class/nvme/{controller}/reset_controller"),
-                                        ("sh", "-c", f"echo 1 > /sys/class/nvme/{controller}/delete_controller")))
+        if controller.startswith("nvme") and is_kernel_name(controller):
+            return DeviceLayer("nvme", (sysfs_write(f"/sys/class/nvme/{controller}/reset_controller", "1"),
+                                        sysfs_write(f"/sys/class/nvme/{controller}/delete_controller", "1")))
     return DeviceLayer("none", (), f"{disk} is a {transport} disk: nothing inside this host can error out its "
                                    "in-flight I/O; writes stay blocked until the device answers")
 

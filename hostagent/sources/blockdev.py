@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from hostagent.host import Host
+from hostagent.names import kernel_names
 
 VIRTUAL_PREFIXES = ("loop", "ram", "zram", "md", "dm-", "sr", "fd", "nbd", "nullb", "zd")
 NO_SMART_TRANSPORTS = ("virtio", "xen", "mmc")
@@ -85,7 +86,7 @@ def clean_serial(raw: bytes) -> str | None:
 
 def read_disks(host: Host, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[Disk]:
     disks = []
-    for name in host.listdir("/sys/block"):
+    for name in kernel_names(host.listdir("/sys/block"), "/sys/block"):
         if not selected(name, include, exclude):
             continue
         disks.append(read_disk(host, name))
@@ -114,10 +115,10 @@ def read_disk(host: Host, name: str) -> Disk:
             break
     size = (host.read_optional(f"{base}/size") or "").strip()
     rotational = (host.read_optional(f"{base}/queue/rotational") or "").strip()
-    partitions = tuple(
+    partitions = tuple(kernel_names([
         entry for entry in host.listdir(base)
         if entry.startswith(name) and host.exists(f"{base}/{entry}/partition")
-    )
+    ], base))
     return Disk(
         name=name,
         transport=transport_from_path(name, target),
@@ -136,8 +137,8 @@ def parent_disks(host: Host, name: str, _depth: int = 0) -> list[str]:
     if host.exists(f"/sys/class/block/{name}/partition"):
         link = host.readlink(f"/sys/class/block/{name}") or ""
         parts = link.rstrip("/").split("/")
-        return [parts[-2]] if len(parts) >= 2 else []
-    slaves = host.listdir(f"/sys/block/{name}/slaves")
+        return kernel_names([parts[-2]], f"/sys/class/block/{name}") if len(parts) >= 2 else []
+    slaves = kernel_names(host.listdir(f"/sys/block/{name}/slaves"), f"/sys/block/{name}/slaves")
     if slaves:
         found: list[str] = []
         for slave in slaves:

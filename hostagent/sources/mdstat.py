@@ -78,9 +78,10 @@ class Mdstat:
     unused_devices: tuple[str, ...] = ()
 
 
-_ARRAY_HEADER = re.compile(r"^(?P<name>md[\w.\-]*)\s*:\s*(?P<rest>.*)$")
+_ARRAY_HEADER = re.compile(r"^(?P<name>md[A-Za-z0-9_.:+!-]{0,62})\s*:\s*(?P<rest>.*)$")
 _FLAG = re.compile(r"\(([A-Z])\)")
-_MEMBER = re.compile(r"^(?P<dev>[^\s\[\]()]+)\[(?P<nr>\d+)\](?P<flags>(?:\([A-Z]\))*)$")
+# member and array names: the kernel's own naming (hostagent/names.py), so no crafted name reaches a command
+_MEMBER = re.compile(r"^(?P<dev>[A-Za-z0-9][A-Za-z0-9_.:+!-]{0,63})\[(?P<nr>\d+)\](?P<flags>(?:\([A-Z]\))*)$")
 _PERSONALITY = re.compile(r"\[([^\]]+)\]")
 _BLOCKS = re.compile(r"^(?P<blocks>\d+) blocks\b(?P<rest>.*)$")
 # The personality's status, in the order md.c and the personalities print its parts.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
+from hostagent.names import kernel_names
 
 ARRAY_ATTRS = (
     "level", "array_state", "raid_disks", "degraded", "sync_action", "sync_completed",
@@ -51,12 +52,13 @@ def md_sysfs_dir(name: str) -> str:
 
 def list_md_sysfs(host: Host) -> list[str]:
     """Names of md devices that have an md/ directory in sysfs."""
-    return [n for n in host.listdir("/sys/block") if n.startswith("md") and host.exists(md_sysfs_dir(n))]
+    names = kernel_names(host.listdir("/sys/block"), "/sys/block")
+    return [n for n in names if n.startswith("md") and host.exists(md_sysfs_dir(n))]
 
 
 def read_md_sysfs(host: Host, name: str) -> SysfsArray | None:
     base = md_sysfs_dir(name)
-    entries = host.listdir(base)
+    entries = kernel_names(host.listdir(base), base)
     if not entries:
         return None
     attrs = {a: text for a in ARRAY_ATTRS if a in entries and (text := host.read_optional(f"{base}/{a}")) is not None}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
+from hostagent.names import kernel_names
 
 MOUNTINFO = "/proc/self/mountinfo"
 BOOT_MOUNTS = ("/", "/boot", "/boot/efi")
@@ -64,7 +65,7 @@ def arrays_under(host: Host, name: str, _depth: int = 0) -> list[str]:
         parent = (host.readlink(f"/sys/class/block/{name}") or "").rstrip("/").split("/")
         return arrays_under(host, parent[-2], _depth + 1) if len(parent) >= 2 else []
     found: list[str] = []
-    for slave in host.listdir(f"/sys/block/{name}/slaves"):
+    for slave in kernel_names(host.listdir(f"/sys/block/{name}/slaves"), f"/sys/block/{name}/slaves"):
         for array in arrays_under(host, slave, _depth + 1):
             if array not in found:
                 found.append(array)

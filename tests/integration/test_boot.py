@@ -86,6 +86,18 @@ def test_esp_out_of_sync_and_missing_boot_entries(images: dict[str, Path], tmp_p
     assert ("boot.esp_out_of_sync", "sdb", "WARNING") in found
     out_of_sync = next(f for f in report["findings"] if f["code"] == "boot.esp_out_of_sync")
     assert "/EFI/BOOT/GRUB.CFG" in out_of_sync["summary"]
+    # the remedy is plain argv (no shell); run for real, with the images' ESPs as the devices and a
+    # temporary staging directory, it brings sdb's ESP back in line with sda's
+    staging = str(tmp_path / "esp-copy")
+    devices = {"/dev/sda1": f"{images['gpt-esp-loader']}@@{offset}", "/dev/sdb1": f"{changed}@@{offset}",
+               "/run/hostagent/esp-copy": staging, "/run/hostagent/esp-copy/": f"{staging}/",
+               "/run/hostagent/esp-copy/EFI": f"{staging}/EFI"}
+    commands = out_of_sync["remedy"]["commands"]
+    assert [c[0] for c in commands] == ["rm", "mkdir", "mcopy", "mdeltree", "mcopy"], commands
+    for argv in commands:
+        subprocess.run([devices.get(word, word) for word in argv], check=True, capture_output=True)
+    _, found, _ = boot_findings(snap.root)
+    assert "boot.esp_out_of_sync" not in [code for code, _, _ in found]
     # both images share the ESP GUID (copies), so the entry covers both; an entry list without it covers none
     snap.command("efibootmgr", "efibootmgr-v.txt", "BootOrder: 0000\nBoot0000* UEFI Shell\tFvVol(x)\n")
     _, found, report = boot_findings(snap.root)

@@ -212,7 +212,7 @@ def erc_snapshot(root: Path, erc: str, timeout: int = 30, in_array: bool = True)
 
 
 @pytest.mark.parametrize(("erc", "timeout", "in_array", "expected"), [
-    ("unsupported", 30, True, ["sh", "-c", "echo 180 > /sys/block/sda/device/timeout"]),
+    ("unsupported", 30, True, ["sysfs-write", "/sys/block/sda/device/timeout", "180"]),
     ("disabled", 30, True, ["smartctl", "-l", "scterc,70,70", "/dev/sda"]),
     ("enabled", 30, True, None),
     ("unsupported", 180, True, None),

@@ -62,7 +62,7 @@ def test_device_layers(tmp_path: Path) -> None:
     host = Host(tmp_path)
     assert device_layer(host, "dm-3", []).steps == (("dmsetup", "load", "m1", "--table", "0 131072 error"),
                                                    ("dmsetup", "resume", "m1"))
-    assert device_layer(host, "sda1", []).steps[0] == ("sh", "-c", "echo offline > /sys/block/sda/device/state")
+    assert device_layer(host, "sda1", []).steps[0] == ("sysfs-write", "/sys/block/sda/device/state", "offline")
     virtio = device_layer(host, "vdb", [])
     assert virtio.kind == "none" and "nothing inside this host can error out" in virtio.note
     # sda also holds the last in-sync copy of another array: the disk is left in place

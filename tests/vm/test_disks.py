@@ -44,7 +44,7 @@ def test_timeout_mismatch_then_tune_apply_fixes_it(ata_vm: VM) -> None:
     mismatched = sorted(f["subject"] for f in report["findings"] if f["code"] == "disk.timeout_mismatch")
     assert mismatched == ["sda", "sdb"]
     dry = ata_vm.hostagent("disk tune --state-dir /tmp/state")
-    assert dry.rc == 0 and "$ sh -c echo 180 > /sys/block/sda/device/timeout" in dry.stdout
+    assert dry.rc == 0 and "$ sysfs-write /sys/block/sda/device/timeout 180" in dry.stdout
     assert ata_vm.run("cat /sys/block/sda/device/timeout").stdout.strip() == "30"  # a dry run changes nothing
 
     applied = ata_vm.hostagent("disk tune --apply --json --state-dir /tmp/state")

@@ -122,14 +122,14 @@ def test_visible_hang_on_virtio_scsi(scsi_vm: VM) -> None:
         md.write_in_background("/tmp/w1")
 
         def reached_delete() -> bool:
-            return any(a["argv"][-1].endswith("/sdb/device/delete") for a in md.audit() if a["event"] == "done")
+            return any(a["argv"][1].endswith("/sdb/device/delete") for a in md.audit() if a["event"] == "done")
 
         wait_for(reached_delete, "the ladder to reach device/delete", DEADLINE)
         done = {tuple(a["argv"]): a for a in md.audit() if a["event"] == "done"}
         assert done[("mdadm", "--manage", "/dev/md0", "--fail", "/dev/sdb")]["returncode"] == 0
-        assert done[("sh", "-c", "echo offline > /sys/block/sdb/device/state")]["returncode"] == 0
+        assert done[("sysfs-write", "/sys/block/sdb/device/state", "offline")]["returncode"] == 0
         # virtio-scsi re-arms its command timer, so delete waits on the held write: documented
-        assert "no answer within 10 s" in done[("sh", "-c", "echo 1 > /sys/block/sdb/device/delete")]["error"]
+        assert "no answer within 10 s" in done[("sysfs-write", "/sys/block/sdb/device/delete", "1")]["error"]
         assert not md.done("/tmp/w1")
         md.vm.resume_writes()
         wait_for(lambda: md.done("/tmp/w1"), "the write after the hang is released", DEADLINE)

@@ -69,7 +69,7 @@ def test_gpt_replacement_with_a_self_test_boots_from_the_new_disk_alone(vm: tupl
     assert f"sgdisk --replicate=/dev/{new} /dev/{good}" in argv, argv
     assert f"sgdisk --randomize-guids /dev/{new}" in argv, argv
     # QEMU's drive has no SCT ERC: the erc check's remedy raises the kernel's timeout instead
-    assert f"sh -c echo 180 > /sys/block/{new}/device/timeout" in argv, argv
+    assert f"sysfs-write /sys/block/{new}/device/timeout 180" in argv, argv
     assert machine.run(f"cat /sys/block/{new}/device/timeout").stdout.strip() == "180"
 
     text = machine.run("cat /proc/mdstat").stdout
