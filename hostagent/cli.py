@@ -498,6 +498,7 @@ def _fleet(args: argparse.Namespace) -> int:
     if args.fleet_command == "audit-dns":
         return _audit_dns(args)
     config = load_config(args.config)
+    fleet.refuse_foreign_state(config.fleet.state_dir)
     limit = [p.strip() for p in (args.limit or "").split(",") if p.strip()]
     if args.fleet_command == "watch":
         return fleet.watch(config, once=args.once, accept_new=args.accept_new)

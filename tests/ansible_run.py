@@ -110,22 +110,78 @@ def check_installation(vm: DebianVM, first: subprocess.CompletedProcess[str], tm
     xen_conf = vm.ssh("grep -E '^XENDOMAINS_(SAVE|RESTORE|AUTO)=' /etc/default/xendomains").stdout.split()
     assert xen_conf == ['XENDOMAINS_SAVE=""', "XENDOMAINS_RESTORE=false", 'XENDOMAINS_AUTO=""']
 
-    # the controller's key runs hostagent rpc and nothing else
+    # the units as installed (the packaged files and the role's drop-ins), rated by systemd itself
+    for unit, limit in (("hostagent.service", 7.0), ("hostagent-fleet.service", 5.0)):
+        rated = vm.ssh(f"systemd-analyze security --no-pager {unit}").stdout
+        score = float(re.findall(r"Overall exposure level for \S+: ([0-9.]+)", rated)[-1])
+        assert score < limit, (unit, score, rated[-2000:])
+    assert vm.ssh("systemctl show -p User --value hostagent-fleet.service").stdout.strip() == "hostagent-fleet"
+    check_rpc_boundary(vm, tmp_path)
+    # the controller polls the agent through that key, as its own account, with the host keys Ansible collected
+    poll = vm.ssh("runuser -u hostagent-fleet -- /opt/hostagent-fleet/venv/bin/hostagent --config "
+                  "/etc/hostagent/fleet.toml fleet poll --json")
+    assert poll.returncode == 0, poll.stdout + poll.stderr
+    assert json.loads(poll.stdout)[0]["ok"] is True
+    as_root = vm.ssh("/opt/hostagent-fleet/venv/bin/hostagent --config /etc/hostagent/fleet.toml fleet poll")
+    assert as_root.returncode != 0 and "belongs to hostagent-fleet: run the controller as that account" in \
+        as_root.stderr, as_root
+    assert vm.ssh("test -s /var/www/hostagent/index.html || sleep 15; test -s /var/www/hostagent/index.html"
+                  ).returncode == 0  # fleet watch publishes the status page
+
+
+KEY_LINE = ('restrict,from="127.0.0.1",command="/opt/hostagent/venv/bin/hostagent rpc --allow read,maintenance '
+            '--key hostagent-controller" ssh-ed25519 ')
+
+
+def check_rpc_boundary(vm: DebianVM, tmp_path: Path) -> None:
+    """The controller's key as the role installs it, used by a thief (docs/security.md)."""
+    line = vm.ssh("cat /var/lib/hostagent-rpc/.ssh/authorized_keys").stdout
+    assert line.startswith(KEY_LINE), line
+    owners = vm.ssh("stat -c '%U:%G %a' /var/lib/hostagent-rpc /var/lib/hostagent-rpc/.ssh "
+                    "/var/lib/hostagent-rpc/.ssh/authorized_keys").stdout.split()
+    assert owners == ["root:root", "755", "root:root", "755", "root:root", "644"], owners
+    assert "hostagent-rpc" not in vm.ssh("cat /root/.ssh/authorized_keys").stdout  # nothing on root
+    # from anywhere but the controller's address (here QEMU's user network) the key is refused outright
     controller_key = tmp_path / "controller_key"
     controller_key.write_text(vm.ssh("cat /var/lib/hostagent-fleet/id_ed25519").stdout)
     controller_key.chmod(0o600)
-    line = vm.ssh("grep hostagent-controller /root/.ssh/authorized_keys").stdout
-    assert line.startswith('restrict,command="/opt/hostagent/venv/bin/hostagent rpc" ssh-ed25519 ')
-    shell = vm.ssh("touch /tmp/canary; id", key=controller_key)
-    reply = json.loads(shell.stdout.splitlines()[-1])
-    assert reply["refused"] is True and "';' is not allowed" in reply["error"]
-    assert vm.ssh("test -e /tmp/canary").returncode == 1
-    version = json.loads(vm.ssh("version", key=controller_key).stdout)
-    assert version["ok"] is True and version["result"]["version"] == "0.1.0"
+    outside = vm.ssh("report", key=controller_key, user="hostagent-rpc")
+    assert outside.returncode == 255 and "Permission denied" in outside.stderr, outside
 
-    # the controller inside the VM polls the agent through that key, with the host key Ansible collected
-    poll = vm.ssh("/opt/hostagent-fleet/venv/bin/hostagent --config /etc/hostagent/fleet.toml fleet poll --json")
-    assert poll.returncode == 0, poll.stdout + poll.stderr
-    assert json.loads(poll.stdout)[0]["ok"] is True
-    assert vm.ssh("test -s /var/www/hostagent/index.html || sleep 15; test -s /var/www/hostagent/index.html"
-                  ).returncode == 0  # fleet watch publishes the status page
+    done = vm.ssh(f"python3 - <<'EOF'\n{(REPO / 'tests/rpc_attempts.py').read_text()}\nEOF", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+
+    def reply(name: str) -> dict[str, object]:
+        lines = str(found[name]["stdout"]).strip().splitlines()
+        assert lines, (name, found[name])
+        return json.loads(lines[-1])
+
+    report = reply("report")
+    assert report["ok"] is True and report["result"]["source"] == "daemon", report
+    for name, why in (("metacharacters", "';' is not allowed"), ("substitution", "is not allowed"),
+                      ("force", "--force is refused over RPC"), ("unknown_verb", "not allowed"),
+                      ("shell", "no command"), ("shell_stdin", "no command")):
+        refused = reply(name)
+        assert refused["refused"] is True and why in str(refused["error"]), (name, refused)
+    assert "PTY allocation request failed" in str(found["shell"]["stderr"]), found["shell"]
+    for name in ("remote_forward", "stdio_forward", "scp", "scp_sftp", "sftp"):
+        assert found[name]["rc"] not in (0, None), (name, found[name])
+    assert "forwarding failed" in str(found["remote_forward"]["stderr"]), found["remote_forward"]
+    assert "administratively prohibited" in str(found["stdio_forward"]["stderr"]), found["stdio_forward"]
+    assert found["canary"] is False
+    # the RPC account reaches no state: not the directory, the audit log or the journals
+    for name in ("state_dir", "audit", "journals"):
+        assert found[name]["rc"] != 0 and "Permission denied" in str(found[name]["stderr"]), (name, found[name])
+    # the socket: root's, the RPC account's group, 0660; the account itself gets an answer
+    assert found["socket"] == {"mode": "0o660", "uid": 0, "gid": found["rpc_gid"]}, found["socket"]
+    assert json.loads(str(found["rpc_account_socket"]["stdout"]).strip().splitlines()[-1])["ok"] is True
+    # another user: refused by the file mode, and with the group too, by the daemon's SO_PEERCRED check
+    assert "connect: Permission denied" in str(found["intruder_socket"]["stdout"]), found["intruder_socket"]
+    peer = json.loads(str(found["intruder_with_group"]["stdout"]).strip().splitlines()[-1])
+    assert peer["refused"] is True and f"uid {found['intruder_uid']} may not use the RPC socket" in peer["error"]
+    # each refusal is audited with the key's fingerprint (sshd's ExposeAuthInfo) and the client's address
+    audit = [json.loads(line) for line in vm.ssh("cat /var/lib/hostagent/audit.jsonl").stdout.splitlines() if line]
+    refusals = [a for a in audit if a.get("event") == "rpc" and a.get("action") == "refused" and a.get("key")]
+    assert len(refusals) >= 5 and all(a["key"] == found["fingerprint"] and a["client"] == "127.0.0.1"
+                                      for a in refusals), refusals[-3:]

@@ -129,10 +129,11 @@ class DebianVM:
     console: Path
     process: subprocess.Popen[bytes]
 
-    def ssh(self, command: str, key: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def ssh(self, command: str, key: Path | None = None, timeout: float = 120,
+            user: str = "root") -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ssh", "-i", str(key or self.key), "-p", str(self.port), "-o", "BatchMode=yes",
                                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                               "-o", "IdentitiesOnly=yes", "root@127.0.0.1", command],
+                               "-o", "IdentitiesOnly=yes", f"{user}@127.0.0.1", command],
                               capture_output=True, text=True, timeout=timeout)
 
 

@@ -6,6 +6,8 @@ import datetime as dt
 import http.server
 import json
 import logging
+import os
+import pwd
 import signal
 import socket
 import threading
@@ -24,6 +26,22 @@ from hostagent.maintenance.when import parse_when
 
 log = logging.getLogger("hostagent.fleet")
 FINAL = ("done", "failed", "cancelled", "missed")
+
+
+def refuse_foreign_state(state_dir: str) -> None:
+    """Root must not write into the controller account's state: the files it left would be root's, and
+    the service (running as that account) could no longer replace them."""
+    try:
+        owner = os.stat(state_dir).st_uid
+    except OSError:
+        return
+    if os.geteuid() == 0 and owner != 0:
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        raise HostagentError(f"{state_dir} belongs to {name}: run the controller as that account "
+                             f"(runuser -u {name} -- hostagent ...), so that its files stay the service's")
 
 
 def rows(controller: Controller) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from hostagent.maintenance import notices
 from hostagent.maintenance.journal import Journal, JournalStore
 from hostagent.maintenance.preflight import Preflight
 from hostagent.maintenance.run import resume_after_boot, run_now
+from hostagent.rpcserver import Answerer, Published
 from tests.helpers import wait_for
 from tests.integration.test_alerts import Sink, sink_server
 from tests.integration.test_cli import hostagent
@@ -332,10 +333,11 @@ def test_unreadable_journals_are_listed_set_aside_and_block_nothing(tmp_path: Pa
     assert f"{wrong.id}.json  unreadable" in text_list.stdout and "Traceback" not in text_list.stderr
     status = hostagent("--config", config, "maintenance", "status", "--json", "--state-dir", str(state))
     assert [r["id"] for r in json.loads(status.stdout)] == [planned.id]
-    report = hostagent("--config", config, "rpc", "--state-dir", str(state),
-                       env={"SSH_ORIGINAL_COMMAND": "maintenance status"})
-    assert report.returncode == 0, report.stderr
-    assert len(json.loads(report.stdout)["result"]["unreadable"]) == 2
+    # the daemon's RPC answer lists them too
+    answerer = Answerer(Published, store.directory, ["/bin/false"])
+    report = answerer.answer({"op": "request", "command": "maintenance status", "allow": ["maintenance status"]},
+                             "pid 1 uid 0")
+    assert report["ok"] is True and len(report["result"]["unreadable"]) == 2, report
     daemon.tick()  # the daemon sets both aside and alerts naming each
     assert sorted(p.name for p in store.directory.glob("*.corrupt")) == sorted(
         [f"{truncated.id}.corrupt", f"{wrong.id}.corrupt"])

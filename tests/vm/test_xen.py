@@ -184,6 +184,10 @@ def test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently(
     checked = ansible_run.playbook(hosts, "--check", "--diff", *extra)
     assert checked.returncode == 0 and ansible_run.recap(checked.stdout)["changed"] == 0, \
         ansible_run.changed_tasks(checked.stdout)
+    # check mode shows the key line the role writes
+    assert '/var/lib/hostagent-rpc/.ssh/authorized_keys: restrict,from=\\"127.0.0.1\\",command=\\"' \
+           "/opt/hostagent/venv/bin/hostagent rpc --allow read,maintenance --key hostagent-controller" in \
+           checked.stdout, checked.stdout[-3000:]
 
 
 def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them_at_boot(
@@ -248,7 +252,8 @@ def test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_reboo
         dom0: DebianVM, installed: object) -> None:
     ssh_ok(dom0, "mkdir -p /etc/systemd/system/hostagent.service.d /run/hostagent-pauses && "
                  "printf '[Service]\\nEnvironment=HOSTAGENT_TEST_PAUSE=before-reboot "
-                 "HOSTAGENT_TEST_PAUSE_DIR=/run/hostagent-pauses\\n' > /etc/systemd/system/hostagent.service.d/"
+                 "HOSTAGENT_TEST_PAUSE_DIR=/run/hostagent-pauses\\nReadWritePaths=/run/hostagent-pauses\\n' > "
+                 "/etc/systemd/system/hostagent.service.d/"
                  "pause.conf && systemctl daemon-reload")
     configure(dom0)
     old_boot = boot_id(dom0)
