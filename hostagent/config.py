@@ -1,14 +1,17 @@
 """/etc/hostagent/hostagent.toml -> frozen, typed objects, validated once.
 
 An unknown key is an error naming its path; a wrong type names the key and the type
-expected; a missing file means defaults.  The reference is docs/config.md.
+expected; ranges, cross-field rules, addresses and the SMTP password file are checked too, and
+every problem is reported at once.  A missing file means defaults.  The reference is docs/config.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +25,16 @@ from hostagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 ENV_VAR = "HOSTAGENT_CONFIG"
+MAX_BYTES = 1 << 20  # a configuration is a few KiB; anything near this is not one
+_MAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+                   r"[A-Za-z0-9])?)*\.?")
+# a warning limit and the critical limit it must stay below (or a value and its maximum: at most)
+_BELOW = (("checks.smart.temperature_warning", "checks.smart.temperature_critical", True),
+          ("checks.smart.nvme_temperature_warning", "checks.smart.nvme_temperature_critical", True),
+          ("checks.net.syn_recv_warning", "checks.net.syn_recv_critical", True),
+          ("checks.net.icmp_echo_warning", "checks.net.icmp_echo_critical", True),
+          ("checks.net.mitigation_ttl", "checks.net.mitigation_max_ttl", False))
 
 
 @dataclass(frozen=True)
@@ -147,20 +160,119 @@ def load_config(explicit: str | None = None) -> Config:
         raise ConfigError(f"config file {path}: cannot read: {err.strerror or err}") from None
     import tomllib  # only when there is a file: keeps `hostagent check` quick without one
 
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"config file {path}: {len(raw)} bytes; a configuration is at most {MAX_BYTES} bytes")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: not valid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, source=path)
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
-    values: Config = _build(Config, dict(data), source, "", skip=("source",))
-    _check_maintenance(values.maintenance, source)
+    """The typed configuration, or one ConfigError listing every problem, one per line."""
+    problems: list[str] = []
+    values: Config = _build(Config, dict(data), source, "", problems, skip=("source",))
+    problems += _check_maintenance(values.maintenance, source)
+    problems += _rules(values, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return dataclasses.replace(values, source=source)
 
 
-def _check_maintenance(m: MaintenanceConfig, source: str) -> None:
+def _fields(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every field, nested sections included."""
+    found: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        where = _join(path, f.name)
+        found += _fields(item, where) if dataclasses.is_dataclass(item) else [(where, item)]
+    return found
+
+
+def _rules(config: Config, source: str) -> list[str]:
+    """Ranges, cross-field rules, addresses and the password file (the file's types are right)."""
+    problems: list[str] = []
+    values = dict(_fields(config))
+
+    def bad(path: str, message: str) -> None:
+        problems.append(f"{source}: {path}: {message}")
+
+    for path, value in values.items():
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf.endswith(("timeout", "interval")) and isinstance(value, int | float) and value <= 0:
+            bad(path, f"must be more than 0 s, got {value}")
+    for low, high, strictly in _BELOW:
+        if values[low] > values[high] or (strictly and values[low] == values[high]):
+            bad(low, f"{values[low]} must be {'below' if strictly else 'at most'} {high} ({values[high]})")
+    smtp = config.alerts.smtp
+    if not 1 <= smtp.port <= 65535:
+        bad("alerts.smtp.port", f"must be a port from 1 to 65535, got {smtp.port}")
+    if not _is_host(smtp.host):
+        bad("alerts.smtp.host", f"{_shorten(smtp.host)} is not a host name or address")
+    addresses = [("alerts.smtp.from_addr", smtp.from_addr)] + [
+        (f"alerts.routes[{i}].to[{j}]", to) for i, route in enumerate(config.alerts.routes)
+        for j, to in enumerate(route.to)]
+    for path, address in addresses:
+        if not _MAIL.fullmatch(address):
+            bad(path, f"{_shorten(address)} is not a mail address (name@domain)")
+    if smtp.username and smtp.security == "none" and not smtp.allow_plaintext_auth:
+        bad("alerts.smtp.username", 'AUTH over an unencrypted connection sends the password in clear: set '
+                                    'security = "starttls" or "tls" (or allow_plaintext_auth = true on purpose)')
+    if bool(smtp.username) != bool(smtp.password_file):
+        bad("alerts.smtp.password_file" if smtp.username else "alerts.smtp.username",
+            "username and password_file go together")
+    if smtp.password_file:
+        problems += [f"{source}: alerts.smtp.password_file: {p}" for p in password_file_problems(smtp.password_file)]
+    if config.fleet.metrics_listen is not None:
+        host, _, port = config.fleet.metrics_listen.rpartition(":")
+        if not (port.isdigit() and 1 <= int(port) <= 65535 and _is_host(host.strip("[]") or "0.0.0.0")):
+            bad("fleet.metrics_listen", f"{_shorten(config.fleet.metrics_listen)} is not HOST:PORT "
+                                        "with a port from 1 to 65535")
+    net = config.checks.net
+    try:
+        ipaddress.ip_address(net.exabgp_next_hop)
+    except ValueError:
+        bad("checks.net.exabgp_next_hop", f"{_shorten(net.exabgp_next_hop)} is not an IP address")
+    for i, prefix in enumerate(net.never_block):
+        try:
+            ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            bad(f"checks.net.never_block[{i}]", f"{_shorten(prefix)} is not an address or prefix")
+    return problems
+
+
+def password_file_problems(path: str) -> list[str]:
+    """A secret file must be root's (or the reading account's own) and closed to group and others."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        return [f"{path}: {err.strerror or err}"]
+    problems = []
+    if info.st_uid not in (0, os.geteuid()):
+        problems.append(f"{path} belongs to uid {info.st_uid}: it must be root's")
+    if info.st_mode & 0o077:
+        problems.append(f"{path} has mode {info.st_mode & 0o777:04o}: the group and others must not read it "
+                        "(chmod 600)")
+    return problems
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return _HOST.fullmatch(text) is not None
+    return True
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "...'"
+
+
+def _check_maintenance(m: MaintenanceConfig, source: str) -> list[str]:
     """Values that would only fail in the middle of a maintenance, after guests were saved."""
     problems = []
     if not m.reboot_command or not m.reboot_command[0].strip():
@@ -174,16 +286,14 @@ def _check_maintenance(m: MaintenanceConfig, source: str) -> None:
     for key in ("concurrency", "restore_attempts"):
         if getattr(m, key) < 1:
             problems.append(f"{key}: must be at least 1, got {getattr(m, key)}")
-    for key in ("save_timeout", "shutdown_timeout", "restore_timeout", "reboot_wait"):
-        if getattr(m, key) <= 0:
-            problems.append(f"{key}: must be more than 0 s, got {getattr(m, key)}")
+    if m.reboot_wait <= 0:  # the timeouts are checked with every other timeout
+        problems.append(f"reboot_wait: must be more than 0 s, got {m.reboot_wait}")
     if any(lead <= 0 for lead in m.notice_lead_times):
         problems.append("notice_lead_times: every lead time must be more than 0 s")
     for guest, owner in m.owners.items():
         if "@" not in owner or any(c.isspace() or not c.isprintable() for c in owner):
             problems.append(f"owners.{guest}: {owner!r} is not a mail address")
-    if problems:
-        raise ConfigError(f"{source}: maintenance." + f"\n{source}: maintenance.".join(problems))
+    return [f"{source}: maintenance.{problem}" for problem in problems]
 
 
 def check_on_host(config: Config) -> list[str]:
@@ -197,54 +307,69 @@ def check_on_host(config: Config) -> list[str]:
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_INVALID = object()  # what _convert returns for a value it added a problem about
 
 
-def _build(cls: Any, data: Any, source: str, path: str, skip: tuple[str, ...] = ()) -> Any:
+def _build(cls: Any, data: Any, source: str, path: str, problems: list[str], skip: tuple[str, ...] = ()) -> Any:
+    """``cls`` from a table; each bad key is added to ``problems`` and left at its default."""
     where = path or "top level"
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: {where}: expected a table, got {_describe(data)}")
+        problems.append(f"{source}: {where}: expected a table, got {_describe(data)}")
+        return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.name not in skip}
-    for key in data:
+    kwargs = {}
+    for key, value in data.items():
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{source}: unknown key {_join(path, key)} (known keys here: {known})")
-    kwargs = {key: _convert(value, hints[key], source, _join(path, key)) for key, value in data.items()}
+            problems.append(f"{source}: unknown key {_join(path, key)} (known keys here: {', '.join(sorted(fields))})")
+            continue
+        converted = _convert(value, hints[key], source, _join(path, key), problems)
+        if converted is not _INVALID:  # a bad value stays at its default, so the rules still run
+            kwargs[key] = converted
     return cls(**kwargs)
 
 
-def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
+def _convert(value: Any, tp: Any, source: str, path: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
+
+    def bad(message: str) -> object:
+        problems.append(f"{source}: {path}: {message}")
+        return _INVALID
+
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, path)
+        return _build(tp, value, source, path, problems)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{source}: {path}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            return bad(f"expected one of {', '.join(map(repr, choices))}, got {_shorten(value)}")
         return value
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(value, options[0], source, path)
+        return _convert(value, options[0], source, path, problems)
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if not isinstance(value, list):
             kind = "tables" if dataclasses.is_dataclass(item) else f"{_TYPE_NAMES[item][2:]}s"
-            raise ConfigError(f"{source}: {path}: expected a list of {kind}, got {_describe(value)}")
-        return tuple(_convert(v, item, source, f"{path}[{i}]") for i, v in enumerate(value))
+            return bad(f"expected a list of {kind}, got {_describe(value)}")
+        items = [_convert(v, item, source, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else tuple(items)
     if origin in (Mapping, dict, typing.Mapping):
         _, item = typing.get_args(tp)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: {path}: expected a table, got {_describe(value)}")
-        return types.MappingProxyType({str(k): _convert(v, item, source, _join(path, k)) for k, v in value.items()})
+            return bad(f"expected a table, got {_describe(value)}")
+        table = {str(k): _convert(v, item, source, _join(path, k), problems) for k, v in value.items()}
+        return _INVALID if _INVALID in table.values() else types.MappingProxyType(table)
     if tp is float and type(value) is int:
         value = float(value)
     if tp in _TYPE_NAMES:
         if type(value) is not tp:
-            raise ConfigError(f"{source}: {path}: expected {_TYPE_NAMES[tp]}, got {_describe(value)}")
+            return bad(f"expected {_TYPE_NAMES[tp]}, got {_describe(value)}")
         if tp is float and not math.isfinite(value):
-            raise ConfigError(f"{source}: {path}: must be a finite number, got {value}")
+            return bad(f"must be a finite number, got {value}")
         if tp in (int, float) and value < 0:
-            raise ConfigError(f"{source}: {path}: must not be negative, got {value}")
+            return bad(f"must not be negative, got {value}")
+        if tp is str and not value.isprintable():
+            return bad(f"{_shorten(value)} contains a control character (such as a newline): only printable text")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {path}")
 
@@ -255,4 +380,5 @@ def _join(path: str, key: str) -> str:
 
 def _describe(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+    shown = repr(value)
+    return f"{kind.get(type(value), type(value).__name__)} {shown if len(shown) <= 60 else shown[:60] + '...'}"

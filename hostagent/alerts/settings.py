@@ -18,6 +18,7 @@ class SmtpConfig:
     from_addr: str = "hostagent@localhost"
     timeout: float = 30.0
     ca_file: str | None = None
+    allow_plaintext_auth: bool = False  # AUTH with security = "none": only on purpose
 
 
 @dataclass(frozen=True)

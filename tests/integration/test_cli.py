@@ -196,3 +196,94 @@ def test_config_check_refuses_maintenance_values_that_would_fail_mid_run(tmp_pat
     refused = hostagent("config", "check", str(config))
     assert refused.returncode == 3 and message in refused.stderr, refused.stderr
     assert str(config) in refused.stderr and "Traceback" not in refused.stderr
+
+
+# (TOML line under its section, what the one error must say about it)
+BAD_VALUES = [
+    ("agent", "command_timeout = nan", "agent.command_timeout: must be a finite number"),
+    ("alerts", "hook_timeout = 0", "alerts.hook_timeout: must be more than 0 s"),
+    ("watch", "md_interval = 0.0", "watch.md_interval: must be more than 0 s"),
+    ("checks.boot", "timeout = inf", "checks.boot.timeout: must be a finite number"),
+    ("checks.smart", "temperature_warning = 70", "checks.smart.temperature_warning: 70 must be below "
+                                                 "checks.smart.temperature_critical (65)"),
+    ("checks.net", "syn_recv_warning = 2000", "checks.net.syn_recv_warning: 2000 must be below "
+                                              "checks.net.syn_recv_critical (1024)"),
+    ("checks.net", 'exabgp_next_hop = "blackhole"', "checks.net.exabgp_next_hop: 'blackhole' is not an IP address"),
+    ("checks.net", 'never_block = ["10.0.0.0/8", "mgmt"]', "checks.net.never_block[1]: 'mgmt' is not an address"),
+    ("alerts.smtp", "port = 0", "alerts.smtp.port: must be a port from 1 to 65535, got 0"),
+    ("alerts.smtp", 'host = "mail.example.net\\nRCPT TO:<x@y>"', "alerts.smtp.host: 'mail.example.net\\nRCPT"),
+    ("alerts.smtp", 'from_addr = "ops@example.net\\r\\nBcc: x@example.com"', "alerts.smtp.from_addr: "),
+    ("alerts.smtp", 'username = "hostagent"', "alerts.smtp.username: AUTH over an unencrypted connection"),
+    ("fleet", 'metrics_listen = "127.0.0.1:99999"', "fleet.metrics_listen: '127.0.0.1:99999' is not HOST:PORT"),
+    ("checks.net", "mitigation_ttl = 90000.0", "checks.net.mitigation_ttl: 90000.0 must be at most "
+                                               "checks.net.mitigation_max_ttl (86400.0)"),
+    ("maintenance", "save_timeout = -5", "maintenance.save_timeout: must not be negative"),
+    ("maintenance", "concurrency = 0", "maintenance.concurrency: must be at least 1"),
+    ("maintenance", "restore_attemps = 2", "unknown key maintenance.restore_attemps"),
+]
+
+
+def test_every_bad_value_is_reported_at_once(tmp_path: Path) -> None:
+    sections: dict[str, list[str]] = {}
+    for section, line, _ in BAD_VALUES:
+        sections.setdefault(section, []).append(line)
+    config = tmp_path / "hostagent.toml"
+    config.write_text("".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items()))
+    refused = hostagent("config", "check", str(config))
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    for _, line, message in BAD_VALUES:
+        assert sum(message in found for found in lines) == 1, (line, message, refused.stderr)
+    # one line per problem, each naming the file; the username without a password file is one more
+    assert len(lines) == len(BAD_VALUES) + 1 and all(str(config) in found for found in lines), lines
+    assert "\r" not in refused.stderr and "\nRCPT" not in refused.stderr  # control characters are shown escaped
+
+
+def test_plaintext_auth_only_when_allowed_on_purpose(tmp_path: Path) -> None:
+    secret = tmp_path / "smtp.password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[alerts.smtp]\nusername = "hostagent"\npassword_file = "{secret}"\n')
+    refused = hostagent("config", "check", str(config))
+    assert refused.returncode == 3 and "AUTH over an unencrypted connection" in refused.stderr
+    config.write_text(config.read_text() + "allow_plaintext_auth = true\n")
+    assert hostagent("config", "check", str(config)).returncode == 0
+    config.write_text(f'[alerts.smtp]\nsecurity = "starttls"\nusername = "hostagent"\npassword_file = "{secret}"\n')
+    assert hostagent("config", "check", str(config)).returncode == 0
+
+
+def test_the_password_file_must_be_roots_and_closed_to_others(tmp_path: Path) -> None:
+    secret = tmp_path / "smtp.password"
+    secret.write_text("s3cret\n")
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[alerts.smtp]\nsecurity = "tls"\nusername = "hostagent"\npassword_file = "{secret}"\n')
+    for mode, expected in ((0o644, "has mode 0644: the group and others must not read it"),
+                           (0o640, "has mode 0640"), (0o604, "has mode 0604")):
+        secret.chmod(mode)
+        refused = hostagent("config", "check", str(config))
+        assert refused.returncode == 3 and f"alerts.smtp.password_file: {secret} {expected}" in refused.stderr
+    secret.chmod(0o600)
+    assert hostagent("config", "check", str(config)).returncode == 0
+    os.chown(secret, 65534, 65534)  # nobody's: whoever owns it can swap the password
+    refused = hostagent("config", "check", str(config))
+    assert refused.returncode == 3 and f"{secret} belongs to uid 65534: it must be root's" in refused.stderr
+    secret.unlink()
+    refused = hostagent("config", "check", str(config))
+    assert refused.returncode == 3 and f"{secret}: No such file or directory" in refused.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n", "nested too deeply"),
+    ("[" + ".".join(["a"] * 5000) + "]\n", "unknown key a"),
+    ("# " + "x" * (2 << 20) + "\n", "a configuration is at most"),
+    ("[alerts]\nhook = '" + "x" * 100000 + "'\n[checks.md]\nenabled = '" + "y" * 100000 + "'\n",
+     "checks.md.enabled: expected a boolean"),
+])
+def test_deep_or_huge_toml_is_a_clean_error(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "hostagent.toml"
+    config.write_text(text)
+    refused = hostagent("config", "check", str(config))
+    assert refused.returncode == 3 and message in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr and len(refused.stderr) < 4000  # values shown cut short
