@@ -23,6 +23,8 @@ from typing import Any
 from hostagent.errors import HostagentError
 from hostagent.fleet.inventory import FleetHost
 
+MAX_REPLY = 16 << 20  # an agent's report is a few hundred KiB at most
+
 
 class TransportError(HostagentError):
     """A host could not be asked: its name, what failed, and why."""
@@ -177,7 +179,10 @@ class Transport:
                 if not chunk:
                     break
                 out += chunk
-            while channel.recv_stderr_ready():
+                if len(out) > MAX_REPLY:  # a hostile or broken host must not fill the controller's memory
+                    channel.close()
+                    raise TransportError(f"host {host.name}: reply larger than {MAX_REPLY} bytes; dropped")
+            while channel.recv_stderr_ready() and len(errors) < MAX_REPLY:
                 errors += channel.recv_stderr(65536)
             while not channel.exit_status_ready():
                 if time.monotonic() > deadline:

@@ -17,6 +17,7 @@ from hostagent.hypervisor import select
 from hostagent.maintenance.journal import OUTCOMES, Journal, JournalError, JournalStore, PhaseMoved
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.maintenance.when import describe, parse_when
+from hostagent.rpc import MAX_REASON, shown
 
 
 def store_for(config: Config, state_dir: str | None) -> JournalStore:
@@ -26,6 +27,9 @@ def store_for(config: Config, state_dir: str | None) -> JournalStore:
 def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, dry_run: bool, force: bool,
              force_unbootable: bool, notify_owners: bool = False,
              now: dt.datetime | None = None) -> tuple[dict[str, Any], Preflight]:
+    if not reason.isprintable() or len(reason) > MAX_REASON:
+        raise HostagentError(f"--reason {shown(reason, 60)!r}: at most {MAX_REASON} printable characters "
+                             "(no control characters: the reason is printed on terminals and in mail)")
     moment = parse_when(when, now or dt.datetime.now(dt.UTC).astimezone())
     store = store_for(config, state_dir)
     active = store.active()
@@ -96,7 +100,7 @@ def render_rows(rows: list[dict[str, Any]], status: bool) -> str:
         if row["phase"] == "unreadable":
             lines.append(f"{row['file']}  unreadable: {row['error']}")
             continue
-        lines.append(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {printable(row['reason'])}")
+        lines.append(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {shown(row['reason'])}")
         for guest, record in row["guests"].items():
             down = f", down {record['downtime_s']:.1f} s" if record["downtime_s"] is not None else ""
             said = OUTCOMES.get(record["outcome"], record["state"])
@@ -108,11 +112,6 @@ def render_rows(rows: list[dict[str, Any]], status: bool) -> str:
     if not rows:
         lines.append("no maintenance" + (" scheduled" if status else ""))
     return "\n".join(lines) + "\n"
-
-
-def printable(text: str) -> str:
-    """Text from a journal as safe to print on a terminal: control characters shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:

@@ -65,3 +65,20 @@ def test_run_now_saves_and_reboots(tmp_path: Path) -> None:
     assert rebooted.exists()
     again = hostagent(*base, "run-now", "--state-dir", str(state))
     assert again.returncode == 3 and "no planned maintenance to run" in again.stderr
+
+
+def test_a_reason_with_control_characters_is_refused_and_an_old_one_is_shown_escaped(tmp_path: Path) -> None:
+    base, state = setup(tmp_path)
+    for reason in ("kernel\x1b[2J", "line one\nline two", "x" * 201):
+        refused = hostagent(*base, "--reboot-at", "2099-01-01 04:00", "--force", "--reason", reason,
+                            "--state-dir", str(state))
+        assert refused.returncode == 3 and "at most 200 printable characters" in refused.stderr, refused.stderr
+        assert "\x1b" not in refused.stderr and not (state / "maintenance").exists()
+    planned = hostagent(*base, "--reboot-at", "2099-01-01 04:00", "--force", "--json", "--reason", "kernel",
+                        "--state-dir", str(state))
+    journal = state / "maintenance" / f"{json.loads(planned.stdout)['id']}.json"
+    document = json.loads(journal.read_text())
+    document["reason"] = "kernel\x1b]0;owned\x07"  # written by an older version, or by hand
+    journal.write_text(json.dumps(document))
+    listed = hostagent(*base, "list", "--state-dir", str(state))
+    assert "kernel\\x1b]0;owned\\x07" in listed.stdout and "\x1b" not in listed.stdout, listed.stdout

@@ -21,7 +21,7 @@ import pytest
 from hostagent.config import FleetConfig
 from hostagent.fleet.controller import AGENT_DOWN, Controller, fleet_findings
 from tests.integration.test_fleet import controller_config, load
-from tests.sshfleet import USER, SshFleet, agent_command
+from tests.sshfleet import REPO, USER, SshFleet, agent_command
 
 OTHER = "hafleet2"  # a second, real account on the host
 
@@ -230,3 +230,26 @@ def test_a_stopped_daemon_is_reported_as_not_running_and_the_controller_shows_ag
         host.start_agent()
     with socket.socket(socket.AF_UNIX) as probe:  # back: the restarted daemon took over its stale socket
         probe.connect(str(host.socket))
+
+
+def test_a_hostile_host_cannot_flood_the_controller_or_its_terminal(fleet: SshFleet, tmp_path: Path) -> None:
+    """A compromised host answers the poll with 20 MiB, then with escape sequences: the controller
+    drops the first, shows the second escaped, and keeps polling the other host."""
+    host = fleet.hosts[1]
+    config = controller_config(fleet, tmp_path)
+    try:
+        host.authorize(fleet.controller_public, "head -c 20000000 /dev/zero")
+        controller = Controller(load(config))  # type: ignore[arg-type]
+        try:
+            results = {r.host: r for r in controller.poll()}
+        finally:
+            controller.close()
+        assert results["hv1"].ok, results["hv1"]
+        assert not results["hv2"].ok and f"reply larger than {16 << 20} bytes" in str(results["hv2"].error)
+        host.authorize(fleet.controller_public, r"printf '\033]0;owned\007\033[2J{\"x\": 1'")
+        shown = subprocess.run([str(REPO / ".venv/bin/hostagent"), "--config", str(config), "fleet", "poll"],
+                               capture_output=True, text=True, timeout=120)
+        assert "hv2" in shown.stdout and "\x1b" not in shown.stdout + shown.stderr, shown
+        assert "\\x1b" in shown.stdout, shown.stdout  # shown, escaped
+    finally:
+        host.authorize(fleet.controller_public, agent_command(host.socket, allow="report,status"))
