@@ -104,7 +104,7 @@ class FleetConfig:
     key: str = "/var/lib/hostagent-fleet/id_ed25519"
     known_hosts: str = "/var/lib/hostagent-fleet/known_hosts"
     state_dir: str = "/var/lib/hostagent-fleet"
-    user: str = "hostagent"  # when the inventory gives no ansible_user
+    user: str = "hostagent-rpc"  # when the inventory gives no ansible_user: the role's RPC account
     concurrency: int = 20
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
@@ -231,6 +231,12 @@ def _rules(config: Config, source: str) -> list[str]:
         if not (port.isdigit() and 1 <= int(port) <= 65535 and _is_host(host.strip("[]") or "0.0.0.0")):
             bad("fleet.metrics_listen", f"{_shorten(config.fleet.metrics_listen)} is not HOST:PORT "
                                         "with a port from 1 to 65535")
+    from hostagent.rpc import GROUPS, VERBS
+
+    for i, verb in enumerate(config.agent.rpc_allow):
+        if verb not in VERBS and verb not in GROUPS:
+            bad(f"agent.rpc_allow[{i}]", f"{_shorten(verb)} is not a verb or group (verbs: {', '.join(VERBS)}; "
+                                         f"groups: {', '.join(GROUPS)})")
     net = config.checks.net
     try:
         ipaddress.ip_address(net.exabgp_next_hop)

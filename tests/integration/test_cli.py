@@ -220,6 +220,7 @@ BAD_VALUES = [
     ("maintenance", "save_timeout = -5", "maintenance.save_timeout: must not be negative"),
     ("maintenance", "concurrency = 0", "maintenance.concurrency: must be at least 1"),
     ("maintenance", "restore_attemps = 2", "unknown key maintenance.restore_attemps"),
+    ("agent", 'rpc_allow = ["read", "reboot"]', "agent.rpc_allow[1]: 'reboot' is not a verb or group"),
 ]
 
 
