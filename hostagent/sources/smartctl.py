@@ -143,6 +143,21 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _shaped(value: Any, kind: type, path: str, source: str) -> Any:
+    """``value`` when it is a ``kind`` (dict or list); absent is empty; anything else is a ParseError
+    naming the path, never a silent OK."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ParseError(source, None, f"{path}: expected {'an object' if kind is dict else 'a list'}, "
+                                       f"got {type(value).__name__}")
+    return value
+
+
 def _version(data: dict[str, Any]) -> tuple[int, int] | None:
     version = data["smartctl"].get("version")
     if isinstance(version, list) and len(version) >= 2 and all(isinstance(v, int) for v in version[:2]):
@@ -151,16 +166,25 @@ def _version(data: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def parse_smartctl(text: str, source: str = "smartctl") -> SmartReport:
+    """smartctl --json output -> SmartReport; output of any other shape is a ParseError naming ``source``."""
     data = load_json(text, source)
+    try:
+        return _report(data, source)
+    except (AttributeError, TypeError, ValueError) as err:  # a shape no smartctl version prints
+        raise ParseError(source, None, f"unexpected structure: {err}") from None
+
+
+def _report(data: dict[str, Any], source: str) -> SmartReport:
     meta = data["smartctl"]
     exit_status = _int(meta.get("exit_status"))
     if exit_status is None:
         raise ParseError(source, None, "smartctl.exit_status is missing")
-    messages = tuple(str(m.get("string", "")) for m in meta.get("messages", []) if isinstance(m, dict))
+    messages = tuple(str(m.get("string", "")) for m in _shaped(meta.get("messages"), list, "smartctl.messages",
+                                                                source) if isinstance(m, dict))
     power_mode = next((m.group(1) for text_ in messages if (m := _POWER_MODE.search(text_))), None)
     device: dict[str, Any] = data["device"] if isinstance(data.get("device"), dict) else {}
-    status = data.get("smart_status")
-    passed = status.get("passed") if isinstance(status, dict) and isinstance(status.get("passed"), bool) else None
+    status = _shaped(data.get("smart_status"), dict, "smart_status", source)
+    passed = status.get("passed") if isinstance(status.get("passed"), bool) else None
     support = data.get("smart_support")
     available = support.get("available") if isinstance(support, dict) else None
     temperature = data.get("temperature")
@@ -172,8 +196,8 @@ def parse_smartctl(text: str, source: str = "smartctl") -> SmartReport:
         version=_version(data),
         exit_status=exit_status,
         messages=messages,
-        model=data.get("model_name") or data.get("scsi_model_name") or data.get("scsi_product"),
-        serial=data.get("serial_number"),
+        model=_str(data.get("model_name")) or _str(data.get("scsi_model_name")) or _str(data.get("scsi_product")),
+        serial=_str(data.get("serial_number")),
         passed=passed,
         power_mode_skipped=power_mode if exit_status & 0b10 else None,
         smart_available=available if isinstance(available, bool) else None,
@@ -181,13 +205,14 @@ def parse_smartctl(text: str, source: str = "smartctl") -> SmartReport:
         nvme=_nvme(data),
         grown_defects=_int(data.get("scsi_grown_defect_list")),
         temperature=_int(temperature.get("current")) if isinstance(temperature, dict) else None,
-        failed_selftests=_failed_selftests(data),
+        failed_selftests=_failed_selftests(data, source),
         power_on_hours=_int(power_on.get("hours")) if isinstance(power_on, dict) else None,
     )
 
 
 def _attributes(data: dict[str, Any], source: str) -> dict[int, SmartAttribute]:
-    table = data.get("ata_smart_attributes", {}).get("table", [])
+    section = _shaped(data.get("ata_smart_attributes"), dict, "ata_smart_attributes", source)
+    table = _shaped(section.get("table"), list, "ata_smart_attributes.table", source)
     found = {}
     for index, row in enumerate(table):
         try:
@@ -220,33 +245,41 @@ def _nvme(data: dict[str, Any]) -> NvmeHealth | None:
     )
 
 
-def _failed_selftests(data: dict[str, Any]) -> tuple[str, ...]:
+def _failed_selftests(data: dict[str, Any], source: str) -> tuple[str, ...]:
     """The most recent self-test of each kind, where it failed (older failures are history)."""
+
+    def rows(path: str) -> list[dict[str, Any]]:
+        value: Any = data
+        for part in path.split("."):
+            value = _shaped(value.get(part), list if part == "table" else dict, path, source)
+        return [row for row in value if isinstance(row, dict)]
+
+    def field(row: dict[str, Any], key: str) -> dict[str, Any]:
+        value = row.get(key)
+        return value if isinstance(value, dict) else {}
+
     failed = []
     latest: dict[str, dict[str, Any]] = {}
-    ata = data.get("ata_smart_self_test_log", {}).get("standard", {}).get("table", [])
-    for row in ata:  # most recent first
-        kind = str(row.get("type", {}).get("string", "test"))
-        latest.setdefault(kind, row)
+    for row in rows("ata_smart_self_test_log.standard.table"):  # most recent first
+        latest.setdefault(str(field(row, "type").get("string", "test")), row)
     for kind, row in latest.items():
-        status = row.get("status", {})
+        status = field(row, "status")
         if status.get("passed") is False:
             failed.append(f"{kind}: {status.get('string', 'failed')} at {row.get('lifetime_hours', '?')} h")
-    nvme = data.get("nvme_self_test_log", {}).get("table", [])
     seen: set[str] = set()
-    for row in nvme:
-        kind = str(row.get("self_test_code", {}).get("string", "test"))
-        result = row.get("self_test_result", {})
+    for row in rows("nvme_self_test_log.table"):
+        kind = str(field(row, "self_test_code").get("string", "test"))
+        result = field(row, "self_test_result")
         if kind in seen:
             continue
         seen.add(kind)
         if _int(result.get("value")) not in (0, None):
             failed.append(f"{kind}: {result.get('string', 'failed')}")
-    scsi = [data[k] for k in sorted(data) if re.fullmatch(r"scsi_self_test_\d+", k)]
+    scsi = [data[k] for k in sorted(data) if re.fullmatch(r"scsi_self_test_\d+", k) and isinstance(data[k], dict)]
     for row in scsi[:1]:
-        result = row.get("result", {})
+        result = field(row, "result")
         if _int(result.get("value")) not in (0, 15, None):  # 0 completed, 15 in progress
-            failed.append(f"{row.get('code', {}).get('string', 'test')}: {result.get('string', 'failed')}")
+            failed.append(f"{field(row, 'code').get('string', 'test')}: {result.get('string', 'failed')}")
     return tuple(failed)
 
 

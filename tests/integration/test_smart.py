@@ -259,3 +259,37 @@ def test_disk_status_shows_arrays_health_and_trend(tmp_path: Path) -> None:
     text = hostagent("disk", "status", "--root", str(second.root), "--state-dir", state).stdout
     assert text.splitlines()[0].split()[:3] == ["DISK", "TRANSPORT", "MODEL"]
     assert "ata.197+4" in text
+
+
+def _reshaped(change: Any) -> dict[str, Any]:
+    data = json.loads(WDRED.read_text())
+    change(data)
+    return data
+
+
+MALFORMED = {
+    "attributes a list": lambda d: d.__setitem__("ata_smart_attributes", []),
+    "table a string": lambda d: d["ata_smart_attributes"].__setitem__("table", "x"),
+    "row a string": lambda d: d["ata_smart_attributes"]["table"].__setitem__(0, "x"),
+    "raw a string": lambda d: d["ata_smart_attributes"]["table"][0].__setitem__("raw", "x"),
+    "id not a number": lambda d: d["ata_smart_attributes"]["table"][0].__setitem__("id", "x"),
+    "status a list": lambda d: d.__setitem__("smart_status", []),
+    "messages a number": lambda d: d["smartctl"].__setitem__("messages", 7),
+    "self-test log a list": lambda d: d.__setitem__("ata_smart_self_test_log", []),
+    "self-test table a table": lambda d: d.__setitem__("ata_smart_self_test_log", {"standard": {"table": {}}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_smartctl_output_is_unreadable_naming_the_file(tmp_path: Path, case: str) -> None:
+    """smartctl JSON of a shape no version prints: disk status (which the daemon publishes for the
+    RPC) shows the disk as unreadable, and check is UNKNOWN; never a traceback or a silent OK."""
+    snap = HostSnapshot(tmp_path / "s")
+    mirror(snap, degraded=False, fixture=_reshaped(MALFORMED[case]))
+    status = hostagent("disk", "status", "--json", "--root", str(snap.root))
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    row = {r["disk"]: r for r in json.loads(status.stdout)}["sda"]
+    assert row["status"] == "UNKNOWN" and row["health"].startswith("unreadable: ") and "sda" in row["health"], row
+    code, result = report("--root", str(snap.root))  # (asserts no traceback)
+    assert code == 3
+    assert any(f["severity"] == "UNKNOWN" and f["subject"] == "sda" for f in result["findings"]), result["findings"]
