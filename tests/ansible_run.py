@@ -153,18 +153,18 @@ def check_rpc_boundary(vm: DebianVM, tmp_path: Path) -> None:
     found = json.loads(done.stdout.splitlines()[-1])
 
     def reply(name: str) -> dict[str, object]:
-        lines = str(found[name]["stdout"]).strip().splitlines()
-        assert lines, (name, found[name])
-        return json.loads(lines[-1])
+        assert found[name]["last"].startswith("{"), (name, found[name])
+        return json.loads(found[name]["last"])  # type: ignore[no-any-return]
 
     report = reply("report")
     assert report["ok"] is True and report["result"]["source"] == "daemon", report
     for name, why in (("metacharacters", "';' is not allowed"), ("substitution", "is not allowed"),
                       ("force", "--force is refused over RPC"), ("unknown_verb", "not allowed"),
-                      ("shell", "no command"), ("shell_stdin", "no command")):
+                      ("shell_stdin", "no command")):
         refused = reply(name)
         assert refused["refused"] is True and why in str(refused["error"]), (name, refused)
-    assert "PTY allocation request failed" in str(found["shell"]["stderr"]), found["shell"]
+    # a terminal is refused outright (restrict, PermitTTY no), and nothing runs
+    assert found["shell"]["rc"] == 255 and "PTY allocation request failed" in str(found["shell"]["stderr"])
     for name in ("remote_forward", "stdio_forward", "scp", "scp_sftp", "sftp"):
         assert found[name]["rc"] not in (0, None), (name, found[name])
     assert "forwarding failed" in str(found["remote_forward"]["stderr"]), found["remote_forward"]
@@ -175,13 +175,14 @@ def check_rpc_boundary(vm: DebianVM, tmp_path: Path) -> None:
         assert found[name]["rc"] != 0 and "Permission denied" in str(found[name]["stderr"]), (name, found[name])
     # the socket: root's, the RPC account's group, 0660; the account itself gets an answer
     assert found["socket"] == {"mode": "0o660", "uid": 0, "gid": found["rpc_gid"]}, found["socket"]
-    assert json.loads(str(found["rpc_account_socket"]["stdout"]).strip().splitlines()[-1])["ok"] is True
+    assert reply("rpc_account_socket")["ok"] is True
     # another user: refused by the file mode, and with the group too, by the daemon's SO_PEERCRED check
-    assert "connect: Permission denied" in str(found["intruder_socket"]["stdout"]), found["intruder_socket"]
-    peer = json.loads(str(found["intruder_with_group"]["stdout"]).strip().splitlines()[-1])
-    assert peer["refused"] is True and f"uid {found['intruder_uid']} may not use the RPC socket" in peer["error"]
+    assert found["intruder_socket"]["last"] == "connect: Permission denied", found["intruder_socket"]
+    peer = reply("intruder_with_group")
+    assert peer["refused"] is True and f"uid {found['intruder_uid']} may not use this socket" in str(peer["error"])
     # each refusal is audited with the key's fingerprint (sshd's ExposeAuthInfo) and the client's address
     audit = [json.loads(line) for line in vm.ssh("cat /var/lib/hostagent/audit.jsonl").stdout.splitlines() if line]
     refusals = [a for a in audit if a.get("event") == "rpc" and a.get("action") == "refused" and a.get("key")]
     assert len(refusals) >= 5 and all(a["key"] == found["fingerprint"] and a["client"] == "127.0.0.1"
                                       for a in refusals), refusals[-3:]
+    assert any(a.get("error") == f"uid {found['intruder_uid']} may not use the RPC socket" for a in audit)

@@ -22,8 +22,9 @@ def run(argv: list[str], stdin: str = "") -> dict[str, object]:
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        return {"rc": None, "stdout": "", "stderr": "timed out"}
-    return {"rc": done.returncode, "stdout": done.stdout[-2000:], "stderr": done.stderr[-2000:]}
+        return {"rc": None, "last": "", "stderr": "timed out"}
+    lines = done.stdout.strip().splitlines()
+    return {"rc": done.returncode, "last": lines[-1][-(1 << 20):] if lines else "", "stderr": done.stderr[-2000:]}
 
 
 def ssh(*args: str) -> dict[str, object]:
