@@ -140,7 +140,7 @@ def check_rpc_boundary(vm: DebianVM, tmp_path: Path) -> None:
     owners = vm.ssh("stat -c '%U:%G %a' /var/lib/hostagent-rpc /var/lib/hostagent-rpc/.ssh "
                     "/var/lib/hostagent-rpc/.ssh/authorized_keys").stdout.split()
     assert owners == ["root:root", "755", "root:root", "755", "root:root", "644"], owners
-    assert "hostagent-rpc" not in vm.ssh("cat /root/.ssh/authorized_keys").stdout  # nothing on root
+    assert "hostagent-controller" not in vm.ssh("cat /root/.ssh/authorized_keys").stdout  # nothing on root
     # from anywhere but the controller's address (here QEMU's user network) the key is refused outright
     controller_key = tmp_path / "controller_key"
     controller_key.write_text(vm.ssh("cat /var/lib/hostagent-fleet/id_ed25519").stdout)

@@ -34,8 +34,10 @@ def test_the_controller_runs_as_its_own_account_and_the_agent_keeps_its_needs() 
     for setting in ("ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes", "UMask=0077",
                     "ProtectHome=read-only", "RuntimeDirectoryPreserve=yes"):
         assert f"\n{setting}\n" in agent, setting
-    # what root really needs stays open: the disks, the kernel log and sysfs writes
-    for setting in ("PrivateDevices=", "ProtectKernelLogs=", "ProtectKernelTunables=", "ProtectClock="):
+    # what root really needs stays open: the disks, the kernel log, sysfs writes and Xen's /proc/xen
+    # (ProtectKernelTunables and ProtectControlGroups hide it: the agent would not know it is on a dom0)
+    for setting in ("PrivateDevices=", "ProtectKernelLogs=", "ProtectKernelTunables=", "ProtectClock=",
+                    "ProtectControlGroups="):
         assert f"\n{setting}" not in agent, setting
 
 
