@@ -41,6 +41,21 @@ def resolve(m: MaintenanceConfig, host: Host) -> MaintenanceConfig:
     return dataclasses.replace(m, hypervisor=kind, save_dir=save_dir)
 
 
+def describe(m: MaintenanceConfig) -> str:
+    """Resolved settings as a journal records them: ``xl``, or ``libvirt URI``."""
+    return "xl" if m.hypervisor == "xl" else f"libvirt {m.uri}"
+
+
+def changed(planned: str | None, m: MaintenanceConfig) -> str | None:
+    """Why a maintenance planned with ``planned`` must not go on with these settings, if it must not.
+    Guests seen through another backend are not the planned ones: each would look stopped."""
+    now = describe(m)
+    if planned is None or planned == now:
+        return None
+    return (f"the guests were planned with {planned}, but the hypervisor is now {now} (on a dom0, is "
+            "/proc/xen visible?)")
+
+
 def connect(m: MaintenanceConfig) -> Hypervisor:
     """The backend for resolved settings; libvirt is imported only when it is the one."""
     if m.hypervisor == "xl":

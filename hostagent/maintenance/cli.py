@@ -61,7 +61,8 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
     if not dry_run:
         journal = Journal.new(moment.timestamp(), reason, [g.name for g in saving],
                               owners={n: o for n, o in owners.items() if o}, force=force,
-                              force_unbootable=force_unbootable, notify_owners=notify_owners)
+                              force_unbootable=force_unbootable, notify_owners=notify_owners,
+                              hypervisor=select.describe(config.maintenance))
         audit = AuditLog(state_dir or config.agent.state_dir)
         event = {"event": "maintenance", "action": "schedule", "maintenance": journal.id, "subject": journal.id,
                  "reboot_at": document["reboot_at_utc"], "reason": reason, "force": force,

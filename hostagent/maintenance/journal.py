@@ -115,14 +115,16 @@ class Journal:
     boot_id: str | None = None  # the kernel's boot id when the reboot command ran
     cancelled: bool = False  # a cancel arrived after the run started: no reboot, guests restored
     reboot_issued: float | None = None  # when the reboot command returned (absent: it may never have run)
+    hypervisor: str | None = None  # the backend the guests were planned with (select.describe)
 
     @classmethod
     def new(cls, reboot_at: float, reason: str, guests: list[str], owners: dict[str, str] | None = None,
-            force: bool = False, force_unbootable: bool = False, notify_owners: bool = False) -> Journal:
+            force: bool = False, force_unbootable: bool = False, notify_owners: bool = False,
+            hypervisor: str | None = None) -> Journal:
         now = time.time()
         records = {g: GuestRecord(g, owner=(owners or {}).get(g)) for g in guests}
         return cls(uuid.uuid4().hex[:12], reboot_at, reason, "planned", now, (("planned", now),), records,
-                   None, force, force_unbootable, notify_owners)
+                   None, force, force_unbootable, notify_owners, hypervisor=hypervisor)
 
     def entered(self, phase: str) -> float | None:
         """When the journal last entered this phase."""
@@ -183,7 +185,7 @@ class Journal:
                 "created": self.created, "history": [list(h) for h in self.history], "error": self.error,
                 "force": self.force, "force_unbootable": self.force_unbootable,
                 "notify_owners": self.notify_owners, "sent": list(self.sent), "boot_id": self.boot_id,
-                "cancelled": self.cancelled, "reboot_issued": self.reboot_issued,
+                "cancelled": self.cancelled, "reboot_issued": self.reboot_issued, "hypervisor": self.hypervisor,
                 "guests": {name: asdict(record) for name, record in self.guests.items()}}
 
     @classmethod
@@ -221,7 +223,7 @@ class Journal:
                    top.choice("phase", PHASES) or "planned", top.number("created") or 0.0, tuple(history), guests,
                    top.text("error", optional=True), top.flag("force"), top.flag("force_unbootable"),
                    top.flag("notify_owners"), tuple(sent), top.text("boot_id", optional=True), top.flag("cancelled"),
-                   top.number("reboot_issued", optional=True))
+                   top.number("reboot_issued", optional=True), top.text("hypervisor", optional=True))
 
 
 class ShapeError(ValueError):

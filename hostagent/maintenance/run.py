@@ -124,6 +124,10 @@ def execute(host: Host, state: StateStore, config: Config, store: JournalStore, 
 
     config = dataclasses.replace(config, maintenance=select.resolve(config.maintenance, host))
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
+    moved = select.changed(journal.hypervisor, config.maintenance)
+    if moved:  # every planned guest would look stopped, and the host would reboot with them unsaved
+        why = f"{moved}; not rebooted"
+        return store.update(journal.id, lambda current: current.advance("preflight").advance("failed", error=why))
     try:
         hypervisor = select.connect(config.maintenance)
     except HostagentError as err:  # the guests cannot be seen: no reboot, whatever --force said

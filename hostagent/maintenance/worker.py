@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 from hostagent.hypervisor import select
 
                 settings = select.resolve(config.maintenance, Host("/"))
+                moved = select.changed(journal.hypervisor, settings)
+                if moved:  # the images are the planned backend's: left for a daemon that sees it again
+                    raise HostagentError(f"maintenance {journal.id}: not restored: {moved}")
                 hypervisor = select.connect(settings)
                 result = resume_after_boot(store, hypervisor, settings, audit, progress,
                                            others=restorers_on(Host("/"), hypervisor))

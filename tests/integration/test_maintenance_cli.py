@@ -82,3 +82,24 @@ def test_a_reason_with_control_characters_is_refused_and_an_old_one_is_shown_esc
     journal.write_text(json.dumps(document))
     listed = hostagent(*base, "list", "--state-dir", str(state))
     assert "kernel\\x1b]0;owned\\x07" in listed.stdout and "\x1b" not in listed.stdout, listed.stdout
+
+
+def test_a_maintenance_never_goes_on_with_another_hypervisor_than_it_was_planned_with(tmp_path: Path) -> None:
+    """Seen on the Xen dom0: a sandbox that hid /proc/xen made the daemon pick libvirt, where every
+    planned DomU looked stopped, and the host rebooted with none saved.  The journal records the
+    backend; another one at the scheduled time fails the run before anything is touched."""
+    base, state = setup(tmp_path)
+    config = Path(base[1])
+    rebooted = tmp_path / "rebooted"
+    config.write_text(config.read_text() + f'reboot_command = ["touch", "{rebooted}"]\n')
+    scheduled = hostagent(*base, "--reboot-at", "2099-01-01 04:00", "--force", "--json", "--state-dir", str(state))
+    assert scheduled.returncode == 0, scheduled.stderr
+    journal = json.loads((state / "maintenance" / f"{json.loads(scheduled.stdout)['id']}.json").read_text())
+    assert journal["hypervisor"] == f"libvirt {node(tmp_path)}"
+    config.write_text(config.read_text().replace(f'uri = "{node(tmp_path)}"', 'uri = "test:///default"'))
+    ran = hostagent(*base, "run-now", "--json", "--state-dir", str(state))
+    outcome = json.loads(ran.stdout)
+    assert outcome["phase"] == "failed" and not rebooted.exists(), outcome
+    assert f"the guests were planned with libvirt {node(tmp_path)}, but the hypervisor is now libvirt " \
+           "test:///default" in outcome["error"] and "not rebooted" in outcome["error"]
+    assert set(outcome["guests"].values()) == {"planned"}  # nothing was touched

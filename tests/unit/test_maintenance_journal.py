@@ -151,3 +151,16 @@ def test_cancel_before_and_during_the_saves() -> None:
     assert (cancelled.phase, cancelled.cancelled) == ("restoring", True)
     with pytest.raises(JournalError, match="too late to cancel"):
         saving.advance("rebooting").cancel()
+
+
+def test_the_backend_a_maintenance_was_planned_with_must_be_the_one_it_runs_and_restores_with() -> None:
+    from hostagent.config import MaintenanceConfig
+    from hostagent.hypervisor.select import changed, describe
+
+    xl = MaintenanceConfig(hypervisor="xl")
+    libvirt = MaintenanceConfig(hypervisor="libvirt", uri="qemu:///system")
+    assert (describe(xl), describe(libvirt)) == ("xl", "libvirt qemu:///system")
+    assert changed("xl", xl) is None and changed(None, libvirt) is None  # a journal from before: no record
+    assert "planned with xl, but the hypervisor is now libvirt qemu:///system" in str(changed("xl", libvirt))
+    journal = Journal.new(0.0, "r", ["g1"], hypervisor="xl")
+    assert Journal.from_json(journal.to_json()).hypervisor == "xl"
