@@ -30,7 +30,8 @@ DEFAULT_COMMAND_TIMEOUT = 30.0
 REAP_GRACE = 2.0
 # A step that writes one sysfs attribute names this pseudo-tool: ``("sysfs-write", path, value)``.
 # The write is done by Python in a child process (a write to a hung device's attribute can block
-# for good), never through a shell.
+# for good), never through a shell.  The value ends in a newline, as echo writes it: SCSI's
+# device/state accepts "offline\n" and refuses "offline" (EINVAL).
 SYSFS_WRITE = "sysfs-write"
 _SYSFS_PATH = re.compile(r"/sys/[A-Za-z0-9_.:+!/-]+")
 _SYSFS_WRITER = (
@@ -39,7 +40,7 @@ _SYSFS_WRITER = (
     "try:\n"
     "    fd = os.open(path, os.O_WRONLY)\n"
     "    try:\n"
-    "        os.write(fd, value.encode())\n"
+    "        os.write(fd, value.encode() + b'\\n')\n"
     "    finally:\n"
     "        os.close(fd)\n"
     "except OSError as err:\n"
