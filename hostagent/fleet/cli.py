@@ -182,7 +182,6 @@ def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
 
     from hostagent.actions import AuditLog
     from hostagent.alerts.alerter import Alerter
-    from hostagent.output import write_atomic
     from hostagent.state import StateStore
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -198,23 +197,7 @@ def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
     try:
         while not stopping.is_set():
             started = time.time()
-            results = controller.poll()
-            now = time.time()
-            current = rows(controller)
-            alerts = alerter.process(fleet_findings(controller.store.hosts(), now, config.fleet), ["fleet"])
-            for alert in alerts:
-                log.warning("alert %s: %s %s", alert.kind, alert.record.code, alert.record.subject)
-            text = metrics(current, now)
-            if server is not None:
-                server.text = text
-            if config.fleet.prom_file:
-                write_atomic(config.fleet.prom_file, text)
-            if config.fleet.page_dir:
-                write_page(config.fleet.page_dir, current, now)
-            if config.fleet.digest:
-                _digest(alerter, state, current, now, config.fleet.digest_hour)
-            failed = [r for r in results if not r.ok]
-            log.info("polled %d hosts in %.1f s: %d failed", len(results), now - started, len(failed))
+            _report_own_health(alerter, _watch_cycle(config, controller, alerter, state, server))
             if once:
                 break
             stopping.wait(max(config.fleet.poll_interval - (time.time() - started), 1.0))
@@ -223,6 +206,58 @@ def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
         if server is not None:
             server.close()
     return 0
+
+
+def _watch_cycle(config: Config, controller: Controller, alerter: Any, state: Any,
+                 server: MetricsServer | None) -> list[str]:
+    """One poll, alert and publish; each part runs under its own guard, so a failing part (a full
+    disk under the page, a broken store row) neither stops the others nor the daemon.  Returns
+    what failed."""
+    from hostagent.output import write_atomic
+
+    failures: list[str] = []
+
+    def guarded(part: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except Exception as err:
+            failures.append(f"{part}: {type(err).__name__}: {str(err)[:200]}")
+            log.error("fleet watch: %s failed: %s: %s", part, type(err).__name__, err)
+            return None
+
+    started = time.time()
+    results = guarded("poll", controller.poll) or []
+    now = time.time()
+    current = guarded("status rows", lambda: rows(controller)) or []
+    alerts = guarded("alerts", lambda: alerter.process(fleet_findings(controller.store.hosts(), now, config.fleet),
+                                                       ["fleet"])) or []
+    for alert in alerts:
+        log.warning("alert %s: %s %s", alert.kind, alert.record.code, alert.record.subject)
+    text = guarded("metrics", lambda: metrics(current, now)) or ""
+    if server is not None:
+        server.text = text
+    prom_file, page_dir = config.fleet.prom_file, config.fleet.page_dir
+    if prom_file:
+        guarded("metrics textfile", lambda: write_atomic(prom_file, text))
+    if page_dir:
+        guarded("status page", lambda: write_page(page_dir, current, now))
+    if config.fleet.digest:
+        guarded("digest", lambda: _digest(alerter, state, current, now, config.fleet.digest_hour))
+    failed = [r for r in results if not r.ok]
+    log.info("polled %d hosts in %.1f s: %d failed", len(results), now - started, len(failed))
+    return failures
+
+
+def _report_own_health(alerter: Any, failures: list[str]) -> None:
+    """The controller's own trouble, alerted like any finding; it resolves when a cycle runs clean."""
+    from hostagent.model import Finding, Severity
+
+    findings = [Finding("fleet.cycle_failed", "fleet-self", "controller", Severity.CRITICAL,
+                        f"fleet watch cycle failed: {'; '.join(failures)}")] if failures else []
+    try:
+        alerter.process(findings, ["fleet-self"])
+    except Exception as err:
+        log.error("fleet watch: cannot alert on its own failure: %s: %s", type(err).__name__, err)
 
 
 def _digest(alerter: Any, state: Any, current: list[dict[str, Any]], now: float, hour: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -25,6 +26,7 @@ from hostagent.model import Finding, Severity
 
 RPC_SCHEMA = "hostagent.rpc/1"
 AGENT_DOWN = "AGENT DOWN"
+log = logging.getLogger("hostagent.fleet")
 
 
 class ReplyError(HostagentError):
@@ -49,23 +51,94 @@ class PollResult:
     error: str | None = None
 
 
+MAX_DEPTH = 32  # a report nests about 8 deep; deeper is a broken or hostile agent
+SEVERITIES = ("OK", "INFO", "WARNING", "UNKNOWN", "CRITICAL")
+
+
 def decode_reply(host: str, stdout: str, exit_status: int) -> dict[str, Any]:
-    """The JSON document of an rpc reply, or ReplyError saying what came instead."""
+    """The JSON document of an rpc reply, or ReplyError saying what came instead.
+
+    Whatever the host sent (nesting 100,000 deep, a 5,000-digit number, a list where an object
+    belongs) ends here as that host's ReplyError, never as an exception that stops the poll.
+    """
     text = stdout.strip()
     try:
         document = json.loads(text.splitlines()[-1] if text else "")
     except (json.JSONDecodeError, IndexError):
         shown = text[:80].replace("\n", " ") or "nothing"
         raise ReplyError(f"host {host}: garbage reply (exit {exit_status}): {shown!r}") from None
+    except RecursionError:
+        raise ReplyError(f"host {host}: reply nested deeper than {MAX_DEPTH} levels; dropped") from None
+    except ValueError as err:  # e.g. an integer over Python's digit limit
+        raise ReplyError(f"host {host}: unusable reply: {str(err)[:120]}") from None
+    if depth(document) > MAX_DEPTH:
+        raise ReplyError(f"host {host}: reply nested deeper than {MAX_DEPTH} levels; dropped")
     if not isinstance(document, dict) or document.get("schema") != RPC_SCHEMA:
         raise ReplyError(f"host {host}: reply is not {RPC_SCHEMA}: {text[:80]!r}")
     if not document.get("ok") and document.get("agent") == "not running":
         age = document.get("report_age_s")
-        raise AgentDown(f"host {host}: {document.get('error')}", float(age) if isinstance(age, (int, float)) else None)
+        raise AgentDown(f"host {host}: {_text(document.get('error'))}",
+                        float(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else None)
     if not document.get("ok"):
         kind = "refused" if document.get("refused") else "failed"
-        raise ReplyError(f"host {host}: request {kind}: {document.get('error')}")
+        raise ReplyError(f"host {host}: request {kind}: {_text(document.get('error'))}")
     return document
+
+
+def depth(document: Any) -> int:
+    """How deep lists and objects nest (iteratively: a deep document cannot exhaust the stack)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _text(value: Any, limit: int = 200) -> str:
+    return str(value)[:limit]
+
+
+def checked_report(host: str, document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(result, report) of a ``report`` reply, checked field by field: ReplyError names the first bad one."""
+    result = document.get("result")
+    if not isinstance(result, dict):
+        raise ReplyError(f"host {host}: reply without a result object")
+    report = result.get("report")
+    if not isinstance(report, dict):
+        raise ReplyError(f"host {host}: result.report is {type(report).__name__}, not an object")
+    if report.get("status") not in SEVERITIES:
+        raise ReplyError(f"host {host}: result.report.status {_text(report.get('status'), 40)!r} is not one of "
+                         f"{', '.join(SEVERITIES)}")
+    findings = report.get("findings", [])
+    if not isinstance(findings, list):
+        raise ReplyError(f"host {host}: result.report.findings is {type(findings).__name__}, not a list")
+    for index, finding in enumerate(findings):
+        where = f"result.report.findings[{index}]"
+        if not isinstance(finding, dict):
+            raise ReplyError(f"host {host}: {where} is {type(finding).__name__}, not an object")
+        for key in ("code", "subject", "summary"):
+            if not isinstance(finding.get(key), str):
+                raise ReplyError(f"host {host}: {where}.{key} is not a string")
+        if finding.get("severity") not in SEVERITIES:
+            raise ReplyError(f"host {host}: {where}.severity {_text(finding.get('severity'), 40)!r} is not one of "
+                             f"{', '.join(SEVERITIES)}")
+    for key in ("maintenance", "daemon"):
+        if result.get(key) is not None and not isinstance(result.get(key), dict):
+            raise ReplyError(f"host {host}: result.{key} is {type(result.get(key)).__name__}, not an object")
+    daemon = result.get("daemon") or {}
+    cycle = daemon.get("last_cycle_at")
+    if cycle is not None and (isinstance(cycle, bool) or not isinstance(cycle, (int, float))):
+        raise ReplyError(f"host {host}: result.daemon.last_cycle_at is not a number")
+    return result, report
 
 
 class Controller:
@@ -93,9 +166,16 @@ class Controller:
         def one(host: FleetHost) -> PollResult:
             at = time.time()
             try:
+                return ask_and_store(host, at)
+            except Exception as err:  # even the store failing for one host never ends the poll
+                error = f"host {host.name}: {type(err).__name__}: {_text(err)}"
+                log.error("%s", error)
+                return PollResult(host.name, False, time.time() - at, error=error)
+
+        def ask_and_store(host: FleetHost, at: float) -> PollResult:
+            try:
                 document, seconds, reused = self.ask(host, "report")
-                result = document["result"]
-                report = result["report"]
+                result, report = checked_report(host.name, document)
                 self.store.record_success(host.name, host.address, host.groups, at, seconds,
                                           str(result.get("version")), report,
                                           {"maintenance": result.get("maintenance"), "daemon": result.get("daemon")})
@@ -111,8 +191,9 @@ class Controller:
             except (TransportError, ReplyError) as err:
                 self.store.record_failure(host.name, host.address, host.groups, at, str(err))
                 return PollResult(host.name, False, time.time() - at, error=str(err))
-            except (KeyError, TypeError) as err:
-                error = f"host {host.name}: reply without {err}"
+            except Exception as err:  # one host's reply, however odd, is that host's error alone
+                error = f"host {host.name}: unusable reply: {type(err).__name__}: {_text(err)}"
+                log.error("%s", error)
                 self.store.record_failure(host.name, host.address, host.groups, at, error)
                 return PollResult(host.name, False, time.time() - at, error=error)
 
@@ -211,28 +292,42 @@ def _ago(seconds: float) -> str:
 
 
 def status_rows(states: list[HostState], now: float, fleet: FleetConfig | None = None) -> list[dict[str, Any]]:
+    """One row per host; a row that cannot be built from what the host left in the store is shown
+    as UNKNOWN with the reason, and the other rows are built as usual."""
     rows = []
     for state in states:
-        reachable = not (state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen))
-        active = announced_maintenance(state)
-        window = maintenance_window(state, now, fleet) if fleet is not None else None
-        status = state.status if reachable else "UNREACHABLE"
-        if window is not None:
-            status = "MAINTENANCE" if window[0] == "in" else "MAINTENANCE OVERRUN"
-        rows.append({"host": state.name, "address": state.address, "groups": list(state.groups),
-                     "status": status, "reachable": reachable,
-                     "open_findings": len([f for f in state.findings if f.get("severity") != "OK"]),
-                     "findings": state.findings, "last_seen": state.last_seen,
-                     "last_seen_ago": _ago(now - state.last_seen) if state.last_seen else "never",
-                     "version": state.version, "error": state.last_error if not reachable else None,
-                     "maintenance": active})
+        try:
+            rows.append(_row(state, now, fleet))
+        except Exception as err:
+            log.error("host %s: cannot show its stored state: %s: %s", state.name, type(err).__name__, _text(err))
+            rows.append({"host": state.name, "address": state.address, "groups": list(state.groups),
+                         "status": "UNKNOWN", "reachable": False, "open_findings": 0, "findings": [],
+                         "last_seen": None, "last_seen_ago": "unknown", "version": None,
+                         "error": f"stored state unusable: {type(err).__name__}: {_text(err)}",
+                         "maintenance": None})
     return rows
+
+
+def _row(state: HostState, now: float, fleet: FleetConfig | None) -> dict[str, Any]:
+    reachable = not (state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen))
+    active = announced_maintenance(state)
+    window = maintenance_window(state, now, fleet) if fleet is not None else None
+    status = state.status if reachable else "UNREACHABLE"
+    if window is not None:
+        status = "MAINTENANCE" if window[0] == "in" else "MAINTENANCE OVERRUN"
+    return {"host": state.name, "address": state.address, "groups": list(state.groups),
+            "status": status, "reachable": reachable,
+            "open_findings": len([f for f in state.findings if f.get("severity") not in ("OK", "INFO")]),
+            "findings": state.findings, "last_seen": state.last_seen,
+            "last_seen_ago": _ago(now - state.last_seen) if state.last_seen else "never",
+            "version": state.version, "error": state.last_error if not reachable else None,
+            "maintenance": active}
 
 
 def render_status(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'host':<20} {'status':<12} {'open':>4}  {'last seen':<14} {'version':<8} maintenance / error"]
     for row in rows:
-        extra = row["error"] or (f"{row['maintenance']['phase']} {row['maintenance']['reboot_at']}"
+        extra = row["error"] or (f"{row['maintenance'].get('phase')} {row['maintenance'].get('reboot_at')}"
                                  if row["maintenance"] else "")
         lines.append(f"{row['host']:<20} {row['status'] or '-':<12} {row['open_findings']:>4}  "
                      f"{row['last_seen_ago']:<14} {row['version'] or '-':<8} {extra}")

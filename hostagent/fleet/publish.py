@@ -27,30 +27,43 @@ def _when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _host_row(row: dict[str, Any]) -> str:
+    """A host's table row; one whose stored data cannot be shown says so instead of breaking the page."""
+    status = _known(row["status"])
+    try:
+        problems = "; ".join(html.escape(f"{f.get('code')}: {f.get('summary')}") for f in row["findings"]
+                             if f.get("severity") not in ("OK", "INFO"))
+        detail = html.escape(str(row["error"])) if row["error"] else problems
+        cells = (f'<td>{row["open_findings"]}</td><td>{html.escape(str(row["last_seen_ago"]))}</td>'
+                 f'<td>{html.escape(str(row["version"] or "-"))}</td><td>{detail}</td>')
+    except (AttributeError, KeyError, TypeError) as err:
+        status = "UNKNOWN"
+        cells = f'<td>-</td><td>-</td><td>-</td><td>cannot show this host: {html.escape(type(err).__name__)}</td>'
+    return (f'<tr class="host" data-host="{html.escape(str(row["host"]))}" data-status="{status}">'
+            f'<td>{html.escape(str(row["host"]))}</td><td class="status" style="color:{COLOURS[status]}">'
+            f'{status}</td>{cells}</tr>')
+
+
 def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status") -> str:
     """One self-contained HTML page: worst state first, then every host, then planned maintenance."""
     counts = {state: sum(1 for r in rows if _known(r["status"]) == state) for state in STATUS_ORDER}
     worst = next((s for s in STATUS_ORDER if counts[s]), "OK")
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-    body = []
-    for row in sorted(rows, key=lambda r: (STATUS_ORDER.index(_known(r["status"])), r["host"])):
-        status = _known(row["status"])
-        problems = "; ".join(html.escape(f"{f.get('code')}: {f.get('summary')}") for f in row["findings"]
-                             if f.get("severity") not in ("OK", "INFO"))
-        detail = html.escape(row["error"]) if row["error"] else problems
-        body.append(f'<tr class="host" data-host="{html.escape(row["host"])}" data-status="{status}">'
-                    f'<td>{html.escape(row["host"])}</td><td class="status" style="color:{COLOURS[status]}">'
-                    f'{status}</td><td>{row["open_findings"]}</td><td>{html.escape(row["last_seen_ago"])}</td>'
-                    f'<td>{html.escape(row["version"] or "-")}</td><td>{detail}</td></tr>')
+    body = [_host_row(row) for row in sorted(rows, key=lambda r: (STATUS_ORDER.index(_known(r["status"])),
+                                                                    str(r["host"])))]
     planned = [r for r in rows if r["maintenance"]]
 
     def cell(row: dict[str, Any], key: str) -> str:  # the host's own words: shown escaped, whatever they are
         return html.escape(str(row["maintenance"].get(key, "-")))
 
+    def guests(row: dict[str, Any]) -> int:
+        listed = row["maintenance"].get("guests")
+        return len(listed) if isinstance(listed, (list, dict)) else 0
+
     maintenance = "".join(
-        f'<tr class="maintenance"><td>{html.escape(r["host"])}</td><td>{cell(r, "phase")}</td>'
+        f'<tr class="maintenance"><td>{html.escape(str(r["host"]))}</td><td>{cell(r, "phase")}</td>'
         f'<td>{cell(r, "reboot_at")}</td><td>{cell(r, "reason")}</td>'
-        f'<td>{len(r["maintenance"].get("guests") or ())}</td></tr>' for r in planned) or \
+        f'<td>{guests(r)}</td></tr>' for r in planned) or \
         '<tr><td colspan="5">No maintenance planned.</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="60">
@@ -101,7 +114,7 @@ def metrics(rows: list[dict[str, Any]], now: float) -> str:
         for state in STATUS_ORDER:
             value = 1 if _known(row["status"]) == state else 0
             lines.append(f'hostagent_fleet_host_status{{host="{_label(row["host"])}",status="{state}"}} {value}')
-    lines += ["# HELP hostagent_fleet_open_findings Findings above OK in the host's last report.",
+    lines += ["# HELP hostagent_fleet_open_findings Findings of WARNING and above in the host's last report.",
               "# TYPE hostagent_fleet_open_findings gauge"]
     lines += [f'hostagent_fleet_open_findings{{host="{_label(r["host"])}"}} {r["open_findings"]}' for r in rows]
     lines += ["# HELP hostagent_fleet_last_seen_timestamp_seconds When the host last answered a poll.",
