@@ -30,12 +30,13 @@ from hostagent.context import CheckContext
 from hostagent.errors import ConfigError, HostagentError
 from hostagent.host import Host
 from hostagent.maintenance.daemon import JOBSTORE, WAKEUPS, MaintenanceDaemon, jobstore
-from hostagent.model import CheckResult, Finding, Report
+from hostagent.model import CheckResult, Finding, Report, Severity
 from hostagent.output import render_prom, write_atomic
 from hostagent.remediate import act, expire_mitigations
 from hostagent.rpc import DEFAULT_ALLOW, allowed_verbs
 from hostagent.rpcserver import Answerer, Published, RpcServer, child_command
-from hostagent.runner import open_state, run_check
+from hostagent.runner import innermost_frame, open_state, run_check
+from hostagent.sdnotify import Notifier
 from hostagent.sources.mdstat import MDSTAT_PATH
 from hostagent.sources.mdsysfs import list_md_sysfs
 
@@ -45,6 +46,8 @@ REPORT_FILE = "report.json"  # the combined report of the last results of every 
 MD_ATTRS = ("array_state", "degraded", "sync_action")
 EVENT_CHECKS = ("md", "hung", "boot")  # what an md or block event can change
 MAINTENANCE_TICK = 5.0  # s between looks at the journal and the worker, besides the scheduled wake-ups
+SELF = "agent"  # the daemon's own health, reported like a check's
+CYCLE_FAILED = "agent.cycle_failed"
 
 
 class JournalFormatter(logging.Formatter):
@@ -68,6 +71,11 @@ class Watcher:
     reload_requested: bool = False
     started: float = field(default_factory=time.time)
     next_runs: dict[str, float] = field(default_factory=dict)
+    inventory: dict[str, Any] = field(default_factory=dict)
+    failing: dict[str, str] = field(default_factory=dict)  # part of the daemon -> its last error, until it runs clean
+    health_changed: bool = False
+    last_error: dict[str, Any] | None = None
+    notifier: Notifier = field(default_factory=Notifier)
 
     def setup(self) -> None:
         self.config = load_config(self.config_path)
@@ -75,7 +83,7 @@ class Watcher:
         self.state = open_state(self.host, self.config, self.state_dir)
         directory = self.state.directory or Path("/tmp/hostagent")
         self.directory = directory
-        self.audit = AuditLog(self.state.directory)
+        self.audit = AuditLog.configured(self.state.directory, self.config.agent)
         self.alerter = Alerter(self.config.alerts, self.state, directory / "spool", self.host.hostname(),
                                self.audit, evidence=self.evidence)
         self.maintenance = MaintenanceDaemon(self.config, self.config_path, directory, self.host, self.alerter,
@@ -134,16 +142,76 @@ class Watcher:
         if wanted:
             self.cycle([m.NAME for m in checks.ALL if m.NAME in wanted])
 
-    def cycle(self, names: list[str]) -> Report:
-        """Run these checks, act, alert, and publish the combined view."""
-        ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
+    # -- guards: nothing that fails in one cycle stops the daemon ------------------------------
+
+    def guard(self, part: str, action: Any) -> Any:
+        """Run ``action``; an exception is logged, kept as the last error, and raised as an
+        agent.cycle_failed finding for ``part`` until the part runs clean again."""
+        try:
+            result = action()
+        except Exception as err:
+            self.failed(part, err)
+            return None
+        self.succeeded(part)
+        return result
+
+    def failed(self, part: str, err: BaseException) -> None:
+        text = f"{part}: {type(err).__name__}: {str(err)[:300]} (at {innermost_frame(err)})"
+        if self.failing.get(part) != text:  # a part that fails the same way every 250 ms is logged once
+            log.error("%s", text)
+        self.failing[part] = text
+        self.health_changed = True
+        self.last_error = {"at": time.time(), "part": part, "error": text}
+
+    def succeeded(self, part: str) -> None:
+        if self.failing.pop(part, None) is not None:
+            self.health_changed = True
+            log.info("%s: runs again", part)
+
+    def own_health(self) -> None:
+        """One agent.cycle_failed finding per failing part of the daemon, alerted like any finding."""
+        self.health_changed = False
+        findings = tuple(Finding(CYCLE_FAILED, SELF, f"daemon/{part}", Severity.CRITICAL,
+                                 f"hostagent watch: {text}",
+                                 "The daemon keeps running, but this part of its work is not being done: "
+                                 "see hostagent status and journalctl -u hostagent.")
+                         for part, text in sorted(self.failing.items()))
+        if findings:
+            self.results[SELF] = CheckResult(SELF, findings, 0.0, findings[-1].summary, time.time())
+        else:
+            self.results.pop(SELF, None)
+        if self.config.alerts.enabled:
+            try:
+                self.alerter.process(findings, [SELF])
+            except Exception as err:  # the alert path itself is broken: the log and the status file still say so
+                log.error("cannot alert on the daemon's own failure: %s: %s", type(err).__name__, err)
+
+    # -- a cycle ---------------------------------------------------------------------------
+
+    def cycle(self, names: list[str]) -> Report | None:
+        """Run these checks, act, alert, and publish the combined view; never raises."""
         start = time.time()
+        report = self.guard("cycle", lambda: self._run(names))
+        if report is not None:
+            self.succeeded("scheduled job")  # the scheduler's jobs only request cycles: one ran
+        if self.health_changed:
+            self.own_health()
+        self.guard("publish", lambda: self.publish(start, names))
+        if self.health_changed:
+            self.own_health()
+        self.notifier.alive()
+        return report  # type: ignore[no-any-return]
+
+    def _run(self, names: list[str]) -> Report:
+        ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
         for module in checks.ALL:
             if module.NAME in names:
                 self.results[module.NAME] = run_check(module, ctx, self.config)
+                self.notifier.alive()
+        self.inventory = ctx.inventory.to_json()
         report = Report(self.host.hostname(), str(self.host.root),
                         time.strftime("%Y-%m-%dT%H:%M:%S%z"), tuple(self.results[n] for n in names),
-                        ctx.inventory.to_json())
+                        self.inventory)
         if self.config.watch.act and not self.host.is_snapshot:
             report = act(self.host, report, self.config, self.audit)
             self.results.update({r.name: r for r in report.results})
@@ -159,12 +227,12 @@ class Watcher:
         for result in report.results:
             if result.error:
                 log.error("check %s failed: %s", result.name, result.error)
-        self.publish(start, names)
         return report
 
     def combined(self) -> Report:
+        """The last result of every check, with the inventory, exactly as ``check`` reports it."""
         return Report(self.host.hostname(), str(self.host.root), time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      tuple(self.results.values()))
+                      tuple(self.results.values()), self.inventory)
 
     def publish(self, start: float, names: list[str]) -> None:
         report = self.combined()
@@ -176,6 +244,8 @@ class Watcher:
         status = {
             "pid": os.getpid(), "started": self.started, "hostname": report.hostname,
             "last_cycle": {"at": start, "checks": names, "duration_ms": round((time.time() - start) * 1000, 1)},
+            "failing": dict(self.failing),
+            "last_error": self.last_error,
             "status": report.status.name,
             "next_runs": self.next_runs,
             "open_problems": [f.to_json() for f in report.findings],
@@ -183,16 +253,18 @@ class Watcher:
             "spool": {"messages": len(self.alerter.spool.entries()), "oldest_age_s": age, "overdue": spool_overdue},
             "config": self.config.source,
         }
-        write_atomic(self.directory / STATUS_FILE, json.dumps(status, indent=2) + "\n")
-        write_atomic(self.directory / REPORT_FILE, json.dumps(report.to_json()) + "\n")
         self.published = Published(report.to_json(), status, self._disks(names) or self.published.disks)
         if self.rpc is not None:
             self.rpc.published()
+        outputs = [(self.directory / STATUS_FILE, json.dumps(status, indent=2) + "\n"),
+                   (self.directory / REPORT_FILE, json.dumps(report.to_json()) + "\n")]
         if self.config.agent.prom_file:
-            try:
-                write_atomic(self.config.agent.prom_file, render_prom(report))
-            except OSError as err:
-                log.error("cannot write %s: %s", self.config.agent.prom_file, err)
+            outputs.append((Path(self.config.agent.prom_file), render_prom(report)))
+        for path, text in outputs:  # each file on its own: a full disk under one leaves the others written
+            self.guard(f"writing {path}", lambda path=path, text=text: write_atomic(path, text))
+        self.notifier.status(f"{report.status.name}: {len(report.findings)} finding(s); last cycle "
+                             f"{', '.join(names)}" + (f"; failing: {', '.join(self.failing)}" if self.failing
+                                                      else ""))
 
     def _disks(self, names: list[str]) -> dict[str, Any] | None:
         """``disk status`` for the RPC, refreshed when the smart check ran (its own schedule)."""
@@ -234,6 +306,45 @@ class Watcher:
         self.alerter.config = new.alerts
         self.maintenance.config = new
         log.info("SIGHUP: configuration reloaded from %s", new.source)
+
+
+class Events:
+    """POLLPRI on /proc/mdstat and the md sysfs attributes, and kernel uevents for block devices;
+    a change requests the checks it can affect."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self.poller, self.sources = _open_events(watcher)
+        self.layout = sorted(list_md_sysfs(watcher.host)) if not watcher.host.is_snapshot else []
+
+    def wait(self, timeout_ms: int = 250) -> None:
+        try:
+            events = self.poller.poll(timeout_ms)
+        except InterruptedError:
+            events = []
+        touched = False
+        for fd, _ in events:
+            source = self.sources.get(fd)
+            if source is None:
+                continue
+            if hasattr(source, "poll"):
+                device = source.poll(timeout=0)
+                touched = touched or (device is not None and device.sys_name.startswith(("md", "dm-", "sd", "vd",
+                                                                                        "nvme", "xvd")))
+            else:
+                source.seek(0)
+                source.read()
+                touched = True
+        if not touched:
+            return
+        self.watcher.request(EVENT_CHECKS)
+        layout = sorted(list_md_sysfs(self.watcher.host))
+        if layout != self.layout:  # arrays came or went: watch their attributes too
+            for handle in self.sources.values():
+                if hasattr(handle, "close") and not hasattr(handle, "poll"):
+                    handle.close()
+            self.poller, self.sources = _open_events(self.watcher)
+            self.layout = layout
 
 
 def _open_events(watcher: Watcher) -> tuple[select.poll, dict[int, Any]]:
@@ -299,7 +410,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     watcher = Watcher(config_path, root, state_dir)
     watcher.setup()
     try:
-        from apscheduler.events import EVENT_JOB_MISSED
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
         from apscheduler.jobstores.memory import MemoryJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
@@ -320,6 +431,8 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
                                                                 JOBSTORE: jobstore(watcher.directory)},
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
     scheduler.add_listener(lambda event: WAKEUPS.put(f"missed {event.job_id}"), EVENT_JOB_MISSED)
+    job_errors: queue.SimpleQueue[str] = queue.SimpleQueue()
+    scheduler.add_listener(lambda event: job_errors.put(f"job {event.job_id}: {event.exception!r}"), EVENT_JOB_ERROR)
 
     def schedule() -> None:
         scheduler.remove_all_jobs(jobstore="default")
@@ -333,57 +446,44 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
         watcher.serve_rpc()
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
+    watcher.notifier.ready(f"watching {watcher.host.root}")  # before the first cycle: it can take minutes
     watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
     if once:
-        _maintenance_once(watcher)
+        watcher.guard("maintenance", lambda: _maintenance_once(watcher))
         scheduler.shutdown(wait=False)
         return 0
-    watcher.maintenance.reconcile(scheduler, time.time())
-    watcher.maintenance.tick()
-    poller, sources = _open_events(watcher)
-    last_layout = sorted(list_md_sysfs(watcher.host)) if not watcher.host.is_snapshot else []
+
+    def maintenance() -> None:
+        watcher.maintenance.reconcile(scheduler, time.time())
+        watcher.maintenance.tick()
+
+    def reload() -> None:
+        watcher.reload()
+        schedule()
+
+    watcher.guard("maintenance", maintenance)
+    events = Events(watcher)
     last_tick = time.monotonic()
     while not watcher.stopping:
+        watcher.notifier.alive()
         if watcher.reload_requested:
             watcher.reload_requested = False
-            watcher.reload()
-            schedule()
+            watcher.guard("reload", reload)
         watcher.next_runs = {job.id: job.next_run_time.timestamp() for job in scheduler.get_jobs()
                              if job.next_run_time is not None}
-        try:
-            events = poller.poll(250)
-        except InterruptedError:
-            events = []
-        touched = False
-        for fd, _ in events:
-            source = sources.get(fd)
-            if source is None:
-                continue
-            if hasattr(source, "poll"):
-                device = source.poll(timeout=0)
-                touched = touched or (device is not None and device.sys_name.startswith(("md", "dm-", "sd", "vd",
-                                                                                        "nvme", "xvd")))
-            else:
-                source.seek(0)
-                source.read()
-                touched = True
-        if touched:
-            watcher.request(EVENT_CHECKS)
-            layout = sorted(list_md_sysfs(watcher.host))
-            if layout != last_layout:  # arrays came or went: watch their attributes too
-                for handle in sources.values():
-                    if hasattr(handle, "close") and not hasattr(handle, "poll"):
-                        handle.close()
-                poller, sources = _open_events(watcher)
-                last_layout = layout
-        watcher.run_pending()
+        watcher.guard("events", events.wait)
+        for failure in _drain(job_errors):
+            watcher.failed("scheduled job", RuntimeError(failure))
+        watcher.guard("checks", watcher.run_pending)
         woken = _drain(WAKEUPS)
         if woken or time.monotonic() - last_tick >= MAINTENANCE_TICK:
             for reason in woken:
                 log.info("maintenance wake-up: %s", reason)
-            watcher.maintenance.reconcile(scheduler, time.time())
-            watcher.maintenance.tick()
+            watcher.guard("maintenance", maintenance)
             last_tick = time.monotonic()
+        if watcher.health_changed:  # a part outside the checks failed or recovered
+            watcher.own_health()
+    watcher.notifier.stopping()
     scheduler.shutdown(wait=False)
     if watcher.rpc is not None:
         watcher.rpc.stop()

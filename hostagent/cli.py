@@ -236,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return watch(args.config, args.root, args.state_dir, args.once)
         if args.command in ("status", "log", "alert"):
-            return _daemon_view(args)
+            from hostagent.commands import daemon_view
+
+            return daemon_view.main(args)
         if args.command == "maintenance":
             return _maintenance(args)
         if args.command == "fleet":
@@ -286,7 +288,7 @@ def _check(args: argparse.Namespace) -> int:
         from hostagent.actions import AuditLog
         from hostagent.remediate import act
 
-        report = act(host, report, config, AuditLog(state.directory))
+        report = act(host, report, config, AuditLog.configured(state.directory, config.agent))
     prom = args.prom or config.agent.prom_file
     if prom:
         try:
@@ -346,7 +348,8 @@ def _repair(args: argparse.Namespace, ctx: Any, config: Any, action: str, check:
     from hostagent.repair import render, repair, succeeded
 
     audit_dir = args.state_dir or (None if ctx.host.is_snapshot else config.agent.state_dir)
-    outcomes, remaining = repair(ctx, action, check, apply=args.apply, audit=AuditLog(audit_dir), timeout=timeout)
+    audit = AuditLog.configured(audit_dir, config.agent)
+    outcomes, remaining = repair(ctx, action, check, apply=args.apply, audit=audit, timeout=timeout)
     sys.stdout.write(render(outcomes, remaining, args.apply, args.json, nothing))
     return 0 if succeeded(outcomes, remaining) else 1
 
@@ -360,7 +363,8 @@ def _disk_replace(args: argparse.Namespace, host: Any, config: Any) -> int:
 
     state_dir = args.state_dir or config.agent.state_dir
     if args.disk_command == "locate":
-        where, outcomes, how = locate(host, args.disk, apply=args.apply, off=args.off, audit=AuditLog(state_dir),
+        audit = AuditLog.configured(state_dir, config.agent)
+        where, outcomes, how = locate(host, args.disk, apply=args.apply, off=args.off, audit=audit,
                                       timeout=config.agent.command_timeout)
         if args.json:
             print(json.dumps({"disk": where.__dict__, "led": how, "steps": [o.to_json() for o in outcomes]},
@@ -428,7 +432,8 @@ def _disk_fail(args: argparse.Namespace, host: Any, config: Any) -> int:
         where = f"in {args.array}" if args.array else "in any array"
         raise HostagentError(f"{member} is not a member {where}" if not holders
                              else f"{member} is in {', '.join(holders)}: name one with --array")
-    audit = AuditLog(args.state_dir or (None if host.is_snapshot else config.agent.state_dir))
+    audit = AuditLog.configured(args.state_dir or (None if host.is_snapshot else config.agent.state_dir),
+                                config.agent)
     outcomes, notes = force_fail(host, holders[0], member, apply=args.apply, audit=audit,
                                  timeout=config.agent.command_timeout, unblock_after=config.checks.hung.unblock_after)
     for outcome in outcomes:
@@ -560,68 +565,6 @@ def _audit_dns(args: argparse.Namespace) -> int:
                    network_prefix=(v4, v6))
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else render(result))
     return Severity[result["status"]].exit_code
-
-
-def _daemon_view(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from hostagent.config import load_config
-
-    config = load_config(args.config)
-    directory = Path(args.state_dir or config.agent.state_dir)
-    if args.command == "alert":
-        from hostagent.actions import AuditLog
-        from hostagent.alerts.alerter import Alerter
-        from hostagent.host import Host
-        from hostagent.state import StateStore
-
-        if not config.alerts.routes:
-            raise HostagentError(f"no alert routes in {config.source}: add [[alerts.routes]] with to = [...]")
-        alerter = Alerter(config.alerts, StateStore(None), directory / "spool", Host("/").hostname(),
-                          AuditLog(args.state_dir))
-        failed = 0
-        for route, error in alerter.test():
-            print(f"{', '.join(route)}: {'sent' if error is None else 'FAILED: ' + error}")
-            failed += error is not None
-        return 1 if failed else 0
-    if args.command == "log":
-        path = directory / "audit.jsonl"
-        lines = path.read_text().splitlines()[-args.last:] if path.exists() else []
-        for line in lines:
-            if args.json:
-                print(line)
-                continue
-            entry = json.loads(line)
-            what = " ".join(entry.get("argv", [])) or f"{entry.get('kind', '')} {entry.get('code', '')}".strip()
-            print(f"{entry.get('time')} {entry.get('event'):8} {entry.get('subject', '-'):16} {what}"
-                  + (f"  error: {entry['error']}" if entry.get("error") else ""))
-        return 0
-    path = directory / "status.json"
-    if not path.exists():
-        raise HostagentError(f"no status file at {path}: is hostagent watch running with this state directory?")
-    status = json.loads(path.read_text())
-    running = Path(f"/proc/{status['pid']}").exists()
-    if args.json:
-        print(json.dumps({**status, "running": running}, indent=2))
-        return 0
-    import time
-
-    print(f"hostagent watch on {status['hostname']}: {'running' if running else 'NOT RUNNING'} "
-          f"(pid {status['pid']}), status {status['status']}")
-    cycle = status["last_cycle"]
-    print(f"last cycle: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(cycle['at']))} "
-          f"({', '.join(cycle['checks'])}, {cycle['duration_ms']} ms)")
-    for name, when in sorted(status["next_runs"].items(), key=lambda item: item[1]):
-        print(f"next {name}: {time.strftime('%H:%M:%S', time.localtime(when))}")
-    problems = status["open_problems"]
-    print(f"open problems: {len(problems)}")
-    for problem in problems:
-        print(f"  {problem['severity']:8} {problem['code']:24} {problem['subject']:12} {problem['summary']}")
-    spool = status["spool"]
-    if spool["messages"]:
-        print(f"mail spool: {spool['messages']} waiting" + (" (OVERDUE)" if spool["overdue"] else ""))
-    return 0 if running else 3
 
 
 def _boot(args: argparse.Namespace) -> int:

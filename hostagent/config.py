@@ -45,6 +45,8 @@ class AgentConfig:
     rpc_socket: str = "/run/hostagent/rpc.sock"  # "": no RPC socket
     rpc_user: str = "hostagent-rpc"  # the only account besides root that the socket answers
     rpc_allow: tuple[str, ...] = ()  # the most any key line may allow (empty: rpc.DEFAULT_ALLOW)
+    audit_max_bytes: int = 8 << 20  # the audit journal is rotated when it reaches this size
+    audit_keep: int = 5  # rotated audit files kept (audit.jsonl.1 ... .N)
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,10 @@ def _rules(config: Config, source: str) -> list[str]:
     for low, high, strictly in _BELOW:
         if values[low] > values[high] or (strictly and values[low] == values[high]):
             bad(low, f"{values[low]} must be {'below' if strictly else 'at most'} {high} ({values[high]})")
+    if config.agent.audit_max_bytes < 4096:
+        bad("agent.audit_max_bytes", f"must be at least 4096, got {config.agent.audit_max_bytes}")
+    if not 0 <= config.agent.audit_keep <= 99:
+        bad("agent.audit_keep", f"must be from 0 to 99, got {config.agent.audit_keep}")
     smtp = config.alerts.smtp
     if not 1 <= smtp.port <= 65535:
         bad("alerts.smtp.port", f"must be a port from 1 to 65535, got {smtp.port}")

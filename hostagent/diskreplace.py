@@ -533,7 +533,7 @@ def replace(host: Host, config: Config, old_spec: str, new_spec: str, *, apply: 
         if found is None:
             raise HostagentError(f"--new {new_spec}: no such disk (is it attached? see lsblk)")
         new_name = found.name
-    audit = AuditLog(directory)
+    audit = AuditLog.configured(directory, config.agent)
     journal = Journal(audit, new_name)
     for number in journal.skipped:
         say(f"note: {audit.path} line {number} is not JSON (a torn write?); ignored")

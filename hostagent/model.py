@@ -78,6 +78,7 @@ class CheckResult:
     findings: tuple[Finding, ...]
     duration_ms: float
     error: str | None = None
+    finished_at: float | None = None  # epoch seconds; the daemon's combined report mixes runs of different ages
 
     @property
     def status(self) -> Severity:

@@ -18,7 +18,7 @@ def main(args: argparse.Namespace) -> int:
     net = config.checks.net
     directory = args.state_dir or config.agent.state_dir
     store = MitigationStore(directory)
-    audit = AuditLog(directory)
+    audit = AuditLog.configured(directory, config.agent)
     host = Host("/", command_timeout=config.agent.command_timeout)
     timeout = config.agent.command_timeout
     if args.net_command == "mitigations":

@@ -70,7 +70,7 @@ def render_prom(report: Report) -> str:
         out.append(f"# HELP hostagent_{name} {help_text}")
         out.append(f"# TYPE hostagent_{name} {kind}")
         for labels, value in samples:
-            out.append(f"hostagent_{name}{labels} {value:g}")
+            out.append(f"hostagent_{name}{labels} {value:.15g}")
 
     metric("status", "gauge", "Worst status as a Nagios code (0 ok, 1 warning, 2 critical, 3 unknown).",
            [("", report.exit_code)])
@@ -78,6 +78,8 @@ def render_prom(report: Report) -> str:
            [(_labels(check=r.name), 0 if r.error else 1) for r in report.results])
     metric("check_duration_seconds", "gauge", "How long the check took.",
            [(_labels(check=r.name), round(r.duration_ms / 1000, 6)) for r in report.results])
+    metric("last_run_timestamp_seconds", "gauge", "When the check last finished (epoch seconds).",
+           [(_labels(check=r.name), round(r.finished_at, 3)) for r in report.results if r.finished_at is not None])
     metric("finding", "gauge", "An open finding (1 per code and subject).",
            [(_labels(code=f.code, subject=f.subject, severity=f.severity.label), 1) for f in report.findings])
     arrays = report.inventory.get("arrays", [])

@@ -39,11 +39,11 @@ def run_check(module: ModuleType, ctx: CheckContext, config: Config) -> CheckRes
     except HostagentError as err:
         error = str(err)
     except Exception as err:  # a bug must not blank the other checks
-        error = f"internal error: {type(err).__name__}: {err} (at {_innermost_frame(err)})"
+        error = f"internal error: {type(err).__name__}: {err} (at {innermost_frame(err)})"
     duration_ms = (time.perf_counter() - start) * 1000
     if error is not None:
         findings = (Finding("check.failed", name, name, Severity.UNKNOWN, f"check {name} could not run: {error}"),)
-    return CheckResult(name, findings, duration_ms, error)
+    return CheckResult(name, findings, duration_ms, error, time.time())
 
 
 def open_state(host: Host, config: Config, state_dir: str | None) -> StateStore:
@@ -74,7 +74,7 @@ def run_checks(
     )
 
 
-def _innermost_frame(err: BaseException) -> str:
+def innermost_frame(err: BaseException) -> str:
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next

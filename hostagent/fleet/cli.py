@@ -189,7 +189,7 @@ def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
     directory = Path(config.fleet.state_dir)
     state = StateStore(directory)
     alerter = Alerter(config.alerts, state, directory / "spool", f"fleet controller {socket.gethostname()}",
-                      AuditLog(directory))
+                      AuditLog.configured(directory, config.agent))
     server = MetricsServer(config.fleet.metrics_listen) if config.fleet.metrics_listen else None
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -63,7 +63,7 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
                               owners={n: o for n, o in owners.items() if o}, force=force,
                               force_unbootable=force_unbootable, notify_owners=notify_owners,
                               hypervisor=select.describe(config.maintenance))
-        audit = AuditLog(state_dir or config.agent.state_dir)
+        audit = AuditLog.configured(state_dir or config.agent.state_dir, config.agent)
         event = {"event": "maintenance", "action": "schedule", "maintenance": journal.id, "subject": journal.id,
                  "reboot_at": document["reboot_at_utc"], "reason": reason, "force": force,
                  "force_unbootable": force_unbootable, "guests": sorted(journal.guests)}
@@ -128,7 +128,7 @@ def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
         cancelled = store.update(active.id, lambda current: current.cancel())
     except PhaseMoved as moved:
         raise HostagentError(str(moved)) from None
-    AuditLog(state_dir or config.agent.state_dir).record(
+    AuditLog.configured(state_dir or config.agent.state_dir, config.agent).record(
         {"event": "maintenance", "action": "cancel", "maintenance": cancelled.id, "subject": cancelled.id,
          "state": cancelled.phase})
     note = "no reboot; the guests already saved are being restored" if cancelled.phase == "restoring" else \

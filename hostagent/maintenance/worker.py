@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         store = JournalStore(Path(args.state_dir) / "maintenance")
-        audit = AuditLog(args.state_dir)
+        audit = AuditLog.configured(args.state_dir, config.agent)
         with store.worker(args.id):  # one worker per maintenance, even one a killed daemon left behind
             journal = store.load(args.id)
             if args.action == "run":

@@ -1,0 +1,108 @@
+"""``hostagent status``, ``hostagent log`` and ``hostagent alert test``: the daemon's view, read from
+its state directory (the status file, the audit journal, the alert routes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hostagent.actions import read_audit
+from hostagent.config import Config, load_config
+from hostagent.durable import read_bounded
+from hostagent.errors import HostagentError
+
+MAX_STATUS = 16 << 20
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    directory = Path(args.state_dir or config.agent.state_dir)
+    if args.command == "alert":
+        return alert_test(config, directory, args.state_dir)
+    if args.command == "log":
+        return show_log(directory, args.last, args.json)
+    return show_status(directory, args.json)
+
+
+def alert_test(config: Config, directory: Path, state_dir: str | None) -> int:
+    from hostagent.actions import AuditLog
+    from hostagent.alerts.alerter import Alerter
+    from hostagent.host import Host
+    from hostagent.state import StateStore
+
+    if not config.alerts.routes:
+        raise HostagentError(f"no alert routes in {config.source}: add [[alerts.routes]] with to = [...]")
+    alerter = Alerter(config.alerts, StateStore(None), directory / "spool", Host("/").hostname(),
+                      AuditLog(state_dir))
+    failed = 0
+    for route, error in alerter.test():
+        print(f"{', '.join(route)}: {'sent' if error is None else 'FAILED: ' + error}")
+        failed += error is not None
+    return 1 if failed else 0
+
+
+def show_log(directory: Path, last: int, as_json: bool) -> int:
+    """The last records of the audit journal (across its rotated files); a torn or foreign line is
+    shown as such, never a crash."""
+    for line, entry in read_audit(directory, last):
+        if as_json:
+            print(line if entry is not None else json.dumps({"torn": line[:500]}))
+            continue
+        if entry is None:
+            print(f"(torn record: {line[:120]!r})")
+            continue
+        argv = entry.get("argv")
+        what = (" ".join(str(a) for a in argv) if isinstance(argv, list) else "") or \
+            f"{entry.get('kind', '')} {entry.get('code', '')}".strip()
+        print(f"{entry.get('time')} {entry.get('event')!s:8} {entry.get('subject', '-')!s:16} {what}"
+              + (f"  error: {entry['error']}" if entry.get("error") else ""))
+    return 0
+
+
+def show_status(directory: Path, as_json: bool) -> int:
+    path = directory / "status.json"
+    try:
+        status = json.loads(read_bounded(path, MAX_STATUS))
+        if not isinstance(status, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise HostagentError(f"no status file at {path}: is hostagent watch running with this state "
+                             "directory?") from None
+    except (OSError, ValueError) as err:
+        raise HostagentError(f"{path}: unreadable status file: {err}") from None
+    running = Path(f"/proc/{status.get('pid')}").exists()
+    if as_json:
+        print(json.dumps({**status, "running": running}, indent=2))
+        return 0
+    print(render_status(status, running), end="")
+    return 0 if running else 3
+
+
+def render_status(status: dict[str, Any], running: bool) -> str:
+    def when(at: float, form: str = "%Y-%m-%d %H:%M:%S") -> str:
+        return time.strftime(form, time.localtime(at))
+
+    lines = [f"hostagent watch on {status['hostname']}: {'running' if running else 'NOT RUNNING'} "
+             f"(pid {status['pid']}), status {status['status']}"]
+    cycle = status["last_cycle"]
+    lines.append(f"last cycle: {when(cycle['at'])} ({', '.join(cycle['checks'])}, {cycle['duration_ms']} ms)")
+    for name, at in sorted(status["next_runs"].items(), key=lambda item: item[1]):
+        lines.append(f"next {name}: {when(at, '%H:%M:%S')}")
+    for part, error in sorted((status.get("failing") or {}).items()):
+        lines.append(f"FAILING {part}: {error}")
+    last_error = status.get("last_error")
+    if last_error:
+        lines.append(f"last error: {when(last_error['at'])} {last_error['error']}")
+    problems = status["open_problems"]
+    lines.append(f"open problems: {len(problems)}")
+    for problem in problems:
+        lines.append(f"  {problem['severity']:8} {problem['code']:24} {problem['subject']:12} {problem['summary']}")
+    spool = status["spool"]
+    if spool["messages"]:
+        lines.append(f"mail spool: {spool['messages']} waiting" + (" (OVERDUE)" if spool["overdue"] else ""))
+    for refused in status.get("refused_recipients") or []:
+        lines.append(f"REFUSED recipient {refused['address']}: {refused['reply']} (since {when(refused['at'])})")
+    return "\n".join(lines) + "\n"
