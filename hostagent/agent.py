@@ -218,7 +218,10 @@ class Watcher:
         elif "net" in names:
             expire_mitigations(self.host, self.config, self.audit)
         if self.config.alerts.enabled:
-            alerts = self.alerter.process(report.findings, names)
+            # the findings of every check's last run: those of a cycle that failed before this point
+            # are alerted now; only the checks that ran can resolve anything
+            current = [f for name, result in self.results.items() if name != SELF for f in result.findings]
+            alerts = self.alerter.process(current, names)
             for alert in alerts:
                 log.warning("alert %s: %s %s %s", alert.kind, alert.record.severity, alert.record.code,
                             alert.record.subject)
