@@ -169,13 +169,18 @@ class Watcher:
             log.info("%s: runs again", part)
 
     def own_health(self) -> None:
-        """One agent.cycle_failed finding per failing part of the daemon, alerted like any finding."""
+        """One agent.cycle_failed finding per failing part of the daemon, and what keeps alert mail from
+        its readers (refused recipients, corrupt or refused spool entries), alerted like any finding."""
         self.health_changed = False
         findings = tuple(Finding(CYCLE_FAILED, SELF, f"daemon/{part}", Severity.CRITICAL,
                                  f"hostagent watch: {text}",
                                  "The daemon keeps running, but this part of its work is not being done: "
                                  "see hostagent status and journalctl -u hostagent.")
                          for part, text in sorted(self.failing.items()))
+        try:
+            findings += tuple(self.alerter.delivery_findings(SELF))
+        except OSError as err:
+            log.error("alert spool %s: %s", self.alerter.spool.directory, err.strerror or err)
         if findings:
             self.results[SELF] = CheckResult(SELF, findings, 0.0, findings[-1].summary, time.time())
         else:
@@ -194,8 +199,7 @@ class Watcher:
         report = self.guard("cycle", lambda: self._run(names))
         if report is not None:
             self.succeeded("scheduled job")  # the scheduler's jobs only request cycles: one ran
-        if self.health_changed:
-            self.own_health()
+        self.own_health()
         self.guard("publish", lambda: self.publish(start, names))
         if self.health_changed:
             self.own_health()
@@ -225,8 +229,6 @@ class Watcher:
             for alert in alerts:
                 log.warning("alert %s: %s %s %s", alert.kind, alert.record.severity, alert.record.code,
                             alert.record.subject)
-            for error in self.alerter.last_errors:
-                log.error("mail delivery failed (spooled, will retry): %s", error)
         for result in report.results:
             if result.error:
                 log.error("check %s failed: %s", result.name, result.error)
@@ -253,7 +255,9 @@ class Watcher:
             "next_runs": self.next_runs,
             "open_problems": [f.to_json() for f in report.findings],
             "alerts_open": [r.to_json() for r in self.alerter.records().values() if r.status == "open"],
-            "spool": {"messages": len(self.alerter.spool.entries()), "oldest_age_s": age, "overdue": spool_overdue},
+            "spool": {"messages": len(self.alerter.spool.paths()), "oldest_age_s": age, "overdue": spool_overdue},
+            "refused_recipients": [{"address": address, **refusal}
+                                   for address, refusal in sorted(self.alerter.refused().items())],
             "config": self.config.source,
         }
         self.published = Published(report.to_json(), status, self._disks(names) or self.published.disks)
@@ -447,6 +451,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     scheduler.start()
     if not once:
         watcher.serve_rpc()
+        watcher.alerter.start_courier()
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
     watcher.notifier.ready(f"watching {watcher.host.root}")  # before the first cycle: it can take minutes
@@ -487,6 +492,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
         if watcher.health_changed:  # a part outside the checks failed or recovered
             watcher.own_health()
     watcher.notifier.stopping()
+    watcher.alerter.stop_courier()
     scheduler.shutdown(wait=False)
     if watcher.rpc is not None:
         watcher.rpc.stop()

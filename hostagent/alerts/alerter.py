@@ -1,28 +1,46 @@
-"""Glue: findings -> alert state -> spooled email, hook program and audit records."""
+"""Glue: findings -> alert state -> spooled email, hook program and audit records.
+
+The order that loses nothing: an alert's message is spooled durably (or, when the spool cannot be
+written, held in memory and sent from there) and its hook run *before* the alert state records
+it; a crash in between only means the alert is raised again, with the same Message-ID, so it is
+delivered at least once and a receiver can drop the repeat.  Sending runs in the courier thread,
+so checks and maintenance never wait on SMTP.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
+from email.message import EmailMessage
 from pathlib import Path
 
 from hostagent.actions import AuditLog
 from hostagent.alerts.delivery import (
+    PermanentError,
+    Refusals,
     Spool,
+    SpoolEntry,
+    TransientError,
     body,
     compose,
     recipients,
     run_hook,
     sender,
     severity_of,
+    stable_message_id,
     subject_line,
 )
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.alerts.state import Alert, AlertRecord, Policy, step
-from hostagent.model import Finding
+from hostagent.errors import HostagentError
+from hostagent.model import Finding, Severity
 from hostagent.state import StateStore
 
 PREFIX = "alert."
+RETRY_TICK = 15.0  # s between the courier's looks at the spool when nothing wakes it
+log = logging.getLogger("hostagent")
 
 
 class Alerter:
@@ -32,47 +50,82 @@ class Alerter:
         self.config, self.state, self.hostname, self.audit = config, state, hostname, audit
         self.spool = Spool(spool_dir)
         self.evidence, self.clock = evidence, clock
-        self.send = sender(config)
         self.last_errors: list[str] = []
+        self._unspooled: dict[str, tuple[str, list[str], float]] = {}  # Message-ID -> (text, to, created)
+        self._hooked: set[str] = set()  # Message-IDs whose hook ran in this process
+        self._flush_lock = threading.Lock()
+        self._courier: Courier | None = None
+
+    @property
+    def send(self) -> Callable[[str, list[str], float], Refusals]:
+        return sender(self.config)  # the current config's: a reload takes effect at the next message
 
     def records(self) -> dict[str, AlertRecord]:
         return {key[len(PREFIX):]: AlertRecord.from_json(value)
                 for key, value in self.state.items(PREFIX).items() if value is not None}
 
     def process(self, findings: Iterable[Finding], checks_that_ran: Iterable[str]) -> list[Alert]:
-        """Advance the alert state with a run's findings, queue and send what a human must hear."""
+        """Advance the alert state with a run's findings, and spool what a human must hear; the state of
+        an alert whose message could not be spooled is left as it was, so the next run raises it again."""
         now = self.clock()
         policy = Policy(severity_of(self.config.min_severity), self.config.reminder_interval,
                         self.config.reminder_backoff, self.config.flap_window, self.config.flap_threshold,
                         frozenset(checks_that_ran))
         before = self.records()
         after, alerts = step(before, findings, policy, now)
+        unspooled = {alert.record.key for alert in alerts
+                     if not self._queue(alert, now, before.get(alert.record.key))}
         for key, record in after.items():
-            if before.get(key) != record:
+            if key not in unspooled and before.get(key) != record:
                 self.state.put(PREFIX + key, record.to_json())
-        for alert in alerts:
-            self._queue(alert, now)
-        self.flush()
+        self.wake()
         return alerts
 
-    def _queue(self, alert: Alert, now: float) -> None:
+    def _queue(self, alert: Alert, now: float, before: AlertRecord | None) -> bool:
+        """Spool the alert's mail and run its hook; False when the mail could not be spooled."""
+        message_id = stable_message_id(self.hostname, alert.record.key, alert.kind,
+                                       before.to_json() if before is not None else None)
         to = recipients(self.config, alert)
+        spooled = True
         if to:
             text = body(alert, self.hostname, now, self.evidence(alert.finding))
-            self.spool.add(compose(self.config, subject_line(alert, self.hostname), text, to, now), to, now)
-        hook_error = (run_hook(self.config.hook, alert, self.hostname, self.config.hook_timeout)
-                      if self.config.hook else None)
-        self.audit.record({"event": "alert", "kind": alert.kind, "code": alert.record.code,
-                           "subject": alert.record.subject, "severity": alert.record.severity, "to": to,
-                           "hook_error": hook_error})
+            spooled = self._spool(compose(self.config, subject_line(alert, self.hostname), text, to, now, message_id),
+                                  to, now)
+        hook_error = None
+        if self.config.hook and message_id not in self._hooked:
+            hook_error = run_hook(self.config.hook, alert, self.hostname, self.config.hook_timeout)
+            if hook_error is None:
+                self._hooked.add(message_id)
+        self._audit({"event": "alert", "kind": alert.kind, "code": alert.record.code, "subject": alert.record.subject,
+                     "severity": alert.record.severity, "to": to, "message_id": message_id, "spooled": spooled,
+                     "hook_error": hook_error})
+        return spooled
+
+    def _spool(self, message: EmailMessage, to: list[str], now: float) -> bool:
+        try:
+            self.spool.add(message, to, now)
+            return True
+        except OSError as err:  # a full or read-only disk: the courier sends it from memory meanwhile
+            message_id = str(message["Message-ID"])
+            log.error("alert spool %s: %s; sending %s from memory", self.spool.directory, err.strerror or err,
+                      message_id)
+            with self._flush_lock:
+                self._unspooled.setdefault(message_id, (message.as_string(), to, now))
+            return False
+
+    def _audit(self, event: dict[str, object]) -> None:
+        try:
+            self.audit.record(event)
+        except HostagentError as err:  # the audit log shares the disk: its failure must not lose the alert
+            log.error("%s", err)
 
     def mail(self, subject: str, text: str, to: list[str], kind: str) -> None:
         """Queue and send a message that is not an alert (maintenance notices and reports), audited."""
         now = self.clock()
         if to:
-            self.spool.add(compose(self.config, subject, text, to, now), to, now)
-        self.audit.record({"event": "mail", "kind": kind, "subject": subject, "to": to})
-        self.flush()
+            self._spool(compose(self.config, subject, text, to, now), to, now)
+        self._audit({"event": "mail", "kind": kind, "subject": subject, "to": to})
+        self.wake()
 
     def operators(self) -> list[str]:
         """Every address on any route: who hears about maintenance reports."""
@@ -81,9 +134,142 @@ class Alerter:
             found += [address for address in route.to if address not in found]
         return found
 
+    # -- delivery --------------------------------------------------------------------------
+
+    def start_courier(self) -> None:
+        """Send from now on in a thread of its own (the daemons); without it each call sends inline."""
+        if self._courier is None:
+            self._courier = Courier(self)
+
+    def stop_courier(self, wait: float = 5.0) -> None:
+        if self._courier is not None:
+            self._courier.stop(wait)
+            self._courier = None
+
+    def wake(self) -> None:
+        if self._courier is not None:
+            self._courier.wakeup.set()
+        else:
+            self.flush()
+
+    def deadline(self) -> float:
+        """The hard limit on one delivery attempt, however slowly the server answers."""
+        return max(3 * self.config.smtp.timeout, 5.0)
+
     def flush(self) -> int:
-        sent, self.last_errors = self.spool.flush(self.send, self.clock())
-        return sent
+        """Try every due message now; returns how many went out (to at least one recipient)."""
+        with self._flush_lock:
+            now = self.clock()
+            sent, errors = 0, []
+            for message_id, (text, to, _) in list(self._unspooled.items()):
+                try:
+                    refused = self.send(text, to, self.deadline())
+                except (TransientError, PermanentError) as err:
+                    errors.append(f"{message_id} (not spooled): {err}")
+                    continue
+                self._record_refusals(refused, to, now)
+                del self._unspooled[message_id]
+                sent += len(refused) < len(to)
+            for path in self.spool.paths():
+                try:
+                    entry = self.spool.load(path)
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError, RecursionError) as err:
+                    errors.append(self._set_aside(path, "corrupt", f"unreadable spool entry: {err}"))
+                    continue
+                if entry.next_try > now:
+                    continue
+                result = self._deliver(entry, now)
+                if isinstance(result, str):
+                    errors.append(result)
+                else:
+                    sent += result
+            self.last_errors = errors
+            for error in errors:
+                log.error("mail delivery failed: %s", error)
+            return sent
+
+    def _deliver(self, entry: SpoolEntry, now: float) -> int | str:
+        """Send one entry: 1 if it reached a recipient, 0 if nobody took it, or the error text."""
+        try:
+            refused = self.send(entry.message, entry.to, self.deadline())
+        except TransientError as err:
+            return self._retry_later(entry, now, str(err))
+        except PermanentError as err:
+            return self._set_aside(entry.path, "failed", f"refused for good: {err} (to {', '.join(entry.to)}, "
+                                                         f"{entry.message_id})")
+        self._record_refusals(refused, entry.to, now)
+        accepted = [address for address in entry.to if address not in refused]
+        later = sorted(address for address, (code, _) in refused.items() if 400 <= code < 500)
+        if later:  # the others have it: only the 4xx recipients are tried again
+            entry.to = later
+            self._retry_later(entry, now, "; ".join(f"{a}: {refused[a][0]} {refused[a][1]}" for a in later))
+        else:
+            entry.path.unlink(missing_ok=True)
+        return 1 if accepted else 0
+
+    def _retry_later(self, entry: SpoolEntry, now: float, error: str) -> str:
+        entry.attempts += 1
+        entry.next_try = now + min(30 * 2 ** entry.attempts, 3600)
+        entry.last_error = error
+        try:
+            self.spool.save(entry)
+        except OSError as err:
+            error += f"; and the retry could not be recorded: {err.strerror or err}"
+        return error
+
+    def _set_aside(self, path: Path, where: str, why: str) -> str:
+        try:
+            self.spool.set_aside(path, where, why)
+        except OSError as err:
+            return f"{path.name}: {why}; cannot move it to {where}/: {err.strerror or err}"
+        log.error("alert spool: %s moved to %s/: %s", path.name, where, why)
+        return f"{path.name}: {why}"
+
+    def _record_refusals(self, refused: Refusals, to: list[str], now: float) -> None:
+        """Recipients refused for good (5xx) are kept in refused.json until one takes a message again."""
+        known = self.spool.refused()
+        changed = False
+        for address, (code, reply) in refused.items():
+            if not 400 <= code < 500 and address not in known:
+                known[address] = {"code": code, "reply": reply, "at": now}
+                changed = True
+                log.error("alert recipient %s refused for good: %d %s", address, code, reply)
+        for address in to:
+            if address not in refused and address in known:
+                del known[address]
+                changed = True
+        if changed:
+            try:
+                self.spool.set_refused(known)
+            except OSError as err:
+                log.error("alert spool: cannot record refused recipients: %s", err.strerror or err)
+
+    def refused(self) -> dict[str, dict[str, object]]:
+        return self.spool.refused()
+
+    def delivery_findings(self, check: str) -> list[Finding]:
+        """What keeps mail from its readers, as findings of ``check`` (alerted through the routes that work)."""
+        found = []
+        spool = self.spool.directory
+        for name, why in self.spool.set_aside_entries("corrupt"):
+            found.append(Finding("alert.spool_corrupt", check, name, Severity.WARNING,
+                                 f"alert spool entry {name} could not be read and was moved to {spool}/corrupt: "
+                                 f"{why}", "Remove the file once its message has been looked at."))
+        for name, why in self.spool.set_aside_entries("failed"):
+            found.append(Finding("alert.undeliverable", check, name, Severity.CRITICAL,
+                                 f"an alert mail was {why}; it is kept in {spool}/failed",
+                                 "Fix the address or the server's policy, then remove the file."))
+        for address, refusal in sorted(self.spool.refused().items()):
+            found.append(Finding("alert.recipient_refused", check, address, Severity.CRITICAL,
+                                 f"mail to {address} is refused for good: {refusal.get('code')} "
+                                 f"{refusal.get('reply')}; alerts reach the other routes only"))
+        if self._unspooled:
+            found.append(Finding("alert.spool_unwritable", check, "spool", Severity.CRITICAL,
+                                 f"{len(self._unspooled)} alert mail(s) could not be written to {spool} and are "
+                                 "held in memory only: a restart before they are sent loses them"))
+        return found
 
     def spool_age(self) -> float | None:
         return self.spool.oldest_age(self.clock())
@@ -98,8 +284,36 @@ class Alerter:
             message = compose(self.config, f"[hostagent] TEST alert route on {self.hostname}", text, list(route.to),
                               now)
             try:
-                self.send(message.as_string(), list(route.to))
-                results.append((route.to, None))
-            except Exception as err:  # every route is tried and reported
-                results.append((route.to, f"{type(err).__name__}: {err}"))
+                refused = self.send(message.as_string(), list(route.to), self.deadline())
+                results.append((route.to, "; ".join(f"{a} refused: {c} {r}" for a, (c, r) in refused.items())
+                                or None))
+            except (TransientError, PermanentError) as err:  # every route is tried and reported
+                results.append((route.to, str(err)))
         return results
+
+
+class Courier:
+    """Sends the spool in its own thread: woken by each new message, and every RETRY_TICK for retries."""
+
+    def __init__(self, alerter: Alerter) -> None:
+        self.alerter = alerter
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="hostagent-courier", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.wakeup.wait(RETRY_TICK)
+            self.wakeup.clear()
+            if self.stopping.is_set():
+                return
+            try:
+                self.alerter.flush()
+            except Exception as err:  # the courier never dies: the next tick tries again
+                log.error("mail courier: %s: %s", type(err).__name__, err)
+
+    def stop(self, wait: float) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+        self.thread.join(wait)

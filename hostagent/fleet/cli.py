@@ -191,6 +191,8 @@ def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
     alerter = Alerter(config.alerts, state, directory / "spool", f"fleet controller {socket.gethostname()}",
                       AuditLog.configured(directory, config.agent))
     server = MetricsServer(config.fleet.metrics_listen) if config.fleet.metrics_listen else None
+    if not once:
+        alerter.start_courier()
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
@@ -202,6 +204,7 @@ def watch(config: Config, once: bool = False, accept_new: bool = False) -> int:
                 break
             stopping.wait(max(config.fleet.poll_interval - (time.time() - started), 1.0))
     finally:
+        alerter.stop_courier()
         controller.close()
         if server is not None:
             server.close()
@@ -255,7 +258,7 @@ def _report_own_health(alerter: Any, failures: list[str]) -> None:
     findings = [Finding("fleet.cycle_failed", "fleet-self", "controller", Severity.CRITICAL,
                         f"fleet watch cycle failed: {'; '.join(failures)}")] if failures else []
     try:
-        alerter.process(findings, ["fleet-self"])
+        alerter.process(findings + alerter.delivery_findings("fleet-self"), ["fleet-self"])
     except Exception as err:
         log.error("fleet watch: cannot alert on its own failure: %s: %s", type(err).__name__, err)
 
