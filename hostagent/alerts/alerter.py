@@ -53,6 +53,7 @@ class Alerter:
         self.last_errors: list[str] = []
         self._unspooled: dict[str, tuple[str, list[str], float]] = {}  # Message-ID -> (text, to, created)
         self._hooked: set[str] = set()  # Message-IDs whose hook ran in this process
+        self._delivered: set[str] = set()  # Message-IDs sent from memory: never spooled again
         self._flush_lock = threading.Lock()
         self._courier: Courier | None = None
 
@@ -102,11 +103,15 @@ class Alerter:
         return spooled
 
     def _spool(self, message: EmailMessage, to: list[str], now: float) -> bool:
+        message_id = str(message["Message-ID"])
+        if message_id in self._delivered:  # raised again because its state could not be saved: it went out
+            return True
         try:
             self.spool.add(message, to, now)
+            with self._flush_lock:
+                self._unspooled.pop(message_id, None)
             return True
         except OSError as err:  # a full or read-only disk: the courier sends it from memory meanwhile
-            message_id = str(message["Message-ID"])
             log.error("alert spool %s: %s; sending %s from memory", self.spool.directory, err.strerror or err,
                       message_id)
             with self._flush_lock:
@@ -169,6 +174,7 @@ class Alerter:
                     continue
                 self._record_refusals(refused, to, now)
                 del self._unspooled[message_id]
+                self._delivered.add(message_id)
                 sent += len(refused) < len(to)
             for path in self.spool.paths():
                 try:
@@ -211,7 +217,7 @@ class Alerter:
 
     def _retry_later(self, entry: SpoolEntry, now: float, error: str) -> str:
         entry.attempts += 1
-        entry.next_try = now + min(30 * 2 ** entry.attempts, 3600)
+        entry.next_try = now + min(self.config.retry_interval * 2 ** (entry.attempts - 1), 3600)
         entry.last_error = error
         try:
             self.spool.save(entry)
@@ -228,7 +234,7 @@ class Alerter:
         return f"{path.name}: {why}"
 
     def _record_refusals(self, refused: Refusals, to: list[str], now: float) -> None:
-        """Recipients refused for good (5xx) are kept in refused.json until one takes a message again."""
+        """Recipients refused for good (5xx) are kept in refused-recipients until one takes a message again."""
         known = self.spool.refused()
         changed = False
         for address, (code, reply) in refused.items():
@@ -304,7 +310,7 @@ class Courier:
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            self.wakeup.wait(RETRY_TICK)
+            self.wakeup.wait(min(RETRY_TICK, self.alerter.config.retry_interval))
             self.wakeup.clear()
             if self.stopping.is_set():
                 return

@@ -128,7 +128,7 @@ class Spool:
     written durably (file and directory fsync'd) before the alert state records it as sent.
 
     ``corrupt/`` holds entries that could not be read (moved aside, reported), ``failed/`` those
-    refused for good (5xx), and ``refused.json`` the recipients refused for good.
+    refused for good (5xx), and ``refused-recipients`` (JSON) the recipients refused for good.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -221,7 +221,7 @@ class Spool:
 
 
 MAX_ENTRY = 4 << 20
-REFUSED_FILE = "refused.json"
+REFUSED_FILE = "refused-recipients"  # not *.json: the spool's entries are
 
 
 def sender(config: AlertsConfig) -> Callable[[str, list[str], float], Refusals]:

@@ -41,3 +41,4 @@ class AlertsConfig:
     hook: str | None = None
     hook_timeout: float = 30.0
     spool_max_age: float = 86400.0
+    retry_interval: float = 60.0  # s before the first retry of a message; each next waits twice as long (<= 1 h)

@@ -104,5 +104,6 @@ def render_status(status: dict[str, Any], running: bool) -> str:
     if spool["messages"]:
         lines.append(f"mail spool: {spool['messages']} waiting" + (" (OVERDUE)" if spool["overdue"] else ""))
     for refused in status.get("refused_recipients") or []:
-        lines.append(f"REFUSED recipient {refused['address']}: {refused['reply']} (since {when(refused['at'])})")
+        lines.append(f"REFUSED recipient {refused['address']}: {refused.get('code')} {refused.get('reply')} "
+                     f"(since {when(refused['at'])})")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,10 @@
 HOSTAGENT_TEST_FAULTS is a JSON object:
 - ``"check_raises": "smart"``: that check's run() raises RuntimeError;
 - ``"inventory_fails": N``: the first N inventory reads of the daemon's cycles raise OSError (a part
-  of the cycle outside every check).
+  of the cycle outside every check);
+- ``"spool_fails": N``: the first N alert spool writes fail with ENOSPC;
+- ``"kill_after_spool": true``: SIGKILL right after the first message is spooled (before it is sent
+  and before the alert state records it).
 
 Debian's own sitecustomize is loaded first, so nothing of the interpreter's setup is lost.
 """
@@ -45,3 +48,22 @@ if FAULTS.get("inventory_fails"):
         return real(self)
 
     Inventory.to_json = failing  # type: ignore[method-assign]
+
+if FAULTS.get("spool_fails") or FAULTS.get("kill_after_spool"):
+    import signal
+
+    from hostagent.alerts.delivery import Spool
+
+    failures = [int(FAULTS.get("spool_fails", 0))]
+    real_add = Spool.add
+
+    def add(self: Spool, message: object, to: list[str], now: float) -> object:
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise OSError(28, "No space left on device (injected)")
+        path = real_add(self, message, to, now)  # type: ignore[arg-type]
+        if FAULTS.get("kill_after_spool"):  # spooled and fsync'd, neither sent nor recorded in the state
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    Spool.add = add  # type: ignore[method-assign]
