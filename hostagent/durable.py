@@ -75,9 +75,12 @@ def exclusive(lock_path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refusing anything else and anything over ``limit`` bytes (OSError or ValueError)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+def read_bounded(path: Path, limit: int, follow: bool = False) -> bytes:
+    """A regular file's bytes, refusing anything else and anything over ``limit`` bytes (OSError or
+    ValueError).  O_NONBLOCK: opening a FIFO never waits for a writer.  ``follow``: the last path
+    component may be a symlink (sysfs), as long as it leads to a regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -21,9 +21,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostagent.errors import CommandTimeout, ProbeUnavailable
+from hostagent.durable import read_bounded
+from hostagent.errors import CommandTimeout, ParseError, ProbeUnavailable
 
 COMMANDS_DIR = "_commands"
+MAX_READ = 8 << 20  # no file or recorded output a check reads is near this: /proc/mdstat of 1,000 arrays is ~200 KiB
 DEFAULT_COMMAND_TIMEOUT = 30.0
 # After killing a timed-out command, how long to wait for it to be reaped.  A process in
 # uninterruptible sleep (D state, a hung disk) cannot die; we leave it rather than hang too.
@@ -93,9 +95,11 @@ class Host:
         return self.read_bytes(path).decode("utf-8", errors="replace")
 
     def read_bytes(self, path: str) -> bytes:
+        """A regular file's bytes, at most MAX_READ: a FIFO, a device or an endless file where a file is
+        expected (a hostile snapshot, a broken /proc) is ProbeUnavailable, never a hang."""
         real = self.path(path)
         try:
-            data = real.read_bytes()
+            data = read_bounded(real, MAX_READ, follow=True)
         except FileNotFoundError:
             raise
         except NotADirectoryError as err:
@@ -104,6 +108,8 @@ class Host:
             raise ProbeUnavailable(f"{path}: permission denied (run as root)") from err
         except OSError as err:
             raise ProbeUnavailable(f"{path}: {err.strerror or err}") from err
+        except ValueError as err:
+            raise ProbeUnavailable(f"{real}: {err}") from err
         self._record_file(path, data)
         return data
 
@@ -244,22 +250,25 @@ class Host:
 
     def _replay(self, argv: tuple[str, ...], tool: str, name: str) -> CommandResult:
         base = self.root / COMMANDS_DIR / tool / name
-        try:
-            stdout = base.read_text(errors="replace")
-        except FileNotFoundError as err:
-            raise ProbeUnavailable(
-                f"snapshot {self.root} has no recorded output of {' '.join(argv)} "
-                f"(expected {base})"
-            ) from err
+
+        def recorded(path: Path) -> str | None:
+            try:
+                return read_bounded(path, MAX_READ, follow=True).decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError) as err:
+                raise ProbeUnavailable(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+
+        stdout = recorded(base)
+        if stdout is None:
+            raise ProbeUnavailable(f"snapshot {self.root} has no recorded output of {' '.join(argv)} "
+                                   f"(expected {base})")
         rc_file = base.with_name(base.name + ".rc")
-        err_file = base.with_name(base.name + ".stderr")
-        rc_text = rc_file.read_text().strip() if rc_file.exists() else "0"
-        try:
-            returncode = int(rc_text)
-        except ValueError as err:
-            raise ProbeUnavailable(f"{rc_file}: exit code {rc_text!r} is not a number") from err
-        stderr = err_file.read_text(errors="replace") if err_file.exists() else ""
-        return CommandResult(argv, returncode, stdout, stderr)
+        rc_text = (recorded(rc_file) or "0").strip()
+        if not re.fullmatch(r"-?[0-9]{1,3}", rc_text):
+            raise ParseError(str(rc_file), 1, f"exit code {rc_text[:40]!r} is not a number from -255 to 999")
+        stderr = recorded(base.with_name(base.name + ".stderr")) or ""
+        return CommandResult(argv, int(rc_text), stdout, stderr)
 
     def _record_command(self, tool: str, name: str, result: CommandResult) -> None:
         if self._record_to is None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
+from hostagent.sources.bounds import MAX_DESCRIPTOR, MAX_MEMBERS, MAX_U64
+from hostagent.sources.bounds import number as bounded
 
 MDSTAT_PATH = "/proc/mdstat"
 
@@ -81,31 +83,31 @@ class Mdstat:
 _ARRAY_HEADER = re.compile(r"^(?P<name>md[A-Za-z0-9_.:+!-]{0,62})\s*:\s*(?P<rest>.*)$")
 _FLAG = re.compile(r"\(([A-Z])\)")
 # member and array names: the kernel's own naming (hostagent/names.py), so no crafted name reaches a command
-_MEMBER = re.compile(r"^(?P<dev>[A-Za-z0-9][A-Za-z0-9_.:+!-]{0,63})\[(?P<nr>\d+)\](?P<flags>(?:\([A-Z]\))*)$")
+_MEMBER = re.compile(r"^(?P<dev>[A-Za-z0-9][A-Za-z0-9_.:+!-]{0,63})\[(?P<nr>[0-9]+)\](?P<flags>(?:\([A-Z]\))*)$")
 _PERSONALITY = re.compile(r"\[([^\]]+)\]")
-_BLOCKS = re.compile(r"^(?P<blocks>\d+) blocks\b(?P<rest>.*)$")
+_BLOCKS = re.compile(r"^(?P<blocks>[0-9]+) blocks\b(?P<rest>.*)$")
 # The personality's status, in the order md.c and the personalities print its parts.
 _BLOCKS_TAIL = re.compile(
     r"(?: super (?P<superblock>\S+))?"
-    r"(?: level \d+, (?P<chunk5>\d+)k chunk, algorithm (?P<algorithm>\d+))?"
-    r"(?: (?P<chunks>\d+)[kK] chunks)?"
-    r"(?: (?P<near>\d+) near-copies)?"
-    r"(?: (?P<far>\d+) far-copies| (?P<offset>\d+) offset-copies)?"
-    r"(?: \d+ devices per set)?"
-    r"(?: (?P<rounding>\d+)k rounding)?"
-    r"(?: \[(?P<raid_disks>\d+)/(?P<working>\d+)\] \[(?P<slot_map>[U_]*)\])?"
+    r"(?: level [0-9]+, (?P<chunk5>[0-9]+)k chunk, algorithm (?P<algorithm>[0-9]+))?"
+    r"(?: (?P<chunks>[0-9]+)[kK] chunks)?"
+    r"(?: (?P<near>[0-9]+) near-copies)?"
+    r"(?: (?P<far>[0-9]+) far-copies| (?P<offset>[0-9]+) offset-copies)?"
+    r"(?: [0-9]+ devices per set)?"
+    r"(?: (?P<rounding>[0-9]+)k rounding)?"
+    r"(?: \[(?P<raid_disks>[0-9]+)/(?P<working>[0-9]+)\] \[(?P<slot_map>[U_]*)\])?"
 )
 _PROGRESS = re.compile(
     r"^(?:\[[=>.]*\]\s*)?(?P<action>resync|recovery|check|reshape|repair)\s*=\s*"
-    r"(?P<pct>\d+(?:\.\d+)?)%"
-    r"(?:\s*\((?P<done>\d+)/(?P<total>\d+)\))?"
-    r"(?:\s*finish=(?P<finish>\d+(?:\.\d+)?)min)?"
-    r"(?:\s*speed=(?P<speed>\d+)K/sec)?$"
+    r"(?P<pct>[0-9]+(?:\.[0-9]+)?)%"
+    r"(?:\s*\((?P<done>[0-9]+)/(?P<total>[0-9]+)\))?"
+    r"(?:\s*finish=(?P<finish>[0-9]+(?:\.[0-9]+)?)min)?"
+    r"(?:\s*speed=(?P<speed>[0-9]+)K/sec)?$"
 )
 _WAITING = re.compile(r"^(?P<action>\w+)=(?P<what>DELAYED|PENDING|REMOTE)$")
 _BITMAP = re.compile(
-    r"^bitmap: (?P<used>\d+)/(?P<total>\d+) pages \[\d+KB\], "
-    r"(?P<chunk>\d+)(?P<unit>KB|MB|B) chunk(?:, file: (?P<file>.*))?$"
+    r"^bitmap: (?P<used>[0-9]+)/(?P<total>[0-9]+) pages \[[0-9]+KB\], "
+    r"(?P<chunk>[0-9]+)(?P<unit>KB|MB|B) chunk(?:, file: (?P<file>.*))?$"
 )
 _SHELL_PROMPT = re.compile(r"^(?:\S*@\S*|\[[^\]]*\])?\s*[#$%>]\s|^\S*[@:]\S*[#$%>]\s*$|^[#$]\s")
 _UNIT = {"B": 1, "KB": 1024, "MB": 1024 * 1024}
@@ -184,10 +186,10 @@ def parse_mdstat(text: str, source: str = MDSTAT_PATH) -> Mdstat:
 def _parse_array(
     header: tuple[int, str, str], block: list[tuple[int, str]], source: str
 ) -> MdstatArray:
-    number, name, rest = header
+    line, name, rest = header
     tokens = rest.split()
     if not tokens or tokens[0] not in ("active", "inactive", "broken"):
-        raise ParseError(source, number, f"{name}: expected active, inactive or broken, got {rest!r}")
+        raise ParseError(source, line, f"{name}: expected active, inactive or broken, got {rest!r}")
     state = tokens.pop(0)
     read_only = None
     if tokens and tokens[0] in ("(read-only)", "(auto-read-only)"):
@@ -196,23 +198,24 @@ def _parse_array(
     if tokens and not _MEMBER.match(tokens[0]):
         personality = tokens.pop(0)
         if personality not in PERSONALITIES:
-            raise ParseError(source, number, f"{name}: unknown personality {personality!r}")
+            raise ParseError(source, line, f"{name}: unknown personality {personality!r}")
     members = []
     for token in tokens:
         member = _MEMBER.match(token)
         if not member:
-            raise ParseError(source, number, f"{name}: cannot read member {token!r}")
+            raise ParseError(source, line, f"{name}: cannot read member {token!r}")
         letters = _FLAG.findall(member["flags"]) if member["flags"] else []
         unknown = [f for f in letters if f not in MEMBER_FLAGS]
         if unknown:
-            raise ParseError(source, number, f"{name}: unknown member flag {unknown} in {token!r}")
-        members.append(MdstatMember(member["dev"], int(member["nr"]), tuple(MEMBER_FLAGS[f] for f in letters)))
+            raise ParseError(source, line, f"{name}: unknown member flag {unknown} in {token!r}")
+        nr = bounded(member["nr"], source, line, f"{name}: member {member['dev']}", MAX_DESCRIPTOR)
+        members.append(MdstatMember(member["dev"], nr, tuple(MEMBER_FLAGS[f] for f in letters)))
     fields: dict[str, object] = {}
-    for line_no, line in block:
-        _parse_status_line(name, line_no, line, fields, source)
+    for line_no, text in block:
+        _parse_status_line(name, line_no, text, fields, source)
     return MdstatArray(
         name=name,
-        line=number,
+        line=line,
         state=state,
         read_only=read_only,
         personality=personality,
@@ -224,26 +227,29 @@ def _parse_array(
 def _parse_status_line(
     name: str, number: int, line: str, fields: dict[str, object], source: str
 ) -> None:
+    def count(text: str, what: str, high: int = MAX_U64) -> int:
+        return bounded(text, source, number, f"{name}: {what}", high)
+
     blocks = _BLOCKS.match(line)
     if blocks:
         if "blocks" in fields:
             raise ParseError(source, number, f"{name}: a second 'blocks' line")
-        fields["blocks"] = int(blocks["blocks"])
+        fields["blocks"] = count(blocks["blocks"], "blocks")
         _parse_blocks_tail(name, number, blocks["rest"], fields, source)
         return
     progress = _PROGRESS.match(line)
     if progress:
-        pct = float(progress["pct"])
+        pct = float(progress["pct"][:20])
         if pct > 100:
             raise ParseError(source, number, f"{name}: progress {pct}% is above 100%")
         done, total = progress["done"], progress["total"]
         fields["sync"] = MdstatSync(
             action=progress["action"],
             progress=pct / 100,
-            done_kib=int(done) if done else None,
-            total_kib=int(total) if total else None,
-            finish_s=round(float(progress["finish"]) * 60) if progress["finish"] else None,
-            speed_kbps=int(progress["speed"]) if progress["speed"] else None,
+            done_kib=count(done, "done") if done else None,
+            total_kib=count(total, "total") if total else None,
+            finish_s=round(float(progress["finish"][:20]) * 60) if progress["finish"] else None,
+            speed_kbps=count(progress["speed"], "speed") if progress["speed"] else None,
         )
         return
     waiting = _WAITING.match(line)
@@ -253,9 +259,9 @@ def _parse_status_line(
     bitmap = _BITMAP.match(line)
     if bitmap:
         fields["bitmap"] = MdstatBitmap(
-            pages_used=int(bitmap["used"]),
-            pages_total=int(bitmap["total"]),
-            chunk_bytes=int(bitmap["chunk"]) * _UNIT[bitmap["unit"]],
+            pages_used=count(bitmap["used"], "bitmap pages"),
+            pages_total=count(bitmap["total"], "bitmap pages"),
+            chunk_bytes=count(bitmap["chunk"], "bitmap chunk") * _UNIT[bitmap["unit"]],
             file=bitmap["file"],
         )
         return
@@ -275,11 +281,20 @@ def _parse_blocks_tail(
                          ("rounding_kib", "rounding"), ("near_copies", "near"), ("far_copies", "far"),
                          ("offset_copies", "offset")):
         if match[group]:
-            fields[field] = int(match[group])
+            fields[field] = bounded(match[group], source, number, f"{name}: {field}", MAX_U64)
+    if fields.get("near_copies", 1) == 0 or fields.get("far_copies", 1) == 0 or fields.get("offset_copies", 1) == 0:
+        raise ParseError(source, number, f"{name}: zero copies in the layout")
     if match["slot_map"] is not None:
-        raid_disks, working, slot_map = int(match["raid_disks"]), int(match["working"]), match["slot_map"]
+        raid_disks = bounded(match["raid_disks"], source, number, f"{name}: raid disks", MAX_MEMBERS)
+        working = bounded(match["working"], source, number, f"{name}: working disks", MAX_MEMBERS)
+        slot_map = match["slot_map"]
         if working > raid_disks:
             raise ParseError(source, number, f"{name}: {working} working of {raid_disks} disks")
         if len(slot_map) != raid_disks:
             raise ParseError(source, number, f"{name}: slot map [{slot_map}] does not have {raid_disks} slots")
+        near = fields.get("near_copies", 1)
+        far = fields.get("far_copies", fields.get("offset_copies", 1))
+        copies = (near if isinstance(near, int) else 1) * (far if isinstance(far, int) else 1)
+        if copies > raid_disks:  # raid10.c refuses more copies than disks
+            raise ParseError(source, number, f"{name}: {copies} copies of each chunk on {raid_disks} disks")
         fields.update(raid_disks=raid_disks, working_disks=working, slot_map=slot_map)

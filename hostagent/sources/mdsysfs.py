@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from hostagent.errors import ParseError
 from hostagent.host import Host
 from hostagent.names import kernel_names
+from hostagent.sources.bounds import MAX_MEMBERS, MAX_U64
+from hostagent.sources.bounds import number as bounded
 
 ARRAY_ATTRS = (
     "level", "array_state", "raid_disks", "degraded", "sync_action", "sync_completed",
     "sync_speed", "mismatch_cnt", "metadata_version", "layout", "chunk_size",
 )
 MEMBER_ATTRS = ("state", "slot", "errors")
+LAYOUT_MAX = (1 << 18) - 1  # raid10: near (bits 0-7), far (8-15), offset (16), far sets (17); raid5/6: < 32
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def read_md_sysfs(host: Host, name: str) -> SysfsArray | None:
             members[entry[4:]] = member_attrs
     slot_links = {}
     for entry in entries:
-        if re.fullmatch(r"rd\d+", entry):
+        if re.fullmatch(r"rd[0-9]{1,4}", entry):
             # A symlink in sysfs; snapshots that cannot keep links store the target as text.
             target = host.readlink(f"{base}/{entry}") or (host.read_optional(f"{base}/{entry}") or "").strip()
             if target:
@@ -94,33 +97,38 @@ def parse_md_sysfs(
         value = attrs.get(attr)
         return None if value is None else value.strip()
 
-    def number(attr: str, value: str | None = None) -> int | None:
-        value = text(attr) if value is None else value
+    def number(attr: str, high: int = MAX_U64) -> int | None:
+        value = text(attr)
         if value is None or value in ("", "none"):
             return None
-        try:
-            return int(value)
-        except ValueError:
-            raise ParseError(f"{source}/{attr}", 1, f"expected a number, got {value!r}") from None
+        return bounded(value, f"{source}/{attr}", 1, "", high)
 
     raid_disks, before = None, None
     raw_disks = text("raid_disks")
     if raw_disks:
-        match = re.fullmatch(r"(\d+)(?: \((\d+)\))?", raw_disks)
+        match = re.fullmatch(r"([0-9]{1,20})(?: \(([0-9]{1,20})\))?", raw_disks)
         if not match:
-            raise ParseError(f"{source}/raid_disks", 1, f"expected 'N' or 'N (M)', got {raw_disks!r}")
-        raid_disks = int(match[1])
-        before = int(match[2]) if match[2] else None
+            raise ParseError(f"{source}/raid_disks", 1, f"expected 'N' or 'N (M)', got {raw_disks[:40]!r}")
+        raid_disks = bounded(match[1], f"{source}/raid_disks", 1, "raid_disks", MAX_MEMBERS)
+        before = bounded(match[2], f"{source}/raid_disks", 1, "raid_disks before the reshape",
+                         MAX_MEMBERS) if match[2] else None
 
     completed: tuple[int, int] | str | None = text("sync_completed")
     if isinstance(completed, str) and completed not in ("none", "delayed"):
-        match = re.fullmatch(r"(\d+) / (\d+)", completed)
+        match = re.fullmatch(r"([0-9]{1,20}) / ([0-9]{1,20})", completed)
         if not match:
-            raise ParseError(f"{source}/sync_completed", 1, f"expected 'N / M', got {completed!r}")
-        completed = (int(match[1]), int(match[2]))
+            raise ParseError(f"{source}/sync_completed", 1, f"expected 'N / M', got {completed[:40]!r}")
+        done = bounded(match[1], f"{source}/sync_completed", 1, "sectors done")
+        total = bounded(match[2], f"{source}/sync_completed", 1, "sectors in all")
+        if done > total:
+            raise ParseError(f"{source}/sync_completed", 1, f"{done} sectors done of {total}")
+        completed = (done, total)
+    slot_limit = (max(raid_disks, before or 0) if raid_disks is not None else MAX_MEMBERS) - 1
 
     slots: dict[str, int] = {}
     for index, target in slot_links.items():
+        if index > slot_limit:
+            raise ParseError(f"{source}/rd{index}", None, f"slot {index} is beyond the array's {slot_limit + 1} slots")
         if not target.startswith("dev-"):
             raise ParseError(f"{source}/rd{index}", None, f"link points to {target!r}, not a dev-* entry")
         slots[target[4:]] = index
@@ -134,28 +142,31 @@ def parse_md_sysfs(
         if slot_text == "none":
             slot = None
         elif slot_text:
-            try:
-                slot = int(slot_text)
-            except ValueError:
-                raise ParseError(
-                    f"{source}/dev-{device}/slot", 1, f"expected a number or 'none', got {slot_text!r}"
-                ) from None
+            slot = bounded(slot_text, f"{source}/dev-{device}/slot", 1, "", slot_limit)
         errors_text = (raw.get("errors") or "").strip()
-        errors = int(errors_text) if errors_text.isdigit() else None
+        errors = bounded(errors_text, f"{source}/dev-{device}/errors", 1, "") if errors_text else None
         parsed.append(SysfsMember(device, states, slot, errors))
 
+    degraded = number("degraded", MAX_MEMBERS if raid_disks is None else raid_disks)
+    level = text("level") or None
+    layout = number("layout", LAYOUT_MAX)
+    if level == "raid10" and layout is not None:
+        near, far = layout & 0xFF, (layout >> 8) & 0xFF
+        if near < 1 or far < 1 or (raid_disks is not None and near * far > raid_disks):
+            raise ParseError(f"{source}/layout", 1, f"raid10 layout {layout:#x}: {near} near and {far} far copies "
+                                                    f"on {raid_disks} disks (raid10.c allows 1..raid_disks copies)")
     return SysfsArray(
         name=name,
-        level=text("level") or None,
+        level=level,
         array_state=text("array_state") or None,
         raid_disks=raid_disks,
         raid_disks_before_reshape=before,
-        degraded=number("degraded"),
+        degraded=degraded,
         sync_action=text("sync_action") or None,
         sync_completed=completed,
         sync_speed_kbps=number("sync_speed"),
         mismatch_cnt=number("mismatch_cnt"),
         metadata_version=text("metadata_version") or None,
-        layout=number("layout"),
+        layout=layout,
         members=tuple(parsed),
     )

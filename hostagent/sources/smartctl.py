@@ -129,14 +129,37 @@ class SmartReport:
         return found
 
 
+MAX_DEPTH = 16  # smartctl's output nests 5 deep
+
+
 def load_json(text: str, source: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ParseError(source, err.lineno, f"not JSON: {err.msg}") from None
+    except RecursionError:
+        raise ParseError(source, None, f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # a number over Python's digit limit
+        raise ParseError(source, None, f"not usable JSON: {str(err)[:100]}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ParseError(source, None, f"JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(data, dict) or not isinstance(data.get("smartctl"), dict):
         raise ParseError(source, None, "not smartctl JSON output: no 'smartctl' object")
     return data
+
+
+def _depth(document: Any) -> int:
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, level = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _int(value: Any) -> int | None:
@@ -170,8 +193,8 @@ def parse_smartctl(text: str, source: str = "smartctl") -> SmartReport:
     data = load_json(text, source)
     try:
         return _report(data, source)
-    except (AttributeError, TypeError, ValueError) as err:  # a shape no smartctl version prints
-        raise ParseError(source, None, f"unexpected structure: {err}") from None
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
+        raise ParseError(source, None, f"unexpected structure: {type(err).__name__}: {str(err)[:100]}") from None
 
 
 def _report(data: dict[str, Any], source: str) -> SmartReport:

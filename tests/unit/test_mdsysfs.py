@@ -74,7 +74,7 @@ def test_member_state_with_several_flags() -> None:
         ({"degraded": "one\n"}, {}, {}, "degraded:1: expected a number"),
         ({"raid_disks": "2 3\n"}, {}, {}, "raid_disks:1: expected 'N' or 'N \\(M\\)'"),
         ({"sync_completed": "12 of 40\n"}, {}, {}, "sync_completed:1: expected 'N / M'"),
-        ({}, {"sda1": {"slot": "first\n"}}, {}, "dev-sda1/slot:1: expected a number or 'none'"),
+        ({}, {"sda1": {"slot": "first\n"}}, {}, "dev-sda1/slot:1: expected a number"),
         ({}, {}, {0: "../../sda1"}, "rd0: link points to"),
     ],
 )
