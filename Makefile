@@ -26,7 +26,7 @@ APT_PACKAGES += debootstrap
 # (the tests run their own nsd on loopback; the system service we install is stopped and disabled)
 APT_PACKAGES += tcpdump nsd
 
-.PHONY: demo test test-fast lint bench bench-hung bench-alert bench-idle bench-maintenance bench-xen bench-fleet bench-net deps apt clean
+.PHONY: demo test test-fast lint fuzz bench bench-hung bench-alert bench-idle bench-maintenance bench-xen bench-fleet bench-net deps apt clean
 
 deps: apt $(STAMP)
 
@@ -68,14 +68,21 @@ test: deps
 	@mkdir -p .cache; trap 'kill $$xen 2>/dev/null' INT TERM; \
 	$(BIN)/pytest --durations=15 --basetemp=/tmp/hostagent-pytest-xen -p no:cacheprovider $(XEN_TESTS) \
 	  > $(XEN_LOG) 2>&1 & xen=$$!; \
-	if $(MAKE) --no-print-directory lint; then \
-	  $(BIN)/pytest --durations=40 --basetemp=/tmp/hostagent-pytest --ignore=$(XEN_TESTS); rest=$$?; \
+	if $(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory fuzz; then \
+	  $(BIN)/pytest --durations=40 --basetemp=/tmp/hostagent-pytest --ignore=$(XEN_TESTS) --ignore=tests/fuzz; \
+	  rest=$$?; \
 	else rest=1; kill $$xen; fi; \
 	wait $$xen; xen_rc=$$?; echo "=== $(XEN_TESTS) (ran beside the rest) ==="; cat $(XEN_LOG); \
 	[ $$rest = 0 ] && [ $$xen_rc = 0 ]
 
-test-fast: lint
-	$(BIN)/pytest -m "not vm"
+# every parser under hypothesis with a fixed budget (tests/fuzz/conftest.py), in a process whose
+# address space is capped: unbounded memory fails the run as surely as a crash or a hang
+FUZZ_MEMORY := 2147483648
+fuzz: deps
+	prlimit --as=$(FUZZ_MEMORY) $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
+
+test-fast: lint fuzz
+	$(BIN)/pytest -m "not vm" --ignore=tests/fuzz
 
 bench-alert: deps
 	$(BIN)/python bench/bench_alert_latency.py

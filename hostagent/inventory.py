@@ -6,6 +6,7 @@ lacks (speed and finish estimates, or everything when only mdstat was captured).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from math import gcd
 from typing import Any
@@ -153,6 +154,7 @@ class MdArray:
         }
 
 
+@functools.lru_cache(maxsize=64)  # asked once per member by the interlock; the worst legal layout takes ~1 s
 def raid10_copy_sets(disks: int, near: int, far: int, far_sets: bool = False) -> list[frozenset[int]]:
     """Slot groups holding the copies of one chunk, following raid10.c's __raid10_find_phys.
 

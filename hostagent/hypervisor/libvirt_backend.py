@@ -13,7 +13,7 @@ import threading
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from hostagent.errors import HostagentError, ProbeUnavailable
+from hostagent.errors import HostagentError, ParseError, ProbeUnavailable
 from hostagent.hypervisor import GuestInfo, Hypervisor, remove_file
 
 OWNER_NS = "https://hostagent.invalid/xmlns/owner/1"
@@ -34,6 +34,17 @@ def _start_event_loop(libvirt: Any) -> None:
         thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
         thread.start()
         _event_loop.append(thread)
+
+
+def domain_facts(xml_text: str, source: str) -> tuple[str | None, bool]:
+    """(owner from hostagent's metadata, whether a host device is passed through) of a domain's XML."""
+    try:
+        xml = ET.fromstring(xml_text)
+    except (ET.ParseError, ValueError) as err:
+        raise ParseError(source, None, f"not XML: {str(err)[:100]}") from None
+    owner = xml.find(f"metadata/{{{OWNER_NS}}}owner")
+    owner_text = owner.text.strip() if owner is not None and owner.text and owner.text.strip() else None
+    return owner_text, xml.find("devices/hostdev") is not None
 
 
 class LibvirtHypervisor(Hypervisor):
@@ -70,14 +81,11 @@ class LibvirtHypervisor(Hypervisor):
         for domain in self._conn.listAllDomains():
             if self.xen and domain.ID() == 0:  # libxl lists Domain-0 as a running, persistent domain
                 continue
-            xml = ET.fromstring(domain.XMLDesc(0))
-            owner = xml.find(f"metadata/{{{OWNER_NS}}}owner")
-            owner_text = owner.text.strip() if owner is not None and owner.text else None
-            passthrough = xml.find("devices/hostdev")
+            owner_text, passthrough = domain_facts(domain.XMLDesc(0), f"guest {domain.name()}: XML")
             found.append(GuestInfo(
                 name=domain.name(), running=bool(domain.isActive()), persistent=bool(domain.isPersistent()),
                 memory_kib=int(domain.info()[2]), owner=owner_text,
-                unsaveable="host device passthrough (hostdev)" if passthrough is not None else None,
+                unsaveable="host device passthrough (hostdev)" if passthrough else None,
                 autostart=bool(domain.autostart()),
             ))
         return sorted(found, key=lambda g: g.name)

@@ -124,7 +124,7 @@ def read_disk(host: Host, name: str) -> Disk:
         transport=transport_from_path(name, target),
         model=model.strip() if model else None,
         serial=serial,
-        size_bytes=int(size) * 512 if size.isdigit() else None,
+        size_bytes=int(size) * 512 if re.fullmatch(r"[0-9]{1,20}", size) else None,
         rotational={"1": True, "0": False}.get(rotational),
         partitions=partitions,
     )

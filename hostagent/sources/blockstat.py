@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hostagent.errors import ParseError
@@ -28,9 +29,12 @@ class BlockStat:
         return self.in_flight
 
 
+_COUNTER = re.compile(r"[0-9]{1,20}")  # unsigned 64-bit, ASCII digits
+
+
 def parse_stat(text: str, source: str) -> BlockStat:
     fields = text.split()
-    if len(fields) < 11 or not all(f.isdigit() for f in fields):
+    if len(fields) < 11 or not all(_COUNTER.fullmatch(f) for f in fields):
         raise ParseError(source, 1, f"expected at least 11 numbers, got {text.strip()!r}")
     values = [int(f) for f in fields]
     return BlockStat(values[0], values[4], values[8], values[9])
@@ -38,7 +42,7 @@ def parse_stat(text: str, source: str) -> BlockStat:
 
 def parse_inflight(text: str, source: str) -> tuple[int, int]:
     fields = text.split()
-    if len(fields) != 2 or not all(f.isdigit() for f in fields):
+    if len(fields) != 2 or not all(_COUNTER.fullmatch(f) for f in fields):
         raise ParseError(source, 1, f"expected two numbers, got {text.strip()!r}")
     return int(fields[0]), int(fields[1])
 

@@ -46,6 +46,9 @@ class FatVolume:
         root_sectors = (root_entries * 32 + bps - 1) // bps
         data_start = reserved + fats * fat_size + root_sectors
         clusters = (total - data_start) // spc
+        if clusters < 1:
+            raise ParseError(source, None, f"not a FAT file system ({total} sectors, data from sector {data_start})")
+        self.clusters = clusters
         self.kind = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
         self.bps, self.cluster_bytes = bps, bps * spc
         self.fat_offset = reserved * bps
@@ -61,10 +64,16 @@ class FatVolume:
         data = b""
         for s in range(sector, end + 1):
             if s not in self._fat_cache:
-                self._fat_cache[s] = self.read(self.fat_offset + s * self.bps, self.bps)
+                self._fat_cache[s] = self._read_exactly(self.fat_offset + s * self.bps, self.bps, "the FAT")
             data += self._fat_cache[s]
         start = offset - sector * self.bps
         return data[start:start + length]
+
+    def _read_exactly(self, offset: int, length: int, what: str) -> bytes:
+        data = self.read(offset, length)
+        if len(data) < length:
+            raise ParseError(self.source, None, f"truncated: {what} at byte {offset} is beyond the end")
+        return data
 
     def next_cluster(self, cluster: int) -> int | None:
         if self.kind == 32:
@@ -85,8 +94,12 @@ class FatVolume:
         while current is not None and len(data) < limit_bytes:
             if current in seen:
                 raise ParseError(self.source, None, f"FAT cluster chain loops at cluster {current}")
+            if current < 2 or current >= self.clusters + 2:
+                raise ParseError(self.source, None, f"FAT cluster {current} is outside the volume's "
+                                                    f"{self.clusters} clusters")
             seen.add(current)
-            data += self.read(self.data_offset + (current - 2) * self.cluster_bytes, self.cluster_bytes)
+            data += self._read_exactly(self.data_offset + (current - 2) * self.cluster_bytes, self.cluster_bytes,
+                                       f"cluster {current}")
             current = self.next_cluster(current)
         return data
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from hostagent.host import Host
 
-_RECORD = re.compile(r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<message>.*)$")
+_RECORD = re.compile(r"^(?P<prio>[0-9]{1,3}),(?P<seq>[0-9]{1,20}),(?P<usec>[0-9]{1,20}),[^;]*;(?P<message>.*)$")
 SIGNS = ("blocked for more than", "I/O error", "reset", "timing out command", "Disk failure", "offline",
          "rejecting I/O", "Buffer I/O error", "task abort")
 

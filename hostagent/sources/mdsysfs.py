@@ -109,7 +109,7 @@ def parse_md_sysfs(
         match = re.fullmatch(r"([0-9]{1,20})(?: \(([0-9]{1,20})\))?", raw_disks)
         if not match:
             raise ParseError(f"{source}/raid_disks", 1, f"expected 'N' or 'N (M)', got {raw_disks[:40]!r}")
-        raid_disks = bounded(match[1], f"{source}/raid_disks", 1, "raid_disks", MAX_MEMBERS)
+        raid_disks = bounded(match[1], f"{source}/raid_disks", 1, "", MAX_MEMBERS)
         before = bounded(match[2], f"{source}/raid_disks", 1, "raid_disks before the reshape",
                          MAX_MEMBERS) if match[2] else None
 

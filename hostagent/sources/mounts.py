@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
 from hostagent.names import kernel_names
+from hostagent.sources.bounds import number as bounded
 
 MOUNTINFO = "/proc/self/mountinfo"
 BOOT_MOUNTS = ("/", "/boot", "/boot/efi")
@@ -25,7 +27,7 @@ def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+        if field[i] == "\\" and i + 3 < len(field) and re.fullmatch("[0-7]{3}", field[i + 1:i + 4]):
             out.append(chr(int(field[i + 1:i + 4], 8)))
             i += 4
         else:
@@ -42,7 +44,7 @@ def parse_mountinfo(text: str, source: str = MOUNTINFO) -> list[Mount]:
         fields = line.split()
         try:
             dash = fields.index("-")
-            major, minor = (int(x) for x in fields[2].split(":"))
+            major, minor = (bounded(x, source, number, "device number", 2**32 - 1) for x in fields[2].split(":"))
             mounts.append(Mount(_unescape(fields[4]), major, minor, fields[dash + 1], _unescape(fields[dash + 2])))
         except (ValueError, IndexError):
             raise ParseError(source, number, f"not a mountinfo line: {line!r}") from None

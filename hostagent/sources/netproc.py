@@ -129,6 +129,16 @@ def parse_syn_recv(text: str, source: str, family: Literal[4, 6],
     return found
 
 
+_COUNTER = re.compile(r"[0-9]{1,20}")  # an unsigned 64-bit counter, in ASCII digits
+
+
+def _signed(text: str) -> int:
+    """A counter that may be negative (netstat's MaxConn is -1); ValueError for anything else."""
+    if not re.fullmatch(r"-?[0-9]{1,20}", text):
+        raise ValueError(text[:40])
+    return int(text)
+
+
 def parse_counters(text: str, source: str) -> dict[str, dict[str, int]]:
     """/proc/net/netstat or /proc/net/snmp -> {"TcpExt": {"ListenDrops": 3, ...}, ...}."""
     groups: dict[str, dict[str, int]] = {}
@@ -144,7 +154,7 @@ def parse_counters(text: str, source: str) -> dict[str, dict[str, int]]:
         if len(keys) != len(numbers):
             raise ParseError(source, index + 2, f"{names_prefix}: {len(keys)} names but {len(numbers)} values")
         try:
-            groups[names_prefix] = {key: int(number) for key, number in zip(keys, numbers, strict=True)}
+            groups[names_prefix] = {key: _signed(number) for key, number in zip(keys, numbers, strict=True)}
         except ValueError:
             raise ParseError(source, index + 2, f"{names_prefix}: values must be integers") from None
     return groups
@@ -169,7 +179,7 @@ def parse_net_dev(text: str, source: str) -> dict[str, InterfaceCounters]:
             continue
         name, colon, rest = line.partition(":")
         fields = rest.split()
-        if not colon or len(fields) < 16 or not all(f.isdigit() for f in fields):
+        if not colon or len(fields) < 16 or not all(_COUNTER.fullmatch(f) for f in fields):
             raise ParseError(source, number, f"expected 'iface: 16 counters', got {line.strip()[:80]!r}")
         values = [int(f) for f in fields]
         found[name.strip()] = InterfaceCounters(values[0], values[1], values[3], values[8], values[9])
@@ -205,6 +215,6 @@ def read_sysctl(host: Host, name: str) -> int | None:
     if text is None:
         return None
     try:
-        return int(text.split()[0])
+        return _signed(text.split()[0])
     except (ValueError, IndexError):
         raise ParseError(path, 1, f"expected an integer, got {text.strip()[:40]!r}") from None

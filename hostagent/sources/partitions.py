@@ -81,12 +81,15 @@ def parse_gpt_header(header: bytes, source: str) -> tuple[int, int, int, int]:
     if stored != computed:
         raise ParseError(source, None, f"GPT header CRC mismatch (stored {stored:08x}, computed {computed:08x})")
     entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
-    if entry_size < 128 or count > 4096:
+    if entry_size < 128 or entry_size & (entry_size - 1) or count > 4096 or count * entry_size > 1 << 20:
         raise ParseError(source, None, f"GPT entry array of {count} x {entry_size} bytes is invalid")
     return entries_lba, count, entry_size, entries_crc
 
 
 def parse_gpt_entries(entries: bytes, count: int, entry_size: int, expected_crc: int, source: str) -> list[Partition]:
+    if entry_size < 128 or entry_size & (entry_size - 1) or not 0 <= count <= 4096 or count * entry_size > 1 << 20:
+        raise ParseError(source, None, f"GPT entry array of {count} x {entry_size} bytes is invalid "
+                                       "(UEFI: entries of 128 x 2^n bytes)")
     if len(entries) < count * entry_size:
         raise ParseError(source, None, "truncated GPT partition entry array")
     if zlib.crc32(entries[: count * entry_size]) & 0xFFFFFFFF != expected_crc:

@@ -6,10 +6,12 @@ Only what the checks use is kept; a document that is not smartctl JSON raises Pa
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hostagent.errors import ParseError
 
@@ -129,6 +131,7 @@ class SmartReport:
         return found
 
 
+T = TypeVar("T")
 MAX_DEPTH = 16  # smartctl's output nests 5 deep
 
 
@@ -188,13 +191,23 @@ def _version(data: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def _shape_checked(parse: Callable[[str, str], T]) -> Callable[..., T]:
+    """A JSON parser whose every surprise (a list where an object belongs, null for a table) is a
+    ParseError naming the output, never an exception from deep inside."""
+
+    @functools.wraps(parse)
+    def checked(text: str, source: str) -> T:
+        try:
+            return parse(text, source)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
+            raise ParseError(source, None, f"unexpected structure: {type(err).__name__}: {str(err)[:100]}") from None
+
+    return checked
+
+
 def parse_smartctl(text: str, source: str = "smartctl") -> SmartReport:
     """smartctl --json output -> SmartReport; output of any other shape is a ParseError naming ``source``."""
-    data = load_json(text, source)
-    try:
-        return _report(data, source)
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
-        raise ParseError(source, None, f"unexpected structure: {type(err).__name__}: {str(err)[:100]}") from None
+    return _shape_checked(lambda t, s: _report(load_json(t, s), s))(text, source)
 
 
 def _report(data: dict[str, Any], source: str) -> SmartReport:
@@ -314,6 +327,10 @@ class ScanEntry:
 
 
 def parse_scan(text: str, source: str = "smartctl --scan-open") -> list[ScanEntry]:
+    return _shape_checked(_parse_scan)(text, source)
+
+
+def _parse_scan(text: str, source: str) -> list[ScanEntry]:
     data = load_json(text, source)
     entries = []
     for row in data.get("devices", []):
@@ -334,6 +351,10 @@ class Scterc:
 
 
 def parse_scterc(text: str, source: str = "smartctl -l scterc") -> Scterc | None:
+    return _shape_checked(_parse_scterc)(text, source)
+
+
+def _parse_scterc(text: str, source: str) -> Scterc | None:
     """SCT Error Recovery Control, or None when smartctl could not ask (see exit status)."""
     data = load_json(text, source)
     erc = data.get("ata_sct_erc")
@@ -369,6 +390,10 @@ _IN_PROGRESS = 15
 
 
 def parse_selftest_status(text: str, source: str = "smartctl -c -l selftest") -> SelfTestStatus:
+    return _shape_checked(_parse_selftest_status)(text, source)
+
+
+def _parse_selftest_status(text: str, source: str) -> SelfTestStatus:
     """The self-test state in ``smartctl --json -c -l selftest`` output, for ATA, NVMe and SCSI."""
     data = load_json(text, source)
 

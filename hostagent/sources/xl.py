@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hostagent.errors import ProbeUnavailable
+from hostagent.errors import ParseError
 
 DOM0 = 0
 MAX_MEMKB = 2**50  # a domain larger than 1 EiB is a parse error, not a number to plan with
@@ -51,7 +51,7 @@ class XlState:
 
 def _int(value: Any, what: str, source: str, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise ProbeUnavailable(f"{source}: {what} is {str(value)[:40]!r}, not a number from 0 to {limit}")
+        raise ParseError(source, None, f"{what} is {str(value)[:40]!r}, not a number from 0 to {limit}")
     return value
 
 
@@ -62,25 +62,25 @@ def parse_list_long(text: str, source: str = "xl list -l") -> list[XlDomain]:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as err:
-        raise ProbeUnavailable(f"{source}: not JSON: {str(err)[:120]}") from None
+        raise ParseError(source, None, f"not JSON: {str(err)[:120]}") from None
     if not isinstance(data, list):
-        raise ProbeUnavailable(f"{source}: expected a list of domains, got {type(data).__name__}")
+        raise ParseError(source, None, f"expected a list of domains, got {type(data).__name__}")
     domains = []
     for index, entry in enumerate(data):
-        where = f"{source}: domain {index}"
+        where = f"domain {index}"
         config = entry.get("config") if isinstance(entry, dict) else None
         if not isinstance(config, dict):
-            raise ProbeUnavailable(f"{where}: no config")
+            raise ParseError(source, None, f"{where}: no config")
         c_info, b_info = config.get("c_info"), config.get("b_info")
         if not isinstance(c_info, dict) or not isinstance(b_info, dict):
-            raise ProbeUnavailable(f"{where}: no config.c_info and config.b_info")
+            raise ParseError(source, None, f"{where}: no config.c_info and config.b_info")
         name = c_info.get("name")
         if not isinstance(name, str) or not name or not name.isprintable():
-            raise ProbeUnavailable(f"{where}: name is {str(name)[:40]!r}")
+            raise ParseError(source, None, f"{where}: name is {str(name)[:40]!r}")
         kind = c_info.get("type", "pv")
         pcidevs = config.get("pcidevs") or []
         if not isinstance(kind, str) or not isinstance(pcidevs, list):
-            raise ProbeUnavailable(f"{where} ({name}): type or pcidevs of the wrong shape")
+            raise ParseError(source, None, f"{where} ({name}): type or pcidevs of the wrong shape")
         uuid = c_info.get("uuid")
         domains.append(XlDomain(
             domid=_int(entry.get("domid"), f"{name}: domid", source, 2**16),
@@ -109,8 +109,8 @@ def parse_list(text: str, source: str = "xl list") -> list[XlState]:
         fields = line.split()
         if not fields or fields[0] == "Name":
             continue
-        if len(fields) < 6 or not _STATE.match(fields[-2]) or not fields[-5].isdecimal():
-            raise ProbeUnavailable(f"{source}: line {number} is not a domain line: {line[:80]!r}")
+        if len(fields) < 6 or not _STATE.match(fields[-2]) or not re.fullmatch(r"[0-9]{1,6}", fields[-5]):
+            raise ParseError(source, number, f"not a domain line: {line[:80]!r}")
         states.append(XlState(domid=int(fields[-5]), name=" ".join(fields[:-5]), flags=fields[-2]))
     return states
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hostagent.config import MaintenanceConfig
-from hostagent.errors import ProbeUnavailable
+from hostagent.errors import ParseError
 from hostagent.host import Host
 from hostagent.hypervisor import select
 from hostagent.maintenance.preflight import plan
@@ -67,13 +67,13 @@ def test_pci_list_and_passthrough_in_the_configuration() -> None:
     ('[{"domid": true, "config": {"c_info": {"name": "x"}, "b_info": {}}}]', "domid is 'True'"),
 ])
 def test_bad_xl_list_long_is_a_clear_error(text: str, message: str) -> None:
-    with pytest.raises(ProbeUnavailable, match="xl list -l") as raised:
+    with pytest.raises(ParseError, match="xl list -l") as raised:
         xl.parse_list_long(text)
     assert message in str(raised.value)
 
 
 def test_a_garbled_xl_list_line_names_the_line() -> None:
-    with pytest.raises(ProbeUnavailable, match="line 2 is not a domain line"):
+    with pytest.raises(ParseError, match="xl list:2: not a domain line"):
         xl.parse_list("Name ID Mem VCPUs State Time(s)\nDomain-0 zero 1024 2 r----- 1.0\n")
 
 
