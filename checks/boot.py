@@ -123,6 +123,7 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
     critical = boot_arrays(ctx.host)
     for name in config.arrays:
         critical.setdefault(name, [])
+    ctx.examine(NAME, len(critical), "boot arrays")
     if not critical:
         return []
     arrays = {a.name: a for a in ctx.inventory.arrays()}

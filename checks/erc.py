@@ -42,7 +42,9 @@ class ErcState:
 
 def run(ctx: CheckContext, config: Config) -> list[Finding]:
     findings = []
-    for state in collect(ctx, config):
+    states = collect(ctx, config)
+    ctx.examine(NAME, len(states), "disks")
+    for state in states:
         finding = evaluate(state, config)
         if finding is not None:
             findings.append(finding)

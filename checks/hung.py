@@ -112,6 +112,7 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
             seen = observe(ctx, member.device, prober)
             if seen is not None:
                 observations[member.device] = seen
+    ctx.examine(NAME, len(observations), "members")
     hung = {d for d, o in observations.items() if o.hung(config.hung_after)}
     mark_hung_disks(ctx, observations, hung)
     messages = read_kmsg(ctx.host) if hung else []

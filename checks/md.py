@@ -29,10 +29,10 @@ class Config:
 
 def run(ctx: CheckContext, config: Config) -> list[Finding]:
     findings: list[Finding] = []
-    for array in ctx.inventory.arrays():
-        if array.name in config.ignore_arrays:
-            continue
+    arrays = [a for a in ctx.inventory.arrays() if a.name not in config.ignore_arrays]
+    for array in arrays:
         findings += evaluate(array, config)
+    ctx.examine(NAME, len(arrays), "arrays")
     return findings
 
 

@@ -76,6 +76,7 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
     snmp = read_counters(ctx.host, SNMP_PATH)
     tcpext = read_counters(ctx.host, NETSTAT_PATH).get("TcpExt", {})
     interfaces = read_net_dev(ctx.host)
+    ctx.examine(NAME, len(interfaces), "interfaces")
     sample = {"t": ctx.now, "tcpext": {k: tcpext[k] for k in TCPEXT_KEYS if k in tcpext},
               "in_echos": snmp.get("Icmp", {}).get("InEchos"),
               "rx_packets": {name: counters.rx_packets for name, counters in interfaces.items()}}

@@ -68,6 +68,7 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
                                      "pass SMART through; watch the disks of the host that backs it"))
         else:
             smart_disks.append(disk)
+    ctx.examine(NAME, len(smart_disks), "disks")
     if not smart_disks:
         return findings
     for target in targets(ctx, smart_disks, config):

@@ -339,18 +339,25 @@ def _disk(args: argparse.Namespace) -> int:
         return 0
     return _repair(args, ctx, config, "disk.tune", lambda c: timeout_mismatches(c, config),
                    config.checks.erc.timeout,
-                   "nothing to tune: every member disk's error recovery fits the kernel's timeout")
+                   "nothing to tune: every member disk's error recovery fits the kernel's timeout",
+                   ("erc", "no ATA or SAS disk holds a member of a redundant array"))
 
 
 def _repair(args: argparse.Namespace, ctx: Any, config: Any, action: str, check: Any, timeout: float,
-            nothing: str) -> int:
+            nothing: str, empty: tuple[str, str]) -> int:
+    """``empty``: (the check's name, why it may have examined nothing), so that an empty host never
+    reads as one where everything is in order."""
     from hostagent.actions import AuditLog
     from hostagent.repair import render, repair, succeeded
 
     audit_dir = args.state_dir or (None if ctx.host.is_snapshot else config.agent.state_dir)
     audit = AuditLog.configured(audit_dir, config.agent)
     outcomes, remaining = repair(ctx, action, check, apply=args.apply, audit=audit, timeout=timeout)
-    sys.stdout.write(render(outcomes, remaining, args.apply, args.json, nothing))
+    name, why = empty
+    items, unit = ctx.examined.get(name, (None, ""))
+    if items == 0:
+        nothing = f"nothing to check (0 {unit}): {why}"
+    sys.stdout.write(render(outcomes, remaining, args.apply, args.json, nothing, (items, unit)))
     return 0 if succeeded(outcomes, remaining) else 1
 
 
@@ -581,7 +588,8 @@ def _boot(args: argparse.Namespace) -> int:
                                 config.disks.exclude)
     return _repair(args, ctx, config, "boot.repair", lambda c: boot.run(c, config.checks.boot),
                    config.agent.command_timeout * 10,
-                   "nothing to repair: every member disk of the boot arrays can boot")
+                   "nothing to repair: every member disk of the boot arrays can boot",
+                   ("boot", "no md array holds /, /boot or /boot/efi, and checks.boot.arrays names none"))
 
 
 def _state(host: Any, config: Any, state_dir: str | None) -> Any:

@@ -16,6 +16,11 @@ class CheckContext:
     inventory: Inventory
     state: StateStore = field(default_factory=lambda: StateStore(None))
     now: float = field(default_factory=time.time)
+    examined: dict[str, tuple[int, str]] = field(default_factory=dict)  # check -> (how many, of what)
+
+    def examine(self, check: str, count: int, unit: str) -> None:
+        """What a check looked at: 0 reads as "nothing to check", never as a clean bill of health."""
+        self.examined[check] = (count, unit)
 
     @classmethod
     def for_host(

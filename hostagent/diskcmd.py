@@ -71,6 +71,8 @@ def disk_status(ctx: CheckContext, config: Config) -> list[dict[str, Any]]:
 
 
 def render_status(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no disks found (0 disks): nothing to check\n"
     header = ("DISK", "TRANSPORT", "MODEL", "SERIAL", "SIZE", "HEALTH", "STATUS", "KEY ATTRIBUTES", "TREND", "ARRAYS")
     lines = [header]
     for row in rows:

@@ -79,6 +79,22 @@ class CheckResult:
     duration_ms: float
     error: str | None = None
     finished_at: float | None = None  # epoch seconds; the daemon's combined report mixes runs of different ages
+    items: int | None = None  # how many things the check examined (None: it could not tell)
+    unit: str = ""  # of what: "arrays", "disks", ...
+
+    @property
+    def examined_nothing(self) -> bool:
+        return self.items == 0 and self.error is None
+
+    def describe(self) -> str:
+        """``ok (2 arrays)``, or ``nothing to check (0 disks)``: an empty check is not a clean bill of health."""
+        if self.error:
+            return "failed"
+        unit = self.unit[:-1] if self.items == 1 and self.unit.endswith("s") else self.unit
+        count = f"{self.items} {unit}" if self.items is not None else ""
+        if self.examined_nothing and self.status in (Severity.OK, Severity.INFO):
+            return f"nothing to check ({count})"
+        return f"{self.status.label} ({count})" if count else self.status.label
 
     @property
     def status(self) -> Severity:
@@ -90,6 +106,9 @@ class CheckResult:
             "status": self.status.name,
             "duration_ms": round(self.duration_ms, 3),
             "error": self.error,
+            "items": self.items,
+            "unit": self.unit,
+            "summary": self.describe(),
         }
 
 

@@ -33,7 +33,10 @@ def render_text(report: Report) -> str:
                 for command in f.remedy.commands:
                     lines.append(f"  {'':<{width}}  {'':<10}    $ {shlex.join(command)}")
     arrays = report.inventory.get("arrays", [])
-    if not findings:
+    if not findings and report.results and all(r.examined_nothing for r in report.results):
+        lines.append("  nothing to check: no arrays, disks or interfaces were found (this is not a clean bill "
+                     "of health)")
+    elif not findings:
         lines.append(f"  no problems found ({len(arrays)} md array(s))")
     if arrays:
         lines += ["", "arrays:"]
@@ -45,9 +48,7 @@ def render_text(report: Report) -> str:
             if sync["progress"] is not None:
                 doing += f" {sync['progress']:.1%}"
             lines.append(f"  {a['name']:<8} {a['level'] or '-':<9} {a['state']:<15} {disks:<6} {members}{doing}")
-    lines += ["", "checks: " + ", ".join(
-        f"{r.name} {r.status.label} {r.duration_ms:.1f} ms" + (" (failed)" if r.error else "") for r in report.results
-    )]
+    lines += ["", "checks: " + ", ".join(f"{r.name} {r.describe()} {r.duration_ms:.1f} ms" for r in report.results)]
     return "\n".join(lines) + "\n"
 
 
@@ -78,6 +79,8 @@ def render_prom(report: Report) -> str:
            [(_labels(check=r.name), 0 if r.error else 1) for r in report.results])
     metric("check_duration_seconds", "gauge", "How long the check took.",
            [(_labels(check=r.name), round(r.duration_ms / 1000, 6)) for r in report.results])
+    metric("check_items", "gauge", "How many things the check examined (0: nothing to check, not healthy).",
+           [(_labels(check=r.name, unit=r.unit), r.items) for r in report.results if r.items is not None])
     metric("last_run_timestamp_seconds", "gauge", "When the check last finished (epoch seconds).",
            [(_labels(check=r.name), round(r.finished_at, 3)) for r in report.results if r.finished_at is not None])
     metric("finding", "gauge", "An open finding (1 per code and subject).",

@@ -29,9 +29,11 @@ def repair(ctx: CheckContext, action: str, check: Callable[[CheckContext], list[
     return outcomes, check(fresh)
 
 
-def render(outcomes: list[Outcome], remaining: list[Finding], apply: bool, as_json: bool, nothing: str) -> str:
+def render(outcomes: list[Outcome], remaining: list[Finding], apply: bool, as_json: bool, nothing: str,
+           examined: tuple[int | None, str] = (None, "")) -> str:
     if as_json:
-        document: dict[str, Any] = {"applied": apply, "steps": [o.to_json() for o in outcomes],
+        document: dict[str, Any] = {"applied": apply, "examined": {"items": examined[0], "unit": examined[1]},
+                                    "steps": [o.to_json() for o in outcomes],
                                     "remaining": [f.to_json() for f in remaining]}
         return json.dumps(document, indent=2) + "\n"
     lines = [] if outcomes else [nothing]

@@ -43,7 +43,8 @@ def run_check(module: ModuleType, ctx: CheckContext, config: Config) -> CheckRes
     duration_ms = (time.perf_counter() - start) * 1000
     if error is not None:
         findings = (Finding("check.failed", name, name, Severity.UNKNOWN, f"check {name} could not run: {error}"),)
-    return CheckResult(name, findings, duration_ms, error, time.time())
+    items, unit = ctx.examined.get(name, (None, ""))
+    return CheckResult(name, findings, duration_ms, error, time.time(), None if error else items, unit)
 
 
 def open_state(host: Host, config: Config, state_dir: str | None) -> StateStore:
