@@ -244,3 +244,62 @@ def test_implicit_tls_with_login(tmp_path: Path) -> None:
         alerter.process([degraded()], ["md"])
         assert [m["subject"] for m in sink.messages] == ["[hostagent] CRITICAL md0 degraded on hv1"]
         assert logins == [(b"hostagent", b"s3cret")]
+
+
+def test_a_corrupt_spool_entry_is_set_aside_reported_and_the_others_are_sent(tmp_path: Path) -> None:
+    port = free_port()
+    clock = Clock()
+    alerter = make(tmp_path, port, clock)
+    alerter.process([degraded()], ["md"])  # SMTP down: spooled
+    spool = tmp_path / "state/spool"
+    (spool / "0000-garbage.json").write_bytes(b'{"message": "half a mess')
+    (spool / "0001-shape.json").write_text('{"message": 5, "to": "ops"}')
+    sink = Sink()
+    with sink_server(sink) as (controller, _):
+        again = make(tmp_path, controller.port, clock)
+        clock.now += 3600  # past the retry time
+        assert again.flush() == 1
+        assert [m["subject"] for m in sink.messages] == ["[hostagent] CRITICAL md0 degraded on hv1"]
+        assert sorted(p.name for p in (spool / "corrupt").glob("*.json")) == ["0000-garbage.json", "0001-shape.json"]
+        found = {(f.code, f.subject, f.severity) for f in again.delivery_findings("agent")}
+        assert found == {("alert.spool_corrupt", "0000-garbage.json", Severity.WARNING),
+                         ("alert.spool_corrupt", "0001-shape.json", Severity.WARNING)}
+        again.process(again.delivery_findings("agent"), ["agent"])  # as the daemon does: through the routes
+        assert sum("spool corrupt" in m["subject"] for m in sink.messages) == 2
+        assert "Unterminated string" in (spool / "corrupt/0000-garbage.why").read_text()
+        assert "missing or wrong field" in (spool / "corrupt/0001-shape.why").read_text()
+
+
+class Refusing(Sink):
+    """Answers DATA with a permanent 554."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "554 5.7.1 message refused by policy"
+
+
+def test_a_5xx_to_the_message_is_permanent_and_a_4xx_is_not(tmp_path: Path) -> None:
+    clock = Clock()
+    with sink_server(Refusing()) as (controller, _):
+        alerter = make(tmp_path, controller.port, clock)
+        alerter.process([degraded()], ["md"])
+    spool = tmp_path / "state/spool"
+    assert list(spool.glob("*.json")) == []  # not retried
+    failed = list((spool / "failed").glob("*.json"))
+    assert len(failed) == 1 and "554 5.7.1 message refused by policy" in failed[0].with_suffix(".why").read_text()
+    findings = alerter.delivery_findings("agent")
+    assert [(f.code, f.severity) for f in findings] == [("alert.undeliverable", Severity.CRITICAL)]
+    assert "554 5.7.1" in findings[0].summary
+
+
+def test_the_same_alert_event_keeps_its_message_id_and_is_spooled_once(tmp_path: Path) -> None:
+    """Raised twice from the same state (a crash before the state was saved): one spool entry."""
+    port = free_port()
+    clock = Clock()
+    first = make(tmp_path / "a", port, clock)
+    second = make(tmp_path / "b", port, clock)
+    first.process([degraded()], ["md"])
+    clock.now += 5
+    second.spool = first.spool  # the restarted daemon finds the first one's spool
+    second.process([degraded()], ["md"])
+    entries = first.spool.entries()
+    assert len(entries) == 1 and entries[0].message_id.startswith("<") and "@hostagent.hv1>" in entries[0].message_id
