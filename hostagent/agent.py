@@ -29,7 +29,7 @@ from hostagent.config import Config, load_config
 from hostagent.context import CheckContext
 from hostagent.errors import ConfigError, HostagentError
 from hostagent.host import Host
-from hostagent.maintenance.daemon import JOBSTORE, WAKEUPS, MaintenanceDaemon, jobstore
+from hostagent.maintenance.daemon import WAKEUPS, MaintenanceDaemon, has_stored_jobs
 from hostagent.model import CheckResult, Finding, Report, Severity
 from hostagent.output import render_prom, write_atomic
 from hostagent.remediate import act, expire_mitigations
@@ -70,7 +70,7 @@ class Watcher:
     stopping: bool = False
     reload_requested: bool = False
     started: float = field(default_factory=time.time)
-    next_runs: dict[str, float] = field(default_factory=dict)
+    scheduler: Any = None  # APScheduler's, once watch() made it: the next runs in the status file
     inventory: dict[str, Any] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # part of the daemon -> its last error, until it runs clean
     health_changed: bool = False
@@ -182,7 +182,8 @@ class Watcher:
         except OSError as err:
             log.error("alert spool %s: %s", self.alerter.spool.directory, err.strerror or err)
         if findings:
-            self.results[SELF] = CheckResult(SELF, findings, 0.0, findings[-1].summary, time.time())
+            error = "; ".join(self.failing.values()) or None  # mail trouble alone is not the daemon failing
+            self.results[SELF] = CheckResult(SELF, findings, 0.0, error, time.time())
         else:
             self.results.pop(SELF, None)
         if self.config.alerts.enabled:
@@ -252,7 +253,7 @@ class Watcher:
             "failing": dict(self.failing),
             "last_error": self.last_error,
             "status": report.status.name,
-            "next_runs": self.next_runs,
+            "next_runs": self.next_runs(),
             "open_problems": [f.to_json() for f in report.findings],
             "alerts_open": [r.to_json() for r in self.alerter.records().values() if r.status == "open"],
             "spool": {"messages": len(self.alerter.spool.paths()), "oldest_age_s": age, "overdue": spool_overdue},
@@ -272,6 +273,13 @@ class Watcher:
         self.notifier.status(f"{report.status.name}: {len(report.findings)} finding(s); last cycle "
                              f"{', '.join(names)}" + (f"; failing: {', '.join(self.failing)}" if self.failing
                                                       else ""))
+
+    def next_runs(self) -> dict[str, float]:
+        """When each scheduled job runs next (asked once per cycle: the maintenance store is SQL)."""
+        if self.scheduler is None:
+            return {}
+        return {job.id: job.next_run_time.timestamp() for job in self.scheduler.get_jobs()
+                if job.next_run_time is not None}
 
     def _disks(self, names: list[str]) -> dict[str, Any] | None:
         """``disk status`` for the RPC, refreshed when the smart check ran (its own schedule)."""
@@ -434,8 +442,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
         signal.signal(signum, on_signal)
     # Intervals need no local time zone; naming UTC keeps a host with an odd TZ from stopping the daemon.
     # Check intervals live in memory; maintenance wake-ups persist in sqlite (hostagent.maintenance.daemon).
-    scheduler = BackgroundScheduler(timezone=dt.UTC, jobstores={"default": MemoryJobStore(),
-                                                                JOBSTORE: jobstore(watcher.directory)},
+    scheduler = BackgroundScheduler(timezone=dt.UTC, jobstores={"default": MemoryJobStore()},
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
     scheduler.add_listener(lambda event: WAKEUPS.put(f"missed {event.job_id}"), EVENT_JOB_MISSED)
     job_errors: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -448,6 +455,9 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
             scheduler.add_job(watcher.request, IntervalTrigger(seconds=interval), args=[[name]], id=name)
 
     schedule()
+    if has_stored_jobs(watcher.directory):  # wake-ups kept across a restart, missed ones included
+        watcher.maintenance.open_store(scheduler)
+    watcher.scheduler = scheduler
     scheduler.start()
     if not once:
         watcher.serve_rpc()
@@ -477,8 +487,6 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
         if watcher.reload_requested:
             watcher.reload_requested = False
             watcher.guard("reload", reload)
-        watcher.next_runs = {job.id: job.next_run_time.timestamp() for job in scheduler.get_jobs()
-                             if job.next_run_time is not None}
         watcher.guard("events", events.wait)
         for failure in _drain(job_errors):
             watcher.failed("scheduled job", RuntimeError(failure))

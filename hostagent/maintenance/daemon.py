@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import queue
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +43,22 @@ def wake(reason: str) -> None:
     WAKEUPS.put(reason)
 
 
+SCHEDULE_FILE = "schedule.sqlite"
+
+
+def has_stored_jobs(directory: Path) -> bool:
+    """Whether the job store on disk holds any wake-up (read with the stdlib: SQLAlchemy costs the daemon
+    about 14 MB, so it is loaded only while a maintenance is planned)."""
+    path = directory / SCHEDULE_FILE
+    if not path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+            return bool(db.execute("SELECT count(*) FROM apscheduler_jobs").fetchone()[0])
+    except sqlite3.Error:
+        return True  # let APScheduler open it and say what is wrong
+
+
 def jobstore(directory: Path) -> Any:
     try:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -49,7 +66,7 @@ def jobstore(directory: Path) -> Any:
         raise HostagentError("hostagent watch keeps the maintenance schedule with SQLAlchemy: "
                              "install hostagent[agent]") from None
 
-    return SQLAlchemyJobStore(url=f"sqlite:///{directory / 'schedule.sqlite'}")
+    return SQLAlchemyJobStore(url=f"sqlite:///{directory / SCHEDULE_FILE}")
 
 
 @dataclass
@@ -63,6 +80,7 @@ class MaintenanceDaemon:
     worker: Worker | None = None
     restore_workers: Counter[str] = field(default_factory=Counter)
     _orphan: str | None = None
+    store_open: bool = False  # the persistent job store is added to the scheduler on first need
 
     @property
     def store(self) -> JournalStore:
@@ -88,6 +106,10 @@ class MaintenanceDaemon:
         from apscheduler.triggers.date import DateTrigger
 
         wanted = self.wanted_jobs(now)
+        if not self.store_open:
+            if not wanted:
+                return
+            self.open_store(scheduler)
         present = {job.id: job for job in scheduler.get_jobs(jobstore=JOBSTORE)}
         for job_id, job in present.items():
             if job_id not in wanted:
@@ -99,6 +121,11 @@ class MaintenanceDaemon:
             scheduler.add_job(f"{__name__}:wake", DateTrigger(run_date=dt.datetime.fromtimestamp(at, dt.UTC)),
                               args=[job_id], id=job_id, jobstore=JOBSTORE, replace_existing=True,
                               misfire_grace_time=None if grace is None else max(int(grace), 1), coalesce=True)
+
+    def open_store(self, scheduler: Any) -> None:
+        """Add the persistent job store (its due and missed jobs are handed out as it is added)."""
+        scheduler.add_jobstore(jobstore(self.directory), JOBSTORE)
+        self.store_open = True
 
     # -- the tick ---------------------------------------------------------------------------
 
