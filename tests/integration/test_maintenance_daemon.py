@@ -192,3 +192,32 @@ def test_a_failing_reboot_command_restores_the_guests_at_once(tmp_path: Path) ->
     assert journal.phase == "failed" and "the reboot command failed" in (journal.error or "")
     assert all(hypervisor.is_running(n) for n in "abc")
     assert [phase for phase, _ in journal.history][-3:] == ["rebooting", "restoring", "failed"]
+
+
+def test_the_job_store_opens_only_when_a_wake_up_is_wanted(tmp_path: Path, sink: tuple[int, Sink]) -> None:
+    """SQLAlchemy (about 14 MB) stays out of an idle daemon; the first planned maintenance opens the store."""
+    import datetime as dt
+
+    from apscheduler.jobstores.memory import MemoryJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from hostagent.maintenance.daemon import JOBSTORE
+
+    idle = subprocess.run([sys.executable, "-c", "import sys, hostagent.agent, hostagent.maintenance.daemon; "
+                                                 "print('sqlalchemy' in sys.modules)"], capture_output=True, text=True)
+    assert idle.stdout.strip() == "False", idle.stderr
+    port, _ = sink
+    daemon = daemon_for(tmp_path, port)
+    scheduler = BackgroundScheduler(timezone=dt.UTC, jobstores={"default": MemoryJobStore()})
+    scheduler.start()
+    try:
+        daemon.reconcile(scheduler, time.time())
+        assert not daemon.store_open and not (daemon.directory / "schedule.sqlite").exists()
+        planned = Journal.new(time.time() + 3600, "kernel", ["web1"])
+        daemon.store.create(planned)
+        daemon.reconcile(scheduler, time.time())
+        assert daemon.store_open
+        assert [job.id for job in scheduler.get_jobs(jobstore=JOBSTORE)] == [f"{planned.id}:start"]
+        assert set(stored_jobs(daemon.directory)) == {f"{planned.id}:start"}
+    finally:
+        scheduler.shutdown(wait=False)
