@@ -99,17 +99,20 @@ def must_parse_or_refuse(parse: Callable[[], Any], *allowed: type[BaseException]
 MDSTAT = sample_files("mdstat")
 
 
+def use(array: Any) -> None:
+    """What the checks and the interlock compute from a parsed array."""
+    array.to_json()
+    array.copy_sets()
+    array.missing_slots()
+    for member in array.members:
+        array.loses_data_without(member)
+
+
 @given(mutated(MDSTAT))
 def test_mdstat(text: str) -> None:
     def parse() -> None:
-        parsed = mdstat.parse_mdstat(text, "mdstat")
-        for array in parsed.arrays:  # and what the checks compute from it
-            merged = merge_array(array.name, array, None)
-            merged.to_json()
-            merged.copy_sets()
-            merged.missing_slots()
-            for member in merged.members:
-                merged.loses_data_without(member)
+        for array in mdstat.parse_mdstat(text, "mdstat").arrays:
+            use(merge_array(array.name, array, None))
 
     must_parse_or_refuse(parse)
 
@@ -145,13 +148,7 @@ def test_md_sysfs(inputs: tuple[dict[str, str], dict[str, dict[str, str]], dict[
     attrs, members, links = inputs
 
     def parse() -> None:
-        parsed = mdsysfs.parse_md_sysfs("md0", attrs, members, links, "/sys/block/md0/md")
-        merged = merge_array("md0", None, parsed)
-        merged.to_json()
-        merged.copy_sets()
-        merged.missing_slots()
-        for member in merged.members:
-            merged.loses_data_without(member)
+        use(merge_array("md0", None, mdsysfs.parse_md_sysfs("md0", attrs, members, links, "/sys/block/md0/md")))
 
     must_parse_or_refuse(parse)
 
