@@ -9,7 +9,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("make-test", max_examples=500, deadline=2000, derandomize=True, database=None,
+settings.register_profile("make-test", max_examples=500, deadline=5000, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("long", max_examples=5000, deadline=2000,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
