@@ -54,7 +54,8 @@ class Alerter:
         self._unspooled: dict[str, tuple[str, list[str], float]] = {}  # Message-ID -> (text, to, created)
         self._hooked: set[str] = set()  # Message-IDs whose hook ran in this process
         self._delivered: set[str] = set()  # Message-IDs sent from memory: never spooled again
-        self._flush_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time; held while sending: never taken by process()
+        self._memory_lock = threading.Lock()  # the two sets above, shared by process() and the courier
         self._courier: Courier | None = None
 
     @property
@@ -104,17 +105,18 @@ class Alerter:
 
     def _spool(self, message: EmailMessage, to: list[str], now: float) -> bool:
         message_id = str(message["Message-ID"])
-        if message_id in self._delivered:  # raised again because its state could not be saved: it went out
-            return True
+        with self._memory_lock:
+            if message_id in self._delivered:  # raised again because its state could not be saved: it went out
+                return True
         try:
             self.spool.add(message, to, now)
-            with self._flush_lock:
+            with self._memory_lock:
                 self._unspooled.pop(message_id, None)
             return True
         except OSError as err:  # a full or read-only disk: the courier sends it from memory meanwhile
             log.error("alert spool %s: %s; sending %s from memory", self.spool.directory, err.strerror or err,
                       message_id)
-            with self._flush_lock:
+            with self._memory_lock:
                 self._unspooled.setdefault(message_id, (message.as_string(), to, now))
             return False
 
@@ -166,15 +168,18 @@ class Alerter:
         with self._flush_lock:
             now = self.clock()
             sent, errors = 0, []
-            for message_id, (text, to, _) in list(self._unspooled.items()):
+            with self._memory_lock:
+                held = list(self._unspooled.items())
+            for message_id, (text, to, _) in held:
                 try:
                     refused = self.send(text, to, self.deadline())
                 except (TransientError, PermanentError) as err:
                     errors.append(f"{message_id} (not spooled): {err}")
                     continue
                 self._record_refusals(refused, to, now)
-                del self._unspooled[message_id]
-                self._delivered.add(message_id)
+                with self._memory_lock:
+                    self._unspooled.pop(message_id, None)
+                    self._delivered.add(message_id)
                 sent += len(refused) < len(to)
             for path in self.spool.paths():
                 try:

@@ -303,3 +303,28 @@ def test_the_same_alert_event_keeps_its_message_id_and_is_spooled_once(tmp_path:
     second.process([degraded()], ["md"])
     entries = first.spool.entries()
     assert len(entries) == 1 and entries[0].message_id.startswith("<") and "@hostagent.hv1>" in entries[0].message_id
+
+
+def test_a_new_alert_never_waits_for_the_courier_stuck_on_a_slow_server(tmp_path: Path) -> None:
+    """While the courier is inside a send to a server that dribbles its banner, process() spools the
+    next alert and returns: the daemon's checks never wait on SMTP."""
+    import time
+
+    from tests.integration.test_alert_faults import silent_server
+
+    port = free_port()
+    alerter = make(tmp_path, port, Clock())  # smtp.timeout 5 s: each attempt is held up to 15 s
+    with silent_server(port):
+        alerter.start_courier()
+        try:
+            alerter.process([degraded()], ["md"])
+            deadline = time.monotonic() + 30
+            while not alerter._flush_lock.locked() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert alerter._flush_lock.locked()  # the courier is sending, held by the server
+            alerter.process([degraded(), Finding("smart.pending", "smart", "sda", Severity.WARNING,
+                                                 "sda: 8 pending sectors")], ["md", "smart"])
+            assert alerter._flush_lock.locked()  # returned while the send is still held
+            assert len(alerter.spool.paths()) == 2  # and the new alert is durably spooled
+        finally:
+            alerter.stop_courier(wait=1.0)
