@@ -243,42 +243,53 @@ def fleet_findings(states: list[HostState], now: float, fleet: FleetConfig) -> l
     """What the controller alerts on: silent hosts, stopped agent daemons, and (when it is the
     controller's job, ``fleet.host_findings``) the hosts' own CRITICAL findings.  A host inside its
     announced maintenance window is expected to be silent; one not back by its end is paged."""
-    found = []
+    found: list[Finding] = []
     for state in states:
-        seen = f"last seen {_ago(now - state.last_seen)}" if state.last_seen else "never seen"
-        window = maintenance_window(state, now, fleet)
-        if window is not None:
-            active = announced_maintenance(state) or {}
-            if window[0] == "over":
-                found.append(Finding("fleet.maintenance_overrun", "fleet", state.name, Severity.CRITICAL,
-                                     f"{state.name} is not back from maintenance {active.get('id')} "
-                                     f"({active.get('phase')} when {seen}); its window ended "
-                                     f"{_ago(now - window[1])}"))
-            continue  # in the window: silence and a stopped daemon are the maintenance itself
-        if state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen):
-            found.append(Finding("fleet.unreachable", "fleet", state.name, Severity.CRITICAL,
-                                 f"{state.name} cannot be polled: {state.last_error} ({seen})"))
-        elif state.last_seen is not None and now - state.last_seen > fleet.stale_after:
-            found.append(Finding("fleet.stale", "fleet", state.name, Severity.CRITICAL,
-                                 f"no report from {state.name}: last seen {_ago(now - state.last_seen)}"))
-        daemon = (state.maintenance or {}).get("daemon")
-        if state.last_seen is not None and not state.last_error:
-            last_cycle = (daemon or {}).get("last_cycle_at")
-            down = (state.maintenance or {}).get("agent") == "not running"
-            if down or last_cycle is None or state.last_seen - float(last_cycle) > fleet.stale_after:
-                report_age = (state.maintenance or {}).get("report_age_s")
-                age = ("not running, " + ("no report since the host booted" if report_age is None
-                                          else f"last report {_ago(float(report_age))}") if down
-                       else "never ran" if last_cycle is None
-                       else f"last ran {_ago(state.last_seen - float(last_cycle))}")
-                found.append(Finding("fleet.agent_stale", "fleet", state.name, Severity.CRITICAL,
-                                     f"the hostagent daemon on {state.name} is not running its checks ({age}): "
-                                     "nothing on that host is being watched"))
-        if fleet.host_findings in ("controller", "both"):
-            for item in state.findings:
-                if item.get("severity") == "CRITICAL":
-                    found.append(Finding(str(item.get("code")), "fleet", f"{state.name}/{item.get('subject')}",
-                                         Severity.CRITICAL, f"{state.name}: {item.get('summary')}"))
+        try:
+            found += _host_findings(state, now, fleet)
+        except Exception as err:  # a stored row of the wrong shape is that host's problem alone
+            found.append(Finding("fleet.unreadable_state", "fleet", state.name, Severity.CRITICAL,
+                                 f"{state.name}: its stored state cannot be read "
+                                 f"({type(err).__name__}: {_text(err)}); poll it again"))
+    return found
+
+
+def _host_findings(state: HostState, now: float, fleet: FleetConfig) -> list[Finding]:
+    found: list[Finding] = []
+    seen = f"last seen {_ago(now - state.last_seen)}" if state.last_seen else "never seen"
+    window = maintenance_window(state, now, fleet)
+    if window is not None:
+        active = announced_maintenance(state) or {}
+        if window[0] == "over":
+            found.append(Finding("fleet.maintenance_overrun", "fleet", state.name, Severity.CRITICAL,
+                                 f"{state.name} is not back from maintenance {active.get('id')} "
+                                 f"({active.get('phase')} when {seen}); its window ended "
+                                 f"{_ago(now - window[1])}"))
+        return found  # in the window: silence and a stopped daemon are the maintenance itself
+    if state.last_error and (state.last_seen is None or (state.last_attempt or 0) > state.last_seen):
+        found.append(Finding("fleet.unreachable", "fleet", state.name, Severity.CRITICAL,
+                             f"{state.name} cannot be polled: {state.last_error} ({seen})"))
+    elif state.last_seen is not None and now - state.last_seen > fleet.stale_after:
+        found.append(Finding("fleet.stale", "fleet", state.name, Severity.CRITICAL,
+                             f"no report from {state.name}: last seen {_ago(now - state.last_seen)}"))
+    daemon = (state.maintenance or {}).get("daemon")
+    if state.last_seen is not None and not state.last_error:
+        last_cycle = (daemon or {}).get("last_cycle_at")
+        down = (state.maintenance or {}).get("agent") == "not running"
+        if down or last_cycle is None or state.last_seen - float(last_cycle) > fleet.stale_after:
+            report_age = (state.maintenance or {}).get("report_age_s")
+            age = ("not running, " + ("no report since the host booted" if report_age is None
+                                      else f"last report {_ago(float(report_age))}") if down
+                   else "never ran" if last_cycle is None
+                   else f"last ran {_ago(state.last_seen - float(last_cycle))}")
+            found.append(Finding("fleet.agent_stale", "fleet", state.name, Severity.CRITICAL,
+                                 f"the hostagent daemon on {state.name} is not running its checks ({age}): "
+                                 "nothing on that host is being watched"))
+    if fleet.host_findings in ("controller", "both"):
+        for item in state.findings:
+            if item.get("severity") == "CRITICAL":
+                found.append(Finding(str(item.get("code")), "fleet", f"{state.name}/{item.get('subject')}",
+                                     Severity.CRITICAL, f"{state.name}: {item.get('summary')}"))
     return found
 
 

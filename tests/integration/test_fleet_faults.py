@@ -183,3 +183,19 @@ def test_a_failing_part_of_the_cycle_is_alerted_and_the_rest_still_runs(fleet: S
     assert any(" hv4 " in s and "unreachable" in s for s in subjects), subjects
     failed = next(m for m in sink.messages if "cycle failed" in m["subject"])
     assert "status page" in failed["body"] and str(blocker) in failed["body"]
+
+
+def test_a_stored_row_of_the_wrong_shape_is_that_hosts_finding_and_the_others_are_alerted() -> None:
+    """fleet_findings over a row left with findings that are not objects (an older store): that host
+    gets fleet.unreadable_state, the others their usual findings."""
+    from hostagent.config import FleetConfig
+    from hostagent.fleet.controller import fleet_findings
+    from hostagent.fleet.store import HostState
+
+    now = 10_000.0
+    broken = HostState("hv1", "a", (), now, now, None, "0.1.0", "CRITICAL", [1, "x"],  # type: ignore[list-item]
+                       {"daemon": {"last_cycle_at": now}}, 0.1)
+    silent = HostState("hv2", "b", (), now, now - 3600, None, "0.1.0", "OK", [], {"daemon": {"last_cycle_at": now}},
+                       0.1)
+    found = {(f.code, f.subject) for f in fleet_findings([broken, silent], now, FleetConfig(host_findings="both"))}
+    assert found == {("fleet.unreadable_state", "hv1"), ("fleet.stale", "hv2")}
