@@ -9,6 +9,7 @@ that only counts up) and none may be saved twice.  The same two guests live thro
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -106,7 +107,8 @@ class Agent:
         """SIGKILL the daemon and its worker, not the guests' QEMU processes (they outlive both)."""
         victims = [psutil.Process(int(self.pidfile.read_text())), *self.workers()]
         for victim in victims:
-            victim.send_signal(signal.SIGKILL)
+            with contextlib.suppress(psutil.NoSuchProcess):  # a restore worker that finished meanwhile
+                victim.send_signal(signal.SIGKILL)
         psutil.wait_procs(victims, timeout=30)
 
     def stop(self) -> None:
