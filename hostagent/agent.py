@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import checks
+from checks import hung
 from hostagent.actions import AuditLog
 from hostagent.alerts.alerter import Alerter
 from hostagent.config import Config, load_config
@@ -46,6 +47,7 @@ REPORT_FILE = "report.json"  # the combined report of the last results of every 
 MD_ATTRS = ("array_state", "degraded", "sync_action")
 EVENT_CHECKS = ("md", "hung", "boot")  # what an md or block event can change
 MAINTENANCE_TICK = 5.0  # s between looks at the journal and the worker, besides the scheduled wake-ups
+SAMPLE_INTERVAL = 1.0  # s between looks at the hung check's counters (hung.sample)
 SELF = "agent"  # the daemon's own health, reported like a check's
 CYCLE_FAILED = "agent.cycle_failed"
 
@@ -76,6 +78,7 @@ class Watcher:
     health_changed: bool = False
     last_error: dict[str, Any] | None = None
     notifier: Notifier = field(default_factory=Notifier)
+    volatile: dict[str, Any] = field(default_factory=dict)  # the checks' per-second clocks (CheckContext.volatile)
 
     def setup(self) -> None:
         self.config = load_config(self.config_path)
@@ -207,8 +210,25 @@ class Watcher:
         self.notifier.alive()
         return report  # type: ignore[no-any-return]
 
-    def _run(self, names: list[str]) -> Report:
+    def sample_hung(self) -> None:
+        """The hung check's look every second: when a member's clock reaches ``hung_after``, the
+        check runs now, not at its next scheduled run (and its remedy with it)."""
+        config: hung.Config = self.config.check_config(hung.NAME)
+        if not config.enabled or not self.volatile.get("hung.members"):
+            return
+        ctx = self.context()
+        due = hung.sample(ctx, config)
+        if due:
+            log.warning("%s: no progress for %g s: running the hung check now", ", ".join(due), config.hung_after)
+            self.request([hung.NAME])
+
+    def context(self) -> CheckContext:
         ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
+        ctx.volatile = self.volatile
+        return ctx
+
+    def _run(self, names: list[str]) -> Report:
+        ctx = self.context()
         for module in checks.ALL:
             if module.NAME in names:
                 self.results[module.NAME] = run_check(module, ctx, self.config)
@@ -481,13 +501,16 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
 
     watcher.guard("maintenance", maintenance)
     events = Events(watcher)
-    last_tick = time.monotonic()
+    last_tick = last_sample = time.monotonic()
     while not watcher.stopping:
         watcher.notifier.alive()
         if watcher.reload_requested:
             watcher.reload_requested = False
             watcher.guard("reload", reload)
         watcher.guard("events", events.wait)
+        if time.monotonic() - last_sample >= SAMPLE_INTERVAL:
+            last_sample = time.monotonic()
+            watcher.guard("hung sampler", watcher.sample_hung)
         for failure in _drain(job_errors):
             watcher.failed("scheduled job", RuntimeError(failure))
         watcher.guard("checks", watcher.run_pending)

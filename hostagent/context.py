@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from hostagent.host import Host
 from hostagent.inventory import Inventory
@@ -17,6 +18,9 @@ class CheckContext:
     state: StateStore = field(default_factory=lambda: StateStore(None))
     now: float = field(default_factory=time.time)
     examined: dict[str, tuple[int, str]] = field(default_factory=dict)  # check -> (how many, of what)
+    # what the daemon keeps in memory from one run to the next, for values that change every
+    # second (too often for the state store); None in a one-shot run
+    volatile: dict[str, Any] | None = None
 
     def examine(self, check: str, count: int, unit: str) -> None:
         """What a check looked at: 0 reads as "nothing to check", never as a clean bill of health."""

@@ -3,8 +3,8 @@
 1. ``mdadm --fail`` marks the member faulty (returns at once even while it hangs).
 2. If writes stay blocked (array ``write-pending``), error out the hung I/O below md:
    dm: load an ``error`` table and resume; SCSI/SATA/SAS/USB: ``device/state`` = offline, then
-   ``device/delete``; NVMe: reset the controller, then delete it.  virtio-blk and Xen disks
-   offer nothing inside the guest.
+   ``device/delete``; NVMe: reset the controller, then delete it (fabrics) or remove its PCI
+   function (PCIe).  virtio-blk and Xen disks offer nothing inside the guest.
 3. ``mdadm --remove failed`` once the I/O has drained.
 Each step runs in a child process with a timeout, is audited, and is followed by a re-read.
 """
@@ -75,8 +75,11 @@ def device_layer(host: Host, member: str, arrays: list[MdArray]) -> DeviceLayer:
     if transport == "nvme":
         controller = (host.readlink(f"/sys/block/{disk}/device") or "").rstrip("/").rsplit("/", 1)[-1]
         if controller.startswith("nvme") and is_kernel_name(controller):
-            return DeviceLayer("nvme", (sysfs_write(f"/sys/class/nvme/{controller}/reset_controller", "1"),
-                                        sysfs_write(f"/sys/class/nvme/{controller}/delete_controller", "1")))
+            # fabrics controllers have delete_controller; a PCIe one has none (the kernel hides it),
+            # and removing its PCI function is what takes it away
+            base = f"/sys/class/nvme/{controller}"
+            away = f"{base}/delete_controller" if host.exists(f"{base}/delete_controller") else f"{base}/device/remove"
+            return DeviceLayer("nvme", (sysfs_write(f"{base}/reset_controller", "1"), sysfs_write(away, "1")))
     return DeviceLayer("none", (), f"{disk} is a {transport} disk: nothing inside this host can error out its "
                                    "in-flight I/O; writes stay blocked until the device answers")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ class BlockStat:
     io_ticks_ms: int  # field 10: time the device had I/O in flight
     in_flight_reads: int | None = None  # from the inflight file, when read
     in_flight_writes: int | None = None
+    read_ms: int = 0  # field 4: milliseconds reads took, summed over the completed reads
+    write_ms: int = 0  # field 8: the same for writes
 
     @property
     def completed(self) -> int:
@@ -37,7 +40,7 @@ def parse_stat(text: str, source: str) -> BlockStat:
     if len(fields) < 11 or not all(_COUNTER.fullmatch(f) for f in fields):
         raise ParseError(source, 1, f"expected at least 11 numbers, got {text.strip()!r}")
     values = [int(f) for f in fields]
-    return BlockStat(values[0], values[4], values[8], values[9])
+    return BlockStat(values[0], values[4], values[8], values[9], read_ms=values[3], write_ms=values[7])
 
 
 def parse_inflight(text: str, source: str) -> tuple[int, int]:
@@ -57,4 +60,4 @@ def read_blockstat(host: Host, device: str) -> BlockStat | None:
     if inflight is None:
         return stat
     reads, writes = parse_inflight(inflight, f"{base}/inflight")
-    return BlockStat(stat.reads, stat.writes, stat.in_flight, stat.io_ticks_ms, reads, writes)
+    return dataclasses.replace(stat, in_flight_reads=reads, in_flight_writes=writes)

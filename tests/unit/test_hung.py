@@ -3,13 +3,16 @@ kernel messages, and detection across two looks at a snapshot."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 from checks import hung
 from hostagent.actions.hung import device_layer, refusals
 from hostagent.context import CheckContext
 from hostagent.host import Host
 from hostagent.inventory import MdArray, MdMember, MdSync
+from hostagent.probe import Prober, ProbeStatus, parse_report
 from hostagent.sources.blockstat import BlockStat, parse_stat
 from hostagent.sources.kmsg import about, parse_record
 from hostagent.state import StateStore
@@ -24,14 +27,97 @@ def test_stat_fields() -> None:
     assert (stat.reads, stat.writes, stat.in_flight, stat.io_ticks_ms) == (fields[0], fields[4], fields[8], fields[9])
 
 
-def test_stuck_looks_at_each_direction() -> None:
-    last = {"completed": 150, "reads": 100, "writes": 50}
-    held_write = BlockStat(reads=120, writes=50, in_flight=1, io_ticks_ms=0, in_flight_reads=0, in_flight_writes=1)
-    assert hung.stuck(held_write, last)  # reads still complete, the write does not
-    moving = BlockStat(reads=120, writes=51, in_flight=1, io_ticks_ms=0, in_flight_reads=0, in_flight_writes=1)
-    assert not hung.stuck(moving, last)
-    idle = BlockStat(reads=100, writes=50, in_flight=0, io_ticks_ms=0, in_flight_reads=0, in_flight_writes=0)
-    assert not hung.stuck(idle, last)
+def stat(reads: int, writes: int, flying: tuple[int, int] | None = (0, 0), read_ms: int = 0,
+         write_ms: int = 0) -> BlockStat:
+    pending = sum(flying) if flying else 0
+    return BlockStat(reads, writes, pending, 0, flying[0] if flying else None, flying[1] if flying else None,
+                     read_ms, write_ms)
+
+
+def looks(*samples: tuple[float, BlockStat], crawl_ms: float = 5000, idle_after: float = 20) -> dict[str, Any]:
+    clock = None
+    for now, sample in samples:
+        clock = hung.advance(clock, sample, now, crawl_ms, idle_after)
+    assert clock is not None
+    return clock
+
+
+def test_a_stall_is_dated_from_the_first_look_that_saw_the_io_in_flight() -> None:
+    clock = looks((100, stat(120, 50, (0, 1))), (101, stat(125, 50, (0, 1))), (130, stat(130, 50, (0, 1))))
+    # reads still complete; the write seen at 100 never did: outstanding for at least 30 s
+    assert hung.clock_ages(clock, 130)[0] == 30
+    assert clock["reads"]["stalled"] is None
+
+
+def test_io_issued_between_two_looks_starts_the_clock_at_the_later_one() -> None:
+    clock = looks((100, stat(120, 50)), (105, stat(120, 50, (0, 1))), (110, stat(120, 50, (0, 1))))
+    assert hung.clock_ages(clock, 110)[0] == 5
+
+
+def test_any_completion_stops_the_stall_clock() -> None:
+    clock = looks((100, stat(120, 50, (0, 1))), (110, stat(120, 50, (0, 1))), (111, stat(120, 51, (0, 1))))
+    assert hung.clock_ages(clock, 111)[0] == 0
+
+
+def test_without_an_inflight_file_the_totals_are_used() -> None:
+    clock = looks((100, stat(120, 50, None)), (110, stat(120, 50, None)))
+    assert hung.clock_ages(clock, 110)[0] == 0  # nothing pending
+    held = BlockStat(120, 50, 1, 0)
+    clock = looks((100, held), (110, held), (125, held))
+    assert hung.clock_ages(clock, 125)[0] == 25
+
+
+def test_a_crawl_is_dated_from_its_first_slow_completion_and_lasts_across_the_gaps() -> None:
+    # a dm-delay member: 20 s per write, nothing ever shown in flight (bio-based)
+    first = looks((100, stat(0, 10, write_ms=100)), (121, stat(0, 11, write_ms=20_100)))
+    stalled, crawling, per_io = hung.clock_ages(first, 121)
+    assert (stalled, crawling, per_io) == (0, 20, 20_000)
+    gap = looks((100, stat(0, 10, write_ms=100)), (121, stat(0, 11, write_ms=20_100)),
+                (125, stat(0, 11, write_ms=20_100)))
+    assert hung.clock_ages(gap, 125)[1] == 24
+    fast = looks((100, stat(0, 10, write_ms=100)), (121, stat(0, 11, write_ms=20_100)),
+                 (122, stat(0, 12, write_ms=20_110)))
+    assert hung.clock_ages(fast, 122)[1] == 0
+    idle = looks((100, stat(0, 10, write_ms=100)), (121, stat(0, 11, write_ms=20_100)),
+                 (142, stat(0, 11, write_ms=20_100)))
+    assert hung.clock_ages(idle, 142)[1] == 0  # nothing in flight or done for idle_after: over
+
+
+def test_heavy_healthy_load_is_neither_stalled_nor_crawling() -> None:
+    samples = [(100.0 + i, stat(0, 10 + 200 * i, (0, 32), write_ms=150 * 200 * i)) for i in range(60)]
+    clock = looks(*samples)
+    assert hung.clock_ages(clock, 159) == (0, 0, None)
+
+
+def test_counters_that_go_backwards_start_over() -> None:
+    clock = looks((100, stat(120, 50, (0, 1))), (110, stat(120, 50, (0, 1))), (120, stat(3, 1, (0, 1))))
+    assert hung.clock_ages(clock, 120)[0] == 0
+
+
+def test_dd_reports() -> None:
+    coreutils = "1+0 records in\n1+0 records out\n4096 bytes (4.1 kB, 4.0 KiB) copied, 0.000220879 s, 18.5 MB/s\n"
+    assert parse_report(coreutils) == (True, 0.000220879, None)
+    assert parse_report("1+0 records in\n1+0 records out\n") == (True, None, None)  # busybox without the third line
+    ok, _, error = parse_report("dd: error reading '/dev/sdb': Input/output error\n0+0 records in\n")
+    assert not ok and error == "dd: error reading '/dev/sdb': Input/output error"
+    assert parse_report("") == (False, None, "no report")
+
+
+def test_a_probe_is_a_real_dd_read(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/vdz").write_bytes(b"x" * 65536)
+    (tmp_path / "sys/class/block/vdz").mkdir(parents=True)
+    (tmp_path / "sys/class/block/vdz/size").write_text("128\n")
+    prober = Prober(Host(tmp_path), StateStore(None), tmp_path / "probes", 0)
+    assert prober.poll("vdz", 1000.0) == ProbeStatus(None)  # nothing to report yet: one is started
+    for _ in range(200):
+        status = prober.poll("vdz", 1001.0)
+        if status.last_ok is not None:
+            break
+        time.sleep(0.01)
+    # O_DIRECT on the test's filesystem either works or is refused; either way dd's answer is read
+    assert status.last_ok is True or "Invalid argument" in (status.last_error or "")
+    assert list((tmp_path / "probes").iterdir()) == [next((tmp_path / "probes").iterdir())]  # the next one's
 
 
 def mirror(*states: tuple[str, ...], level: str = "raid1") -> MdArray:
@@ -110,3 +196,28 @@ def test_detection_across_two_looks(tmp_path: Path) -> None:
     assert finding.remedy is not None and finding.remedy.commands[0] == ("mdadm", "--manage", "/dev/md0", "--fail",
                                                                          "/dev/sdb1")
     assert hung.disk_is_hung(last, "sdb") and not hung.disk_is_hung(last, "sda")
+
+
+def test_the_daemon_sampler_runs_the_check_the_second_a_clock_reaches_hung_after(tmp_path: Path) -> None:
+    snap = HostSnapshot(tmp_path)
+    snap.disk("sda", partitions=("sda1",))
+    snap.disk("sdb", partitions=("sdb1",))
+    snap.mdstat("Personalities : [raid1]\nmd0 : active raid1 sda1[0] sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n")
+    base = "sys/devices/pci0000:00/0000:00:1f.2/ata{n}/host{n}/target{n}:0:0/{n}:0:0:0/block/{d}/{d}1"
+    for n, d in ((1, "sda"), (2, "sdb")):
+        snap.write(base.format(n=n, d=d) + "/stat", "100 0 800 10 50 0 400 10 0 20 20 0 0 0 0 0 0\n")
+        snap.write(base.format(n=n, d=d) + "/inflight", "0 0\n")
+    host, state, volatile = Host(tmp_path), StateStore(None), {}  # type: ignore[var-annotated]
+    config = hung.Config()
+
+    def at(now: float) -> CheckContext:
+        return CheckContext(host, CheckContext.for_host(host).inventory, state, now=now, volatile=volatile)
+
+    assert hung.run(at(1000.0), config) == []
+    assert volatile["hung.members"] == ["sda1", "sdb1"]
+    snap.write(base.format(n=2, d="sdb") + "/inflight", "0 1\n")
+    due = [(now, hung.sample(at(now), config)) for now in (1001.0, 1002.0, 1020.0, 1021.0, 1022.0)]
+    assert due == [(1001.0, []), (1002.0, []), (1020.0, []), (1021.0, ["sdb1"]), (1022.0, ["sdb1"])]
+    [finding] = hung.run(at(1021.5), config)
+    assert finding.subject == "md0/sdb1" and "none completed for 20 s" in finding.detail
+    assert hung.sample(at(1023.0), config) == []  # reported: not asked for again every second

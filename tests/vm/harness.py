@@ -32,7 +32,8 @@ CACHE = REPO / ".cache" / "vm"
 RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
 MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
-           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net"]
+           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net", "nvme"]
+ON_DEMAND = ["scsi_debug"]  # copied in, loaded by a test with its own parameters (it makes a disk when loaded)
 TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "sgdisk", "wipefs", "blkid", "blockdev")
 DATA_DIRS = ("/usr/lib/grub/i386-pc",)
 AGENT_DEPENDENCIES = ("apscheduler", "tzlocal", "pyudev", "sqlalchemy", "typing_extensions")
@@ -154,8 +155,10 @@ def base_image() -> Path:
                 if not (stage / lib.lstrip("/")).exists():
                     _copy(lib, stage)
         order = module_order(kver)
+        on_demand = [m for m in module_order(kver, ON_DEMAND) if m not in order]
+        order += [m for m in on_demand if Path(m).name.split(".")[0] not in ON_DEMAND]  # their dependencies
         (stage / "lib/modules").mkdir(parents=True)
-        for module in order:
+        for module in order + on_demand:
             shutil.copy2(module, stage / "lib/modules")
         (stage / "etc").mkdir(exist_ok=True)
         (stage / "etc/modules.order").write_text("\n".join(Path(m).name for m in order) + "\n")
@@ -219,16 +222,19 @@ class VM:
     def __init__(self, disks: int = 2, disk_mib: int = 64, memory_mib: int = 512, sata_disks: int = 0,
                  disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None,
                  scsi_specs: Sequence[tuple[int, str | None]] = (),
-                 sata_specs: Sequence[tuple[int, str | None]] = (), event_idx: bool = False) -> None:
+                 sata_specs: Sequence[tuple[int, str | None]] = (), event_idx: bool = False,
+                 nvme_disks: int = 0) -> None:
         """``scsi_specs``/``sata_specs``: one (MiB, sfdisk layout or None for blank) per SCSI/SATA
         disk, instead of ``scsi_disks``/``sata_disks`` disks of ``disk_mib`` with ``disk_layout``.
-        ``event_idx``: let the virtio devices use event index (only ``tests.vm.soak`` does)."""
+        ``event_idx``: let the virtio devices use event index (only ``tests.vm.soak`` does).
+        ``nvme_disks``: disks on QEMU's emulated NVMe controllers (nvme0n1, ...), one controller each."""
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
         self.disks = [self.run_dir / f"disk{i}.img" for i in range(disks)]
         self.sata_disks = [self.run_dir / f"sata{i}.img" for i in range(len(sata_specs) or sata_disks)]
         self.scsi_disks = [self.run_dir / f"scsi{i}.img" for i in range(len(scsi_specs) or scsi_disks)]
+        self.nvme_disks = [self.run_dir / f"nvme{i}.img" for i in range(nvme_disks)]
         self._specs = {"scsi": list(scsi_specs), "sata": list(sata_specs)}
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd: socket.socket | None = None
@@ -271,7 +277,8 @@ class VM:
         event_idx = f"event_idx={self._event_idx}"
         buses = [(self.disks, "disk", f"virtio-blk-pci,drive={{node}},id=vd{{i}},serial=disk{{i}},{event_idx}"),
                  (self.scsi_disks, "scsi", "scsi-hd,drive={node},bus=scsi0.0,scsi-id={i},lun=0,serial=SCSI{i}"),
-                 (self.sata_disks, "sata", "ide-hd,drive={node},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}")]
+                 (self.sata_disks, "sata", "ide-hd,drive={node},bus=ahci0.{i},serial=SATA{i},model=QEMU-SATA-{i}"),
+                 (self.nvme_disks, "nvme", "nvme,drive={node},serial=NVME{i},id=nvmec{i}")]
         if self.scsi_disks:  # sdX on the real sd driver, behind virtio-scsi
             argv += ["-device", f"virtio-scsi-pci,id=scsi0,{event_idx}"]
         if self.sata_disks:  # sdX through libata, behind an emulated AHCI controller
@@ -304,8 +311,8 @@ class VM:
     def _wait_for_block_devices(self) -> None:
         """Wait until the guest shows every disk and every partition: the kernel probes SCSI and
         SATA disks asynchronously, so the command server can be up before they are."""
-        disks = len(self.disks) + len(self.scsi_disks) + len(self.sata_disks)
-        self.run(f"until [ $(ls -d /sys/block/vd* /sys/block/sd* 2>/dev/null | wc -l) = {disks} ] && "
+        disks = len(self.disks) + len(self.scsi_disks) + len(self.sata_disks) + len(self.nvme_disks)
+        self.run(f"until [ $(ls -d /sys/block/vd* /sys/block/sd* /sys/block/nvme* 2>/dev/null | wc -l) = {disks} ] && "
                  f"[ $(ls /sys/class/block/*/partition 2>/dev/null | wc -l) = {self._partitions} ]; do sleep 0.1; done",
                  timeout=BOOT_TIMEOUT)
 
@@ -431,8 +438,9 @@ class VM:
         self.hmp(f'qemu-io {node} "break write_aio {tag}"')
 
     def resume_writes(self, tag: str = "A") -> None:
-        nodes = ([f"disk{i}" for i in range(len(self.disks))] + [f"scsi{i}" for i in range(len(self.scsi_disks))]
-                 + [f"sata{i}" for i in range(len(self.sata_disks))])
+        nodes = [f"{prefix}{i}" for prefix, disks in (("disk", self.disks), ("scsi", self.scsi_disks),
+                                                      ("sata", self.sata_disks), ("nvme", self.nvme_disks))
+                 for i in range(len(disks))]
         for node in nodes:
             self.hmp(f'qemu-io {node} "resume {tag}"')
 
