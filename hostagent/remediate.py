@@ -50,6 +50,7 @@ def _fail_hung(host: Host, report: Report, config: Config, audit: AuditLog) -> d
     replaced: dict[tuple[str, str], Finding] = {}
     for finding in hung:
         array, member = finding.subject.split("/", 1)
+        log.warning("%s: forcing it out: %s", finding.subject, finding.summary)
         try:
             outcomes, notes = force_fail(host, array, member, apply=True, audit=audit,
                                          timeout=config.agent.command_timeout, unblock_after=hung_config.unblock_after,
@@ -58,6 +59,7 @@ def _fail_hung(host: Host, report: Report, config: Config, audit: AuditLog) -> d
                      + (f" ({o.error or o.output})" if not o.ok else "") for o in outcomes] + notes
         except HostagentError as err:
             lines = [f"not forced out: {err}"]
+        log.warning("%s: %s", finding.subject, "; ".join(lines))
         replaced[(finding.code, finding.subject)] = _with_actions(finding, lines)
     return replaced
 
@@ -108,5 +110,6 @@ def _mitigate(host: Host, report: Report, config: Config, audit: AuditLog) -> di
             except HostagentError as err:
                 lines.append(f"not mitigated ({target}): {err}")
         if lines:
-            replaced[(finding.code, finding.subject)] = _with_actions(finding, lines)
+            log.warning("%s: %s", finding.subject, "; ".join(lines))
+        replaced[(finding.code, finding.subject)] = _with_actions(finding, lines)
     return replaced

@@ -1,7 +1,8 @@
 """The force-fail ladder for a hung md member: what turns a hang back into a working array.
 
 1. ``mdadm --fail`` marks the member faulty (returns at once even while it hangs).
-2. If writes stay blocked (array ``write-pending``), error out the hung I/O below md:
+2. If the member still holds the array's I/O (array ``write-pending``, I/O in flight, or a dm
+   member, whose I/O in flight is not counted), error out the hung I/O below md:
    dm: load an ``error`` table and resume; SCSI/SATA/SAS/USB: ``device/state`` = offline, then
    ``device/delete``; NVMe: reset the controller, then delete it (fabrics) or remove its PCI
    function (PCIe).  virtio-blk and Xen disks offer nothing inside the guest.
@@ -27,11 +28,27 @@ SCSI_TRANSPORTS = ("ata", "sas", "scsi", "usb")
 ACTION = "disk.fail"
 
 
+SCSI_SETTLE_MARGIN = 5.0  # s past the device's own command timeout
+SD_FLUSH_TIMEOUT_MULTIPLIER = 2  # drivers/scsi/sd.h: a cache flush may take twice device/timeout
+
+
 @dataclass(frozen=True)
 class DeviceLayer:
+    """How to error out I/O held below md.  ``steps`` always run; ``fallback`` runs only if the
+    member still holds I/O ``settle`` seconds later.  A SCSI disk taken offline has its held
+    command failed at that command's timeout (the midlayer rejects the retry), which for md's
+    superblock cache flush is twice ``device/timeout``; ``device/delete`` while the command is
+    outstanding does not end it sooner (observed on 6.1), so it is only the fallback."""
+
     kind: str  # dm, scsi, nvme, or none
     steps: tuple[tuple[str, ...], ...]
     note: str = ""
+    fallback: tuple[tuple[str, ...], ...] = ()
+    settle: float = 0.0
+
+    @property
+    def all_steps(self) -> tuple[tuple[str, ...], ...]:
+        return self.steps + self.fallback
 
 
 def refusals(array: MdArray, member: MdMember, hung_members: set[str]) -> list[str]:
@@ -70,8 +87,11 @@ def device_layer(host: Host, member: str, arrays: list[MdArray]) -> DeviceLayer:
                                                 f"{array.name}; the disk is left in place")
     transport = read_disk(host, disk).transport
     if transport in SCSI_TRANSPORTS:
-        return DeviceLayer("scsi", (sysfs_write(f"/sys/block/{disk}/device/state", "offline"),
-                                    sysfs_write(f"/sys/block/{disk}/device/delete", "1")))
+        timeout = (host.read_optional(f"/sys/block/{disk}/device/timeout") or "").strip()
+        seconds = int(timeout) if timeout.isdigit() and int(timeout) < 3600 else 30
+        settle = SD_FLUSH_TIMEOUT_MULTIPLIER * seconds + SCSI_SETTLE_MARGIN
+        return DeviceLayer("scsi", (sysfs_write(f"/sys/block/{disk}/device/state", "offline"),),
+                           fallback=(sysfs_write(f"/sys/block/{disk}/device/delete", "1"),), settle=settle)
     if transport == "nvme":
         controller = (host.readlink(f"/sys/block/{disk}/device") or "").rstrip("/").rsplit("/", 1)[-1]
         if controller.startswith("nvme") and is_kernel_name(controller):
@@ -79,7 +99,8 @@ def device_layer(host: Host, member: str, arrays: list[MdArray]) -> DeviceLayer:
             # and removing its PCI function is what takes it away
             base = f"/sys/class/nvme/{controller}"
             away = f"{base}/delete_controller" if host.exists(f"{base}/delete_controller") else f"{base}/device/remove"
-            return DeviceLayer("nvme", (sysfs_write(f"{base}/reset_controller", "1"), sysfs_write(away, "1")))
+            return DeviceLayer("nvme", (sysfs_write(f"{base}/reset_controller", "1"),),
+                               fallback=(sysfs_write(away, "1"),), settle=SCSI_SETTLE_MARGIN)
     return DeviceLayer("none", (), f"{disk} is a {transport} disk: nothing inside this host can error out its "
                                    "in-flight I/O; writes stay blocked until the device answers")
 
@@ -87,7 +108,7 @@ def device_layer(host: Host, member: str, arrays: list[MdArray]) -> DeviceLayer:
 def ladder(host: Host, array: MdArray, member: MdMember, arrays: list[MdArray]) -> list[Step]:
     """The whole ladder as steps (what a dry run shows)."""
     layer = device_layer(host, member.device, arrays)
-    argvs = [("mdadm", "--manage", array.dev_path, "--fail", member.dev_path), *layer.steps,
+    argvs = [("mdadm", "--manage", array.dev_path, "--fail", member.dev_path), *layer.all_steps,
              ("mdadm", "--manage", array.dev_path, "--remove", "failed")]
     return [Step(ACTION, f"{array.name}/{member.device}", f"force {member.device} out of {array.name}", argv)
             for argv in argvs]
@@ -95,6 +116,16 @@ def ladder(host: Host, array: MdArray, member: MdMember, arrays: list[MdArray]) 
 
 def _array_state(host: Host, array: MdArray) -> str:
     return (host.read_optional(f"/sys/block/{array.name}/md/array_state") or "").strip()
+
+
+def _held(host: Host, array: MdArray, device: str, layer: DeviceLayer) -> bool:
+    """Whether the failed member may still hold the array's I/O: the array waits on a write, or
+    the member has I/O in flight.  A dm device counts none (bio-based), so for dm the answer is
+    always yes: a crawling dm member holds md's write without the array being write-pending."""
+    if layer.kind == "dm" or _array_state(host, array) == "write-pending":
+        return True
+    stat = read_blockstat(host, device)
+    return stat is not None and stat.pending > 0
 
 
 def _wait(condition: Callable[[], bool], seconds: float, sleep: Callable[[float], None]) -> bool:
@@ -129,14 +160,29 @@ def force_fail(host: Host, array_name: str, member_name: str, *, apply: bool, au
     outcomes = perform(host, steps[:1], apply=True, audit=audit, timeout=timeout)
     if not outcomes[-1].ok:
         return outcomes, notes
-    if _wait(lambda: _array_state(host, array) != "write-pending", unblock_after, sleep):
+
+    def released() -> bool:
+        return not _held(host, array, member.device, layer)
+
+    if _wait(released, unblock_after, sleep):
         notes.append(f"{array.name} accepts writes after mdadm --fail")
     elif layer.steps:
-        notes.append(f"{array.name} still write-pending {unblock_after:g} s after mdadm --fail: "
+        notes.append(f"{member.device} still holds {array.name}'s I/O {unblock_after:g} s after mdadm --fail: "
                      f"erroring out the {layer.kind} layer")
-        outcomes += perform(host, steps[1:1 + len(layer.steps)], apply=True, audit=audit, timeout=timeout)
+        first = steps[1:1 + len(layer.steps)]
+        outcomes += perform(host, first, apply=True, audit=audit, timeout=timeout)
         if not outcomes[-1].ok:
             return outcomes, notes
+        if layer.fallback and not _wait(released, layer.settle, sleep):
+            notes.append(f"{member.device} still holds I/O {layer.settle:g} s later: taking the device away")
+            fallback = steps[1 + len(layer.steps):1 + len(layer.all_steps)]
+            outcomes += perform(host, fallback, apply=True, audit=audit, timeout=timeout)
+            if not outcomes[-1].ok:
+                return outcomes, notes
+        elif layer.fallback:
+            _, path, value = layer.fallback[0]
+            notes.append(f"{member.device}'s held I/O was failed by the kernel; "
+                         f"writing {value} to {path} was not needed")
     else:
         notes.append(layer.note)
 
