@@ -3,8 +3,9 @@
 A read that never completes is how a hang looks when the block counters show nothing
 (dm suspend, a stuck flush).  The child is detached and tracked through the state store, so
 neither a one-shot check nor the daemon ever waits on it; at most one probe per device is
-outstanding, however long a hang lasts.  ``dd`` costs about a millisecond to start, where a
-Python child cost about 90 ms of CPU: cheap enough to probe every member every 2 s.
+outstanding, however long a hang lasts.  ``dd`` costs about a millisecond of CPU, where a
+Python child cost about 25 ms (bench/bench_hung_cost.py): cheap enough to probe every member
+every 2 s.
 """
 
 from __future__ import annotations

@@ -221,3 +221,27 @@ def test_the_daemon_sampler_runs_the_check_the_second_a_clock_reaches_hung_after
     [finding] = hung.run(at(1021.5), config)
     assert finding.subject == "md0/sdb1" and "none completed for 20 s" in finding.detail
     assert hung.sample(at(1023.0), config) == []  # reported: not asked for again every second
+
+
+def test_scsi_and_nvme_layers_end_held_io_before_taking_the_device_away(tmp_path: Path) -> None:
+    snap = HostSnapshot(tmp_path)
+    snap.disk("sda", timeout=180)  # disk tune's timeout for a disk without ERC
+    scsi = device_layer(Host(tmp_path), "sda", [])
+    assert scsi.steps == (("sysfs-write", "/sys/block/sda/device/state", "offline"),)
+    assert scsi.fallback == (("sysfs-write", "/sys/block/sda/device/delete", "1"),)
+    assert scsi.settle == 2 * 180 + 5  # a cache flush may take twice the command timeout
+    pci = "devices/pci0000:00/0000:00:03.0"
+    for name, fabrics in (("nvme0", False), ("nvme1", True)):
+        snap.write(f"sys/{pci}/nvme/{name}/{name}n1/size", "131072\n")
+        snap.write(f"sys/{pci}/nvme/{name}/reset_controller", "")
+        if fabrics:
+            snap.write(f"sys/{pci}/nvme/{name}/delete_controller", "")
+        snap.link(f"sys/{pci}/nvme/{name}/{name}n1/device", f"../../{name}")
+        snap.link(f"sys/block/{name}n1", f"../{pci}/nvme/{name}/{name}n1")
+        snap.link(f"sys/class/block/{name}n1", f"../../{pci}/nvme/{name}/{name}n1")
+        snap.link(f"sys/class/nvme/{name}", f"../../{pci}/nvme/{name}")
+    pcie, fabric = device_layer(Host(tmp_path), "nvme0n1", []), device_layer(Host(tmp_path), "nvme1n1", [])
+    assert pcie.steps == (("sysfs-write", "/sys/class/nvme/nvme0/reset_controller", "1"),)
+    # the kernel gives a PCIe controller no delete_controller: its PCI function is removed instead
+    assert pcie.fallback == (("sysfs-write", "/sys/class/nvme/nvme0/device/remove", "1"),)
+    assert fabric.fallback == (("sysfs-write", "/sys/class/nvme/nvme1/delete_controller", "1"),)
