@@ -219,7 +219,8 @@ class Watcher:
         ctx = self.context()
         due = hung.sample(ctx, config)
         if due:
-            log.warning("%s: no progress for %g s: running the hung check now", ", ".join(due), config.hung_after)
+            log.warning("%s: stalled, crawling or unanswered for %g s: running the hung check now", ", ".join(due),
+                        config.hung_after)
             self.request([hung.NAME])
 
     def context(self) -> CheckContext:

@@ -60,4 +60,4 @@ def test_a_stuck_member_is_found_between_scheduled_runs(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=30)
-    assert "sdb1: no progress for 3 s: running the hung check now" in stderr
+    assert "sdb1: stalled, crawling or unanswered for 3 s: running the hung check now" in stderr

@@ -7,6 +7,9 @@ mid-layer and error handler, with no emulator in the way.
   handler's abort and retry, and ``device/state`` = offline and ``device/delete`` run for real;
 - crawling: a dm-delay over the SCSI disk answers every I/O correctly after 20 s, under the
   SCSI command timeout, so the kernel never sees an error.
+The ladder's other device steps run here on real devices too: ``device/delete`` of an sd disk,
+and an NVMe controller's reset and its PCI function's removal (QEMU's NVMe cannot be hung for
+them: docs/hung-disks.md).
 Times are measured by ``make bench-hung`` (docs/benchmarks.md); here only the outcome counts.
 """
 
@@ -163,22 +166,40 @@ def test_crawling_member_is_failed_though_every_io_completes(scsi_vm: VM) -> Non
         assert_no_data_lost(md, {"a": 0, "c": 1024, "b": 2048})
 
 
-NVME_STEPS = """
-import json
-from hostagent.actions import AuditLog, perform
-from hostagent.actions.hung import device_layer, ladder
+LAYER_STEPS = """
+import json, sys
+from hostagent.actions import AuditLog, Step, perform
+from hostagent.actions.hung import ACTION, device_layer
 from hostagent.host import Host
 from hostagent.inventory import read_arrays
-host = Host("/")
-arrays = read_arrays(host)
-[array] = arrays
-member = next(m for m in array.members if m.device == "nvme0n1")
-layer = device_layer(host, "nvme0n1", arrays)
-steps = ladder(host, array, member, arrays)[1:-1]
+host, device, which = Host("/"), sys.argv[1], sys.argv[2]
+layer = device_layer(host, device, read_arrays(host))
+argvs = layer.fallback if which == "fallback" else layer.all_steps
+steps = [Step(ACTION, device, "the device layer of the ladder", argv) for argv in argvs]
 outcomes = perform(host, steps, apply=True, audit=AuditLog(None), timeout=30)
-print(json.dumps({"steps": [list(s.argv) for s in steps], "settle": layer.settle,
-                  "returncodes": [o.returncode for o in outcomes]}))
+print(json.dumps({"steps": [list(s.argv) for s in steps], "returncodes": [o.returncode for o in outcomes]}))
 """
+
+
+def run_layer_steps(vm: VM, device: str, which: str) -> dict[str, Any]:
+    """Run the device layer's steps (``all``) or only its fallback through hostagent's own
+    ``perform`` (a child process per step, with its timeout), as the ladder does."""
+    done: dict[str, Any] = json.loads(vm.run(f"python3 -c '{LAYER_STEPS}' {device} {which}").stdout)
+    return done
+
+
+def test_scsi_device_delete_takes_a_failed_member_away(scsi_vm: VM) -> None:
+    """The ladder's last SCSI step, run when offline alone did not end the held I/O: here on a
+    failed member of a real sd disk, which goes away and leaves the array degraded, not stuck."""
+    with md_session(scsi_vm) as md, scsi_debug_disk(scsi_vm) as sd:
+        md.vm.run("mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean "
+                  f"--bitmap=internal /dev/vda /dev/{sd} && mdadm --manage /dev/md0 --fail /dev/{sd}")
+        done = run_layer_steps(md.vm, sd, "fallback")
+        assert done == {"steps": [["sysfs-write", f"/sys/block/{sd}/device/delete", "1"]], "returncodes": [0]}
+        wait_for(lambda: md.vm.run(f"test -e /sys/block/{sd}", check=False).rc != 0, f"{sd} to go away", 60)
+        md.vm.run("mdadm --manage /dev/md0 --remove failed")
+        assert "[2/1] [U_]" in md.mdstat()
+        md.vm.run("dd if=/dev/urandom of=/dev/md0 bs=4k count=4 oflag=direct conv=fsync 2>/dev/null")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +220,7 @@ def test_nvme_ladder_steps_work_on_a_real_pcie_controller(nvme_vm: VM) -> None:
     vm.run("mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean "
            "--bitmap=internal /dev/vda /dev/nvme0n1 && mdadm --manage /dev/md0 --fail /dev/nvme0n1")
     assert vm.run("test -e /sys/class/nvme/nvme0/delete_controller", check=False).rc != 0
-    done = json.loads(vm.run(f"python3 -c '{NVME_STEPS}'").stdout)
+    done = run_layer_steps(vm, "nvme0n1", "all")
     assert done["steps"] == [["sysfs-write", "/sys/class/nvme/nvme0/reset_controller", "1"],
                              ["sysfs-write", "/sys/class/nvme/nvme0/device/remove", "1"]]
     assert done["returncodes"] == [0, 0]
