@@ -20,7 +20,7 @@ from checks import hung  # noqa: E402
 from hostagent.context import CheckContext  # noqa: E402
 from hostagent.host import Host  # noqa: E402
 from hostagent.state import StateStore  # noqa: E402
-from tests.snapshots import HostSnapshot  # noqa: E402
+from tests.snapshots import sata_mirror  # noqa: E402
 
 SAMPLES = 2000
 PROBES = 100
@@ -33,14 +33,7 @@ def children_cpu() -> float:
 
 def main() -> None:
     root = Path(tempfile.mkdtemp())
-    snap = HostSnapshot(root)
-    snap.disk("sda", partitions=("sda1",))
-    snap.disk("sdb", partitions=("sdb1",))
-    snap.mdstat("Personalities : [raid1]\nmd0 : active raid1 sda1[0] sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n")
-    base = "sys/devices/pci0000:00/0000:00:1f.2/ata{n}/host{n}/target{n}:0:0/{n}:0:0:0/block/{d}/{d}1"
-    for n, d in ((1, "sda"), (2, "sdb")):
-        snap.write(base.format(n=n, d=d) + "/stat", "100 0 800 10 50 0 400 10 0 20 20 0 0 0 0 0 0\n")
-        snap.write(base.format(n=n, d=d) + "/inflight", "0 0\n")
+    sata_mirror(root)
     host, state, volatile = Host(root), StateStore(None), {}  # type: ignore[var-annotated]
     config = hung.Config()
 

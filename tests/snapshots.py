@@ -96,3 +96,22 @@ class HostSnapshot:
     def smart(self, disk: str, fixture: Path | str | dict[str, Any]) -> None:
         text = json.dumps(fixture) if isinstance(fixture, dict) else Path(fixture).read_text()
         self.command("smartctl", f"{disk}.json", text, rc=json.loads(text)["smartctl"]["exit_status"])
+
+
+def sata_mirror(root: Path) -> HostSnapshot:
+    """md0, a raid1 of sda1 and sdb1 on two SATA disks, both idle; ``member_dir(root, "sdb")``
+    is where a test changes a member's ``stat`` or ``inflight``."""
+    snap = HostSnapshot(root)
+    snap.disk("sda", partitions=("sda1",))
+    snap.disk("sdb", partitions=("sdb1",))
+    snap.mdstat("Personalities : [raid1]\nmd0 : active raid1 sda1[0] sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n")
+    for disk in ("sda", "sdb"):
+        snap.write(f"{member_dir(root, disk).relative_to(root)}/stat", "100 0 800 10 50 0 400 10 0 20 20 0 0 0 0 0 0\n")
+        snap.write(f"{member_dir(root, disk).relative_to(root)}/inflight", "0 0\n")
+    return snap
+
+
+def member_dir(root: Path, disk: str) -> Path:
+    """The sysfs directory of ``<disk>1`` in :func:`sata_mirror` (sda is the first disk, sdb the second)."""
+    n = ord(disk[-1]) - ord("a") + 1
+    return root / PATHS["ata"].format(n=n, name=disk).replace("devices/", "sys/devices/", 1) / f"{disk}1"

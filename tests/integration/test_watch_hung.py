@@ -11,19 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.snapshots import HostSnapshot
-
-MEMBER = "sys/devices/pci0000:00/0000:00:1f.2/ata{n}/host{n}/target{n}:0:0/{n}:0:0:0/block/{d}/{d}1"
-
-
-def mirror(root: Path) -> None:
-    snap = HostSnapshot(root)
-    snap.disk("sda", partitions=("sda1",))
-    snap.disk("sdb", partitions=("sdb1",))
-    snap.mdstat("Personalities : [raid1]\nmd0 : active raid1 sda1[0] sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n")
-    for n, d in ((1, "sda"), (2, "sdb")):
-        snap.write(MEMBER.format(n=n, d=d) + "/stat", "100 0 800 10 50 0 400 10 0 20 20 0 0 0 0 0 0\n")
-        snap.write(MEMBER.format(n=n, d=d) + "/inflight", "0 0\n")
+from tests.snapshots import member_dir, sata_mirror
 
 
 def report(state: Path) -> dict[str, object] | None:
@@ -35,7 +23,7 @@ def report(state: Path) -> dict[str, object] | None:
 
 def test_a_stuck_member_is_found_between_scheduled_runs(tmp_path: Path) -> None:
     root, state = tmp_path / "host", tmp_path / "state"
-    mirror(root)
+    sata_mirror(root)
     conf = tmp_path / "hostagent.toml"
     conf.write_text("[watch]\nmd_interval = 3600\nhung_interval = 3600\nsmart_interval = 3600\nerc_interval = 3600\n"
                     "boot_interval = 3600\nnet_interval = 3600\n[checks.hung]\nhung_after = 3\n")
@@ -47,7 +35,7 @@ def test_a_stuck_member_is_found_between_scheduled_runs(tmp_path: Path) -> None:
             time.sleep(0.2)
         first = report(state)
         assert first is not None and not [f for f in first["findings"] if f["code"] == "disk.hung"]  # type: ignore[index, union-attr]
-        (root / MEMBER.format(n=2, d="sdb") / "inflight").write_text("0 1\n")  # a write held; nothing completes
+        (member_dir(root, "sdb") / "inflight").write_text("0 1\n")  # a write held; nothing completes
         found = None
         while found is None and time.monotonic() < deadline + 30:
             current = report(state) or {"findings": []}

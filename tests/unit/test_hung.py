@@ -16,7 +16,7 @@ from hostagent.probe import Prober, ProbeStatus, parse_report
 from hostagent.sources.blockstat import BlockStat, parse_stat
 from hostagent.sources.kmsg import about, parse_record
 from hostagent.state import StateStore
-from tests.snapshots import HostSnapshot
+from tests.snapshots import HostSnapshot, member_dir, sata_mirror
 
 
 def test_stat_fields() -> None:
@@ -171,21 +171,14 @@ def test_kernel_messages() -> None:
 
 
 def test_detection_across_two_looks(tmp_path: Path) -> None:
-    snap = HostSnapshot(tmp_path)
-    snap.disk("sda", partitions=("sda1",))
-    snap.disk("sdb", partitions=("sdb1",))
-    snap.mdstat("Personalities : [raid1]\nmd0 : active raid1 sda1[0] sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n")
+    snap = sata_mirror(tmp_path)
     snap.write("sys/devices/virtual/block/md0/md/array_state", "write-pending\n")
     snap.link("sys/block/md0", "../devices/virtual/block/md0")
-    base = "sys/devices/pci0000:00/0000:00:1f.2/ata{n}/host{n}/target{n}:0:0/{n}:0:0:0/block/{d}/{d}1"
-    for n, d in ((1, "sda"), (2, "sdb")):
-        snap.write(base.format(n=n, d=d) + "/stat", "100 0 800 10 50 0 400 10 0 20 20 0 0 0 0 0 0\n")
-        snap.write(base.format(n=n, d=d) + "/inflight", "0 0\n")
     state = StateStore(None)
     config = hung.Config(hung_after=30)
     first = CheckContext(Host(tmp_path), CheckContext.for_host(Host(tmp_path)).inventory, state, now=1000.0)
     assert hung.run(first, config) == []
-    snap.write(base.format(n=2, d="sdb") + "/inflight", "0 1\n")  # a write held; nothing completes
+    (member_dir(tmp_path, "sdb") / "inflight").write_text("0 1\n")  # a write held; nothing completes
     later = CheckContext(Host(tmp_path), CheckContext.for_host(Host(tmp_path)).inventory, state, now=1010.0)
     assert hung.run(later, config) == []  # stuck for 0 s: the first stuck look starts the clock
     last = CheckContext(Host(tmp_path), CheckContext.for_host(Host(tmp_path)).inventory, state, now=1045.0)
@@ -199,14 +192,7 @@ def test_detection_across_two_looks(tmp_path: Path) -> None:
 
 
 def test_the_daemon_sampler_runs_the_check_the_second_a_clock_reaches_hung_after(tmp_path: Path) -> None:
-    snap = HostSnapshot(tmp_path)
-    snap.disk("sda", partitions=("sda1",))
-    snap.disk("sdb", partitions=("sdb1",))
-    snap.mdstat("Personalities : [raid1]\nmd0 : active raid1 sda1[0] sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n")
-    base = "sys/devices/pci0000:00/0000:00:1f.2/ata{n}/host{n}/target{n}:0:0/{n}:0:0:0/block/{d}/{d}1"
-    for n, d in ((1, "sda"), (2, "sdb")):
-        snap.write(base.format(n=n, d=d) + "/stat", "100 0 800 10 50 0 400 10 0 20 20 0 0 0 0 0 0\n")
-        snap.write(base.format(n=n, d=d) + "/inflight", "0 0\n")
+    sata_mirror(tmp_path)
     host, state, volatile = Host(tmp_path), StateStore(None), {}  # type: ignore[var-annotated]
     config = hung.Config()
 
@@ -215,7 +201,7 @@ def test_the_daemon_sampler_runs_the_check_the_second_a_clock_reaches_hung_after
 
     assert hung.run(at(1000.0), config) == []
     assert volatile["hung.members"] == ["sda1", "sdb1"]
-    snap.write(base.format(n=2, d="sdb") + "/inflight", "0 1\n")
+    (member_dir(tmp_path, "sdb") / "inflight").write_text("0 1\n")
     due = [(now, hung.sample(at(now), config)) for now in (1001.0, 1002.0, 1020.0, 1021.0, 1022.0)]
     assert due == [(1001.0, []), (1002.0, []), (1020.0, []), (1021.0, ["sdb1"]), (1022.0, ["sdb1"])]
     [finding] = hung.run(at(1021.5), config)
