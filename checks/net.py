@@ -7,7 +7,7 @@ mailed at once: the page the operator never got.
 
 Remedies are commands for ``hostagent net``: blackhole routes for the top source prefixes and, when
 ``announce_victim`` is set, an RFC 7999 blackhole announcement of the attacked address through
-ExaBGP.  The daemon applies them only when ``mitigate = "apply"`` (hostagent.remediate).
+ExaBGP.  The daemon applies them only when ``mitigate = "apply"`` (hostagent.commands.remediate).
 """
 
 from __future__ import annotations

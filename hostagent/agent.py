@@ -26,6 +26,7 @@ import checks
 from checks import hung
 from hostagent.actions import AuditLog
 from hostagent.alerts.alerter import Alerter
+from hostagent.commands.remediate import act, expire_mitigations
 from hostagent.config import Config, load_config
 from hostagent.context import CheckContext
 from hostagent.errors import ConfigError, HostagentError
@@ -33,7 +34,6 @@ from hostagent.host import Host
 from hostagent.maintenance.daemon import WAKEUPS, MaintenanceDaemon, has_stored_jobs
 from hostagent.model import CheckResult, Finding, Report, Severity
 from hostagent.output import render_prom, write_atomic
-from hostagent.remediate import act, expire_mitigations
 from hostagent.rpc import DEFAULT_ALLOW, allowed_verbs
 from hostagent.rpcserver import Answerer, Published, RpcServer, child_command
 from hostagent.runner import innermost_frame, open_state, run_check

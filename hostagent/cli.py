@@ -286,7 +286,7 @@ def _check(args: argparse.Namespace) -> int:
     report = run_checks(host, config, only, state=state)
     if args.act:
         from hostagent.actions import AuditLog
-        from hostagent.remediate import act
+        from hostagent.commands.remediate import act
 
         report = act(host, report, config, AuditLog.configured(state.directory, config.agent))
     prom = args.prom or config.agent.prom_file
