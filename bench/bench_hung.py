@@ -91,8 +91,9 @@ def measure(vm: VM, fault: str, agent: bool) -> dict[str, float | None]:
         found, failed, written = (stamp(md, n) for n in ("t_find", "t_fail", "t_write"))
         second = None
         if written is not None:
+            begun = uptime(md)
             md.write_in_background("/tmp/t_second", offset_kib=2048)
-            begun, deadline = uptime(md), time.monotonic() + 60
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not md.done("/tmp/t_second"):
                 time.sleep(0.2)
             finished = stamp(md, "t_second")
