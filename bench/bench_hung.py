@@ -1,12 +1,16 @@
 """From a member's fault to the finding, to the member failed, and to writes accepted again:
 ``hostagent watch`` at its default settings against the kernel alone, side by side.
 
-Run: make bench-hung   (boots Debian's kernel under QEMU; about 35 minutes on 2 cores)
+Run: make bench-hung   (boots Debian's kernel under QEMU; about 45 minutes on 2 cores), or
+     .venv/bin/python bench/bench_hung.py "dead SCSI" ...   for some of the faults
 
 Faults, each on one member of a raid1 whose other member is a healthy virtio disk:
 - dm suspend: the member is a dm device, suspended (its I/O queues, invisible to the counters);
 - dead SCSI: the member is a scsi_debug disk (real sd, SCSI mid-layer and error handler) that
   answers no command (``opts=4 every_nth=1``);
+- dead SCSI, write cache off: the same, with the disk's cache set to write through, so md
+  sends it no cache flushes (which the sd driver gives twice the command timeout): the
+  block layer's `queue/write_cache` = write through, as for a disk with no volatile cache;
 - crawling: a dm-delay over a scsi_debug disk answers every I/O correctly after 20 s.
 Right after the fault, one synced O_DIRECT 4 KiB write goes to the array.  A shell loop in
 the guest stamps /proc/uptime every 0.2 s: when the daemon's log first says it is forcing
@@ -31,7 +35,8 @@ from tests.vm.test_hung_scsi import CRAWL_MS, SCSI_DEBUG, scsi_debug_disk, start
 
 REPEATS = 3
 HUNG_AFTER = 20.0  # checks.hung.hung_after's default: the goals are relative to it
-LIMITS = {"dm suspend": 90.0, "dead SCSI": 240.0, "crawling (dm-delay 20 s over SCSI)": 150.0}
+LIMITS = {"dm suspend": 90.0, "dead SCSI": 240.0, "crawling (dm-delay 20 s over SCSI)": 150.0,
+          "dead SCSI, write cache off": 240.0}
 STAMPER = r"""#!/bin/sh
 # stamp /proc/uptime when the finding, the failed member and the write's return are first seen
 m=$1
@@ -62,7 +67,9 @@ def arrange(md: MdHelper, fault: str, sd: str | None) -> tuple[str, str]:
         members = md.members(2)
         md.create("1", members)
         return md.kernel_name(members[1]), "dmsetup suspend --noflush m1"
-    if fault == "dead SCSI":
+    if fault.startswith("dead SCSI"):
+        if fault.endswith("write cache off"):  # no cache flushes: md's first stuck command is a plain write
+            md.vm.run(f"echo 'write through' > /sys/block/{sd}/queue/write_cache")
         md.vm.run("mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean "
                   f"--bitmap=internal /dev/vda /dev/{sd}")
         return str(sd), f"echo 4 > {SCSI_DEBUG}/opts; echo 1 > {SCSI_DEBUG}/every_nth"
@@ -115,10 +122,13 @@ def runs(values: list[float | None]) -> str:
     return ", ".join("never" if v is None else f"{v:.1f}" for v in values)
 
 
-def main() -> None:
+def main(faults: list[str]) -> None:
+    unknown = [f for f in faults if f not in LIMITS]
+    if unknown:
+        raise SystemExit(f"unknown fault {unknown[0]!r}; the faults are: {', '.join(map(repr, LIMITS))}")
     results: dict[tuple[str, str], list[dict[str, float | None]]] = {}
     with VM(disks=2) as vm:
-        for fault in LIMITS:
+        for fault in faults or list(LIMITS):
             for repeat in range(REPEATS):
                 for who, agent in (("kernel alone", False), ("hostagent watch (defaults)", True)):
                     outcome = measure(vm, fault, agent)
@@ -139,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
