@@ -56,7 +56,7 @@ class Observation:
     crawl_s: float  # every completion this long took crawl_ms or more
     probe_s: float  # the probe read has been outstanding this long
     pending: int
-    crawl_ms: float | None  # the mean time per I/O of the crawl
+    crawl_io_ms: float | None  # what each I/O of the crawl took, on average
     latency_ms: float | None
     baseline_ms: float | None
     probe_error: str | None
@@ -97,7 +97,7 @@ def advance(clock: dict[str, Any] | None, stat: BlockStat, now: float, crawl_ms:
     for direction in DIRECTIONS:
         done, spent, flying = _counts(stat, direction)
         fresh[direction] = {"done": done, "ms": spent, "flying": flying, "stalled": None, "crawl": None,
-                            "crawl_ms": None, "last_done": now}
+                            "crawl_io_ms": None, "last_done": now}
     if clock is None or "reads" not in clock:
         return fresh
     for direction in DIRECTIONS:
@@ -117,18 +117,19 @@ def advance(clock: dict[str, Any] | None, stat: BlockStat, now: float, crawl_ms:
             latency = (now_d["ms"] - before["ms"]) / completed
             if latency >= crawl_ms:
                 now_d["crawl"] = before["crawl"] or now - latency / 1000
-                now_d["crawl_ms"] = latency
+                now_d["crawl_io_ms"] = latency
         else:
             now_d["last_done"] = before["last_done"]
             if before["crawl"] is not None and (flying > 0 or now - before["last_done"] < idle_after):
-                now_d["crawl"], now_d["crawl_ms"] = before["crawl"], before["crawl_ms"]
+                now_d["crawl"], now_d["crawl_io_ms"] = before["crawl"], before["crawl_io_ms"]
     return fresh
 
 
 def clock_ages(clock: dict[str, Any], now: float) -> tuple[float, float, float | None]:
     """(stalled for, crawling for, the crawl's time per I/O) over both directions."""
     stalled = [now - clock[d]["stalled"] for d in DIRECTIONS if clock[d]["stalled"] is not None]
-    crawling = [(now - clock[d]["crawl"], clock[d]["crawl_ms"]) for d in DIRECTIONS if clock[d]["crawl"] is not None]
+    crawling = [(now - clock[d]["crawl"], clock[d]["crawl_io_ms"]) for d in DIRECTIONS
+                if clock[d]["crawl"] is not None]
     crawl = max(crawling) if crawling else (0.0, None)
     return max(stalled, default=0.0), crawl[0], crawl[1]
 
@@ -207,14 +208,14 @@ def observe(ctx: CheckContext, device: str, prober: Prober | None, config: Confi
     if latency is not None:
         ctx.state.put(f"hung.latency.{device}", latency if baseline is None else 0.9 * baseline + 0.1 * latency)
     probe = prober.poll(device, now) if prober is not None else None
-    stalled, crawling, crawl_ms = clock_ages(clock, now)
+    stalled, crawling, per_io = clock_ages(clock, now)
     return Observation(
         device=device,
         stuck_s=stalled,
         crawl_s=crawling,
         probe_s=probe.outstanding_s or 0.0 if probe else 0.0,
         pending=stat.pending,
-        crawl_ms=crawl_ms,
+        crawl_io_ms=per_io,
         latency_ms=latency,
         baseline_ms=baseline,
         probe_error=probe.last_error if probe else None,
@@ -272,7 +273,7 @@ def disk_is_hung(ctx: CheckContext, disk: str) -> bool:
 
 def _how(seen: Observation) -> str:
     if seen.crawl_s >= max(seen.stuck_s, seen.probe_s):
-        return f"each I/O takes {(seen.crawl_ms or 0) / 1000:.0f} s"
+        return f"each I/O takes {(seen.crawl_io_ms or 0) / 1000:.0f} s"
     return "no I/O has completed"
 
 
@@ -290,7 +291,7 @@ def _signals(ctx: CheckContext, array: MdArray, member: MdMember, seen: Observat
     if seen.stuck_s:
         lines.append(f"{seen.pending} I/O in flight and none completed for {seen.stuck_s:.0f} s")
     if seen.crawl_s:
-        lines.append(f"every I/O completed for {seen.crawl_s:.0f} s took {(seen.crawl_ms or 0) / 1000:.1f} s or so "
+        lines.append(f"every I/O completed for {seen.crawl_s:.0f} s took {(seen.crawl_io_ms or 0) / 1000:.1f} s or so "
                      "(crawling)")
     if seen.probe_s:
         lines.append(f"a probe read has been outstanding for {seen.probe_s:.0f} s")
