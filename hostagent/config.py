@@ -209,6 +209,11 @@ def _rules(config: Config, source: str) -> list[str]:
     for low, high, strictly in _BELOW:
         if values[low] > values[high] or (strictly and values[low] == values[high]):
             bad(low, f"{values[low]} must be {'below' if strictly else 'at most'} {high} ({values[high]})")
+    hung = config.checks.hung
+    for path, value, least in (("checks.hung.hung_after", hung.hung_after, 1.0),
+                               ("checks.hung.crawl_ms", hung.crawl_ms, 1000.0)):
+        if value < least:  # lower, healthy I/O under load would count as hung or crawling, and be failed
+            bad(path, f"must be at least {least:g}, got {value:g}")
     if config.agent.audit_max_bytes < 4096:
         bad("agent.audit_max_bytes", f"must be at least 4096, got {config.agent.audit_max_bytes}")
     if not 0 <= config.agent.audit_keep <= 99:

@@ -221,6 +221,8 @@ BAD_VALUES = [
     ("maintenance", "concurrency = 0", "maintenance.concurrency: must be at least 1"),
     ("maintenance", "restore_attemps = 2", "unknown key maintenance.restore_attemps"),
     ("agent", 'rpc_allow = ["read", "reboot"]', "agent.rpc_allow[1]: 'reboot' is not a verb or group"),
+    ("checks.hung", "crawl_ms = 0", "checks.hung.crawl_ms: must be at least 1000, got 0"),
+    ("checks.hung", "hung_after = 0.5", "checks.hung.hung_after: must be at least 1, got 0.5"),
 ]
 
 
