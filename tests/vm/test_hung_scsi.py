@@ -43,12 +43,19 @@ def scsi_vm() -> Iterator[VM]:
 
 @contextlib.contextmanager
 def scsi_debug_disk(vm: VM) -> Iterator[str]:
-    """A fresh 64 MiB scsi_debug disk; its name (sda: the VM has no other SCSI disk)."""
-    vm.run("rmmod scsi_debug 2>/dev/null; insmod /lib/modules/scsi_debug.ko dev_size_mb=64")
+    """A fresh 64 MiB scsi_debug disk; its name (sda: the VM has no other SCSI disk).  On the
+    way out the disk answers again and every dm-delay drops its delay, and the writes still
+    crawling are waited for, so that the arrays and the module can go."""
+    vm.run("if grep -q '^scsi_debug ' /proc/modules; then rmmod scsi_debug; fi; "
+           "insmod /lib/modules/scsi_debug.ko dev_size_mb=64")
     try:
         yield scsi_debug_name(vm)
     finally:
-        vm.run(f"echo 0 > {SCSI_DEBUG}/every_nth; echo 0 > {SCSI_DEBUG}/opts", check=False)
+        vm.run(f"echo 0 > {SCSI_DEBUG}/every_nth; echo 0 > {SCSI_DEBUG}/opts; "
+               "for m in $(dmsetup ls --target delay 2>/dev/null | grep -v 'No devices' | cut -f1); do "
+               "t=$(dmsetup table $m | sed 's/ [0-9]*$/ 0/'); dmsetup load $m --table \"$t\" && dmsetup resume $m; "
+               "done; n=0; while ps | grep -q '[d]d if=' && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done",
+               check=False, timeout=180)
 
 
 def scsi_debug_name(vm: VM) -> str:
