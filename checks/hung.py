@@ -10,8 +10,8 @@ A member is hung when, for at least ``hung_after`` seconds, any of these holds:
 
 Only sysfs is read here: nothing on this path can block on the hung device.  ``hung_after``
 defaults to 20 s, under the SCSI layer's 30 s command timeout: a dead SCSI disk is taken
-offline before its first command times out, so the midlayer fails that command instead of
-retrying it for another 30 s.  The daemon samples the counters every second
+offline before its first command times out, so the midlayer fails that command at that
+timeout instead of retrying it.  The daemon samples the counters every second
 (:func:`sample`) and runs this check the moment a member's clock reaches ``hung_after``.
 """
 

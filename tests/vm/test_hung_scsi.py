@@ -127,8 +127,7 @@ def test_dead_scsi_member_is_taken_offline_before_its_first_command_timeout(scsi
         assert steps[("mdadm", "--manage", "/dev/md0", "--fail", f"/dev/{sd}")]["returncode"] == 0
         assert steps[("sysfs-write", f"/sys/block/{sd}/device/state", "offline")]["returncode"] == 0
         # offline before the dropped command's timeout: the midlayer failed it at that timeout
-        # instead of retrying it, so device/delete was not needed (it would have held the command
-        # for another full timeout)
+        # instead of retrying it, so device/delete (which waits for the command) was not needed
         assert "rejecting I/O to offline device" in md.vm.run("dmesg").stdout, md.vm.run(
             "cat /tmp/watch.err; cat /tmp/state/audit.jsonl; dmesg | tail -12").stdout
         wait_for(lambda: "was not needed" in md.vm.run("cat /tmp/watch.err").stdout, "the ladder to end", DEADLINE)
