@@ -159,7 +159,10 @@ def tick(ctx: CheckContext, clocks: Clocks, device: str, config: Config) -> tupl
     stat = read_blockstat(ctx.host, device)
     if stat is None:
         return None
-    clock = advance(clocks.get(device), stat, ctx.now, config.crawl_ms, config.hung_after)
+    try:
+        clock = advance(clocks.get(device), stat, ctx.now, config.crawl_ms, config.hung_after)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a stored clock of another shape: start over
+        clock = advance(None, stat, ctx.now, config.crawl_ms, config.hung_after)
     clocks.put(device, clock)
     return stat, clock
 

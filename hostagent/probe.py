@@ -51,6 +51,9 @@ class Prober:
         """Collect a finished probe, start a new one when due, and report the outstanding one."""
         key = f"hung.probe.{device}"
         record = self.state.get(key)
+        if record is not None and not _well_formed(record):  # not what _start writes: forget it
+            self.state.put(key, None)
+            record = None
         finished: tuple[bool, float | None, str | None] | None = None
         if record is not None:
             if _alive(record["pid"], record.get("since")):
@@ -64,8 +67,8 @@ class Prober:
             result.unlink(missing_ok=True)
             self.state.put(key, None)
             self.state.put(f"hung.probe_done.{device}", now)
-        done_at = self.state.get(f"hung.probe_done.{device}") or 0
-        if now - done_at >= self.min_interval:
+        done_at = self.state.get(f"hung.probe_done.{device}")
+        if not isinstance(done_at, int | float) or now - done_at >= self.min_interval:
             self._start(device, key, now)
         if finished is None:
             return ProbeStatus(None)
@@ -90,6 +93,12 @@ class Prober:
 
 
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _well_formed(record: object) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("pid"), int) and record["pid"] > 0
+            and isinstance(record.get("started"), int | float) and isinstance(record.get("result"), str)
+            and isinstance(record.get("since"), str | None))
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -231,3 +231,25 @@ def test_scsi_and_nvme_layers_end_held_io_before_taking_the_device_away(tmp_path
     # the kernel gives a PCIe controller no delete_controller: its PCI function is removed instead
     assert pcie.fallback == (("sysfs-write", "/sys/class/nvme/nvme0/device/remove", "1"),)
     assert fabric.fallback == (("sysfs-write", "/sys/class/nvme/nvme1/delete_controller", "1"),)
+
+
+def test_a_stored_clock_of_another_shape_starts_over(tmp_path: Path) -> None:
+    sata_mirror(tmp_path)
+    host, state = Host(tmp_path), StateStore(None)
+    for junk in ({"t": "yesterday", "reads": 3}, [1, 2], {"t": 1.0, "reads": {}, "writes": None}, "x"):
+        state.put("hung.clock.sdb1", junk)
+        ctx = CheckContext(host, CheckContext.for_host(host).inventory, state, now=1000.0)
+        assert hung.run(ctx, hung.Config()) == []
+        assert state.get("hung.clock.sdb1")["t"] == 1000.0  # a fresh clock replaced it
+
+
+def test_a_probe_record_of_another_shape_is_forgotten(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/vdz").write_bytes(b"x" * 8192)
+    state = StateStore(None)
+    prober = Prober(Host(tmp_path), state, tmp_path / "probes", 0)
+    for junk in ({"pid": "1"}, [1], {"pid": 1, "started": 0.0}, 7):
+        state.put("hung.probe.vdz", junk)
+        state.put("hung.probe_done.vdz", "junk")
+        assert prober.poll("vdz", 1000.0) == ProbeStatus(None)  # no outstanding probe; a new one started
+        assert state.get("hung.probe.vdz")["pid"] > 0
