@@ -3,9 +3,10 @@
 1. ``mdadm --fail`` marks the member faulty (returns at once even while it hangs).
 2. If the member still holds the array's I/O (array ``write-pending``, I/O in flight, or a dm
    member, whose I/O in flight is not counted), error out the hung I/O below md:
-   dm: load an ``error`` table and resume; SCSI/SATA/SAS/USB: ``device/state`` = offline, then
-   ``device/delete``; NVMe: reset the controller, then delete it (fabrics) or remove its PCI
-   function (PCIe).  virtio-blk and Xen disks offer nothing inside the guest.
+   dm: load an ``error`` table and resume; SCSI/SATA/SAS/USB: ``device/state`` = offline, and
+   only if I/O is still held long after, ``device/delete``; NVMe: reset the controller, and only
+   if still held, delete it (fabrics) or remove its PCI function (PCIe).  virtio-blk and Xen
+   disks offer nothing inside the guest.
 3. ``mdadm --remove failed`` once the I/O has drained.
 Each step runs in a child process with a timeout, is audited, and is followed by a re-read.
 """
@@ -29,6 +30,7 @@ ACTION = "disk.fail"
 
 
 SCSI_SETTLE_MARGIN = 5.0  # s past the device's own command timeout
+SETTLE_MAX = 120.0  # s the ladder (and so the daemon's loop) waits at most before the fallback
 SD_FLUSH_TIMEOUT_MULTIPLIER = 2  # drivers/scsi/sd.h: a cache flush may take twice device/timeout
 
 
@@ -89,7 +91,7 @@ def device_layer(host: Host, member: str, arrays: list[MdArray]) -> DeviceLayer:
     if transport in SCSI_TRANSPORTS:
         timeout = (host.read_optional(f"/sys/block/{disk}/device/timeout") or "").strip()
         seconds = int(timeout) if timeout.isdigit() and int(timeout) < 3600 else 30
-        settle = SD_FLUSH_TIMEOUT_MULTIPLIER * seconds + SCSI_SETTLE_MARGIN
+        settle = min(SD_FLUSH_TIMEOUT_MULTIPLIER * seconds + SCSI_SETTLE_MARGIN, SETTLE_MAX)
         return DeviceLayer("scsi", (sysfs_write(f"/sys/block/{disk}/device/state", "offline"),),
                            fallback=(sysfs_write(f"/sys/block/{disk}/device/delete", "1"),), settle=settle)
     if transport == "nvme":

@@ -211,11 +211,13 @@ def test_the_daemon_sampler_runs_the_check_the_second_a_clock_reaches_hung_after
 
 def test_scsi_and_nvme_layers_end_held_io_before_taking_the_device_away(tmp_path: Path) -> None:
     snap = HostSnapshot(tmp_path)
-    snap.disk("sda", timeout=180)  # disk tune's timeout for a disk without ERC
+    snap.disk("sda")
+    snap.disk("sdb", timeout=180)  # disk tune's timeout for a disk without ERC
     scsi = device_layer(Host(tmp_path), "sda", [])
     assert scsi.steps == (("sysfs-write", "/sys/block/sda/device/state", "offline"),)
     assert scsi.fallback == (("sysfs-write", "/sys/block/sda/device/delete", "1"),)
-    assert scsi.settle == 2 * 180 + 5  # a cache flush may take twice the command timeout
+    assert scsi.settle == 2 * 30 + 5  # a cache flush may take twice the command timeout
+    assert device_layer(Host(tmp_path), "sdb", []).settle == 120  # the daemon's loop waits no longer
     pci = "devices/pci0000:00/0000:00:03.0"
     for name, fabrics in (("nvme0", False), ("nvme1", True)):
         snap.write(f"sys/{pci}/nvme/{name}/{name}n1/size", "131072\n")
