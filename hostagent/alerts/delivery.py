@@ -252,7 +252,8 @@ def sender(config: AlertsConfig) -> Callable[[str, list[str], float], Refusals]:
         client: smtplib.SMTP = (smtplib.SMTP_SSL(timeout=smtp.timeout, context=context) if smtp.security == "tls"
                                 else smtplib.SMTP(timeout=smtp.timeout))
         # the hard deadline: a server that drips one byte a minute still ends within it
-        timer = threading.Timer(deadline, _cut, (client,))
+        fired = threading.Event()  # set before the cut: the timer thread is still alive while it cuts
+        timer = threading.Timer(deadline, _cut, (client, fired))
         timer.daemon = True
         timer.start()
         client._host = smtp.host  # type: ignore[attr-defined]  # TLS's server name, set by __init__ only
@@ -273,7 +274,7 @@ def sender(config: AlertsConfig) -> Callable[[str, list[str], float], Refusals]:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 client.quit()
         except (smtplib.SMTPException, OSError, ssl.SSLError) as err:
-            if not timer.is_alive():
+            if fired.is_set():
                 raise TransientError(f"{smtp.host}:{smtp.port}: not done within {deadline:g} s") from None
             raise TransientError(f"{smtp.host}:{smtp.port}: {_smtp_error(err)}") from None
         finally:
@@ -283,7 +284,8 @@ def sender(config: AlertsConfig) -> Callable[[str, list[str], float], Refusals]:
     return via_smtp
 
 
-def _cut(client: smtplib.SMTP) -> None:
+def _cut(client: smtplib.SMTP, fired: threading.Event) -> None:
+    fired.set()
     sock = getattr(client, "sock", None)
     if sock is not None:
         with contextlib.suppress(OSError):
