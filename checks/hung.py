@@ -26,6 +26,7 @@ from hostagent.actions.hung import device_layer, ladder, refusals
 from hostagent.context import CheckContext
 from hostagent.inventory import MdArray, MdMember
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.names import disk_of_partition
 from hostagent.probe import Prober
 from hostagent.sources.blockdev import parent_disks
 from hostagent.sources.blockstat import BlockStat, read_blockstat
@@ -317,8 +318,10 @@ def evaluate_hung(ctx: CheckContext, array: MdArray, member: MdMember, seen: Obs
     duration = seen.age
     reasons = refusals(array, member, hung)
     after = (f"Afterwards: find the cause (smartctl -x, cable, controller), then re-add the member "
-             f"(mdadm --manage {array.dev_path} --re-add {member.dev_path}) or replace the disk "
-             f"(mdadm --manage {array.dev_path} --add /dev/NEW, then hostagent boot repair --apply).")
+             f"(mdadm --manage {array.dev_path} --re-add {member.dev_path}) or swap the disk: "
+             f"hostagent disk locate {disk_of_partition(member.device)} blinks its slot, and hostagent disk "
+             f"replace --old {disk_of_partition(member.device)} --new NEW vets the new disk, adds it to every "
+             "array and installs the bootloader.")
     if reasons:
         return Finding("disk.hung_unfailable", NAME, subject, Severity.CRITICAL,
                        f"{member.device} in {array.name} is hung ({duration:.0f} s) and must not be failed: "

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from hostagent.context import CheckContext
 from hostagent.inventory import MdArray
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.names import disk_of_partition
 
 NAME = "md"
 DESCRIPTION = "Linux md arrays: redundancy, failed members, rebuilds, read-only state, mismatches"
@@ -52,8 +53,8 @@ def evaluate(array: MdArray, config: Config) -> list[Finding]:
 
 
 def _finding(code: str, array: MdArray, severity: Severity, summary: str, detail: str = "",
-             remedy: Remedy | None = None, subject: str | None = None) -> Finding:
-    return Finding(code, NAME, subject or array.name, severity, summary, detail, remedy)
+             remedy: Remedy | None = None, subject: str | None = None, short: str = "") -> Finding:
+    return Finding(code, NAME, subject or array.name, severity, summary, detail, remedy, short)
 
 
 def _describe_members(array: MdArray) -> str:
@@ -76,6 +77,7 @@ def _inactive(array: MdArray) -> Finding:
             (("mdadm", "--examine", *[m.dev_path for m in array.members]),
              ("mdadm", "--run", array.dev_path)),
         ),
+        short=f"{array.name} inactive",
     )
 
 
@@ -124,8 +126,9 @@ def _redundancy(array: MdArray) -> list[Finding]:
         commands: tuple[tuple[str, ...], ...] = ()
     else:
         action = (
-            "Find why the member left (kernel log, smartctl -x on its disk), replace the disk, "
-            f"then add the new partition: mdadm --manage {array.dev_path} --add /dev/NEW"
+            "Find why the member left (kernel log, smartctl -x on its disk), then swap the disk: "
+            "hostagent disk locate OLD blinks its slot, and hostagent disk replace --old OLD --new NEW "
+            "vets the new disk, partitions it, adds it to every array and installs the bootloader"
         )
         commands = (("mdadm", "--detail", array.dev_path),)
     return [_finding(
@@ -133,6 +136,7 @@ def _redundancy(array: MdArray) -> list[Finding]:
         f"{array.name} ({level}) is degraded: {working} of {array.raid_disks} members working; {meaning}",
         "\n".join(detail),
         Remedy(action, "Until the array is whole again it runs with less redundancy.", commands),
+        short=f"{array.name} degraded ({working} of {array.raid_disks})",
     )]
 
 
@@ -145,6 +149,7 @@ def _failed(array: MdArray, summary: str) -> Finding:
             "Too many members are gone for the array to serve its data.",
             (("mdadm", "--detail", array.dev_path),),
         ),
+        short=f"{array.name} failed",
     )
 
 
@@ -153,17 +158,22 @@ def _failed_members(array: MdArray) -> list[Finding]:
     for member in array.members:
         if "faulty" not in member.states:
             continue
+        disk = disk_of_partition(member.device)
         findings.append(_finding(
             "md.failed_member", array, Severity.WARNING,
             f"{member.device} failed in {array.name} and is no longer used",
             _describe_members(array),
             Remedy(
-                f"Remove {member.device} from {array.name}, check its disk (SMART, cable), "
-                "then replace it and add the new device",
+                f"Remove {member.device} from {array.name} and check its disk (SMART, cable); to swap the disk, "
+                f"blink its slot, then let hostagent vet the new disk, add it to every array and install the "
+                "bootloader",
                 "A failed member stays listed until it is removed; the array does not use it.",
-                (("mdadm", "--manage", array.dev_path, "--remove", member.dev_path),),
+                (("mdadm", "--manage", array.dev_path, "--remove", member.dev_path),
+                 ("hostagent", "disk", "locate", disk, "--apply"),
+                 ("hostagent", "disk", "replace", "--old", disk, "--new", "NEW")),
             ),
             subject=f"{array.name}/{member.device}",
+            short=f"{member.device} failed in {array.name}",
         ))
     return findings
 
@@ -185,6 +195,7 @@ def _sync(array: MdArray) -> list[Finding]:
             "md.recovering", array, Severity.WARNING,
             f"{array.name} {sync.action} in progress: {pct}{speed}, {_format_eta(sync.eta_s)}",
             _describe_members(array),
+            short=f"{array.name} {sync.action}" + ("" if sync.progress is None else f" {sync.progress:.1%}"),
         )]
     if sync.action in ("delayed", "pending"):
         why = ("waits for another array on the same disks to finish" if sync.action == "delayed"
@@ -222,6 +233,7 @@ def _mismatch(array: MdArray, config: Config) -> list[Finding]:
         "The last check found data and parity (or copies) that disagree.",
         Remedy("Find the cause (bad disk, memory), then repair the array", "",
                (("mdadm", "--action=repair", array.dev_path),)),
+        short=f"{array.name}: {count} mismatched sectors",
     )]
 
 
@@ -236,5 +248,6 @@ def _spares(array: MdArray, config: Config) -> list[Finding]:
         "md.spares_missing", array, Severity.WARNING,
         f"{array.name} has {len(spares)} hot spare(s), {expected} expected",
         _describe_members(array),
-        Remedy(f"Add a spare: mdadm --manage {array.dev_path} --add /dev/NEW", ""),
+        Remedy(f"Add a spare: vet the new disk first (hostagent disk replace does, for a mirror), then "
+               f"mdadm --manage {array.dev_path} --add /dev/NEW", ""),
     )]

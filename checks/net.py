@@ -152,7 +152,8 @@ def syn_flood(half_open: dict[Any, HalfOpen], rates: Rates | None, sysctls: dict
         findings.append(Finding(
             "net.syn_flood", NAME, str(entry.local), severity,
             f"SYN flood on {entry.local}: {entry.count} half-open connections, top sources {sources}",
-            "\n".join(detail), _flood_remedy(entry, sysctls, config)))
+            "\n".join(detail), _flood_remedy(entry, sysctls, config),
+            f"SYN flood on {entry.local} ({entry.count} half-open)"))
     return findings
 
 
@@ -185,7 +186,7 @@ def syncookies_and_backlog(half_open: dict[Any, HalfOpen], rates: Rates | None, 
             "net.ipv4.tcp_syncookies = 0",
             Remedy("turn SYN cookies on, now and at boot",
                    "with cookies, a full SYN queue answers with cookies instead of dropping connections",
-                   (("sysctl", "-w", "net.ipv4.tcp_syncookies=1"),))))
+                   (("sysctl", "-w", "net.ipv4.tcp_syncookies=1"),)), "SYN cookies off"))
     max_syn_backlog = sysctls.get("net.ipv4.tcp_max_syn_backlog")
     somaxconn = sysctls.get("net.core.somaxconn")
     overflows = _per_second(rates, "ListenOverflows")

@@ -86,9 +86,21 @@ def run(ctx: CheckContext, config: Config) -> list[Finding]:
         key = f"smart.baseline.{identity(target, report)}"
         baseline = ctx.state.get(key)
         findings += evaluate(target.label, report, baseline, memberships, config)
+        ctx.record(NAME, target.label, readings(report, config))
         if report.opened and report.power_mode_skipped is None:
             ctx.state.put(key, {**(baseline or {}), **report.counters()})
     return findings
+
+
+def readings(report: SmartReport, config: Config) -> dict[str, float]:
+    """The report's measured values, with the temperature thresholds that apply to this disk."""
+    values = report.readings()
+    if "temperature_celsius" in values:
+        nvme = report.nvme is not None
+        values["temperature_warning_celsius"] = config.nvme_temperature_warning if nvme else config.temperature_warning
+        values["temperature_critical_celsius"] = (config.nvme_temperature_critical if nvme
+                                                  else config.temperature_critical)
+    return values
 
 
 def identity(target: Target, report: SmartReport) -> str:
@@ -140,8 +152,8 @@ def read_report(ctx: CheckContext, target: Target, config: Config, count_skips: 
 
 
 def _finding(code: str, subject: str, severity: Severity, summary: str, detail: str = "",
-             remedy: Remedy | None = None) -> Finding:
-    return Finding(code, NAME, subject, severity, summary, detail, remedy)
+             remedy: Remedy | None = None, short: str = "") -> Finding:
+    return Finding(code, NAME, subject, severity, summary, detail, remedy, short)
 
 
 def _no_redundancy(memberships: list[Membership]) -> list[str]:
@@ -172,12 +184,27 @@ def evaluate(label: str, report: SmartReport, baseline: dict[str, Any] | None,
     grown = {k: v - baseline[k] for k, v in report.counters().items()
              if baseline is not None and k in baseline and v > baseline[k]}
     findings = []
-    replace = Remedy(f"Replace {label}: add the new disk to its arrays and repair its bootloader",
-                     "The disk reports damage it can no longer hide.")
+    replace = Remedy(f"Replace {label}: hostagent disk locate blinks its slot, and hostagent disk replace vets the "
+                     "new disk, adds it to every array and installs the bootloader",
+                     "The disk reports damage it can no longer hide.",
+                     (("hostagent", "disk", "locate", label, "--apply"),
+                      ("hostagent", "disk", "replace", "--old", label, "--new", "NEW")))
 
+    if report.command_failed and report.passed is not False and not report.exit_status & 0b1000:
+        holds = [m.label for m in memberships]
+        findings.append(_finding(
+            "smart.command_failed", label, Severity.WARNING if holds else Severity.UNKNOWN,
+            f"{label}: a SMART command failed and the disk gave no health verdict"
+            + (f"; it holds {', '.join(holds)}" if holds else ""),
+            context + "\nA disk that cannot answer SMART may be failing, or its controller or bridge may be "
+                      "dropping commands.",
+            Remedy(f"Read it by hand (smartctl -x /dev/{label}) and check its cable and controller", "",
+                   (("smartctl", "-x", f"/dev/{label}"),)),
+            short=f"{label}: SMART command failed"))
     if report.passed is False or report.exit_status & 0b1000:
         findings.append(_finding("smart.failed", label, Severity.CRITICAL,
-                                 f"{label} failed its SMART overall-health self-assessment", context, replace))
+                                 f"{label} failed its SMART overall-health self-assessment", context, replace,
+                                 short=f"{label} SMART FAILED"))
     for attr in report.attributes.values():
         failing_now = attr.when_failed == "now" or (attr.thresh > 0 and attr.value <= attr.thresh)
         if attr.prefailure and failing_now:
@@ -191,8 +218,10 @@ def evaluate(label: str, report: SmartReport, baseline: dict[str, Any] | None,
                 f"{label}: pre-failure attribute {attr.id} {attr.name} was at or below its threshold in the past",
                 context))
 
-    def counter(code: str, ids: tuple[int, ...], what: str, base: Severity) -> None:
-        values = {i: report.attributes[i].count for i in ids if i in report.attributes}
+    counts = report.counts()
+
+    def counter(code: str, ids: tuple[int, ...], what: str, noun: str, base: Severity) -> None:
+        values = {i: counts[i] for i in ids if i in counts}
         total = sum(values.values())
         if not total:
             return
@@ -205,28 +234,47 @@ def evaluate(label: str, report: SmartReport, baseline: dict[str, Any] | None,
                 severity = Severity.CRITICAL
                 note += f", and {label} holds the last in-sync copy of {', '.join(exposed)}"
         shown = ", ".join(f"{report.attributes[i].name}={report.attributes[i].raw_string}" for i in values)
-        findings.append(_finding(code, label, severity, f"{label}: {what} ({shown}){note}", context))
+        findings.append(_finding(code, label, severity, f"{label}: {what} ({shown}){note}", context,
+                                 short=f"{label}: {total} {noun}"))
 
-    counter("smart.reallocated", (5, 196), "sectors reallocated", Severity.WARNING)
-    counter("smart.pending", (197, 198), "sectors pending reallocation or uncorrectable offline", Severity.WARNING)
-    counter("smart.uncorrectable", (187,), "errors reported uncorrectable", Severity.WARNING)
-    if 188 in report.attributes and report.attributes[188].count:
+    counter("smart.reallocated", (5, 196), "sectors reallocated", "reallocated sectors", Severity.WARNING)
+    counter("smart.pending", (197, 198), "sectors pending reallocation or uncorrectable offline",
+            "pending sectors", Severity.WARNING)
+    counter("smart.uncorrectable", (187,), "errors reported uncorrectable", "uncorrectable errors", Severity.WARNING)
+    if counts.get(188):
         attr = report.attributes[188]
         growth = grown.get("ata.188")
         findings.append(_finding("smart.command_timeout", label, Severity.WARNING if growth else Severity.INFO,
-                                 f"{label}: {attr.count} commands timed out (raw {attr.raw_string})"
+                                 f"{label}: {counts[188]} commands timed out (raw {attr.raw_string})"
                                  + (f", up {growth} since the last check" if growth else ", none new"),
                                  context + "\nTimeouts point at the disk's power, cable or controller, "
                                  "or a dying disk."))
-    if grown.get("ata.199"):
+    link_now = counts.get(199, 0) and report.phy_link_errors
+    if grown.get("ata.199") or link_now:
+        if grown.get("ata.199"):
+            what = f"{grown['ata.199']} new interface CRC errors since the last check"
+        else:
+            what = (f"{counts[199]} interface CRC errors, and {report.phy_link_errors} damaged transfers on the "
+                    "link since this power-on (SATA phy event counters)")
         findings.append(_finding(
             "smart.cabling", label, Severity.WARNING,
-            f"{label}: {grown['ata.199']} new interface CRC errors since the last check: the data was damaged "
-            "on the way, not on the disk",
+            f"{label}: {what}: the data was damaged on the way, not on the disk",
             context,
             Remedy(f"Check or replace the SATA cable or backplane slot of {label}, not the disk",
                    "UDMA_CRC_Error_Count counts transfers the link corrupted; the disk itself is fine."),
         ))
+    if grown.get("ata.error_log") and report.error_log:
+        new = [e for e in report.error_log if e.number > report.error_log_count - grown["ata.error_log"]]
+        newest = (new or list(report.error_log))[0]
+        where = f"LBA {newest.lba}" if newest.lba is not None else "no LBA"
+        findings.append(_finding(
+            "smart.error_log", label, Severity.WARNING,
+            f"{label}: {grown['ata.error_log']} new ATA error(s) logged; the newest: {newest.command} at {where}"
+            + (f" ({newest.description})" if newest.description else ""),
+            context + "\n" + "\n".join(
+                f"error {e.number} at {e.lifetime_hours} h: {e.command}, "
+                f"{'LBA ' + str(e.lba) if e.lba is not None else 'no LBA'}; {e.description}" for e in new[:5]),
+            short=f"{label}: {grown['ata.error_log']} new ATA errors"))
     findings += _nvme(label, report, grown, context, config, replace)
     if report.grown_defects:
         growth = grown.get("scsi.grown_defects")
@@ -289,5 +337,6 @@ def _temperature(label: str, report: SmartReport, config: Config) -> list[Findin
     else:
         return []
     return [_finding("smart.temperature", label, severity,
-                     f"{label} is at {report.temperature} °C (warning {warning}, critical {critical})")]
+                     f"{label} is at {report.temperature} °C (warning {warning}, critical {critical})",
+                     short=f"{label} at {report.temperature} °C")]
 

@@ -21,10 +21,18 @@ class CheckContext:
     # what the daemon keeps in memory from one run to the next, for values that change every
     # second (too often for the state store); None in a one-shot run
     volatile: dict[str, Any] | None = None
+    # measured values for perfdata and metrics: check -> subject -> name -> value ("sdb" ->
+    # {"temperature_celsius": 38}); names carry their unit
+    readings: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def examine(self, check: str, count: int, unit: str) -> None:
         """What a check looked at: 0 reads as "nothing to check", never as a clean bill of health."""
         self.examined[check] = (count, unit)
+
+    def record(self, check: str, subject: str, values: dict[str, float]) -> None:
+        """Values measured on ``subject``, reported with the check's result."""
+        if values:
+            self.readings.setdefault(check, {})[subject] = values
 
     @classmethod
     def for_host(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import ActionRefused, HostagentError, ParseError, ProbeUnavailable
 from hostagent.host import Host
 from hostagent.inventory import MdArray, read_arrays
+from hostagent.names import disk_of_partition
 from hostagent.sources.blockdev import Disk, parent_disks, read_disk, read_disks
 from hostagent.sources.smartctl import SelfTestStatus, SmartReport, parse_selftest_status, parse_smartctl
 
@@ -138,7 +138,7 @@ def _disk_of(host: Host, member: str) -> str:
     """The whole disk under a member; by name when the disk has gone from sysfs (sdb1 -> sdb, nvme0n1p2 -> nvme0n1)."""
     if host.exists(f"/sys/class/block/{member}"):
         return (parent_disks(host, member) or [member])[0]
-    return re.sub(r"(?<=\d)p$", "", member.rstrip("0123456789")) if member[-1].isdigit() else member
+    return disk_of_partition(member)
 
 
 def _partition_number(host: Host, member: str) -> int:

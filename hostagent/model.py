@@ -57,6 +57,12 @@ class Finding:
     summary: str
     detail: str = ""
     remedy: Remedy | None = None
+    short: str = ""  # the problem in a few words, for the plugin line: "md0 degraded (1 of 2)"
+
+    @property
+    def headline(self) -> str:
+        """``short``, or the subject and the code's last part: ``sdb pending``."""
+        return self.short or f"{self.subject} {self.code.rpartition('.')[2].replace('_', ' ')}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +71,7 @@ class Finding:
             "subject": self.subject,
             "severity": self.severity.name,
             "summary": self.summary,
+            "short": self.headline,
             "detail": self.detail,
             "remedy": self.remedy.to_json() if self.remedy else None,
         }
@@ -81,6 +88,7 @@ class CheckResult:
     finished_at: float | None = None  # epoch seconds; the daemon's combined report mixes runs of different ages
     items: int | None = None  # how many things the check examined (None: it could not tell)
     unit: str = ""  # of what: "arrays", "disks", ...
+    readings: dict[str, dict[str, float]] = field(default_factory=dict)  # subject -> value name -> value
 
     @property
     def examined_nothing(self) -> bool:
@@ -109,6 +117,7 @@ class CheckResult:
             "items": self.items,
             "unit": self.unit,
             "summary": self.describe(),
+            "readings": self.readings,
         }
 
 

@@ -33,3 +33,16 @@ def device_argument(text: str) -> str:
     if not is_kernel_name(name):
         raise HostagentError(f"{text!r} is not a device name (letters, digits and _ . : + ! - only)")
     return name
+
+
+def disk_of_partition(name: str) -> str:
+    """The whole disk a partition's name belongs to, by name alone: sdb1 -> sdb, nvme0n1p2 -> nvme0n1.
+
+    A name that does not end in a digit is a whole disk already; so is one whose stem is not a disk's
+    (``md0``, ``dm-1``: their digits are their number)."""
+    if not name[-1:].isdigit() or name.startswith(("md", "dm-", "loop")):
+        return name
+    stem = name.rstrip("0123456789")
+    if stem.endswith("p") and stem[-2:-1].isdigit():  # nvme0n1p2, mmcblk0p1
+        return stem[:-1]
+    return stem if stem and not stem[-1].isdigit() and not stem.startswith(("nvme", "mmcblk")) else name

@@ -13,13 +13,16 @@ _ORDER = (Severity.CRITICAL, Severity.UNKNOWN, Severity.WARNING, Severity.INFO)
 
 
 def render_text(report: Report) -> str:
+    from hostagent import plugin
+
     findings = report.findings
     counts = ", ".join(
         f"{sum(f.severity is s for f in findings)} {s.label}" for s in _ORDER if any(f.severity is s for f in findings)
     )
-    lines = [f"hostagent on {report.hostname}: {report.status}" + (f" ({counts})" if counts else "")]
+    lines = [plugin.render(report),
+             f"hostagent on {report.hostname}: {report.status}" + (f" ({counts})" if counts else "")]
     if report.root != "/":
-        lines[0] += f" [snapshot {report.root}]"
+        lines[1] += f" [snapshot {report.root}]"
     for severity in _ORDER:
         group = [f for f in findings if f.severity is severity]
         if not group:

@@ -44,7 +44,8 @@ def run_check(module: ModuleType, ctx: CheckContext, config: Config) -> CheckRes
     if error is not None:
         findings = (Finding("check.failed", name, name, Severity.UNKNOWN, f"check {name} could not run: {error}"),)
     items, unit = ctx.examined.get(name, (None, ""))
-    return CheckResult(name, findings, duration_ms, error, time.time(), None if error else items, unit)
+    return CheckResult(name, findings, duration_ms, error, time.time(), None if error else items, unit,
+                       ctx.readings.get(name, {}))
 
 
 def open_state(host: Host, config: Config, state_dir: str | None) -> StateStore:

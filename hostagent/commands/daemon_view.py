@@ -13,6 +13,7 @@ from hostagent.actions import read_audit
 from hostagent.config import Config, load_config
 from hostagent.durable import read_bounded
 from hostagent.errors import HostagentError
+from hostagent.model import Severity
 
 MAX_STATUS = 16 << 20
 
@@ -74,18 +75,46 @@ def show_status(directory: Path, as_json: bool) -> int:
     except (OSError, ValueError) as err:
         raise HostagentError(f"{path}: unreadable status file: {err}") from None
     running = Path(f"/proc/{status.get('pid')}").exists()
+    worst = status_severity(status, running)
     if as_json:
-        print(json.dumps({**status, "running": running}, indent=2))
-        return 0
-    print(render_status(status, running), end="")
-    return 0 if running else 3
+        print(json.dumps({**status, "running": running, "exit_code": worst.exit_code}, indent=2))
+    else:
+        print(render_status(status, running), end="")
+    return worst.exit_code
+
+
+def status_severity(status: dict[str, Any], running: bool) -> Severity:
+    """The worst open problem; UNKNOWN, unless something is worse, when the daemon is not running
+    (its problems are then as old as its last cycle)."""
+    found = [Severity[p["severity"]] for p in status.get("open_problems") or []
+             if isinstance(p, dict) and p.get("severity") in Severity.__members__]
+    return Severity.worst([*found, *([] if running else [Severity.UNKNOWN])])
+
+
+def status_line(status: dict[str, Any], running: bool) -> str:
+    """``CRITICAL - md0 degraded (1 of 2) | critical=1;;;0 ...``: the daemon's result as a passive check."""
+    from hostagent.plugin import SHOWN, STATE, label
+
+    worst = status_severity(status, running)
+    problems = [p for p in status.get("open_problems") or []
+                if isinstance(p, dict) and p.get("severity") not in ("OK", "INFO")]
+    named = "; ".join(str(p.get("short") or f"{p.get('subject')} {p.get('code')}") for p in problems[:SHOWN])
+    if len(problems) > SHOWN:
+        named += f" (+{len(problems) - SHOWN} more)"
+    if not running:
+        named = "hostagent watch is NOT RUNNING" + (f"; {named}" if named else "")
+    age = max(0.0, time.time() - float(status["last_cycle"]["at"]))
+    counts = " ".join(f"{label(s.label)}={sum(p.get('severity') == s.name for p in problems)};;;0"
+                      for s in (Severity.CRITICAL, Severity.WARNING, Severity.UNKNOWN))
+    return f"{STATE[worst]} - {named or 'no problems'} | {counts} last_cycle_age={age:.0f}s;;;0"
 
 
 def render_status(status: dict[str, Any], running: bool) -> str:
     def when(at: float, form: str = "%Y-%m-%d %H:%M:%S") -> str:
         return time.strftime(form, time.localtime(at))
 
-    lines = [f"hostagent watch on {status['hostname']}: {'running' if running else 'NOT RUNNING'} "
+    lines = [status_line(status, running),
+             f"hostagent watch on {status['hostname']}: {'running' if running else 'NOT RUNNING'} "
              f"(pid {status['pid']}), status {status['status']}"]
     cycle = status["last_cycle"]
     lines.append(f"last cycle: {when(cycle['at'])} ({', '.join(cycle['checks'])}, {cycle['duration_ms']} ms)")

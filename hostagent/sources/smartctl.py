@@ -65,6 +65,15 @@ class SmartAttribute:
     prefailure: bool
     raw: int
     raw_string: str
+    error_rate: bool = False  # flag R (0x08): the drive calls it a rate
+
+    @property
+    def is_rate(self) -> bool:
+        """A rate, not a count: flagged R with a packed raw value ("0 0 3", or raw48 past 16 bits).
+
+        Some drives flag plain counters R as well (HGST's 198 and 199, raw "12"); those stay counts.
+        """
+        return self.error_rate and (len(self.raw_numbers) > 1 or self.raw > 0xFFFF)
 
     @property
     def raw_numbers(self) -> list[int]:
@@ -80,6 +89,24 @@ class SmartAttribute:
             # does not tell smartctl to print them apart ("12 0 12" arrives as 51540393996).
             numbers = [(numbers[0] >> shift) & 0xFFFF for shift in (0, 16, 32)]
         return max(numbers)
+
+
+# SATA phy event counters that count damaged or refused transfers (SATA 3.x, 13.7.1; smartctl
+# -l sataphy).  0x009 (PHYRDY transitions) and 0x00A (COMRESETs) also tick at every boot, so they
+# are left out.
+PHY_LINK_ERROR_IDS = frozenset({0x001, 0x002, 0x003, 0x004, 0x005, 0x006, 0x007, 0x008, 0x00B, 0x00D, 0x00F,
+                                0x010, 0x012, 0x013})
+
+
+@dataclass(frozen=True)
+class AtaError:
+    """One entry of the ATA error log: when, where, and the command that failed."""
+
+    number: int
+    lifetime_hours: int | None
+    lba: int | None
+    command: str  # the command that caused the error, in smartctl's words
+    description: str  # "Error: UNC at LBA = 0x00abcdef = 11259375"
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,44 @@ class SmartReport:
     temperature: int | None = None
     failed_selftests: tuple[str, ...] = ()
     power_on_hours: int | None = None
+    phy_link_errors: int | None = None  # since power-on: SATA phy event counters of damaged transfers
+    error_log_count: int | None = None  # ATA errors the drive has logged in its life
+    error_log: tuple[AtaError, ...] = ()  # newest first
+
+    @property
+    def command_failed(self) -> bool:
+        """A SMART command failed (exit status bit 2) and no health verdict came back."""
+        return bool(self.exit_status & 0b100) and self.passed is None
+
+    def counts(self) -> dict[int, int]:
+        """Attribute id -> count, for the attributes that are counts (a rate flagged R is not)."""
+        return {i: a.count for i, a in self.attributes.items() if not a.is_rate}
+
+    def readings(self) -> dict[str, float]:
+        """Measured values for perfdata and metrics; names carry their unit."""
+        counts = self.counts()
+        found: dict[str, float] = {}
+        if self.passed is not None:
+            found["health_passed"] = int(self.passed)
+        for attr_id, name in ((5, "reallocated_sectors"), (197, "pending_sectors"), (198, "offline_uncorrectable"),
+                              (187, "reported_uncorrectable"), (188, "command_timeouts"), (199, "crc_errors")):
+            if attr_id in counts:
+                found[name] = counts[attr_id]
+        if self.temperature is not None:
+            found["temperature_celsius"] = self.temperature
+        if self.power_on_hours is not None:
+            found["power_on_hours"] = self.power_on_hours
+        if self.nvme is not None:
+            for name, value in (("nvme_percentage_used", self.nvme.percentage_used),
+                                ("nvme_available_spare", self.nvme.available_spare),
+                                ("media_errors", self.nvme.media_errors)):
+                if value is not None:
+                    found[name] = value
+        if self.grown_defects is not None:
+            found["grown_defects"] = self.grown_defects
+        if self.error_log_count is not None:
+            found["error_log_entries"] = self.error_log_count
+        return found
 
     @property
     def exit_meanings(self) -> list[str]:
@@ -123,7 +188,10 @@ class SmartReport:
     def counters(self) -> dict[str, int]:
         """The counters whose growth matters, keyed for the baseline store."""
         tracked = (5, 187, 188, 196, 197, 198, 199)
-        found = {f"ata.{i}": self.attributes[i].count for i in tracked if i in self.attributes}
+        counts = self.counts()
+        found = {f"ata.{i}": counts[i] for i in tracked if i in counts}
+        if self.error_log_count is not None:
+            found["ata.error_log"] = self.error_log_count
         if self.nvme is not None and self.nvme.media_errors is not None:
             found["nvme.media_errors"] = self.nvme.media_errors
         if self.grown_defects is not None:
@@ -243,7 +311,41 @@ def _report(data: dict[str, Any], source: str) -> SmartReport:
         temperature=_int(temperature.get("current")) if isinstance(temperature, dict) else None,
         failed_selftests=_failed_selftests(data, source),
         power_on_hours=_int(power_on.get("hours")) if isinstance(power_on, dict) else None,
+        phy_link_errors=_phy_link_errors(data, source),
+        **_error_log(data, source),
     )
+
+
+def _phy_link_errors(data: dict[str, Any], source: str) -> int | None:
+    section = _shaped(data.get("sata_phy_event_counters"), dict, "sata_phy_event_counters", source)
+    rows = _shaped(section.get("table"), list, "sata_phy_event_counters.table", source)
+    if not rows:
+        return None
+    return sum(_int(row.get("value")) or 0 for row in rows
+               if isinstance(row, dict) and _int(row.get("id")) in PHY_LINK_ERROR_IDS)
+
+
+def _error_log(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ATA error log (extended with -x, else the summary): its count and its entries, newest first."""
+    section = _shaped(data.get("ata_smart_error_log"), dict, "ata_smart_error_log", source)
+    log = section.get("extended") if isinstance(section.get("extended"), dict) else section.get("summary")
+    if not isinstance(log, dict):
+        return {}
+    entries = []
+    for row in _shaped(log.get("table"), list, "ata_smart_error_log.table", source):
+        number = _int(row.get("error_number")) if isinstance(row, dict) else None
+        if number is None or "lifetime_hours" not in row:  # an empty slot
+            continue
+        registers = row.get("completion_registers")
+        commands = [c for c in row.get("previous_commands") or [] if isinstance(c, dict)]
+        entries.append(AtaError(
+            number=number, lifetime_hours=_int(row.get("lifetime_hours")),
+            lba=_int(registers.get("lba")) if isinstance(registers, dict) else None,
+            command=str(commands[-1].get("command_name", "?")) if commands else "?",
+            description=str(row.get("error_description", "")),
+        ))
+    entries.sort(key=lambda e: -e.number)
+    return {"error_log_count": _int(log.get("count")), "error_log": tuple(entries)}
 
 
 def _attributes(data: dict[str, Any], source: str) -> dict[int, SmartAttribute]:
@@ -260,6 +362,7 @@ def _attributes(data: dict[str, Any], source: str) -> dict[int, SmartAttribute]:
                 worst=int(row.get("worst", row["value"])), thresh=int(row.get("thresh", 0)),
                 when_failed=str(row.get("when_failed", "")), prefailure=prefailure,
                 raw=int(raw.get("value", 0)), raw_string=str(raw.get("string", raw.get("value", ""))),
+                error_rate=bool(flags.get("error_rate", flags.get("value", 0) & 0x08)),
             )
         except KeyError as err:
             raise ParseError(source, None, f"ata_smart_attributes.table[{index}]: missing key {err}") from None

@@ -379,6 +379,7 @@ def test_row_smtp_answers_5xx_for_one_recipient(tmp_path: Path, failed_root: Pat
     assert refused["subject"] == f"[hostagent] CRITICAL {PAGER} recipient refused on hv-failed"
     assert "550 5.1.1" in refused["body"] and refused["to"] == [OPS]
     assert f"REFUSED recipient {PAGER}: 550 5.1.1" in status.stdout, status.stdout
+    assert f"alert.recipient_refused  {PAGER}" in status.stdout, status.stdout
     assert not daemon.spooled_ids()  # nothing is retried for the refused address
     # the alerts reached a working route: ops for both, and the hook
     TALLY["SMTP answers 5xx for one recipient"] = (len(EXPECTED), sum(OPS in got[s] for s in EXPECTED))

@@ -328,3 +328,16 @@ def test_a_new_alert_never_waits_for_the_courier_stuck_on_a_slow_server(tmp_path
             assert len(alerter.spool.paths()) == 2  # and the new alert is durably spooled
         finally:
             alerter.stop_courier(wait=1.0)
+
+
+def test_a_spool_that_cannot_be_written_is_itself_an_alert(tmp_path: Path) -> None:
+    """alert.spool_unwritable: the spool path is a file (as after a botched restore), and the server is
+    down: the mail is held in memory, and the alerter says that a restart would lose it."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/spool").write_text("not a directory\n")
+    alerter = make(tmp_path, free_port(), Clock())
+    alerter.process([degraded()], ["md"])
+    [finding] = [f for f in alerter.delivery_findings("alerts") if f.code == "alert.spool_unwritable"]
+    assert finding.severity is Severity.CRITICAL
+    assert finding.summary.startswith("1 alert mail(s) could not be written to ")
+    assert "a restart before they are sent loses them" in finding.summary

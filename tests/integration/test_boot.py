@@ -182,3 +182,19 @@ def test_boot_arrays_are_found_through_lvm_and_md_partitions(tmp_path: Path) -> 
                "22 21 259:1 / /boot rw,relatime shared:2 - ext4 /dev/md1p1 rw\n"
                "23 21 0:45 / /srv\\040data rw - tmpfs tmpfs rw\n")
     assert boot_arrays(Host(snap.root)) == {"md0": ["/"], "md1": ["/boot"]}
+
+
+def test_another_loader_is_named_not_judged(images: dict[str, Path], tmp_path: Path) -> None:
+    """boot.unknown_loader: sdb's MBR holds MS-DOS style boot code (its error strings at their usual
+    place) instead of GRUB's; hostagent cannot verify what it loads, so it says so as INFO."""
+    dos = tmp_path / "dos.img"
+    shutil.copyfile(images["mbr-bare"], dos)
+    code = (b"\xfa\x33\xc0\x8e\xd0\xbc\x00\x7c\x8b\xf4\x50\x07\x50\x1f\xfb\xfc" + bytes(0x12b)
+            + b"Invalid partition table\0Error loading operating system\0Missing operating system\0")
+    with dos.open("r+b") as handle:
+        handle.write(code[:440])
+    snap = HostSnapshot(tmp_path / "snap")
+    snap.boot_mirror({"sda": images["mbr-grub"], "sdb": dos}, 1)
+    rc, found, report = boot_findings(snap.root)
+    assert found == [("boot.unknown_loader", "sdb", "INFO")] and rc == 0
+    assert "dos-mbr" in report["findings"][0]["summary"]

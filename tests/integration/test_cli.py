@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,13 @@ import checks
 from tests.helpers import EXAMPLES, REPO
 
 GOLDEN = REPO / "tests" / "golden"
-EXIT = {"healthy-mirror": 0, "degraded-recovering": 2, "failed-member": 2, "imsm-container": 0, "syn-flood": 2}
+EXIT = {"healthy-mirror": 0, "degraded-recovering": 2, "failed-member": 2, "imsm-container": 0, "syn-flood": 2,
+        "worn-disk": 1}
+# Monitoring Plugins Development Guidelines, "Performance data":
+# 'label'=value[UOM];[warn];[crit];[min];[max], space separated; a label with spaces is quoted with ',
+# and holds neither ' nor =; UOM is one of s ms us % B KB MB TB c, or none; warn and crit are ranges.
+PERF_ITEM = re.compile(r"""(?:'[^'=]+'|[^'= ]+)=-?[0-9]+(?:\.[0-9]+)?(?:s|ms|us|%|B|KB|MB|TB|c)?"""
+                       r"""(?:;(?:@?~?-?[0-9.]*:?-?[0-9.]*)?){0,2}(?:;-?[0-9.]*){0,2}""")
 
 
 def hostagent(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -45,6 +52,39 @@ def test_golden_report(name: str) -> None:
         golden.write_text(json.dumps(got, indent=2) + "\n")
     assert got == json.loads(golden.read_text())
     assert got["schema"] == "hostagent.report/1"
+
+
+@pytest.mark.parametrize("name", sorted(EXIT))
+def test_golden_plugin_line(name: str) -> None:
+    """The first line names the worst problems and carries perfdata in the guidelines' format."""
+    proc = hostagent("check", "--root", str(EXAMPLES / name))
+    first = proc.stdout.splitlines()[0]
+    golden = GOLDEN / f"{name}.plugin.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(first + "\n")
+    assert first == golden.read_text().rstrip("\n")
+    text, _, perf = first.partition(" | ")
+    assert text.split(" - ", 1)[0] == ["OK", "WARNING", "CRITICAL", "UNKNOWN"][proc.returncode]
+    assert perf and "|" not in text
+    for item in perf.split(" "):
+        assert PERF_ITEM.fullmatch(item), item
+
+
+def test_perfdata_grammar_rejects_what_plugins_must_not_print() -> None:
+    """The grammar above is not a catch-all: each of these breaks the guidelines."""
+    for bad in ("md0 missing=1", "a=b", "x=1°C", "'a=b'=1", "x=1;;;;;;", "x="):
+        assert not PERF_ITEM.fullmatch(bad), bad
+
+
+def test_notes_only_is_ok_and_names_the_notes(tmp_path: Path) -> None:
+    """INFO is not a plugin state: a host with notes only is OK, exit 0, and the line says so."""
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/hostname").write_text("hv-notes\n")
+    (tmp_path / "proc/mdstat").write_text("Personalities : [raid1]\nmd0 : active (auto-read-only) raid1 sda1[0] "
+                                          "sdb1[1]\n      1000 blocks super 1.2 [2/2] [UU]\n\nunused devices: <none>\n")
+    proc = hostagent("check", "--root", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.startswith("OK - no problems (1 md array); 1 note: md0 read only | arrays=1;;;0 "), proc.stdout
 
 
 def test_exit_code_is_nagios_code_of_worst_status() -> None:

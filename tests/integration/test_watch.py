@@ -47,6 +47,12 @@ def test_watch_alerts_what_is_wrong_at_startup(tmp_path: Path) -> None:
         status = json.loads(hostagent("--config", str(conf), "status", "--json", "--state-dir", str(state)).stdout)
         assert status["running"] is False and status["status"] == "CRITICAL"
         assert sorted(p["code"] for p in status["open_problems"]) == ["md.degraded", "md.failed_member"]
+        assert status["exit_code"] == 2
+        text = hostagent("--config", str(conf), "status", "--state-dir", str(state))
+        assert text.returncode == 2  # the worst open problem: a passive check of the daemon
+        assert text.stdout.startswith("CRITICAL - hostagent watch is NOT RUNNING; md0 degraded (1 of 2); "
+                                      "sda2 failed in md0 | critical=1;;;0 warning=1;;;0 unknown=0;;;0 "
+                                      "last_cycle_age="), text.stdout
         log = hostagent("--config", str(conf), "log", "--state-dir", str(state)).stdout
         assert "alert" in log and "md.degraded" in log
     finally:
@@ -90,6 +96,9 @@ def test_bad_config_on_sighup_keeps_the_daemon_running(tmp_path: Path) -> None:
                                 stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     try:
         wait_for_text(errors, "hostagent watch started")
+        wait_for_text(tmp_path / "state" / "status.json", '"status": "OK"')  # the first cycle has run
+        status = hostagent("--config", str(conf), "status", "--state-dir", str(tmp_path / "state"))
+        assert status.returncode == 0 and status.stdout.startswith("OK - no problems | critical=0;;;0"), status
         conf.write_text(conf.read_text().replace("md_interval = 1", "md_intervall = 1"))
         proc.send_signal(signal.SIGHUP)
         text = wait_for_text(errors, "new configuration rejected")

@@ -255,3 +255,20 @@ def test_a_probe_record_of_another_shape_is_forgotten(tmp_path: Path) -> None:
         state.put("hung.probe_done.vdz", "junk")
         assert prober.poll("vdz", 1000.0) == ProbeStatus(None)  # no outstanding probe; a new one started
         assert state.get("hung.probe.vdz")["pid"] > 0
+
+
+def test_a_member_far_slower_than_its_usual_is_slow_not_hung(tmp_path: Path) -> None:
+    """disk.slow: sdb1 goes from 10 ms to 800 ms of busy time per completed I/O; nothing is stuck."""
+    sata_mirror(tmp_path)
+    host, state = Host(tmp_path), StateStore(None)
+
+    def run_at(now: float, sdb: str) -> list[Any]:
+        (member_dir(tmp_path, "sdb") / "stat").write_text(sdb)
+        return hung.run(CheckContext(host, CheckContext.for_host(host).inventory, state, now=now), hung.Config())
+
+    # fields: reads, merges, sectors, read ms, writes, merges, sectors, write ms, in flight, io_ticks ms
+    assert run_at(1000.0, "100 0 800 100 50 0 400 50 0 1000 150 0 0 0 0 0 0\n") == []
+    assert run_at(1060.0, "150 0 1200 600 150 0 1200 550 0 2500 1150 0 0 0 0 0 0\n") == []  # 10 ms: the usual
+    [finding] = run_at(1120.0, "155 0 1240 4600 155 0 1240 4550 0 10500 9150 0 0 0 0 0 0\n")
+    assert (finding.code, finding.subject, finding.severity.name) == ("disk.slow", "md0/sdb1", "WARNING")
+    assert finding.summary == "sdb1 in md0 takes 800 ms per I/O, 80x its usual 10.0 ms"

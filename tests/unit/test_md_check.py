@@ -154,7 +154,10 @@ def test_failed_member_names_the_device_and_remedy() -> None:
     member = next(f for f in findings if f.code == "md.failed_member")
     assert "sdc1" in member.summary
     assert member.remedy is not None
-    assert member.remedy.commands == (("mdadm", "--manage", "/dev/md0", "--remove", "/dev/sdc1"),)
+    assert member.remedy.commands == (("mdadm", "--manage", "/dev/md0", "--remove", "/dev/sdc1"),
+                                      ("hostagent", "disk", "locate", "sdc", "--apply"),
+                                      ("hostagent", "disk", "replace", "--old", "sdc", "--new", "NEW"))
+    assert member.headline == "sdc1 failed in md0"
 
 
 def test_recovering_reports_progress_speed_and_eta() -> None:
