@@ -25,6 +25,9 @@ APT_PACKAGES += debootstrap
 # network attack tests: the host-side capture, and a real authoritative DNS server for audit-dns
 # (the tests run their own nsd on loopback; the system service we install is stopped and disabled)
 APT_PACKAGES += tcpdump nsd
+# monitoring: promtool (check metrics on the textfile and the fleet's metrics) and visudo (the sudoers
+# line in docs/monitoring.md); the prometheus service the package brings is stopped and disabled
+APT_PACKAGES += prometheus sudo
 
 .PHONY: demo test test-fast lint fuzz bench bench-hung bench-alert bench-idle bench-maintenance bench-xen bench-fleet bench-net deps apt clean
 
@@ -37,6 +40,7 @@ apt:
 	    echo "installing apt packages:$$missing"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	    case "$$missing " in *" nsd "*) systemctl disable --now nsd.service >/dev/null 2>&1 || true;; esac; \
+	    case "$$missing " in *" prometheus "*) systemctl disable --now prometheus.service >/dev/null 2>&1 || true;; esac; \
 	  else echo "missing apt packages:$$missing (run make as root, or install them)" >&2; exit 1; fi; \
 	fi
 

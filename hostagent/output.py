@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from pathlib import Path
 
 from hostagent.model import Report, Severity
@@ -88,6 +89,10 @@ def render_prom(report: Report) -> str:
            [(_labels(check=r.name), round(r.finished_at, 3)) for r in report.results if r.finished_at is not None])
     metric("finding", "gauge", "An open finding (1 per code and subject).",
            [(_labels(code=f.code, subject=f.subject, severity=f.severity.label), 1) for f in report.findings])
+    metric("open_findings", "gauge", "Open findings by severity; info is a note, not a problem.",
+           [(_labels(severity=s.label), sum(f.severity is s for f in report.findings)) for s in _ORDER])
+    metric("report_generated_timestamp_seconds", "gauge", "When this report was put together (epoch seconds).",
+           [("", time.time())])
     arrays = report.inventory.get("arrays", [])
     metric("md_array_degraded", "gauge", "1 if the md array is degraded.",
            [(_labels(array=a["name"], level=a["level"] or ""), int(a["degraded"])) for a in arrays])
@@ -103,7 +108,40 @@ def render_prom(report: Report) -> str:
     metric("md_sync_progress_ratio", "gauge", "Progress of the running sync action (0..1).",
            [(_labels(array=a["name"], action=a["sync"]["action"]), a["sync"]["progress"])
             for a in arrays if a["sync"]["progress"] is not None])
+    metric("md_sync_speed_bytes_per_second", "gauge", "Speed of the running sync action.",
+           [(_labels(array=a["name"], action=a["sync"]["action"]), a["sync"]["speed_kbps"] * 1024)
+            for a in arrays if a["sync"]["speed_kbps"] is not None])
+    metric("md_sync_remaining_seconds", "gauge", "md's estimate of the time the running sync action needs.",
+           [(_labels(array=a["name"], action=a["sync"]["action"]), a["sync"]["eta_s"])
+            for a in arrays if a["sync"]["eta_s"] is not None])
+    smart = next((r.readings for r in report.results if r.name == "smart"), {})
+    for reading, (name, scale, help_text) in SMART_METRICS.items():
+        metric(f"smart_{name}", "gauge", help_text,
+               [(_labels(disk=disk), values[reading] * scale) for disk, values in sorted(smart.items())
+                if reading in values])
     return "\n".join(out) + "\n"
+
+
+# smart check readings -> metric name (unit in the name, base units), scale, help
+SMART_METRICS = {
+    "health_passed": ("health_passed", 1, "1 if the disk passed its SMART overall-health self-assessment, 0 if not."),
+    "temperature_celsius": ("temperature_celsius", 1, "Current drive temperature."),
+    "reallocated_sectors": ("reallocated_sectors", 1, "Attribute 5: sectors the drive has reallocated."),
+    "pending_sectors": ("pending_sectors", 1, "Attribute 197: sectors waiting to be reallocated."),
+    "offline_uncorrectable": ("offline_uncorrectable_sectors", 1, "Attribute 198: sectors the offline scan "
+                                                                  "could not read."),
+    "reported_uncorrectable": ("reported_uncorrectable_errors", 1, "Attribute 187: errors the drive could not "
+                                                                   "correct."),
+    "command_timeouts": ("command_timeouts", 1, "Attribute 188: commands that timed out."),
+    "crc_errors": ("crc_errors", 1, "Attribute 199: transfers the SATA link damaged."),
+    "power_on_hours": ("power_on_seconds", 3600, "Power-on time."),
+    "nvme_percentage_used": ("nvme_used_endurance_ratio", 0.01, "NVMe percentage used, as a ratio (1 = the rated "
+                                                                 "endurance)."),
+    "nvme_available_spare": ("nvme_available_spare_ratio", 0.01, "NVMe available spare, as a ratio."),
+    "media_errors": ("nvme_media_errors", 1, "NVMe media and data integrity errors."),
+    "grown_defects": ("scsi_grown_defects", 1, "SCSI grown defect list entries."),
+    "error_log_entries": ("ata_error_log_entries", 1, "Errors in the drive's ATA error log, over its life."),
+}
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:

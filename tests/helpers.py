@@ -56,3 +56,18 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = 30.0) -> T:
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def promtool_problems(text: str) -> str:
+    """What ``promtool check metrics`` (Debian's prometheus package) says of a metrics text: empty when clean."""
+    import subprocess
+
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    return (proc.stdout + proc.stderr).strip() + ("" if proc.returncode == 0 else f" (exit {proc.returncode})")
+
+
+def label_values(text: str, label: str) -> set[str]:
+    """Every value ``label`` takes in a metrics text."""
+    import re
+
+    return set(re.findall(rf'[{{,]{label}="([^"]*)"', text))

@@ -99,6 +99,11 @@ def write_page(directory: str, rows: list[dict[str, Any]], now: float) -> list[P
     return [out / "index.html", out / "fleet.json"]
 
 
+def label_value(state: str) -> str:
+    """A status or severity as a label value: lower case, as the agent's own metrics have them."""
+    return state.lower().replace(" ", "_")
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -108,15 +113,21 @@ def metrics(rows: list[dict[str, Any]], now: float) -> str:
     lines = ["# HELP hostagent_fleet_host_up 1 when the last poll of the host succeeded.",
              "# TYPE hostagent_fleet_host_up gauge"]
     lines += [f'hostagent_fleet_host_up{{host="{_label(r["host"])}"}} {1 if r["reachable"] else 0}' for r in rows]
-    lines += ["# HELP hostagent_fleet_host_status 1 for the host's worst status (UNREACHABLE: cannot be polled).",
+    lines += ["# HELP hostagent_fleet_host_status 1 for the host's worst status (unreachable: cannot be polled).",
               "# TYPE hostagent_fleet_host_status gauge"]
     for row in rows:
         for state in STATUS_ORDER:
             value = 1 if _known(row["status"]) == state else 0
-            lines.append(f'hostagent_fleet_host_status{{host="{_label(row["host"])}",status="{state}"}} {value}')
-    lines += ["# HELP hostagent_fleet_open_findings Findings of WARNING and above in the host's last report.",
-              "# TYPE hostagent_fleet_open_findings gauge"]
-    lines += [f'hostagent_fleet_open_findings{{host="{_label(r["host"])}"}} {r["open_findings"]}' for r in rows]
+            lines.append(f'hostagent_fleet_host_status{{host="{_label(row["host"])}",status="{label_value(state)}"}} '
+                         f"{value}")
+    lines += ["# HELP hostagent_fleet_open_findings Findings in the host's last report by severity (info is a note, "
+              "not a problem).", "# TYPE hostagent_fleet_open_findings gauge"]
+    for row in rows:
+        findings = row["findings"] if isinstance(row["findings"], list) else []
+        for severity in ("CRITICAL", "UNKNOWN", "WARNING", "INFO"):
+            count = sum(1 for f in findings if isinstance(f, dict) and f.get("severity") == severity)
+            lines.append(f'hostagent_fleet_open_findings{{host="{_label(row["host"])}",'
+                         f'severity="{label_value(severity)}"}} {count}')
     lines += ["# HELP hostagent_fleet_last_seen_timestamp_seconds When the host last answered a poll.",
               "# TYPE hostagent_fleet_last_seen_timestamp_seconds gauge"]
     lines += [f'hostagent_fleet_last_seen_timestamp_seconds{{host="{_label(r["host"])}"}} {r["last_seen"]:.3f}'

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import checks
-from tests.helpers import EXAMPLES, REPO
+from tests.helpers import EXAMPLES, REPO, label_values, promtool_problems
 
 GOLDEN = REPO / "tests" / "golden"
 EXIT = {"healthy-mirror": 0, "degraded-recovering": 2, "failed-member": 2, "imsm-container": 0, "syn-flood": 2,
@@ -330,3 +330,21 @@ def test_deep_or_huge_toml_is_a_clean_error(tmp_path: Path, text: str, message: 
     refused = hostagent("config", "check", str(config))
     assert refused.returncode == 3 and message in refused.stderr, refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr and len(refused.stderr) < 4000  # values shown cut short
+
+
+@pytest.mark.parametrize("name", sorted(EXIT))
+def test_textfile_passes_promtool(name: str, tmp_path: Path) -> None:
+    """Every example host's textfile passes ``promtool check metrics``; label values are lower case."""
+    prom = tmp_path / "hostagent.prom"
+    hostagent("check", "--root", str(EXAMPLES / name), "--prom", str(prom))
+    text = prom.read_text()
+    assert promtool_problems(text) == ""
+    assert label_values(text, "severity") <= {"critical", "warning", "unknown", "info"}
+    assert 'hostagent_open_findings{severity="info"}' in text  # notes apart from the problems
+    if name == "worn-disk":
+        assert 'hostagent_smart_reallocated_sectors{disk="sdb"} 304' in text
+        assert 'hostagent_smart_temperature_celsius{disk="sda"} 34' in text
+        assert 'hostagent_smart_power_on_seconds{disk="sda"} ' in text
+    if name == "degraded-recovering":
+        assert 'hostagent_md_sync_speed_bytes_per_second{array="md0",action="recover"} 12288' in text
+        assert 'hostagent_md_sync_remaining_seconds{array="md0",action="recover"} 16614' in text

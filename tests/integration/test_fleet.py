@@ -18,6 +18,7 @@ import pytest
 from hostagent.config import parse_config
 from hostagent.fleet.controller import Controller, fleet_findings
 from tests.integration.test_alerts import sink_server
+from tests.helpers import label_values, promtool_problems
 from tests.integration.test_cli import hostagent
 from tests.sshfleet import USER, SshFleet, agent_command
 
@@ -202,6 +203,7 @@ def test_metrics_textfile_and_endpoint_and_sharding(fleet: SshFleet, tmp_path: P
         watch.terminate()
         watch.communicate(timeout=30)
     assert 'hostagent_fleet_host_up{host="hv1"} 1' in body
+    assert promtool_problems(body) == ""
     assert 'hv2' not in body  # this controller's shard is hv1 only
     assert body == (tmp_path / "fleet.prom").read_text() or "hostagent_fleet_host_up" in (tmp_path / "fleet.prom"
                                                                                            ).read_text()
@@ -351,3 +353,14 @@ def test_a_host_in_its_announced_maintenance_window_is_not_paged_until_the_windo
     assert fleet_findings([back], start + 2000, fleet) == []  # back and its maintenance over: nothing to say
     odd = HostState("hv2", "b", (), start, start, None, "0.1.0", "EXPLODED", [], {"daemon": None}, 0.1)
     assert "UNKNOWN" in page(status_rows([odd], start, fleet), start)  # a status the page does not know
+
+
+def test_fleet_metrics_pass_promtool_with_lower_case_labels(fleet: SshFleet, tmp_path: Path) -> None:
+    config = controller_config(fleet, tmp_path)
+    hostagent("--config", str(config), "fleet", "poll")
+    text = hostagent("--config", str(config), "fleet", "metrics").stdout
+    assert promtool_problems(text) == ""
+    assert label_values(text, "status") == {"maintenance_overrun", "unreachable", "critical", "unknown", "warning",
+                                            "maintenance", "info", "ok"}
+    assert label_values(text, "severity") == {"critical", "unknown", "warning", "info"}
+    assert 'hostagent_fleet_host_status{host="hv2",status="critical"} 1' in text
