@@ -17,8 +17,8 @@ import pytest
 
 from hostagent.config import parse_config
 from hostagent.fleet.controller import Controller, fleet_findings
-from tests.integration.test_alerts import sink_server
 from tests.helpers import label_values, promtool_problems
+from tests.integration.test_alerts import sink_server
 from tests.integration.test_cli import hostagent
 from tests.sshfleet import USER, SshFleet, agent_command
 
