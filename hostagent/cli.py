@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     alert_sub = alert.add_subparsers(dest="alert_command", required=True, parser_class=_Parser)
     alert_test = alert_sub.add_parser("test", help="send a test message to every route")
     alert_test.add_argument("--state-dir", metavar="DIR", help="where the daemon keeps its state")
+    _ack_parsers(alert_sub, "the daemon's state directory (default agent.state_dir)")
 
     maintenance = sub.add_parser("maintenance", help="scheduled reboots with guest save/restore")
     maintenance.add_argument("action", nargs="?", choices=("schedule", "list", "status", "cancel", "run-now"),
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_maint.add_argument("--batch", type=int, default=1, metavar="N", help="hosts per batch (default 1)")
     fleet_maint.add_argument("--health-gate", action="store_true",
                              help="a batch counts as done only when its hosts report no CRITICAL/UNKNOWN after")
+    _ack_parsers(fleet_sub, "the controller's state directory (default fleet.state_dir)")
     fleet_page = fleet_sub.add_parser("page", help="write the static HTML status page and fleet.json")
     fleet_page.add_argument("--out", required=True, metavar="DIR")
     fleet_metrics = fleet_sub.add_parser("metrics", help="print the fleet's Prometheus metrics")
@@ -220,6 +222,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ack_parsers(sub: Any, where: str) -> None:
+    """ack, unack and acks, for ``alert`` on a host and ``fleet`` on the controller (whose subjects are
+    HOST/SUBJECT)."""
+    ack = sub.add_parser("ack", help="acknowledge an open alert: no reminders until it expires; a worse severity "
+                                     "or its resolution is still mailed")
+    ack.add_argument("code", help="the finding's code: md.degraded")
+    ack.add_argument("subject", help="its subject as alerted: md0 (on the controller: hv2/md0)")
+    ack.add_argument("--until", default="24h", metavar="WHEN",
+                     help="a span (90m, 8h, 3d, 1w) or a local time (2026-12-05 08:00); default 24h, at most 30 days")
+    ack.add_argument("--comment", default="", metavar="TEXT", help="who is on it and why, shown with the alert")
+    ack.add_argument("--json", action="store_true", help="print JSON")
+    ack.add_argument("--state-dir", metavar="DIR", help=where)
+    unack = sub.add_parser("unack", help="remove an ack: reminders resume")
+    unack.add_argument("code")
+    unack.add_argument("subject")
+    unack.add_argument("--state-dir", metavar="DIR", help=where)
+    listed = sub.add_parser("acks", help="the acknowledged alerts and when each ack expires")
+    listed.add_argument("--json", action="store_true", help="print JSON")
+    listed.add_argument("--state-dir", metavar="DIR", help=where)
+
+
+def _acks(args: argparse.Namespace, directory: str) -> int:
+    from pathlib import Path
+
+    from hostagent.commands import acks
+
+    verb = args.alert_command if args.command == "alert" else args.fleet_command
+    if verb == "ack":
+        return acks.acknowledge(Path(directory), args.code, args.subject, args.until, args.comment, args.json)
+    if verb == "unack":
+        return acks.unacknowledge(Path(directory), args.code, args.subject)
+    return acks.list_acks(Path(directory), args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -235,6 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hostagent.agent import watch
 
             return watch(args.config, args.root, args.state_dir, args.once)
+        if args.command == "alert" and args.alert_command in ("ack", "unack", "acks"):
+            from hostagent.config import load_config
+
+            return _acks(args, args.state_dir or load_config(args.config).agent.state_dir)
+        if args.command == "fleet" and args.fleet_command in ("ack", "unack", "acks"):
+            from hostagent.config import load_config
+
+            return _acks(args, args.state_dir or load_config(args.config).fleet.state_dir)
         if args.command in ("status", "log", "alert"):
             from hostagent.commands import daemon_view
 

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from hostagent.actions import AuditLog
+from hostagent.alerts import acks
 from hostagent.alerts.delivery import (
     PermanentError,
     Refusals,
@@ -70,11 +71,18 @@ class Alerter:
         """Advance the alert state with a run's findings, and spool what a human must hear; the state of
         an alert whose message could not be spooled is left as it was, so the next run raises it again."""
         now = self.clock()
+        acknowledged = acks.active(self.state, now)
         policy = Policy(severity_of(self.config.min_severity), self.config.reminder_interval,
                         self.config.reminder_backoff, self.config.flap_window, self.config.flap_threshold,
-                        frozenset(checks_that_ran))
+                        frozenset(checks_that_ran), frozenset(acknowledged))
         before = self.records()
         after, alerts = step(before, findings, policy, now)
+        for alert in alerts:  # a worse severity or the end of the problem ends its ack
+            ack = acknowledged.get(alert.record.key)
+            if ack is not None and alert.kind in ("escalated", "resolved", "new", "flapping"):
+                acks.remove(self.state, ack.key)
+                self._audit({"event": "ack-ended", "code": ack.code, "subject": ack.subject, "why": alert.kind,
+                             "by": ack.by})
         unspooled = {alert.record.key for alert in alerts
                      if not self._queue(alert, now, before.get(alert.record.key))}
         for key, record in after.items():

@@ -59,6 +59,7 @@ class Policy:
     flap_window: float = 3600.0
     flap_threshold: int = 3
     checks_that_ran: frozenset[str] = field(default_factory=frozenset)
+    acknowledged: frozenset[str] = frozenset()  # keys whose reminders an operator has silenced
 
 
 def alertable(finding: Finding, policy: Policy) -> bool:
@@ -96,7 +97,7 @@ def step(records: dict[str, AlertRecord], findings: Iterable[Finding], policy: P
             current = replace(current, severity=finding.severity.name, next_reminder=now + policy.reminder_interval,
                               reminder_interval=policy.reminder_interval)
             alerts.append(Alert("escalated", finding, current, f"was {record.severity}"))
-        elif now >= record.next_reminder:
+        elif now >= record.next_reminder and key not in policy.acknowledged:
             interval = record.reminder_interval * policy.reminder_backoff
             current = replace(current, next_reminder=now + interval, reminder_interval=interval)
             alerts.append(Alert("reminder", finding, current, f"open for {(now - record.first_seen) / 3600:.1f} h"))

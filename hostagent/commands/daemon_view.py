@@ -79,8 +79,18 @@ def show_status(directory: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps({**status, "running": running, "exit_code": worst.exit_code}, indent=2))
     else:
-        print(render_status(status, running), end="")
+        print(render_status(status, running, acknowledged(directory)), end="")
     return worst.exit_code
+
+
+def acknowledged(directory: Path) -> dict[str, str]:
+    """Alert key -> how it is acknowledged, from the daemon's state store (none without one)."""
+    from hostagent.alerts import acks
+    from hostagent.state import STATE_FILE, StateStore
+
+    if not (directory / STATE_FILE).is_file():
+        return {}
+    return {key: ack.describe() for key, ack in acks.active(StateStore(directory), time.time()).items()}
 
 
 def status_severity(status: dict[str, Any], running: bool) -> Severity:
@@ -109,7 +119,7 @@ def status_line(status: dict[str, Any], running: bool) -> str:
     return f"{STATE[worst]} - {named or 'no problems'} | {counts} last_cycle_age={age:.0f}s;;;0"
 
 
-def render_status(status: dict[str, Any], running: bool) -> str:
+def render_status(status: dict[str, Any], running: bool, acks: dict[str, str] | None = None) -> str:
     def when(at: float, form: str = "%Y-%m-%d %H:%M:%S") -> str:
         return time.strftime(form, time.localtime(at))
 
@@ -129,6 +139,9 @@ def render_status(status: dict[str, Any], running: bool) -> str:
     lines.append(f"open problems: {len(problems)}")
     for problem in problems:
         lines.append(f"  {problem['severity']:8} {problem['code']:24} {problem['subject']:12} {problem['summary']}")
+        ack = (acks or {}).get(f"{problem['code']}|{problem['subject']}")
+        if ack:
+            lines.append(f"  {'':8} {ack}")
     spool = status["spool"]
     if spool["messages"]:
         lines.append(f"mail spool: {spool['messages']} waiting" + (" (OVERDUE)" if spool["overdue"] else ""))
