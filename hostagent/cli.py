@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect = sub.add_parser("collect", help="capture what the checks read into a snapshot directory")
     collect.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the snapshot")
     collect.add_argument("--root", default="/", metavar="DIR", help="collect from this root (default /)")
+    from hostagent.clidoc import add_epilogs
+
+    add_epilogs(parser)
     return parser
 
 
@@ -339,7 +342,9 @@ def _check(args: argparse.Namespace) -> int:
             write_atomic(prom, render_prom(report))
         except OSError as err:
             raise HostagentError(f"--prom {prom}: cannot write: {err.strerror or err}") from None
-    sys.stdout.write(render_json(report) if args.json else render_text(report))
+    from hostagent.output import use_colour
+
+    sys.stdout.write(render_json(report) if args.json else render_text(report, use_colour(sys.stdout)))
     return report.exit_code
 
 

@@ -13,14 +13,30 @@ from hostagent.model import Report, Severity
 _ORDER = (Severity.CRITICAL, Severity.UNKNOWN, Severity.WARNING, Severity.INFO)
 
 
-def render_text(report: Report) -> str:
+# ANSI colours per severity, on a terminal only (https://no-color.org: NO_COLOR set and not empty turns them off)
+COLOURS = {Severity.CRITICAL: "\033[1;31m", Severity.UNKNOWN: "\033[1;35m", Severity.WARNING: "\033[1;33m",
+           Severity.INFO: "\033[36m", Severity.OK: "\033[1;32m"}
+RESET = "\033[0m"
+
+
+def use_colour(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def render_text(report: Report, colour: bool = False) -> str:
     from hostagent import plugin
+
+    def paint(severity: Severity, text: str) -> str:
+        return f"{COLOURS[severity]}{text}{RESET}" if colour else text
 
     findings = report.findings
     counts = ", ".join(
         f"{sum(f.severity is s for f in findings)} {s.label}" for s in _ORDER if any(f.severity is s for f in findings)
     )
-    lines = [plugin.render(report),
+    first = plugin.render(report)
+    state = plugin.state(report)
+    lines = [paint(report.status, state) + first[len(state):],
              f"hostagent on {report.hostname}: {report.status}" + (f" ({counts})" if counts else "")]
     if report.root != "/":
         lines[1] += f" [snapshot {report.root}]"
@@ -28,7 +44,7 @@ def render_text(report: Report) -> str:
         group = [f for f in findings if f.severity is severity]
         if not group:
             continue
-        lines += ["", severity.name]
+        lines += ["", paint(severity, severity.name)]
         width = max(len(f.code) for f in group)
         for f in group:
             lines.append(f"  {f.code:<{width}}  {f.subject:<10} {f.summary}")
