@@ -17,20 +17,20 @@ timeout instead of retrying it.  The daemon samples the counters every second
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from hostagent.actions.hung import device_layer, ladder, refusals
 from hostagent.context import CheckContext
 from hostagent.inventory import MdArray, MdMember
 from hostagent.model import Finding, Remedy, Severity
 from hostagent.names import disk_of_partition
-from hostagent.probe import Prober
 from hostagent.sources.blockdev import parent_disks
 from hostagent.sources.blockstat import BlockStat, read_blockstat
 from hostagent.sources.kmsg import about, read_kmsg
+
+if TYPE_CHECKING:  # the ladder and the prober are imported when needed: hostagent check stays fast
+    from hostagent.probe import Prober
 
 NAME = "hung"
 DESCRIPTION = "md members whose I/O does not complete (hung), or completes far slower than usual (slow)"
@@ -71,6 +71,8 @@ class Observation:
 
 
 def probe_directory(ctx: CheckContext) -> Path:
+    import tempfile
+
     base = ctx.state.directory or Path(tempfile.gettempdir()) / "hostagent"
     return base / "probes"
 
@@ -193,6 +195,8 @@ def sample(ctx: CheckContext, config: Config) -> list[str]:
 def _prober(ctx: CheckContext, config: Config) -> Prober | None:
     if not config.probes or ctx.host.is_snapshot:
         return None
+    from hostagent.probe import Prober
+
     return Prober(ctx.host, ctx.state, probe_directory(ctx), config.probe_interval)
 
 
@@ -314,6 +318,8 @@ def _signals(ctx: CheckContext, array: MdArray, member: MdMember, seen: Observat
 
 def evaluate_hung(ctx: CheckContext, array: MdArray, member: MdMember, seen: Observation, hung: set[str],
                   arrays: list[MdArray], signals: list[str], config: Config) -> Finding:
+    from hostagent.actions.hung import device_layer, ladder, refusals
+
     subject = f"{array.name}/{member.device}"
     duration = seen.age
     reasons = refusals(array, member, hung)

@@ -9,6 +9,7 @@ import pty
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from hostagent.cli import build_parser
 from hostagent.clidoc import bash_completion, man_page, subcommands
@@ -95,3 +96,27 @@ def test_the_wheelhouse_list_is_pyprojects() -> None:
     assert {"dnspython>=2.3", "publicsuffixlist>=0.10"} <= set(listed)
     assert "python3 wheelhouse.py | xargs python3 -m pip download" in (REPO / "README.md").read_text()
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
+
+
+def fenced(doc: str, language: str) -> str:
+    text = (REPO / "docs" / doc).read_text()
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_sudoers_line_parses(tmp_path: Path) -> None:
+    sudoers = tmp_path / "hostagent-nagios"
+    sudoers.write_text(fenced("monitoring.md", "sudoers"))
+    sudoers.chmod(0o440)
+    proc = subprocess.run(["visudo", "-c", "-f", str(sudoers)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "parsed OK" in proc.stdout
+
+
+def test_the_documented_nrpe_commands_run(tmp_path: Path) -> None:
+    """Each NRPE command, without its sudo and with a snapshot root, prints a plugin line."""
+    lines = [line.split("=", 1)[1] for line in fenced("monitoring.md", "ini").splitlines() if line.startswith("command[")]
+    assert len(lines) == 2
+    check = lines[0].split()
+    assert check[:2] == ["/usr/bin/sudo", "/opt/hostagent/venv/bin/hostagent"]
+    proc = hostagent(*check[2:], "--root", str(EXAMPLES / "failed-member"))
+    assert proc.returncode == 2 and proc.stdout.startswith("CRITICAL - md0 degraded (1 of 2)")
