@@ -114,7 +114,8 @@ def test_the_documented_sudoers_line_parses(tmp_path: Path) -> None:
 
 def test_the_documented_nrpe_commands_run(tmp_path: Path) -> None:
     """Each NRPE command, without its sudo and with a snapshot root, prints a plugin line."""
-    lines = [line.split("=", 1)[1] for line in fenced("monitoring.md", "ini").splitlines() if line.startswith("command[")]
+    nrpe = fenced("monitoring.md", "ini").splitlines()
+    lines = [line.split("=", 1)[1] for line in nrpe if line.startswith("command[")]
     assert len(lines) == 2
     check = lines[0].split()
     assert check[:2] == ["/usr/bin/sudo", "/opt/hostagent/venv/bin/hostagent"]
