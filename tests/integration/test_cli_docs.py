@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -67,14 +69,20 @@ def on_terminal(*args: str, env: dict[str, str]) -> str:
                             env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
     os.close(child)
     chunks = []
-    while True:
+    deadline = time.monotonic() + 60  # a hung child fails the test, never hangs it
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
         try:
             data = os.read(main, 65536)
-        except OSError:
+        except OSError:  # EIO: the child closed its end
             break
         if not data:
             break
         chunks.append(data)
+    if proc.poll() is None:
+        proc.kill()
     proc.wait(timeout=60)
     os.close(main)
     return b"".join(chunks).decode()
