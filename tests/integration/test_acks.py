@@ -125,3 +125,17 @@ def test_the_controller_acks_a_hosts_problem(tmp_path: Path, smtp: Any) -> None:
     clock.now += 3601
     alerter.process([host_problem], ["fleet"])
     assert len(sink.messages) == 1
+
+
+def test_a_malformed_ack_record_is_ignored_not_fatal(tmp_path: Path, smtp: Any) -> None:
+    """A record of another shape under ack. (a hand edit, a newer version) silences nothing and
+    stops nothing: the reminder still goes out."""
+    controller, sink = smtp
+    clock = now_clock()
+    alerter = make(tmp_path, controller.port, clock, reminder_interval=3600.0)
+    alerter.process([degraded()], ["md"])
+    StateStore(tmp_path / "state").put("ack.md.degraded|md0", {"code": "md.degraded", "until": "soon"})
+    assert acks.active(StateStore(tmp_path / "state"), clock.now) == {}
+    clock.now += 3601
+    alerter.process([degraded()], ["md"])
+    assert subjects(sink)[-1] == "[hostagent] CRITICAL md0 degraded on hv1 (reminder)"
