@@ -104,6 +104,10 @@ def check_installation(vm: DebianVM, first: subprocess.CompletedProcess[str], tm
     check = vm.ssh("/opt/hostagent/venv/bin/hostagent check --json")
     assert json.loads(check.stdout)["schema"] == "hostagent.report/1", check.stderr
     assert "ACTION==" in vm.ssh("cat /etc/udev/rules.d/60-hostagent-erc.rules").stdout
+    # the man page and the completion, where man(1) and bash-completion look for them
+    assert vm.ssh("head -c 200 /usr/local/share/man/man8/hostagent.8").stdout.startswith(".TH HOSTAGENT 8")
+    completion = vm.ssh("cat /usr/share/bash-completion/completions/hostagent").stdout
+    assert "complete -o default -F _hostagent hostagent" in completion
     # libvirt-guests and xendomains no longer race the maintenance save and restore
     guests_conf = vm.ssh("grep -E '^ON_(BOOT|SHUTDOWN)=' /etc/default/libvirt-guests").stdout.split()
     assert guests_conf == ["ON_BOOT=ignore", "ON_SHUTDOWN=suspend"]
