@@ -131,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance.add_argument("--json", action="store_true", help="print JSON")
     maintenance.add_argument("--state-dir", metavar="DIR", help="where the journals live")
 
+    md_event = sub.add_parser(
+        "md-event", help="record an event from mdadm's monitor (mdadm.conf PROGRAM); it sends no mail of its own",
+        description="mdadm --monitor runs PROGRAM EVENT ARRAY [MEMBER] for every event. The Ansible role points "
+                    "PROGRAM here and removes MAILADDR, so each failure is mailed once, by the daemon, which sees "
+                    "the same change in /proc/mdstat. The event is kept in the audit log (hostagent log).")
+    md_event.add_argument("event", help="mdadm's event name: Fail, DegradedArray, RebuildFinished, TestMessage, ...")
+    md_event.add_argument("array", help="the array as mdadm names it: /dev/md0 or /dev/md/name")
+    md_event.add_argument("member", nargs="?", help="the member device, for events about one (/dev/sdb1)")
+    md_event.add_argument("--json", action="store_true", help="print the audit record as JSON")
+    md_event.add_argument("--state-dir", metavar="DIR", help="where the audit log is (default agent.state_dir)")
+
     config_cmd = sub.add_parser("config", help="validate a configuration file")
     config_sub = config_cmd.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     config_check = config_sub.add_parser("check", help="load FILE as the agent would; exit 0 when it is valid")
@@ -282,6 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hostagent.config import load_config
 
             return _acks(args, args.state_dir or load_config(args.config).fleet.state_dir)
+        if args.command == "md-event":
+            from pathlib import Path
+
+            from hostagent.commands import mdadm_event
+            from hostagent.config import load_config
+
+            state_dir = args.state_dir or load_config(args.config).agent.state_dir
+            return mdadm_event.record(Path(state_dir), args.event, args.array, args.member, args.json)
         if args.command in ("status", "log", "alert"):
             from hostagent.commands import daemon_view
 
@@ -314,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hostagent: interrupted", file=sys.stderr)
         return EXIT_UNKNOWN
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def md_event_main() -> int:
+    """``hostagent-md-event EVENT ARRAY [MEMBER]``: mdadm.conf's PROGRAM, which takes no arguments of its own."""
+    return main(["md-event", *sys.argv[1:]])
 
 
 def _check(args: argparse.Namespace) -> int:

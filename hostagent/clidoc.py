@@ -37,6 +37,8 @@ EXAMPLES = {
     "hostagent maintenance": ["hostagent maintenance schedule --reboot-at '2026-12-06 03:00' --reason kernel "
                               "--dry-run", "hostagent maintenance list"],
     "hostagent fleet status": ["hostagent fleet poll && hostagent fleet status"],
+    "hostagent md-event": ["mdadm --monitor --scan --oneshot --test   # each array's TestMessage reaches the audit "
+                           "log", "hostagent log --last 5"],
 }
 
 

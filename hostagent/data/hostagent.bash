@@ -13,7 +13,7 @@ _hostagent() {
 _hostagent_words() {
     local words=""
     case "$1" in
-        "hostagent") words="check disk boot watch status log alert maintenance config rpc fleet net collect -h --help --version --config" ;;
+        "hostagent") words="check disk boot watch status log alert maintenance md-event config rpc fleet net collect -h --help --version --config" ;;
         "hostagent alert") words="test ack unack acks -h --help" ;;
         "hostagent alert ack") words="-h --help --until --comment --json --state-dir" ;;
         "hostagent alert acks") words="-h --help --json --state-dir" ;;
@@ -44,6 +44,7 @@ _hostagent_words() {
         "hostagent fleet watch") words="-h --help --once --limit --json --accept-new" ;;
         "hostagent log") words="-h --help --json --state-dir --last" ;;
         "hostagent maintenance") words="-h --help --reboot-at --reason --dry-run --force --force-unbootable --notify-owners --json --state-dir" ;;
+        "hostagent md-event") words="-h --help --json --state-dir" ;;
         "hostagent net") words="mitigations blackhole announce withdraw expire -h --help" ;;
         "hostagent net announce") words="-h --help --ttl --reason --apply --state-dir --json" ;;
         "hostagent net blackhole") words="-h --help --ttl --reason --apply --state-dir --json" ;;
