@@ -44,6 +44,27 @@ RETRY_TICK = 15.0  # s between the courier's looks at the spool when nothing wak
 log = logging.getLogger("hostagent")
 
 
+def incidents(alerts: list[Alert]) -> list[list[Alert]]:
+    """The alerts of one run, grouped so that one incident is one mail: an alert joins the alert of
+    the same kind about its parent subject (``md0/sdb1``, a failed member, joins ``md0``, the
+    degraded array it leaves; on the controller ``hv2/md0/sdb1`` joins ``hv2/md0``).  The worst comes
+    first, names the mail and picks its recipients: routes take a minimum severity, so the worst
+    alert's recipients include every lesser one's and nobody gets a second mail for the incident."""
+    present = {(a.kind, a.record.subject) for a in alerts}
+
+    def root(alert: Alert) -> str:
+        parts = alert.record.subject.split("/")
+        for end in range(1, len(parts)):  # the top-most parent alerted alongside
+            if (alert.kind, "/".join(parts[:end])) in present:
+                return "/".join(parts[:end])
+        return alert.record.subject
+
+    groups: dict[tuple[str, str], list[Alert]] = {}
+    for alert in alerts:
+        groups.setdefault((alert.kind, root(alert)), []).append(alert)
+    return [sorted(group, key=lambda a: -severity_of(a.record.severity).rank) for group in groups.values()]
+
+
 class Alerter:
     def __init__(self, config: AlertsConfig, state: StateStore, spool_dir: Path, hostname: str, audit: AuditLog,
                  evidence: Callable[[Finding], str] = lambda finding: "",
@@ -83,32 +104,36 @@ class Alerter:
                 acks.remove(self.state, ack.key)
                 self._audit({"event": "ack-ended", "code": ack.code, "subject": ack.subject, "why": alert.kind,
                              "by": ack.by})
-        unspooled = {alert.record.key for alert in alerts
-                     if not self._queue(alert, now, before.get(alert.record.key))}
+        unspooled = {alert.record.key for group in incidents(alerts)
+                     if not self._queue(group, now, before) for alert in group}
         for key, record in after.items():
             if key not in unspooled and before.get(key) != record:
                 self.state.put(PREFIX + key, record.to_json())
         self.wake()
         return alerts
 
-    def _queue(self, alert: Alert, now: float, before: AlertRecord | None) -> bool:
-        """Spool the alert's mail and run its hook; False when the mail could not be spooled."""
-        message_id = stable_message_id(self.hostname, alert.record.key, alert.kind,
-                                       before.to_json() if before is not None else None)
-        to = recipients(self.config, alert)
+    def _queue(self, group: list[Alert], now: float, before: dict[str, AlertRecord]) -> bool:
+        """Spool one mail for the group (one incident) and run each alert's hook; False when the mail
+        could not be spooled."""
+        identity = [(a.record.key, a.kind, before[a.record.key].to_json() if a.record.key in before else None)
+                    for a in group]
+        message_id = stable_message_id(self.hostname, *(identity[0] if len(group) == 1 else identity))
+        to = recipients(self.config, group[0])
         spooled = True
         if to:
-            text = body(alert, self.hostname, now, self.evidence(alert.finding))
-            spooled = self._spool(compose(self.config, subject_line(alert, self.hostname), text, to, now, message_id),
-                                  to, now)
-        hook_error = None
-        if self.config.hook and message_id not in self._hooked:
-            hook_error = run_hook(self.config.hook, alert, self.hostname, self.config.hook_timeout)
-            if hook_error is None:
-                self._hooked.add(message_id)
-        self._audit({"event": "alert", "kind": alert.kind, "code": alert.record.code, "subject": alert.record.subject,
-                     "severity": alert.record.severity, "to": to, "message_id": message_id, "spooled": spooled,
-                     "hook_error": hook_error})
+            text = "\n".join(body(a, self.hostname, now, self.evidence(a.finding)) for a in group)
+            subject = subject_line(group[0], self.hostname) + (f" (+{len(group) - 1} more)" if len(group) > 1 else "")
+            spooled = self._spool(compose(self.config, subject, text, to, now, message_id), to, now)
+        for alert in group:
+            hook_id = f"{message_id}|{alert.record.key}"
+            hook_error = None
+            if self.config.hook and hook_id not in self._hooked:
+                hook_error = run_hook(self.config.hook, alert, self.hostname, self.config.hook_timeout)
+                if hook_error is None:
+                    self._hooked.add(hook_id)
+            self._audit({"event": "alert", "kind": alert.kind, "code": alert.record.code,
+                         "subject": alert.record.subject, "severity": alert.record.severity, "to": to,
+                         "message_id": message_id, "spooled": spooled, "hook_error": hook_error})
         return spooled
 
     def _spool(self, message: EmailMessage, to: list[str], now: float) -> bool:

@@ -122,14 +122,40 @@ def test_reminder_after_its_interval_then_recovery(tmp_path: Path, smtp: Any) ->
     assert sink.messages[-1]["subject"] == "[hostagent] RESOLVED md0 degraded on hv1"
 
 
-def test_degraded_at_startup_is_alerted(tmp_path: Path, smtp: Any) -> None:
+def test_degraded_at_startup_is_alerted_in_one_mail_per_incident(tmp_path: Path, smtp: Any) -> None:
+    """A failed member and the degraded array it leaves are one incident: one mail, named by the worse."""
     controller, sink = smtp
     report = run_checks(Host(EXAMPLES / "failed-member"), Config())
-    make(tmp_path, controller.port, Clock()).process(report.findings, [r.name for r in report.results])
-    subjects = sorted(m["subject"] for m in sink.messages)
-    assert subjects == ["[hostagent] CRITICAL md0 degraded on hv1", "[hostagent] WARNING md0/sda2 failed member on hv1"]
-    degraded_mail = next(m for m in sink.messages if "degraded" in m["subject"])
-    assert "$ mdadm --detail /dev/md0" in degraded_mail["body"]
+    alerter = make(tmp_path, controller.port, Clock())
+    alerter.process(report.findings, [r.name for r in report.results])
+    [mail] = sink.messages
+    assert mail["subject"] == "[hostagent] CRITICAL md0 degraded on hv1 (+1 more)"
+    assert "$ mdadm --detail /dev/md0" in mail["body"]
+    assert "What happened: sda2 failed in md0 and is no longer used" in mail["body"]
+    assert mail["body"].index("md0 (raid1) is degraded") < mail["body"].index("sda2 failed in md0")
+    # each alert keeps its own state and audit record, under the one mail's Message-ID
+    records = [json.loads(line) for line in (tmp_path / "state/audit.jsonl").read_text().splitlines()]
+    alerts = [r for r in records if r["event"] == "alert"]
+    assert sorted(r["subject"] for r in alerts) == ["md0", "md0/sda2"]
+    assert len({r["message_id"] for r in alerts}) == 1
+    assert set(alerter.records()) == {"md.degraded|md0", "md.failed_member|md0/sda2"}
+    # the member removed and the array whole again: one RESOLVED mail for both
+    alerter.process([], ["md"])
+    assert [m["subject"] for m in sink.messages[1:]] == ["[hostagent] RESOLVED md0 degraded on hv1 (+1 more)"]
+
+
+def test_only_an_alert_about_a_parent_subject_gathers_its_children(tmp_path: Path, smtp: Any) -> None:
+    controller, sink = smtp
+    md1 = Finding("md.degraded", "md", "md1", Severity.CRITICAL, "md1 is degraded")
+    # a failed member whose spare took over: the array is whole, so the member is an incident alone
+    lone = Finding("md.failed_member", "md", "md2/sdc1", Severity.WARNING, "sdc1 failed in md2")
+    # the controller's subjects: host/array and host/array/member
+    fleet_array = Finding("md.degraded", "md", "hv2/md0", Severity.CRITICAL, "md0 is degraded")
+    fleet_member = Finding("md.failed_member", "md", "hv2/md0/sdb1", Severity.WARNING, "sdb1 failed in md0")
+    make(tmp_path, controller.port, Clock()).process([degraded(), md1, lone, fleet_member, fleet_array], ["md"])
+    assert sorted(m["subject"] for m in sink.messages) == [
+        "[hostagent] CRITICAL hv2/md0 degraded on hv1 (+1 more)", "[hostagent] CRITICAL md0 degraded on hv1",
+        "[hostagent] CRITICAL md1 degraded on hv1", "[hostagent] WARNING md2/sdc1 failed member on hv1"]
 
 
 def test_several_recipients_and_routing_by_severity(tmp_path: Path, smtp: Any) -> None:

@@ -88,7 +88,7 @@ def test_a_failing_cycle_and_a_raising_check_leave_the_daemon_running_and_alerti
     assert err.count("injected I/O error reading the inventory") == 1, err
     # the other checks ran: the degraded array was alerted, the raising check is a finding of its own
     subjects = [m["subject"] for m in sink.messages]
-    assert "[hostagent] CRITICAL md0 degraded on hv-failed" in subjects, subjects
+    assert "[hostagent] CRITICAL md0 degraded on hv-failed (+1 more)" in subjects, subjects
     assert "[hostagent] UNKNOWN smart failed on hv-failed" in subjects, subjects
     codes = {p["code"] for p in status["open_problems"]}
     assert {"md.degraded", "check.failed"} <= codes and "agent.cycle_failed" not in codes, codes
