@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import json
 import os
 import shutil
 import signal
@@ -28,12 +29,14 @@ PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "python
             "python3-libvirt", "python3-packaging", "smartmontools", "mdadm", "iproute2", "kmod", "procps"]
 # A Xen dom0 (issue #20): Debian's hypervisor, its toolstack with xencommons, and libvirt's libxl driver.
 XEN_CACHE = REPO / ".cache" / "xen12"
+# msmtp-mta: a sendmail for mdadm's own mail (the mdmonitor test shows that only hostagent's arrives).
 XEN_PACKAGES = [*PACKAGES, "xen-hypervisor-4.17-amd64", "xen-utils-4.17", "libvirt-daemon-driver-xen",
-                "libvirt-daemon-system", "libvirt-clients", "libpam-systemd"]  # polkitd needs a logind
+                "libvirt-daemon-system", "libvirt-clients", "libpam-systemd",  # polkitd needs a logind
+                "msmtp-mta"]
 NET_MODULES = ["virtio_net"]
 # dom0's Xen drivers: xencommons mounts xenfs on /proc/xen; the backends serve the DomUs' disks and networks
 XEN_MODULES = ["xenfs", "xen-privcmd", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-netback", "xen-blkback",
-               "bridge"]
+               "bridge", "raid1"]  # and an md mirror on the extra disks
 IMAGE_MIB = 2048
 NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
 
@@ -70,7 +73,9 @@ def image(xen: bool = False) -> tuple[Path, Path, str]:
     """The cached rootfs image, the root key for it, and its ed25519 host key line (``xen``: a dom0's)."""
     cache, packages = (XEN_CACHE, XEN_PACKAGES) if xen else (CACHE, PACKAGES)
     rootfs, key, host_key = cache / "rootfs.img", cache / "root_key", cache / "host_key.pub"
-    if rootfs.exists() and key.exists() and host_key.exists():
+    recipe = json.dumps([packages, NET_MODULES + (XEN_MODULES if xen else [])])
+    stamp = cache / "recipe.json"  # a changed package or module list builds the image again
+    if rootfs.exists() and key.exists() and host_key.exists() and stamp.exists() and stamp.read_text() == recipe:
         return rootfs, key, host_key.read_text().strip()
     cache.mkdir(parents=True, exist_ok=True)
     stage = cache / f"stage-{os.getpid()}"
@@ -110,6 +115,7 @@ def image(xen: bool = False) -> tuple[Path, Path, str]:
         partial.unlink(missing_ok=True)
         _run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(stage), str(partial), f"{IMAGE_MIB}M")
         partial.rename(rootfs)
+        stamp.write_text(recipe)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return rootfs, key, host_key.read_text().strip()
@@ -171,9 +177,10 @@ def _mail_relay(smtp_port: int | None) -> str:
 
 @contextlib.contextmanager
 def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
-              xen: bool = False, smtp_port: int | None = None) -> Iterator[DebianVM]:
+              xen: bool = False, smtp_port: int | None = None, extra_disks: int = 0) -> Iterator[DebianVM]:
     """A booted Debian 12 VM reachable over SSH; ``xen``: a Xen dom0 with Debian's Xen 4.17;
-    ``smtp_port``: the VM's 10.0.2.100:25 reaches that SMTP server on host loopback."""
+    ``smtp_port``: the VM's 10.0.2.100:25 reaches that SMTP server on host loopback;
+    ``extra_disks``: blank sparse 64 MiB virtio disks after the root disk (vdb, vdc, ...)."""
     rootfs, key, host_key = image(xen)
     disk = workdir / "disk.img"
     _run("cp", "--sparse=always", str(rootfs), str(disk))
@@ -181,12 +188,19 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
     known = workdir / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
     console = workdir / "console.log"
+    disks: list[str] = []
+    for number in range(extra_disks):
+        blank = workdir / f"extra{number}.img"
+        with blank.open("wb") as handle:
+            handle.truncate(64 << 20)
+        disks += ["-drive", f"file={blank},if=none,id=extra{number},format=raw,cache=unsafe",
+                  "-device", f"virtio-blk-pci,drive=extra{number},event_idx=off,serial=extra{number}"]
     process = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-smp", "2", "-nographic",
          *boot_arguments(memory_mib, xen),
          # event_idx=off: see "virtio event index" in docs/testing.md
          "-drive", f"file={disk},if=none,id=root,format=raw,cache=unsafe",
-         "-device", "virtio-blk-pci,drive=root,event_idx=off",
+         "-device", "virtio-blk-pci,drive=root,event_idx=off", *disks,
          "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(smtp_port)}",
          "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)

@@ -8,7 +8,9 @@ One dom0 boot serves the whole module, in order:
    restores them at boot, and the owners' notices reach an aiosmtpd sink on this machine;
 4. failures on real Xen: a save that cannot be written, a save image deleted before the restore,
    and the agent killed between the saves and the reboot;
-5. the same cycle through libvirtd's libxl driver (``xen:///system``).
+5. the same cycle through libvirtd's libxl driver (``xen:///system``);
+6. mdadm's monitor beside the agent, as the role sets it up: a failed member of a mirror on the
+   dom0's two extra disks is mailed once, by hostagent.
 
 The DomUs are the test guests' kind: Debian's kernel and the busybox initramfs that prints its
 uptime every second; xenconsoled logs each console to /var/log/xen/console/guest-<name>.log.
@@ -48,7 +50,8 @@ def mail() -> Iterator[tuple[Controller, Sink]]:
 
 @pytest.fixture(scope="module")
 def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]) -> Iterator[DebianVM]:
-    with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True, smtp_port=mail[0].port) as machine:
+    with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True, smtp_port=mail[0].port,
+                   extra_disks=2) as machine:
         vmlinuz = Path(kernel()[0])
         subprocess.run(["scp", "-q", "-i", str(machine.key), "-P", str(machine.port), "-o", "BatchMode=yes", "-o",
                         f"UserKnownHostsFile={machine.known_hosts}", str(vmlinuz), str(guests.initramfs()),
@@ -296,3 +299,59 @@ def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_wi
         log = console(dom0, name, tmp_path / f"{name}.log")
         times = guests.uptimes(log)
         assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-1500:]
+
+
+def audit_records(vm: DebianVM) -> list[dict[str, object]]:
+    text = vm.ssh("cat /var/lib/hostagent/audit.jsonl").stdout
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_mdadm_monitor_hands_a_failed_member_to_hostagent_and_only_hostagent_mails(
+        dom0: DebianVM, installed: object, mail: tuple[Controller, Sink]) -> None:
+    """The role's default, hostagent_mdadm_monitor: hostagent, on the dom0's real mdadm and udev.
+
+    msmtp is the dom0's sendmail, relaying to the sink, so mdadm's own mail would arrive if mdadm sent
+    any: with the package's ``MAILADDR root`` it does (the control), with the role's mdadm.conf it
+    hands its events to hostagent-md-event instead, and a failed member is one mail, hostagent's."""
+    _, sink = mail
+    ssh_ok(dom0, "printf 'account default\\nhost 10.0.2.100\\nport 25\\nfrom mdadm@debian12\\naliases /etc/aliases\\n'"
+                 " > /etc/msmtprc && echo 'root: root@example.com' > /etc/aliases")
+    conf = ssh_ok(dom0, "cat /etc/mdadm/mdadm.conf")
+    assert f"PROGRAM {HOSTAGENT}-md-event" in conf.splitlines(), conf
+    assert not [line for line in conf.splitlines() if line.startswith("MAILADDR")], conf
+    ssh_ok(dom0, "mdadm --create /dev/md9 --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean "
+                 "/dev/vdb /dev/vdc")
+    # udev starts mdmonitor.service for a new mirror (63-md-raid-arrays.rules), with the role's mdadm.conf
+    wait_for("mdmonitor.service", lambda: dom0.ssh("systemctl is-active mdmonitor.service").stdout.strip()
+             == "active", 60)
+
+    # the control: the package's setting mails, through msmtp, to the sink
+    ssh_ok(dom0, "echo 'MAILADDR root' > /root/mdadm-package.conf && "
+                 "mdadm --monitor --scan --oneshot --test --config=/root/mdadm-package.conf")
+    wait_for("mdadm's own test mail", lambda: any(m["to"] == ["root@example.com"] for m in sink.messages), 60)
+    assert any("TestMessage" in m["subject"] and "md9" in m["subject"] for m in sink.messages
+               if m["to"] == ["root@example.com"]), sink.messages
+    # the role's setting: the same test reaches the audit log, and no mail
+    mdadm_mail = [m for m in sink.messages if m["to"] == ["root@example.com"]]
+    ssh_ok(dom0, "mdadm --monitor --scan --oneshot --test")
+    assert {("TestMessage", "/dev/md9"), ("TestMessage", "/dev/md/9")} & {
+        (r.get("mdadm_event"), r.get("array")) for r in audit_records(dom0)}, audit_records(dom0)[-5:]
+
+    before = len(sink.messages)
+    ssh_ok(dom0, "mdadm /dev/md9 --fail /dev/vdc")
+
+    def handled() -> bool:
+        records = audit_records(dom0)
+        mdadm_saw = any(r.get("mdadm_event") == "Fail" and r.get("array") in ("/dev/md9", "/dev/md/9")
+                        and r.get("member") == "/dev/vdc" for r in records)
+        alerted = {r.get("subject") for r in records if r.get("event") == "alert"} >= {"md9", "md9/vdc"}
+        return mdadm_saw and alerted and len(sink.messages) > before
+    wait_for("mdadm's Fail event in the audit log and hostagent's mail", handled, 120)
+    alerts = [r for r in audit_records(dom0) if r.get("event") == "alert" and str(r.get("subject")).startswith("md9")]
+    assert len({r["message_id"] for r in alerts}) == 1, alerts  # both alerts, in one mail
+    [incident] = sink.messages[before:]
+    assert incident["subject"] == "[hostagent] CRITICAL md9 degraded on debian12 (+1 more)", incident
+    assert incident["to"] == ["ops@example.com"] and "vdc failed in md9" in incident["body"]
+    assert [m for m in sink.messages if m["to"] == ["root@example.com"]] == mdadm_mail  # none from mdadm
+
+    ssh_ok(dom0, "mdadm --stop /dev/md9 && mdadm --zero-superblock /dev/vdb /dev/vdc")
