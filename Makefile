@@ -13,6 +13,8 @@ APT_PACKAGES += qemu-system-x86 linux-image-amd64 mdadm dmsetup busybox-static c
 # bootloader tests (tests/images.py): real GRUB (BIOS and EFI) on loop-device images; sgdisk for
 # copying GPT tables in disk replace
 APT_PACKAGES += grub-pc-bin grub2-common grub-efi-amd64-bin parted fdisk e2fsprogs dosfstools mtools efibootmgr gdisk
+# the UEFI boot tests (tests/vm/test_boot_uefi.py): the guests boot through OVMF
+APT_PACKAGES += ovmf
 # maintenance with real guests (qemu:///embed) and the libvirt-guests benchmark: the QEMU driver,
 # the libvirt-qemu user, virsh and libvirt-guests.sh
 APT_PACKAGES += libvirt-daemon-system libvirt-clients

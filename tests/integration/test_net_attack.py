@@ -81,7 +81,9 @@ def test_syn_flood_fires_within_two_cycles_naming_port_and_prefix(net: Lab, tmp_
         for _ in range(2):
             time.sleep(CYCLE)
             results.append(cycle(net, config, state))
-            if "net.syn_flood" in codes(results[-1]):
+            # fired, and at its full severity: on a loaded machine the first cycle may see the backlog
+            # still filling (WARNING); the flood runs on for the second
+            if any(f["code"] == "net.syn_flood" and f["severity"] == "CRITICAL" for f in results[-1]):
                 break
         flood.join()
     assert seen == [0, 1], "the host's side saw test traffic (or the capture was dead)"

@@ -32,10 +32,15 @@ CACHE = REPO / ".cache" / "vm"
 RUNS = CACHE / "runs"
 HERE = Path(__file__).resolve().parent
 MODULES = ["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "md_mod", "raid1", "raid10",
-           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net", "nvme"]
+           "crc32c_generic", "raid456", "dm_mod", "dm_delay", "dm_flakey", "ext4", "virtio_net", "nvme",
+           "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs"]
 ON_DEMAND = ["scsi_debug"]  # copied in, loaded by a test with its own parameters (it makes a disk when loaded)
-TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "sgdisk", "wipefs", "blkid", "blockdev")
-DATA_DIRS = ("/usr/lib/grub/i386-pc",)
+TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "sgdisk", "wipefs", "blkid", "blockdev",
+         "mkfs.fat", "mcopy", "mdir", "mdeltree", "efibootmgr")
+DATA_DIRS = ("/usr/lib/grub/i386-pc", "/usr/lib/grub/x86_64-efi")
+# UEFI guests: Debian's OVMF (without Secure Boot); each VM gets its own copy of the variable store
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 AGENT_DEPENDENCIES = ("apscheduler", "tzlocal", "pyudev", "sqlalchemy", "typing_extensions")
 PYTHON = "/usr/bin/python3.11"
 PY_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
@@ -146,7 +151,7 @@ def base_image() -> Path:
         mke2fs = Path(_need("mke2fs"))
         (stage / str(mke2fs.parent).lstrip("/") / "mkfs.ext4").symlink_to("mke2fs")
         for data in DATA_DIRS:
-            shutil.copytree(data, stage / data.lstrip("/"))
+            shutil.copytree(data, stage / data.lstrip("/"), ignore=shutil.ignore_patterns("monolithic"))
         pylib = Path("/usr/lib/python3.11")
         shutil.copytree(pylib, stage / "usr/lib/python3.11", symlinks=True,
                         ignore=lambda d, names: [n for n in names if n in PY_SKIP and Path(d) == pylib])
@@ -223,11 +228,12 @@ class VM:
                  disk_layout: str | None = None, scsi_disks: int = 0, smtp_port: int | None = None,
                  scsi_specs: Sequence[tuple[int, str | None]] = (),
                  sata_specs: Sequence[tuple[int, str | None]] = (), event_idx: bool = False,
-                 nvme_disks: int = 0) -> None:
+                 nvme_disks: int = 0, firmware: str = "bios") -> None:
         """``scsi_specs``/``sata_specs``: one (MiB, sfdisk layout or None for blank) per SCSI/SATA
         disk, instead of ``scsi_disks``/``sata_disks`` disks of ``disk_mib`` with ``disk_layout``.
         ``event_idx``: let the virtio devices use event index (only ``tests.vm.soak`` does).
-        ``nvme_disks``: disks on QEMU's emulated NVMe controllers (nvme0n1, ...), one controller each."""
+        ``nvme_disks``: disks on QEMU's emulated NVMe controllers (nvme0n1, ...), one controller each.
+        ``firmware``: "bios" (SeaBIOS) or "uefi" (OVMF, which starts the kernel through its EFI stub)."""
         remove_stale_runs()
         self.run_dir = RUNS / f"{os.getpid()}-{next(_serial)}"
         self.run_dir.mkdir(parents=True)
@@ -245,6 +251,7 @@ class VM:
         self._smtp_port = smtp_port
         self._partitions = 0  # how many partitions the disk layouts make: the guest must show them all
         self._event_idx = "on" if event_idx else "off"
+        self._firmware = firmware
         try:
             self._boot(disk_mib, memory_mib)
         except BaseException:
@@ -273,6 +280,8 @@ class VM:
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]
+        if self._firmware == "uefi":
+            argv += uefi_firmware(self.run_dir)
         # event_idx=off on every virtio device: see "virtio event index" in docs/testing.md
         event_idx = f"event_idx={self._event_idx}"
         buses = [(self.disks, "disk", f"virtio-blk-pci,drive={{node}},id=vd{{i}},serial=disk{{i}},{event_idx}"),
@@ -493,14 +502,28 @@ def serial_menu(entry: str) -> str:
             f'menuentry "{entry}" {{\n    echo ok\n}}\n')
 
 
-def boot_from_disk(image: Path, expect: str, timeout: float = 120.0) -> str:
-    """Boot QEMU's firmware from ``image`` alone (no -kernel) and return the serial console once
-    ``expect`` appears on it; raises VMError with the console if it never does."""
+def uefi_firmware(run_dir: Path) -> list[str]:
+    """QEMU arguments for OVMF, with a fresh copy of its variable store in ``run_dir``."""
+    for path in (OVMF_CODE, OVMF_VARS):
+        if not Path(path).is_file():
+            raise VMError(f"{path} is missing: install Debian's ovmf package (make apt does)")
+    variables = run_dir / "OVMF_VARS.fd"
+    shutil.copy(OVMF_VARS, variables)
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
+
+
+def boot_from_disk(image: Path, expect: str, timeout: float = 120.0, firmware: str = "bios") -> str:
+    """Boot QEMU's firmware (SeaBIOS, or OVMF with ``firmware="uefi"`` and empty variables) from
+    ``image`` alone (no -kernel) and return the serial console once ``expect`` appears on it;
+    raises VMError with the console if it never does."""
     qemu = _need("qemu-system-x86_64")
     console = image.with_suffix(".console")
     argv = [qemu, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "256", "-display", "none", "-nodefaults",
             "-no-reboot", "-monitor", "none", "-serial", f"file:{console}",
             "-drive", f"file={image},if=virtio,format=raw,cache=unsafe"]
+    if firmware == "uefi":
+        argv += uefi_firmware(image.parent)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=_die_with_parent)
     deadline = time.monotonic() + timeout

@@ -8,5 +8,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 for module in $(cat /etc/modules.order); do insmod "/lib/modules/$module" || echo "insmod $module failed"; done
+# booted through UEFI firmware (VM(firmware="uefi")): the variables, as efibootmgr reads them
+if [ -d /sys/firmware/efi/efivars ]; then mount -t efivarfs efivarfs /sys/firmware/efi/efivars; fi
 echo "hostagent-vm: init done"
 exec python3 /opt/guest_server.py /dev/ttyS1
