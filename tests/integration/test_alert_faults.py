@@ -130,6 +130,19 @@ def silent_server(port: int) -> Iterator[None]:
         listener.close()
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # every daemon a test started: none outlives its test
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:  # the test failed before stopping it
+            process.kill()
+            process.wait(timeout=30)
+
+
 class Daemon:
     """``hostagent watch`` on a snapshot root, with a state directory, a hook and optional faults."""
 
@@ -156,6 +169,7 @@ class Daemon:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hostagent", "--config", str(self.config), "watch", "--root", str(self.root),
                  "--state-dir", str(self.state)], env=env, stdout=subprocess.DEVNULL, stderr=handle, cwd=REPO)
+        STARTED.append(self.process)
 
     def stop(self) -> int:
         assert self.process is not None
