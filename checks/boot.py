@@ -35,6 +35,9 @@ DESCRIPTION = "a working bootloader on every member disk of the boot arrays"
 BLOCKING = ("boot.missing_on_member", "boot.core_missing", "boot.esp_missing", "boot.unreadable")
 HEAD_BYTES = 64 * 1024
 ESP_COPY = "/run/hostagent/esp-copy"  # where an ESP sync stages the good EFI directory
+# mtools refuses a FAT whose "hidden sectors" field disagrees with the disk's geometry, which mkfs.fat
+# on a partition often leaves: the check is about floppies (grub-mkrescue skips it the same way)
+MTOOLS = ("env", "MTOOLS_SKIP_CHECK=1")
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,21 @@ def inspect_disk(host: Host, disk: str, timeout: float) -> DiskBoot:
             esps = []
             for partition in table.partitions:
                 if partition.is_esp:
-                    esps.append(_read_esp(device, partition, sector, partition_device(disk, partition.number)))
+                    name = partition_device(disk, partition.number)
+                    if host.is_snapshot or not host.exists(name):
+                        esps.append(_read_esp(device, partition, partition.first_lba * sector, name))
+                        continue
+                    # through the partition's own device, whose page cache is the one that mtools
+                    # (boot repair) and a mounted /boot/efi write through: the whole disk's cache can
+                    # still hold what the ESP was before they wrote
+                    with host.open_device(name, timeout) as own:
+                        esps.append(_read_esp(own, partition, 0, name))
     except (HostagentError, OSError) as err:
         return DiskBoot(disk, error=str(err))
     return DiskBoot(disk, table, code, core, tuple(esps))
 
 
-def _read_esp(device: DeviceReader, partition: Partition, sector: int, name: str) -> Esp:
-    base = partition.first_lba * sector
+def _read_esp(device: DeviceReader, partition: Partition, base: int, name: str) -> Esp:
     try:
         volume = FatVolume(lambda offset, length: device.read(base + offset, length), name)
         return Esp(partition, name, volume.files())
@@ -250,13 +260,16 @@ def _esp_sync(good: Esp | None, disk: DiskBoot, esp: Esp) -> Remedy:
     target = esp.device
     if good is None:
         return Remedy(f"Reinstall the EFI boot loader onto {target} (no member has a good ESP to copy)", "")
+    # files only the stale ESP has go too; an ESP with nothing under /EFI has nothing to delete (and
+    # mdeltree fails on a missing directory), so the copy alone fills it
+    stale = any(path.startswith("/EFI/") for path in esp.files)
     return Remedy(
         f"Copy the EFI directory from a good ESP to {target}",
         "Members' ESPs must hold the same loaders, so any survivor boots the same way.",
         (("rm", "-rf", "--", ESP_COPY), ("mkdir", "-p", "-m", "0700", "--", ESP_COPY),
-         ("mcopy", "-s", "-o", "-i", good.device, "::/EFI", f"{ESP_COPY}/"),
-         ("mdeltree", "-i", target, "::/EFI"),  # files only the stale ESP has go too
-         ("mcopy", "-s", "-o", "-i", target, f"{ESP_COPY}/EFI", "::/")),
+         (*MTOOLS, "mcopy", "-s", "-o", "-i", good.device, "::/EFI", f"{ESP_COPY}/"),
+         *(((*MTOOLS, "mdeltree", "-i", target, "::/EFI"),) if stale else ()),
+         (*MTOOLS, "mcopy", "-s", "-o", "-i", target, f"{ESP_COPY}/EFI", "::/")),
     )
 
 

@@ -38,6 +38,7 @@ ON_DEMAND = ["scsi_debug"]  # copied in, loaded by a test with its own parameter
 TOOLS = ("mdadm", "dmsetup", "smartctl", "grub-install", "mke2fs", "sfdisk", "sgdisk", "wipefs", "blkid", "blockdev",
          "mkfs.fat", "mcopy", "mdir", "mdeltree", "efibootmgr")
 DATA_DIRS = ("/usr/lib/grub/i386-pc", "/usr/lib/grub/x86_64-efi")
+GCONV = ("gconv-modules", "gconv-modules.cache", "gconv-modules.d", "IBM850.so", "IBM437.so")
 # UEFI guests: Debian's OVMF (without Secure Boot); each VM gets its own copy of the variable store
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -150,6 +151,14 @@ def base_image() -> Path:
         (stage / "usr/bin/python3").symlink_to("python3.11")
         mke2fs = Path(_need("mke2fs"))
         (stage / str(mke2fs.parent).lstrip("/") / "mkfs.ext4").symlink_to("mke2fs")
+        for name in GCONV:  # mtools converts FAT names through iconv (codepage 850), as on a full host
+            source = Path("/usr/lib/x86_64-linux-gnu/gconv") / name
+            target = stage / str(source).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
         for data in DATA_DIRS:
             shutil.copytree(data, stage / data.lstrip("/"), ignore=shutil.ignore_patterns("monolithic"))
         pylib = Path("/usr/lib/python3.11")
@@ -306,7 +315,7 @@ class VM:
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       preexec_fn=_die_with_parent)
         self._cmd = self._connect("cmd.sock")
-        hello = self._read_message(BOOT_TIMEOUT)
+        hello = self._read_hello(BOOT_TIMEOUT)
         if not hello.get("ready"):
             raise VMError(f"unexpected first message from the VM: {hello}")
         self._qmp = self._connect("qmp.sock")
@@ -376,6 +385,31 @@ class VM:
                 if time.monotonic() > deadline:
                     raise VMError(f"QEMU did not open {name}") from None
                 time.sleep(0.05)
+
+    def _read_hello(self, timeout: float) -> dict[str, Any]:
+        """The guest server's first message.  UEFI firmware writes its console to every serial port,
+        the command port too, until the kernel takes them over: what comes before the first JSON
+        object is the firmware's."""
+        assert self._cmd is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buffer:
+                line, rest = self._buffer.split(b"\n", 1)
+                if b'{"' in line:
+                    self._buffer = line[line.index(b'{"'):] + b"\n" + rest
+                    return self._read_message(1)
+                self._buffer = rest
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VMError(f"no answer from the VM within {timeout:g} s; console:\n{self.console[-3000:]}")
+            self._cmd.settimeout(remaining)
+            try:
+                chunk = self._cmd.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise VMError(f"the VM closed its command port; console:\n{self.console[-3000:]}")
+            self._buffer += chunk
 
     def _read_message(self, timeout: float) -> dict[str, Any]:
         assert self._cmd is not None
