@@ -16,6 +16,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import ParseError, ProbeUnavailable
 from hostagent.inventory import Membership
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.selftest import DEFAULT_SCHEDULE
 from hostagent.sources.blockdev import NO_SMART_TRANSPORTS, Disk
 from hostagent.sources.smartctl import (
     MIN_VERSION,
@@ -41,6 +42,9 @@ class Config:
     nvme_temperature_critical: int = 80
     nvme_spare_warning: int = 20
     nvme_wear_warning: int = 80
+    # smartd's -s syntax (hostagent/selftest.py); "" runs no self-tests
+    selftest_schedule: str = DEFAULT_SCHEDULE
+    selftest_interval: float = 300.0  # s between the daemon's looks: due tests, and how running ones end
 
 
 @dataclass(frozen=True)

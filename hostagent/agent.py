@@ -223,6 +223,30 @@ class Watcher:
                         config.hung_after)
             self.request([hung.NAME])
 
+    def selftests(self) -> None:
+        """Start the SMART self-tests the schedule made due, follow the running ones (hostagent.selftest);
+        when one ends, the smart check runs, so its result reaches smart.selftest_failed at once."""
+        config = self.config.check_config("smart")
+        if not config.enabled or not config.selftest_schedule or self.host.is_snapshot:
+            return
+        from hostagent.actions.selftest import Scheduler, Smartctl, busy_reason, member_disks
+        from hostagent.selftest import compile_schedule
+        from hostagent.sources.blockdev import parent_disks
+
+        arrays = self.context().inventory.arrays()
+        scheduler = Scheduler(self.state, Smartctl(self.host, config.timeout), self.audit)
+        tick = scheduler.tick(compile_schedule(config.selftest_schedule),
+                              member_disks(arrays, lambda name: parent_disks(self.host, name)),
+                              busy_reason(arrays, self.maintenance.store.active(), time.time()))
+        for disk, kind in tick.started:
+            log.info("self-test: %s test started on %s", kind, disk)
+        for disk, why in tick.failed_to_start:
+            log.warning("self-test: cannot start one on %s: %s", disk, why)
+        for disk, kind, result in tick.finished:
+            log.info("self-test: %s test on %s ended: %s", kind, disk, result)
+        if tick.finished:
+            self.request(["smart"])
+
     def context(self) -> CheckContext:
         ctx = CheckContext.for_host(self.host, self.state, self.config.disks.include, self.config.disks.exclude)
         ctx.volatile = self.volatile
@@ -487,6 +511,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
              watcher.config.source)
     watcher.notifier.ready(f"watching {watcher.host.root}")  # before the first cycle: it can take minutes
     watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
+    watcher.guard("self-tests", watcher.selftests)
     if once:
         watcher.guard("maintenance", lambda: _maintenance_once(watcher))
         scheduler.shutdown(wait=False)
@@ -502,7 +527,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
 
     watcher.guard("maintenance", maintenance)
     events = Events(watcher)
-    last_tick = last_sample = time.monotonic()
+    last_tick = last_sample = last_selftests = time.monotonic()
     while not watcher.stopping:
         watcher.notifier.alive()
         if watcher.reload_requested:
@@ -515,6 +540,9 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
         for failure in _drain(job_errors):
             watcher.failed("scheduled job", RuntimeError(failure))
         watcher.guard("checks", watcher.run_pending)
+        if time.monotonic() - last_selftests >= watcher.config.checks.smart.selftest_interval:
+            last_selftests = time.monotonic()
+            watcher.guard("self-tests", watcher.selftests)
         woken = _drain(WAKEUPS)
         if woken or time.monotonic() - last_tick >= MAINTENANCE_TICK:
             for reason in woken:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from checks import boot, erc, hung, md, net, smart
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.errors import ConfigError
+from hostagent.selftest import compile_schedule
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 ENV_VAR = "HOSTAGENT_CONFIG"
@@ -209,6 +210,10 @@ def _rules(config: Config, source: str) -> list[str]:
     for low, high, strictly in _BELOW:
         if values[low] > values[high] or (strictly and values[low] == values[high]):
             bad(low, f"{values[low]} must be {'below' if strictly else 'at most'} {high} ({values[high]})")
+    try:
+        compile_schedule(config.checks.smart.selftest_schedule)
+    except ValueError as err:
+        bad("checks.smart.selftest_schedule", str(err))
     hung = config.checks.hung
     for path, value, least in (("checks.hung.hung_after", hung.hung_after, 1.0),
                                ("checks.hung.crawl_ms", hung.crawl_ms, 1000.0)):

@@ -140,6 +140,8 @@ def render_prom(report: Report) -> str:
 
 # smart check readings -> metric name (unit in the name, base units), scale, help
 SMART_METRICS = {
+    "selftest_percent_done": ("selftest_percent_done", 1, "How far the running self-test is, in percent (absent: none "
+                              "runs)."),
     "health_passed": ("health_passed", 1, "1 if the disk passed its SMART overall-health self-assessment, 0 if not."),
     "temperature_celsius": ("temperature_celsius", 1, "Current drive temperature."),
     "reallocated_sectors": ("reallocated_sectors", 1, "Attribute 5: sectors the drive has reallocated."),

@@ -140,6 +140,7 @@ class SmartReport:
     phy_link_errors: int | None = None  # since power-on: SATA phy event counters of damaged transfers
     error_log_count: int | None = None  # ATA errors the drive has logged in its life
     error_log: tuple[AtaError, ...] = ()  # newest first
+    selftest_percent_done: int | None = None  # while a self-test runs: how far it is
 
     @property
     def command_failed(self) -> bool:
@@ -174,6 +175,8 @@ class SmartReport:
             found["grown_defects"] = self.grown_defects
         if self.error_log_count is not None:
             found["error_log_entries"] = self.error_log_count
+        if self.selftest_percent_done is not None:
+            found["selftest_percent_done"] = self.selftest_percent_done
         return found
 
     @property
@@ -312,8 +315,20 @@ def _report(data: dict[str, Any], source: str) -> SmartReport:
         failed_selftests=_failed_selftests(data, source),
         power_on_hours=_int(power_on.get("hours")) if isinstance(power_on, dict) else None,
         phy_link_errors=_phy_link_errors(data, source),
+        selftest_percent_done=_selftest_running(data),
         **_error_log(data, source),
     )
+
+
+def _selftest_running(data: dict[str, Any]) -> int | None:
+    """How far a running self-test is (ATA: from the remaining tenths, NVMe: the drive's percent)."""
+    try:
+        status = _selftest_status(data)
+    except (ValueError, TypeError, AttributeError):  # a section of an unexpected shape: no progress to show
+        return None
+    if not status.running:
+        return None
+    return status.percent_done if status.percent_done is not None else 0
 
 
 def _phy_link_errors(data: dict[str, Any], source: str) -> int | None:
@@ -498,8 +513,10 @@ def parse_selftest_status(text: str, source: str = "smartctl -c -l selftest") ->
 
 def _parse_selftest_status(text: str, source: str) -> SelfTestStatus:
     """The self-test state in ``smartctl --json -c -l selftest`` output, for ATA, NVMe and SCSI."""
-    data = load_json(text, source)
+    return _selftest_status(load_json(text, source))
 
+
+def _selftest_status(data: dict[str, Any]) -> SelfTestStatus:
     def status(kind: str, code: int | None, words: str, marker: tuple[Any, ...]) -> SelfTestStatus:
         failed = None if code is None or code in _ABORTED[kind] else code != 0
         return SelfTestStatus(False, None, words, failed, marker)

@@ -223,6 +223,10 @@ def test_selftest_running_failed_and_aborted() -> None:
     assert failed.result == "Short offline: completed: read failure"
     aborted = parse_selftest_status(_edited(name, status(0x10, "aborted by host")))
     assert (aborted.running, aborted.failed) == (False, None)
+    # the full report carries the progress too: a reading, a metric, and a bar on the fleet page
+    report = parse_smartctl(_edited(name, status(0xF9, "in progress, 90% remaining", 90)))
+    assert report.selftest_percent_done == 10 and report.readings()["selftest_percent_done"] == 10
+    assert parse_smartctl((SMART / name).read_text()).selftest_percent_done is None  # none runs
 
 
 def test_nvme_selftest_log() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.vm.harness import VM
 
 
@@ -66,3 +67,49 @@ def test_disk_status_in_the_vm(ata_vm: VM) -> None:
     rows = {r["disk"]: r for r in json.loads(ata_vm.hostagent("disk status --json --state-dir /tmp/state").stdout)}
     assert rows["sda"]["arrays"] == ["md0:sda (in_sync)"]
     assert rows["sda"]["serial"] == "SATA0"
+
+
+SELFTEST_CONFIG = ('[agent]\nrpc_socket = ""\n[alerts]\nenabled = false\n'
+                   '[checks.smart]\nselftest_schedule = "S/../.././.."\nselftest_interval = 1\n')
+
+
+def selftest_events(vm: VM) -> list[tuple[str, str]]:
+    text = vm.run("cat /tmp/selftest/audit.jsonl 2>/dev/null", check=False).stdout
+    return [(r["event"], r["disk"]) for r in map(json.loads, text.splitlines()) if r["event"].startswith("selftest")]
+
+
+def selftest_log(vm: VM, disk: str) -> tuple[int, str | None, bool | None]:
+    """The drive's own self-test log: how many entries, and the newest one's type and verdict."""
+    log = json.loads(vm.run(f"smartctl --json -l selftest /dev/{disk}", check=False).stdout)
+    standard = log["ata_smart_self_test_log"]["standard"]
+    newest = (standard.get("table") or [{}])[0]
+    return standard.get("count", 0), newest.get("type", {}).get("string"), newest.get("status", {}).get("passed")
+
+
+def test_the_daemon_runs_self_tests_on_the_ahci_disks_one_member_at_a_time(ata_vm: VM) -> None:
+    """An hourly short test (smartd's S/../.././..) on md0's two AHCI disks: QEMU's drives pass a
+    self-test at once, so the order of the audit records shows sdb waiting for sda's test to end."""
+    counts = {disk: selftest_log(ata_vm, disk)[0] for disk in ("sda", "sdb")}
+    ata_vm.run(f"cat > /tmp/selftest.toml <<'EOF'\n{SELFTEST_CONFIG}EOF")
+    start = ("python3 -m hostagent --config /tmp/selftest.toml watch --state-dir /tmp/selftest "
+             ">/dev/null 2>>/tmp/selftest.err & echo $! > /tmp/selftest.pid")
+    ata_vm.run(start)
+    wait_for(lambda: selftest_events(ata_vm).count(("selftest-done", "sdb")) == 1, "both self-tests to end", 120)
+    assert selftest_events(ata_vm) == [("selftest-start", "sda"), ("selftest-done", "sda"),
+                                       ("selftest-start", "sdb"), ("selftest-done", "sdb")]
+    for disk in ("sda", "sdb"):  # the drives' own logs
+        assert selftest_log(ata_vm, disk) == (counts[disk] + 1, "Short offline", True)
+    # the result reached the smart check, which the end of a test runs: a passed test is no finding
+    assert not [f for f in check(ata_vm)["findings"] if f["code"] == "smart.selftest_failed"]
+
+    # restarted within the hour: its tests are done, nothing starts again
+    ata_vm.run("kill $(cat /tmp/selftest.pid)")  # its parent is the VM's init, which does not reap: wait for its word
+    wait_for(lambda: "hostagent watch stopped" in ata_vm.run("cat /tmp/selftest.err").stdout, "the daemon to stop", 60)
+    restarted = float(ata_vm.run("date +%s").stdout)
+    ata_vm.run(start)
+    checked = ("python3 -c \"from hostagent.state import StateStore; "
+               "print(StateStore('/tmp/selftest').get('selftest')['checked'])\"")
+    wait_for(lambda: float(ata_vm.run(checked).stdout) > restarted + 2, "two looks after the restart", 120)
+    ata_vm.run("kill $(cat /tmp/selftest.pid)")
+    assert len(selftest_events(ata_vm)) == 4  # nothing started again
+    assert "Traceback" not in ata_vm.run("cat /tmp/selftest.err").stdout
