@@ -577,7 +577,7 @@ def _fleet(args: argparse.Namespace) -> int:
     from hostagent.fleet import cli as fleet
     from hostagent.fleet.controller import Controller, render_status
     from hostagent.fleet.inventory import select
-    from hostagent.fleet.publish import metrics, write_page
+    from hostagent.fleet.publish import metrics, page_extra, write_page
     from hostagent.output import write_atomic
 
     if args.fleet_command == "audit-dns":
@@ -606,7 +606,8 @@ def _fleet(args: argparse.Namespace) -> int:
             sys.stdout.write(fleet.render(rows) if args.json else render_status(rows))
             return 0
         if args.fleet_command == "page":
-            written = write_page(args.out, rows, now)
+            span = config.fleet.retention_days * 86400
+            written = write_page(args.out, rows, now, page_extra(controller.store, rows, now, span), span)
             print("\n".join(str(p) for p in written))
             return 0
         if args.fleet_command == "metrics":

@@ -20,7 +20,7 @@ from hostagent.config import Config
 from hostagent.errors import HostagentError
 from hostagent.fleet.controller import Controller, ReplyError, fleet_findings, render_status, status_rows
 from hostagent.fleet.inventory import FleetHost
-from hostagent.fleet.publish import metrics, write_page
+from hostagent.fleet.publish import metrics, page_extra, write_page
 from hostagent.fleet.transport import TransportError
 from hostagent.maintenance.when import parse_when
 
@@ -243,7 +243,9 @@ def _watch_cycle(config: Config, controller: Controller, alerter: Any, state: An
     if prom_file:
         guarded("metrics textfile", lambda: write_atomic(prom_file, text))
     if page_dir:
-        guarded("status page", lambda: write_page(page_dir, current, now))
+        span = config.fleet.retention_days * 86400
+        guarded("status page", lambda: write_page(page_dir, current, now,
+                                                  page_extra(controller.store, current, now, span), span))
     if config.fleet.digest:
         guarded("digest", lambda: _digest(alerter, state, current, now, config.fleet.digest_hour))
     failed = [r for r in results if not r.ok]

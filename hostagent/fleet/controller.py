@@ -332,7 +332,7 @@ def _row(state: HostState, now: float, fleet: FleetConfig | None) -> dict[str, A
             "findings": state.findings, "last_seen": state.last_seen,
             "last_seen_ago": _ago(now - state.last_seen) if state.last_seen else "never",
             "version": state.version, "error": state.last_error if not reachable else None,
-            "maintenance": active}
+            "maintenance": active, "last_known_status": state.status, "last_attempt": state.last_attempt}
 
 
 def render_status(rows: list[dict[str, Any]]) -> str:

@@ -4,7 +4,6 @@ metrics (a textfile, or ``/metrics`` served by ``fleet watch``)."""
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -21,82 +20,178 @@ def _known(status: str | None) -> str:
     return status if status in STATUS_ORDER else "UNKNOWN"
 
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "never"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+TIMELINE_CELLS = 60
+FINAL_PHASES = ("done", "failed", "cancelled", "missed")
+TEMPLATE = Path(__file__).resolve().parent.parent / "data" / "fleet-page.html.j2"
 
 
-def _host_row(row: dict[str, Any]) -> str:
-    """A host's table row; one whose stored data cannot be shown says so instead of breaking the page."""
-    status = _known(row["status"])
+def local_time(timestamp: float) -> str:
+    """This controller's local time, with its zone: what a reader of the page lives in."""
+    return dt.datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds / 3600:.1f} h"
+
+
+def timeline(history: list[tuple[float, str]], now: float, span: float) -> list[dict[str, Any]]:
+    """TIMELINE_CELLS equal slices of ``span`` up to ``now``, each the worst status reported in it."""
+    width = span / TIMELINE_CELLS
+    slices: list[list[str]] = [[] for _ in range(TIMELINE_CELLS)]
+    for at, status in history:
+        index = int((at - (now - span)) // width)
+        if 0 <= index < TIMELINE_CELLS:
+            slices[index].append(_known(status))
+    cells = []
+    for index, seen in enumerate(slices):
+        worst = min(seen, key=STATUS_ORDER.index) if seen else None
+        cells.append({"status": worst, "title": f"from {local_time(now - span + index * width)}: "
+                                                 f"{worst or 'no report'}"})
+    return cells
+
+
+def bars(report: dict[str, Any] | None, active: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Progress bars: each array's resync or rebuild, each disk's running self-test, the guests a
+    maintenance is saving."""
+    found: list[dict[str, Any]] = []
+    inventory = (report or {}).get("inventory")
+    for array in (inventory.get("arrays") or [] if isinstance(inventory, dict) else []):
+        sync = array.get("sync") if isinstance(array, dict) else None
+        if not isinstance(sync, dict) or sync.get("action") in (None, "idle", "frozen") \
+                or not isinstance(sync.get("progress"), (int, float)):
+            continue
+        eta = sync.get("eta_s")
+        found.append({"kind": "resync", "label": f"{array.get('name')} {sync['action']}",
+                      "percent": max(0.0, min(100.0, 100 * sync["progress"])),
+                      "detail": f"about {_duration(eta)} left" if isinstance(eta, (int, float)) else ""})
+    for check in (report or {}).get("checks") or []:
+        readings = check.get("readings") if isinstance(check, dict) and check.get("name") == "smart" else None
+        for disk, values in sorted((readings or {}).items()):
+            done = values.get("selftest_percent_done") if isinstance(values, dict) else None
+            if isinstance(done, (int, float)):
+                found.append({"kind": "selftest", "label": f"{disk} self-test", "percent": float(done), "detail": ""})
+    guests = (active or {}).get("guests") if isinstance(active, dict) else None
+    if (active or {}).get("phase") == "saving" and isinstance(guests, dict) and guests:
+        saved = sum(1 for g in guests.values() if isinstance(g, dict)
+                    and g.get("state") in ("saved", "save_failed", "shut_down", "skipped", "stopped"))
+        found.append({"kind": "save", "label": "saving guests", "percent": 100 * saved / len(guests),
+                      "detail": f"{saved} of {len(guests)}"})
+    return found
+
+
+def recent_maintenances(summary: dict[str, Any] | None, limit: int = 3) -> list[dict[str, Any]]:
+    """The host's last finished maintenances, newest first, with each guest's downtime."""
+    rows = [r for r in ((summary or {}).get("recent") or []) if isinstance(r, dict) and r.get("phase") in FINAL_PHASES]
+    found = []
+    for row in reversed(rows[-limit:]):
+        guests = []
+        for name, guest in sorted((row.get("guests") or {}).items()):
+            downtime = guest.get("downtime_s") if isinstance(guest, dict) else None
+            outcome = guest.get("outcome") if isinstance(guest, dict) else None
+            guests.append({"name": name, "downtime": _duration(downtime) if isinstance(downtime, (int, float))
+                           else f"({outcome or 'no downtime measured'})"})
+        found.append({"id": row.get("id"), "phase": row.get("phase"), "reason": row.get("reason") or "",
+                      "reboot_local": _iso_local(row.get("reboot_at_utc")), "guests": guests})
+    return found
+
+
+def _iso_local(text: Any) -> str:
     try:
-        problems = "; ".join(html.escape(f"{f.get('code')}: {f.get('summary')}") for f in row["findings"]
-                             if f.get("severity") not in ("OK", "INFO"))
-        detail = html.escape(str(row["error"])) if row["error"] else problems
-        cells = (f'<td>{row["open_findings"]}</td><td>{html.escape(str(row["last_seen_ago"]))}</td>'
-                 f'<td>{html.escape(str(row["version"] or "-"))}</td><td>{detail}</td>')
-    except (AttributeError, KeyError, TypeError) as err:
-        status = "UNKNOWN"
-        cells = f'<td>-</td><td>-</td><td>-</td><td>cannot show this host: {html.escape(type(err).__name__)}</td>'
-    return (f'<tr class="host" data-host="{html.escape(str(row["host"]))}" data-status="{status}">'
-            f'<td>{html.escape(str(row["host"]))}</td><td class="status" style="color:{COLOURS[status]}">'
-            f'{status}</td>{cells}</tr>')
+        return local_time(dt.datetime.fromisoformat(str(text)).timestamp())
+    except ValueError:
+        return str(text)
 
 
-def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status") -> str:
-    """One self-contained HTML page: worst state first, then every host, then planned maintenance."""
+def host_view(row: dict[str, Any], history: list[tuple[float, str]], report: dict[str, Any] | None,
+              summary: dict[str, Any] | None, now: float, span: float) -> dict[str, Any]:
+    """What the page draws for one host; a host whose stored data cannot be shown says so."""
+    status = _known(row["status"])
+    view: dict[str, Any] = {"name": str(row["host"]), "status": status, "stale": status == "UNREACHABLE",
+                            "timeline": timeline(history, now, span), "bars": [], "problems": [], "recent": [],
+                            "maintenance": None, "version": row.get("version"), "error": row.get("error") or "",
+                            "last_seen_local": "never", "last_seen_ago": "", "last_known": "none",
+                            "last_attempt_local": "never"}
+    try:
+        last_seen = row.get("last_seen")
+        view["last_seen_local"] = local_time(last_seen) if last_seen else "never"
+        view["last_seen_ago"] = row.get("last_seen_ago")
+        view["last_known"] = _known(row.get("last_known_status")) if row.get("last_known_status") else "none"
+        view["last_attempt_local"] = local_time(row["last_attempt"]) if row.get("last_attempt") else "never"
+        view["problems"] = [f"{f.get('code')}: {f.get('summary')}" for f in row["findings"]
+                            if f.get("severity") not in ("OK", "INFO")]
+        view["bars"] = bars(report, row.get("maintenance"))
+        view["recent"] = recent_maintenances(summary)
+        active = row.get("maintenance")
+        if isinstance(active, dict):
+            view["maintenance"] = {"phase": active.get("phase"), "reason": active.get("reason"),
+                                   "reboot_local": _iso_local(active.get("reboot_at_utc"))}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        view.update(status="UNKNOWN", problems=[f"cannot show this host: {type(err).__name__}"], bars=[], recent=[])
+    return view
+
+
+def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status", span: float = 30 * 86400.0,
+         extra: dict[str, dict[str, Any]] | None = None) -> str:
+    """The status page: hosts by inventory group, worst first, each with its history, progress and
+    recent maintenances.  ``extra``: per host, its ``history``, last ``report`` and maintenance
+    ``summary`` from the store."""
+    import jinja2
+
+    extra = extra or {}
     counts = {state: sum(1 for r in rows if _known(r["status"]) == state) for state in STATUS_ORDER}
     worst = next((s for s in STATUS_ORDER if counts[s]), "OK")
-    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-    body = [_host_row(row) for row in sorted(rows, key=lambda r: (STATUS_ORDER.index(_known(r["status"])),
-                                                                    str(r["host"])))]
-    planned = [r for r in rows if r["maintenance"]]
+    views = {str(r["host"]): host_view(r, extra.get(str(r["host"]), {}).get("history", []),
+                                       extra.get(str(r["host"]), {}).get("report"),
+                                       extra.get(str(r["host"]), {}).get("summary"), now, span) for r in rows}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        for group in (row.get("groups") or ["ungrouped"]):
+            groups.setdefault(str(group), []).append(views[str(row["host"])])
+    def rank(view: dict[str, Any]) -> tuple[int, str]:
+        return STATUS_ORDER.index(view["status"]), view["name"]
 
-    def cell(row: dict[str, Any], key: str) -> str:  # the host's own words: shown escaped, whatever they are
-        return html.escape(str(row["maintenance"].get(key, "-")))
-
-    def guests(row: dict[str, Any]) -> int:
-        listed = row["maintenance"].get("guests")
-        return len(listed) if isinstance(listed, (list, dict)) else 0
-
-    maintenance = "".join(
-        f'<tr class="maintenance"><td>{html.escape(str(r["host"]))}</td><td>{cell(r, "phase")}</td>'
-        f'<td>{cell(r, "reboot_at")}</td><td>{cell(r, "reason")}</td>'
-        f'<td>{guests(r)}</td></tr>' for r in planned) or \
-        '<tr><td colspan="5">No maintenance planned.</td></tr>'
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="60">
-<title>{html.escape(title)}: {worst}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1f2328; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-td, th {{ border-bottom: 1px solid #d0d7de; padding: 0.3em 0.8em; text-align: left; vertical-align: top; }}
-.status {{ font-weight: bold; }}
-#overall {{ color: {COLOURS[worst]}; }}
-</style></head><body>
-<h1>{html.escape(title)}: <span id="overall">{worst}</span></h1>
-<p>{len(rows)} hosts: {html.escape(summary or "none")}. Updated {_when(now)}.</p>
-<h2>Hosts</h2>
-<table id="hosts"><tr><th>host</th><th>status</th><th>open</th><th>last seen</th><th>agent</th><th>problems</th></tr>
-{"".join(body)}
-</table>
-<h2>Planned maintenance</h2>
-<table id="maintenance"><tr><th>host</th><th>phase</th><th>reboot at</th><th>reason</th><th>guests</th></tr>
-{maintenance}
-</table>
-<p>Machine-readable: <a href="fleet.json">fleet.json</a></p>
-</body></html>
-"""
+    ordered: list[dict[str, Any]] = []
+    for name in sorted(groups, key=lambda g: (g == "ungrouped", g)):  # the hosts without a group last
+        ordered.append({"name": name, "hosts": sorted(groups[name], key=rank)})
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                                     lstrip_blocks=True)
+    template = environment.from_string(TEMPLATE.read_text())
+    days = span / 86400
+    return template.render(
+        title=title, worst=worst, colours=COLOURS, hosts=rows, groups=ordered, legend=STATUS_ORDER[1:],
+        summary=", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n),
+        now_iso=dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds"), now_local=local_time(now),
+        zone=dt.datetime.fromtimestamp(now).astimezone().strftime("%Z, UTC%z"),
+        span_text=f"{days:g} days" if days >= 2 else f"{span / 3600:g} hours")
 
 
-def write_page(directory: str, rows: list[dict[str, Any]], now: float) -> list[Path]:
+def write_page(directory: str, rows: list[dict[str, Any]], now: float,
+               extra: dict[str, dict[str, Any]] | None = None, span: float = 30 * 86400.0) -> list[Path]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     document = {"schema": "hostagent.fleet/1", "generated_at": now, "hosts": rows}
     write_atomic(out / "fleet.json", json.dumps(document, indent=2) + "\n")
-    write_atomic(out / "index.html", page(rows, now))
+    write_atomic(out / "index.html", page(rows, now, span=span, extra=extra))
     return [out / "index.html", out / "fleet.json"]
+
+
+def page_extra(store: Any, rows: list[dict[str, Any]], now: float, span: float) -> dict[str, dict[str, Any]]:
+    """Per host, what the page draws beyond its status row: the kept history, the last report and
+    the maintenance summary the host last gave."""
+    states = {s.name: s for s in store.hosts()}
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        name = str(row["host"])
+        state = states.get(name)
+        summary = (state.maintenance or {}).get("maintenance") if state is not None else None
+        found[name] = {"history": store.history_since(name, now - span), "report": store.latest_report(name),
+                       "summary": summary if isinstance(summary, dict) else None}
+    return found
 
 
 def label_value(state: str) -> str:

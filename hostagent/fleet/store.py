@@ -89,6 +89,23 @@ class FleetStore:
             return list(self._db.execute("SELECT at, status FROM reports WHERE host=? ORDER BY at DESC LIMIT ?",
                                          (name, limit)).fetchall())
 
+    def history_since(self, name: str, since: float) -> list[tuple[float, str]]:
+        """(time, status) of every kept report of the host since ``since``, oldest first."""
+        with self._lock:
+            return list(self._db.execute("SELECT at, status FROM reports WHERE host=? AND at >= ? ORDER BY at",
+                                         (name, since)).fetchall())
+
+    def latest_report(self, name: str) -> dict[str, Any] | None:
+        """The host's last report as it sent it, or None (never polled, or a row that is not JSON)."""
+        with self._lock:
+            row = self._db.execute("SELECT report FROM reports WHERE host=? ORDER BY at DESC LIMIT 1",
+                                   (name,)).fetchone()
+        try:
+            report = json.loads(row[0]) if row else None
+        except ValueError:
+            return None
+        return report if isinstance(report, dict) else None
+
     def forget(self, names: set[str]) -> None:
         """Hosts no longer in the inventory."""
         with self._lock:

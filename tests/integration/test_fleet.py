@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -221,8 +225,8 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
                            "--window-size=1100,700", *args], capture_output=True, text=True, timeout=120)
 
 
-def png_colours(path: Path) -> set[tuple[int, int, int]]:
-    """Every colour of an 8-bit RGB or RGBA, non-interlaced PNG (what Chromium writes)."""
+def png_rows(path: Path) -> list[list[tuple[int, int, int]]]:
+    """The pixels of an 8-bit RGB or RGBA, non-interlaced PNG (what Chromium writes), row by row."""
     import struct
     import zlib
 
@@ -241,7 +245,7 @@ def png_colours(path: Path) -> set[tuple[int, int, int]]:
     assert depth == 8 and colour_type in (2, 6)
     channels = 3 if colour_type == 2 else 4
     raw, stride = zlib.decompress(chunks), width * channels
-    previous, colours = bytearray(stride), set()
+    previous, rows = bytearray(stride), []
     for row in range(height):
         kind, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:(row + 1) * (stride + 1)])
         for i in range(stride):
@@ -257,29 +261,126 @@ def png_colours(path: Path) -> set[tuple[int, int, int]]:
                 p = left + up - corner
                 pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
                 line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
-        colours.update(tuple(line[i:i + 3]) for i in range(0, stride, channels))  # type: ignore[misc]
+        rows.append([tuple(line[i:i + 3]) for i in range(0, stride, channels)])  # type: ignore[misc]
         previous = line
-    return colours
+    return rows
 
 
-def test_the_status_page_renders_in_a_browser(fleet: SshFleet, tmp_path: Path) -> None:
-    config = controller_config(fleet, tmp_path, extra='limit = ["hv1", "hv2", "hv5"]\n')
-    hostagent("--config", str(config), "fleet", "poll")
-    out = tmp_path / "page"
-    assert hostagent("--config", str(config), "fleet", "page", "--out", str(out)).returncode == 0
-    document = json.loads((out / "fleet.json").read_text())
-    assert {h["host"]: h["status"] for h in document["hosts"]}["hv5"] == "UNREACHABLE"
-    dom = chromium("--dump-dom", (out / "index.html").as_uri()).stdout
-    import re
+def rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
-    rows = dict(re.findall(r'<tr class="host" data-host="([^"]+)" data-status="([^"]+)"', dom))
-    assert rows["hv2"] == "CRITICAL" and rows["hv5"] == "UNREACHABLE" and rows["hv1"] != "UNREACHABLE"
-    assert '<span id="overall">UNREACHABLE</span>' in dom and "garbage reply" in dom
-    shot = tmp_path / "page.png"
-    result = chromium(f"--screenshot={shot}", (out / "index.html").as_uri())
+
+def bar_fraction(rows: list[list[tuple[int, int, int]]], fill: tuple[int, int, int],
+                 track: tuple[int, int, int]) -> tuple[float, int]:
+    """On the first pixel row crossing a progress bar: the filled share of it, and where it ends."""
+    for row in rows:
+        if fill in row:
+            start = row.index(fill)
+            end = start
+            while end < len(row) and row[end] in (fill, track):
+                end += 1
+            return row[start:end].count(fill) / (end - start), end
+    raise AssertionError(f"no bar of colour {fill} on the page")
+
+
+def card_columns(rows: list[list[tuple[int, int, int]]], borders: set[tuple[int, int, int]]) -> set[int]:
+    """The x where host cards start: their 6-pixel left border in a status colour, running down the
+    card for at least 60 pixels (the timeline's cells and the badges are shorter)."""
+    runs: dict[int, int] = {}  # x -> how many rows in a row it has been a border start
+    found = set()
+    for row in rows:
+        starts = {x for x in range(1, len(row) - 7) if row[x] in borders and row[x - 1] != row[x]
+                  and all(row[x + i] == row[x] for i in range(6)) and row[x + 6] != row[x]}
+        runs = {x: runs.get(x, 0) + 1 for x in starts}
+        found |= {x for x, length in runs.items() if length >= 60}
+    return found
+
+
+def chromium_shot(page: Path, width: int, height: int, shot: Path) -> list[list[tuple[int, int, int]]]:
+    result = chromium(f"--window-size={width},{height}", f"--screenshot={shot}", page.as_uri())
     assert shot.exists(), result.stderr
-    colours = png_colours(shot)
-    assert (0xCF, 0x22, 0x2E) in colours  # the red of CRITICAL and UNREACHABLE is on screen
+    rows = png_rows(shot)
+    assert (len(rows[0]), len(rows)) == (width, height)
+    return rows
+
+
+def test_the_fleet_page_draws_groups_history_progress_maintenances_and_stale_hosts(
+        fleet: SshFleet, tmp_path: Path) -> None:
+    """Headless Chromium at desktop (1280 px) and phone (390 px) width, from the fleet of real sshds:
+    a rebuild at 62.5% on hv3, a finished maintenance with its guests' downtime, 30 days of history,
+    and hv5 unreachable with its last known state shown as stale."""
+    from hostagent.fleet.publish import COLOURS
+    from hostagent.fleet.store import FleetStore
+    from hostagent.maintenance.journal import GuestRecord, Journal, JournalStore
+
+    hv = {h.name: h for h in fleet.hosts}
+    root = tmp_path / "rebuilding"  # the real example, its rebuild moved on to 62.5%
+    shutil.copytree(REPO / "examples/hosts/degraded-recovering", root)
+    mdstat = root / "proc/mdstat"
+    mdstat.write_text(mdstat.read_text().replace("recovery =  0.4% (1024/208704)", "recovery = 62.5% (130440/208704)"))
+    ended = time.time() - 2 * 86400
+    done = Journal.new(ended, "kernel 6.1.0-28", ["web1", "db1"])
+    done = dataclasses.replace(done, phase="done", guests={
+        "web1": GuestRecord("web1", "running", save_started=ended, running_again=ended + 38, outcome="restored"),
+        "db1": GuestRecord("db1", "running", save_started=ended, running_again=ended + 131, outcome="restored")})
+    JournalStore(hv["hv3"].state / "maintenance").create(done)  # as the agent's own maintenance left it
+    hv["hv3"].start_agent(root=str(root))
+    try:
+        inventory = tmp_path / "groups.ini"
+        lines = ["[berlin]"] + [f"{h.name} ansible_host={h.address} ansible_user={USER}" for h in fleet.hosts[:3]]
+        lines += ["[paris]"] + [f"{h.name} ansible_host={h.address} ansible_user={USER}" for h in fleet.hosts[4:5]]
+        inventory.write_text("\n".join(lines) + "\n")
+        config = controller_config(fleet, tmp_path)
+        config.write_text(config.read_text().replace(str(tmp_path / "inventory.ini"), str(inventory)))
+        # 30 days of history before today's poll: hv2 was fine until 3 days ago, hv5 last answered WARNING
+        store, now = FleetStore(tmp_path / "fleet-state"), time.time()
+        for days, host, status in ((25, "hv1", "OK"), (20, "hv2", "OK"), (9, "hv5", "OK"), (3, "hv2", "CRITICAL"),
+                                   (2, "hv5", "WARNING")):  # in the order the polls happened
+            store.record_success(host, hv[host].address, (), now - days * 86400, 0.1, "0.1.0",
+                                 {"status": status, "findings": []}, None)
+        assert hostagent("--config", str(config), "fleet", "poll").returncode == 1  # hv5 cannot be polled
+        out = tmp_path / "page"
+        env = {**os.environ, "TZ": "Europe/Berlin"}
+        made = subprocess.run([sys.executable, "-m", "hostagent", "--config", str(config), "fleet", "page", "--out",
+                               str(out)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+        assert made.returncode == 0, made.stderr
+    finally:
+        hv["hv3"].start_agent(root=None)
+    page = out / "index.html"
+    dom = chromium("--dump-dom", page.as_uri()).stdout
+
+    # groups, as the inventory has them, each host's card in its status
+    sections = re.findall(r'<section class="group" data-group="([^"]+)">(.*?)</section>', dom, re.S)
+    hosts_in = {group: re.findall(r'data-host="([^"]+)" data-status="([^"]+)"', body) for group, body in sections}
+    assert [g for g, _ in sections] == ["berlin", "paris"]
+    assert dict(hosts_in["berlin"])["hv2"] == "CRITICAL" and dict(hosts_in["paris"]) == {"hv5": "UNREACHABLE"}
+    assert hosts_in["berlin"][0][0] == "hv2"  # worst first
+    # the stale host keeps its last known state
+    hv5 = dom[dom.index('data-host="hv5"'):]
+    hv5 = hv5[:hv5.index("</article>")]
+    assert "last known state WARNING" in hv5 and "(stale)" in hv5 and 'class="host stale"' in dom
+    # history: hv2's 60 cells end in CRITICAL days ago and today, with OK before and gaps without reports
+    hv2 = dom[dom.index('data-host="hv2"'):]
+    cells = re.findall(r'<span data-status="([^"]+)"', hv2[:hv2.index("</article>")])
+    assert len(cells) == 60 and cells[-1] == "CRITICAL" and "OK" in cells[:40] and "none" in cells
+    assert cells.index("OK") < cells.index("CRITICAL")
+    # the rebuild, and the finished maintenance with each guest's downtime, in local time with its zone
+    assert re.search(r'data-kind="resync" data-percent="62\.5"', dom) and "md0 recover: 62.5%" in dom
+    assert 'data-guest="db1">db1 2 min 11 s' in dom and 'data-guest="web1">web1 38 s' in dom
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d CES?T", dom), "local times with their zone"
+
+    borders = {rgb(COLOURS[s]) for s in ("OK", "WARNING", "CRITICAL", "UNREACHABLE", "UNKNOWN")}
+    fill, track = rgb("#218bff"), rgb("#d8dee4")  # the resync bar: a colour nothing else on the page has
+    desktop = chromium_shot(page, 1280, 1400, tmp_path / "desktop.png")
+    share, _ = bar_fraction(desktop, fill, track)
+    assert 0.58 < share < 0.67, share  # the bar is drawn 62.5% full
+    assert len(card_columns(desktop, borders)) >= 2  # cards side by side
+    assert rgb(COLOURS["CRITICAL"]) in {p for row in desktop for p in row}
+
+    phone = chromium_shot(page, 390, 2400, tmp_path / "phone.png")
+    share, end = bar_fraction(phone, fill, track)
+    assert 0.58 < share < 0.67 and end <= 390, (share, end)  # the whole bar fits the screen
+    assert len(card_columns(phone, borders)) == 1  # one column on a phone
 
 
 def test_a_dropped_connection_is_reopened_on_the_next_poll(fleet: SshFleet, tmp_path: Path) -> None:
@@ -364,3 +465,22 @@ def test_fleet_metrics_pass_promtool_with_lower_case_labels(fleet: SshFleet, tmp
                                             "maintenance", "info", "ok"}
     assert label_values(text, "severity") == {"critical", "unknown", "warning", "info"}
     assert 'hostagent_fleet_host_status{host="hv2",status="critical"} 1' in text
+
+
+def test_progress_bars_for_self_tests_and_saves_and_hosts_words_escaped() -> None:
+    from hostagent.fleet.publish import bars, page
+
+    report = {"inventory": {"arrays": [{"name": "md1", "sync": {"action": "idle", "progress": None}}]},
+              "checks": [{"name": "smart", "readings": {"sda": {"selftest_percent_done": 40, "temperature_celsius": 30},
+                                                        "sdb": {"temperature_celsius": 31}}}]}
+    active = {"phase": "saving", "guests": {"a": {"state": "saved"}, "b": {"state": "saving"},
+                                            "c": {"state": "planned"}, "d": {"state": "skipped"}}}
+    assert [(b["kind"], b["label"], b["percent"], b["detail"]) for b in bars(report, active)] == [
+        ("selftest", "sda self-test", 40.0, ""), ("save", "saving guests", 50.0, "2 of 4")]
+    assert bars(None, None) == [] and bars({"inventory": "not a table", "checks": [1]}, {"phase": "saving"}) == []
+    row = {"host": "hv<1>", "status": "CRITICAL", "groups": ["<b>rack</b>"], "reachable": True, "open_findings": 1,
+           "findings": [{"code": "md.degraded", "severity": "CRITICAL", "summary": "<script>alert(1)</script>"}],
+           "last_seen": 1.0, "last_seen_ago": "1 s ago", "version": "0.1.0", "error": None, "maintenance": None}
+    html = page([row], 2.0)
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'data-host="hv&lt;1&gt;"' in html and "&lt;b&gt;rack&lt;/b&gt;" in html

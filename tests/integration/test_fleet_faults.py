@@ -106,7 +106,7 @@ def test_fleet_watch_keeps_polling_paging_and_alerting_past_every_bad_host(fleet
     assert rows["hv1"]["status"] == "CRITICAL" and rows["hv1"]["reachable"]
     assert all(rows[name]["status"] == "UNREACHABLE" for name in [*BAD_REPLIES, OVERSIZE])
     html = (page / "index.html").read_text()
-    assert html.count('class="host"') == HOSTS
+    assert html.count('<article class="host') == HOSTS
     metrics = prom.read_text()
     assert 'hostagent_fleet_host_up{host="hv1"} 1' in metrics and 'hostagent_fleet_host_up{host="hv4"} 0' in metrics
 
