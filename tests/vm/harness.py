@@ -390,7 +390,6 @@ class VM:
         """The guest server's first message.  UEFI firmware writes its console to every serial port,
         the command port too, until the kernel takes them over: what comes before the first JSON
         object is the firmware's."""
-        assert self._cmd is not None
         deadline = time.monotonic() + timeout
         while True:
             while b"\n" in self._buffer:
@@ -399,36 +398,30 @@ class VM:
                     self._buffer = line[line.index(b'{"'):] + b"\n" + rest
                     return self._read_message(1)
                 self._buffer = rest
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise VMError(f"no answer from the VM within {timeout:g} s; console:\n{self.console[-3000:]}")
-            self._cmd.settimeout(remaining)
-            try:
-                chunk = self._cmd.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                raise VMError(f"the VM closed its command port; console:\n{self.console[-3000:]}")
-            self._buffer += chunk
+            self._receive(deadline, timeout)
 
     def _read_message(self, timeout: float) -> dict[str, Any]:
-        assert self._cmd is not None
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise VMError(f"no answer from the VM within {timeout:g} s; console:\n{self.console[-3000:]}")
-            self._cmd.settimeout(remaining)
-            try:
-                chunk = self._cmd.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                raise VMError(f"the VM closed its command port; console:\n{self.console[-3000:]}")
-            self._buffer += chunk
+            self._receive(deadline, timeout)
         line, self._buffer = self._buffer.split(b"\n", 1)
         message: dict[str, Any] = json.loads(line)
         return message
+
+    def _receive(self, deadline: float, timeout: float) -> None:
+        """Whatever the command port has by ``deadline``, added to the buffer."""
+        assert self._cmd is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise VMError(f"no answer from the VM within {timeout:g} s; console:\n{self.console[-3000:]}")
+        self._cmd.settimeout(remaining)
+        try:
+            chunk = self._cmd.recv(65536)
+        except TimeoutError:
+            return
+        if not chunk:
+            raise VMError(f"the VM closed its command port; console:\n{self.console[-3000:]}")
+        self._buffer += chunk
 
     def run(self, cmd: str, timeout: float = 60, check: bool = True) -> Result:
         """Run a shell command inside the VM."""
