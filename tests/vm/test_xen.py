@@ -319,6 +319,9 @@ def test_mdadm_monitor_hands_a_failed_member_to_hostagent_and_only_hostagent_mai
     conf = ssh_ok(dom0, "cat /etc/mdadm/mdadm.conf")
     assert f"PROGRAM {HOSTAGENT}-md-event" in conf.splitlines(), conf
     assert not [line for line in conf.splitlines() if line.startswith("MAILADDR")], conf
+    # smartd, as the role leaves it by default: monitoring, without mail
+    devicescan = ssh_ok(dom0, "grep '^DEVICESCAN' /etc/smartd.conf").strip()
+    assert devicescan == "DEVICESCAN -d removable -n standby -m <nomailx>", devicescan
     ssh_ok(dom0, "mdadm --create /dev/md9 --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean "
                  "/dev/vdb /dev/vdc")
     # udev starts mdmonitor.service for a new mirror (63-md-raid-arrays.rules), with the role's mdadm.conf
