@@ -8,6 +8,7 @@ event loop running in a thread; only one process may hold an embed root at a tim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -155,6 +156,12 @@ class LibvirtHypervisor(Hypervisor):
 
     def resume_paused(self, name: str) -> bool:
         domain = self._domain(name)
+        if not self.xen:
+            # A fresh connection reconnects to running QEMUs in threads, each holding the domain's job
+            # until it has read QEMU's real status; until then state() can still say "running" for a
+            # guest whose interrupted save left it paused.  A query that must take the job waits that out.
+            with contextlib.suppress(self._libvirt.libvirtError):
+                domain.memoryStats()
         state, reason = self._call(name, "state", domain.state)
         if state != self._libvirt.VIR_DOMAIN_PAUSED:
             return False
