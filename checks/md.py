@@ -188,6 +188,11 @@ def _format_eta(seconds: int | None) -> str:
 
 def _sync(array: MdArray) -> list[Finding]:
     sync = array.sync
+    if sync.action == "recover" and sync.progress is None and not any(
+            "rebuilding" in m.states or "spare" in m.states for m in array.members):
+        # md sets "recover" for a moment after a member fails, finds no spare to rebuild onto and
+        # drops it: a finding would be mailed and resolved within a second (seen on a Xen dom0)
+        return []
     if sync.action in ("resync", "recover", "reshape"):
         pct = "unknown progress" if sync.progress is None else f"{sync.progress:.1%} done"
         speed = "" if sync.speed_kbps is None else f", {sync.speed_kbps} KiB/s"

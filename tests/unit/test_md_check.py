@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
 import pytest
@@ -267,3 +268,15 @@ def test_spares_missing_against_expected_count() -> None:
     missing = md.evaluate(merged, md.Config(expected_spares=MappingProxyType({"*": 2})))
     assert [(f.code, f.severity) for f in missing] == [("md.spares_missing", Severity.WARNING)]
     assert "1 hot spare(s), 2 expected" in missing[0].summary
+
+
+def test_a_recovery_with_nothing_to_rebuild_onto_is_md_passing_through() -> None:
+    """Right after a member fails, md sets sync_action "recover" until it finds no spare: that moment
+    is no finding (it would be mailed, then resolved within a second); a real rebuild still is."""
+    failed = dataclasses.replace(array("raid1", 2, (1,)), sync=MdSync("recover"))
+    assert "md.recovering" not in [f.code for f in md.evaluate(failed, md.Config())]
+    onto = MdMember("sdc1", 1, ("spare",))
+    rebuilding = dataclasses.replace(failed, members=(MdMember("sda1", 0, ("in_sync",)), onto))
+    assert "md.recovering" in [f.code for f in md.evaluate(rebuilding, md.Config())]
+    with_progress = dataclasses.replace(failed, sync=MdSync("recover", progress=0.1))
+    assert "md.recovering" in [f.code for f in md.evaluate(with_progress, md.Config())]
