@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hostagent.errors import HostagentError
 from hostagent.output import write_atomic
 
 STATUS_ORDER = ("MAINTENANCE OVERRUN", "UNREACHABLE", "CRITICAL", "UNKNOWN", "WARNING", "MAINTENANCE", "INFO", "OK")
@@ -140,7 +141,10 @@ def page(rows: list[dict[str, Any]], now: float, title: str = "Fleet status", sp
     """The status page: hosts by inventory group, worst first, each with its history, progress and
     recent maintenances.  ``extra``: per host, its ``history``, last ``report`` and maintenance
     ``summary`` from the store."""
-    import jinja2
+    try:
+        import jinja2
+    except ImportError:
+        raise HostagentError("the status page needs jinja2: install hostagent[controller]") from None
 
     extra = extra or {}
     counts = {state: sum(1 for r in rows if _known(r["status"]) == state) for state in STATUS_ORDER}
