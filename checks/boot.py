@@ -9,14 +9,13 @@ ESP contents that match across members, and a firmware boot entry for every ESP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from checks.hung import disk_is_hung
 from hostagent.context import CheckContext
 from hostagent.errors import HostagentError, ParseError
 from hostagent.host import DeviceReader, Host
 from hostagent.inventory import MdArray
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.records import field, record
 from hostagent.sources.blockdev import parent_disks
 from hostagent.sources.bootcode import BootCode, grub_core_present, identify
 from hostagent.sources.efiboot import BootEntry, parse_efibootmgr
@@ -40,14 +39,14 @@ ESP_COPY = "/run/hostagent/esp-copy"  # where an ESP sync stages the good EFI di
 MTOOLS = ("env", "MTOOLS_SKIP_CHECK=1")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     enabled: bool = True
     arrays: tuple[str, ...] = ()
     timeout: float = 10.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Esp:
     partition: Partition
     device: str  # /dev/sda1
@@ -59,7 +58,7 @@ class Esp:
         return efi_loaders(self.files)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskBoot:
     disk: str
     table: PartitionTable | None = None

@@ -9,13 +9,12 @@ good disk or hangs (the Linux RAID wiki's "timeout mismatch").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hostagent.context import CheckContext
 from hostagent.errors import ParseError, ProbeUnavailable
 from hostagent.host import sysfs_write
 from hostagent.inventory import REDUNDANT_LEVELS
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.records import record
 from hostagent.sources.blockdev import Disk
 from hostagent.sources.smartctl import Scterc, parse_scterc
 
@@ -25,14 +24,14 @@ ERC_TRANSPORTS = ("ata", "usb")
 ERC_DECISECONDS = 70  # 7.0 s: what RAID-edition drives ship with
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     enabled: bool = True
     timeout: float = 30.0
     min_kernel_timeout: int = 180
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ErcState:
     disk: Disk
     arrays: tuple[str, ...]

@@ -17,7 +17,6 @@ timeout instead of retrying it.  The daemon samples the counters every second
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +24,7 @@ from hostagent.context import CheckContext
 from hostagent.inventory import MdArray, MdMember
 from hostagent.model import Finding, Remedy, Severity
 from hostagent.names import disk_of_partition
+from hostagent.records import record
 from hostagent.sources.blockdev import parent_disks
 from hostagent.sources.blockstat import BlockStat, read_blockstat
 from hostagent.sources.kmsg import about, read_kmsg
@@ -37,7 +37,7 @@ DESCRIPTION = "md members whose I/O does not complete (hung), or completes far s
 DIRECTIONS = ("reads", "writes")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     enabled: bool = True
     hung_after: float = 20.0
@@ -50,7 +50,7 @@ class Config:
     slow_min_ms: float = 500.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Observation:
     device: str
     stuck_s: float  # in-flight I/O with no completion for this long

@@ -7,19 +7,19 @@ has no redundant copy left, WARNING while every block still has one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from hostagent.context import CheckContext
 from hostagent.inventory import MdArray
 from hostagent.model import Finding, Remedy, Severity
 from hostagent.names import disk_of_partition
+from hostagent.records import field, record
 
 NAME = "md"
 DESCRIPTION = "Linux md arrays: redundancy, failed members, rebuilds, read-only state, mismatches"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     enabled: bool = True
     ignore_arrays: tuple[str, ...] = ()

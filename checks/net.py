@@ -12,11 +12,11 @@ ExaBGP.  The daemon applies them only when ``mitigate = "apply"`` (hostagent.com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from hostagent.context import CheckContext
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.records import record
 from hostagent.sources.netproc import (
     NETSTAT_PATH,
     SNMP_PATH,
@@ -34,7 +34,7 @@ TCPEXT_KEYS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "SyncookiesRe
 MAX_SAMPLE_GAP = 600.0  # s: an older previous sample (the agent was stopped) gives no rates
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     enabled: bool = True
     syn_recv_warning: int = 256  # half-open connections on one local address and port
@@ -61,7 +61,7 @@ class Config:
     never_block: tuple[str, ...] = ()  # prefixes never blackholed (management, monitoring, upstream)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rates:
     """Per-second rates between the previous run and this one."""
 

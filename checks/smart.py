@@ -8,7 +8,6 @@ with a per-disk baseline in the state store; the first run sets the baseline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from checks.hung import disk_is_hung
@@ -16,6 +15,7 @@ from hostagent.context import CheckContext
 from hostagent.errors import ParseError, ProbeUnavailable
 from hostagent.inventory import Membership
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.records import record
 from hostagent.selftest import DEFAULT_SCHEDULE
 from hostagent.sources.blockdev import NO_SMART_TRANSPORTS, Disk
 from hostagent.sources.smartctl import (
@@ -31,7 +31,7 @@ DESCRIPTION = "SMART health of every disk, with growth since the last check and 
 SCAN_NAME = "scan-open.json"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     enabled: bool = True
     timeout: float = 60.0
@@ -47,7 +47,7 @@ class Config:
     selftest_interval: float = 300.0  # s between the daemon's looks: due tests, and how running ones end
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Target:
     """A device smartctl can be pointed at: a disk, or a disk behind a controller."""
 

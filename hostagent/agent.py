@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from hostagent.host import Host
 from hostagent.maintenance.daemon import WAKEUPS, MaintenanceDaemon, has_stored_jobs
 from hostagent.model import CheckResult, Finding, Report, Severity
 from hostagent.output import render_prom, write_atomic
+from hostagent.records import field, record
 from hostagent.rpc import DEFAULT_ALLOW, allowed_verbs
 from hostagent.rpcserver import Answerer, Published, RpcServer, child_command
 from hostagent.runner import innermost_frame, open_state, run_check
@@ -61,7 +61,7 @@ class JournalFormatter(logging.Formatter):
         return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
 
 
-@dataclass
+@record
 class Watcher:
     config_path: str | None
     root: str = "/"

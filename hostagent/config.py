@@ -7,7 +7,6 @@ every problem is reported at once.  A missing file means defaults.  The referenc
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import math
 import os
@@ -15,13 +14,13 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from checks import boot, erc, hung, md, net, smart
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.errors import ConfigError
+from hostagent.records import field, field_names, is_record, record, replace
 from hostagent.selftest import compile_schedule
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
@@ -38,7 +37,7 @@ _BELOW = (("checks.smart.temperature_warning", "checks.smart.temperature_critica
           ("checks.net.mitigation_ttl", "checks.net.mitigation_max_ttl", False))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AgentConfig:
     command_timeout: float = 30.0
     prom_file: str | None = None
@@ -50,13 +49,13 @@ class AgentConfig:
     audit_keep: int = 5  # rotated audit files kept (audit.jsonl.1 ... .N)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DisksConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChecksConfig:
     md: md.Config = field(default_factory=md.Config)
     hung: hung.Config = field(default_factory=hung.Config)
@@ -66,7 +65,7 @@ class ChecksConfig:
     net: net.Config = field(default_factory=net.Config)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WatchConfig:
     md_interval: float = 10.0
     hung_interval: float = 5.0
@@ -77,7 +76,7 @@ class WatchConfig:
     act: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MaintenanceConfig:
     hypervisor: Literal["auto", "xl", "libvirt"] = "auto"  # auto: xl on a Xen dom0 unless uri is xen:
     uri: str = "qemu:///system"
@@ -100,7 +99,7 @@ class MaintenanceConfig:
     owners: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FleetConfig:
     inventory: str = "/etc/hostagent/inventory.ini"
     limit: tuple[str, ...] = ()  # groups or hosts this controller polls (sharding); empty: all
@@ -126,7 +125,7 @@ class FleetConfig:
     rolling_timeout: float = 3600.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     disks: DisksConfig = field(default_factory=DisksConfig)
@@ -182,16 +181,16 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
     problems += _rules(values, source)
     if problems:
         raise ConfigError("\n".join(problems))
-    return dataclasses.replace(values, source=source)
+    return replace(values, source=source)
 
 
 def _fields(value: Any, path: str = "") -> list[tuple[str, Any]]:
     """(dotted path, value) of every field, nested sections included."""
     found: list[tuple[str, Any]] = []
-    for f in dataclasses.fields(value):
-        item = getattr(value, f.name)
-        where = _join(path, f.name)
-        found += _fields(item, where) if dataclasses.is_dataclass(item) else [(where, item)]
+    for name in field_names(value):
+        item = getattr(value, name)
+        where = _join(path, name)
+        found += _fields(item, where) if is_record(item) else [(where, item)]
     return found
 
 
@@ -339,7 +338,7 @@ def _build(cls: Any, data: Any, source: str, path: str, problems: list[str], ski
         problems.append(f"{source}: {where}: expected a table, got {_describe(data)}")
         return cls()
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.name not in skip}
+    fields = {name for name in field_names(cls) if name not in skip}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
@@ -358,7 +357,7 @@ def _convert(value: Any, tp: Any, source: str, path: str, problems: list[str]) -
         problems.append(f"{source}: {path}: {message}")
         return _INVALID
 
-    if dataclasses.is_dataclass(tp):
+    if is_record(tp):
         return _build(tp, value, source, path, problems)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
@@ -371,7 +370,7 @@ def _convert(value: Any, tp: Any, source: str, path: str, problems: list[str]) -
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if not isinstance(value, list):
-            kind = "tables" if dataclasses.is_dataclass(item) else f"{_TYPE_NAMES[item][2:]}s"
+            kind = "tables" if is_record(item) else f"{_TYPE_NAMES[item][2:]}s"
             return bad(f"expected a list of {kind}, got {_describe(value)}")
         items = [_convert(v, item, source, f"{path}[{i}]", problems) for i, v in enumerate(value)]
         return _INVALID if _INVALID in items else tuple(items)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from hostagent.host import Host
 from hostagent.inventory import Inventory
+from hostagent.records import field, record
 from hostagent.state import StateStore
 
 
-@dataclass
+@record
 class CheckContext:
     host: Host
     inventory: Inventory

@@ -26,11 +26,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from checks import boot, erc
+from hostagent import records
 from hostagent.actions import AuditLog, Outcome, Step, perform
 from hostagent.config import Config
 from hostagent.context import CheckContext
@@ -38,6 +38,7 @@ from hostagent.errors import ActionRefused, HostagentError, ParseError, ProbeUna
 from hostagent.host import Host
 from hostagent.inventory import MdArray, read_arrays
 from hostagent.names import disk_of_partition
+from hostagent.records import field, record
 from hostagent.sources.blockdev import Disk, parent_disks, read_disk, read_disks
 from hostagent.sources.smartctl import SelfTestStatus, SmartReport, parse_selftest_status, parse_smartctl
 
@@ -49,7 +50,7 @@ SELFTEST_LIMIT_S = 15 * 60
 MEDIA_ATTRIBUTES = {5: "reallocated sectors", 197: "pending sectors", 198: "offline uncorrectable"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskView:
     """What the operator needs to pull the right disk."""
 
@@ -68,7 +69,7 @@ class DiskView:
         return f"/dev/{self.name}: {model}, serial {serial}, {size}, {slot}{state}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArrayPlan:
     array: str
     number: int  # partition number on every member disk
@@ -77,7 +78,7 @@ class ArrayPlan:
     old_members: tuple[str, ...]  # the old disk's members still listed (faulty): sdb2
 
 
-@dataclass
+@record
 class Plan:
     old: DiskView
     new: DiskView
@@ -247,7 +248,7 @@ def _signatures(host: Host, disk: Disk) -> list[str]:
 # -- vetting -------------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class Vetting:
     verdict: str  # "ok", "doa", "link"
     evidence: list[str]
@@ -505,7 +506,7 @@ class Journal:
 # -- the command ---------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class Replacement:
     plan: Plan
     vetting: Vetting | None
@@ -624,7 +625,7 @@ def _still_missing(host: Host, the_plan: Plan) -> Plan:
     """The plan without the arrays that already hold the new member (an interrupted run added them)."""
     present = {(a.name, m.device) for a in read_arrays(host) for m in a.members if "faulty" not in m.states}
     arrays = [a for a in the_plan.arrays if (a.array, a.new_member) not in present]
-    return dataclasses.replace(the_plan, arrays=arrays)
+    return records.replace(the_plan, arrays=arrays)
 
 
 def follow_resync(host: Host, the_plan: Plan, progress: Callable[[str, str, bool], None],

@@ -18,11 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from hostagent.durable import read_bounded
 from hostagent.errors import CommandTimeout, ParseError, ProbeUnavailable
+from hostagent.records import record
 
 COMMANDS_DIR = "_commands"
 MAX_READ = 8 << 20  # no file or recorded output a check reads is near this: /proc/mdstat of 1,000 arrays is ~200 KiB
@@ -58,7 +58,7 @@ def sysfs_write(path: str, value: str) -> tuple[str, str, str]:
     return (SYSFS_WRITE, path, value)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CommandResult:
     argv: tuple[str, ...]
     returncode: int

@@ -7,12 +7,12 @@ lacks (speed and finish estimates, or everything when only mdstat was captured).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
 from math import gcd
 from typing import Any
 
 from hostagent.errors import HostagentError
 from hostagent.host import Host
+from hostagent.records import record, replace
 from hostagent.sources.blockdev import Disk, parent_disks, read_disks
 from hostagent.sources.mdstat import MdstatArray, read_mdstat
 from hostagent.sources.mdsysfs import SysfsArray, list_md_sysfs, read_md_sysfs
@@ -22,7 +22,7 @@ _MDSTAT_ACTION = {"recovery": "recover", "remote": "resync"}
 REDUNDANT_LEVELS = ("raid1", "raid4", "raid5", "raid6", "raid10", "multipath")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MdMember:
     device: str
     slot: int | None
@@ -38,7 +38,7 @@ class MdMember:
         return "/dev/" + self.device.replace("!", "/")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MdSync:
     action: str  # idle, resync, recover, check, repair, reshape, delayed, pending, frozen
     progress: float | None = None
@@ -50,7 +50,7 @@ class MdSync:
         return self.action in ("resync", "recover", "check", "repair", "reshape")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MdArray:
     name: str
     level: str | None
@@ -335,7 +335,7 @@ def read_arrays(host: Host) -> list[MdArray]:
     return arrays
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Membership:
     """One md member that lives on a disk."""
 

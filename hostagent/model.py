@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
+
+from hostagent.records import field, record
 
 REPORT_SCHEMA = "hostagent.report/1"
 
@@ -36,7 +37,7 @@ class Severity(enum.Enum):
         return max(severities, key=lambda s: s.rank, default=cls.OK)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Remedy:
     """What to do about a finding, why, and the exact commands (argv lists)."""
 
@@ -48,7 +49,7 @@ class Remedy:
         return {"what": self.what, "why": self.why, "commands": [list(c) for c in self.commands]}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Finding:
     code: str
     check: str
@@ -77,7 +78,7 @@ class Finding:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CheckResult:
     """One check's outcome: its findings, how long it took, and the error if it failed."""
 
@@ -121,7 +122,7 @@ class CheckResult:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Report:
     hostname: str
     root: str

@@ -14,10 +14,10 @@ import os
 import random
 import re
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from hostagent.host import Host
+from hostagent.records import record
 from hostagent.state import StateStore
 
 PROBE_BYTES = 4096
@@ -26,7 +26,7 @@ _COPIED = re.compile(r"copied, ([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?) s")  # coreut
 _ENV = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProbeStatus:
     outstanding_s: float | None  # how long the current probe has been running, None if none is
     last_ok: bool | None = None

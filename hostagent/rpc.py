@@ -27,11 +27,11 @@ import re
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from hostagent.errors import HostagentError
+from hostagent.records import field, record
 
 SCHEMA = "hostagent.rpc/1"
 SOCKET_PATH = "/run/hostagent/rpc.sock"
@@ -58,7 +58,7 @@ class Refused(HostagentError):
     """A request that is not run: its reason goes back as the JSON error."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     verb: str
     options: dict[str, str | bool] = field(default_factory=dict)

@@ -24,12 +24,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hostagent import __version__
 from hostagent.errors import HostagentError
+from hostagent.records import field, record
 from hostagent.rpc import DEFAULT_ALLOW, MAX_REQUEST, SCHEMA, Refused, Request, parse_request, refusal, shown
 
 log = logging.getLogger("hostagent")
@@ -38,7 +38,7 @@ CONNECTIONS = 8  # answered at once; more wait in the listen backlog
 CHILD_TIMEOUT = 540.0
 
 
-@dataclass
+@record
 class Published:
     """What the daemon last published, swapped whole by the main thread after each cycle."""
 
@@ -47,7 +47,7 @@ class Published:
     disks: dict[str, Any] | None = None
 
 
-@dataclass
+@record
 class Answerer:
     """Answers validated requests.  ``child`` is the argv prefix of ``hostagent`` for acting verbs."""
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+
+from hostagent.records import record
 
 DEFAULT_SCHEDULE = "(S/../.././02|L/../../6/03)"
 KINDS = {"L": "long", "S": "short"}  # the letters smartd's -s knows that every transport runs
@@ -53,7 +54,7 @@ def due(schedule: re.Pattern[str], after: float, until: float) -> list[tuple[flo
     return found
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Decision:
     start: tuple[tuple[str, str], ...]  # (disk, kind), in the order to start them
     waiting: dict[str, str]  # disk -> why it waits

@@ -10,18 +10,18 @@ import json
 import os
 import pwd
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hostagent.durable import exclusive, fsync_directory
 from hostagent.errors import ActionRefused, HostagentError
 from hostagent.host import Host
+from hostagent.records import record
 
 AUDIT_FILE = "audit.jsonl"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     action: str  # e.g. "disk.tune"
     subject: str  # e.g. "sda"
@@ -30,7 +30,7 @@ class Step:
     stdin: str | None = None  # the command's input, e.g. a partition table for sfdisk
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Outcome:
     step: Step
     applied: bool

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from hostagent.actions import AuditLog, Outcome, Step, perform
 from hostagent.errors import ActionRefused
 from hostagent.host import Host, sysfs_write
 from hostagent.inventory import MdArray, MdMember, read_arrays
 from hostagent.names import is_kernel_name
+from hostagent.records import record
 from hostagent.sources.blockdev import parent_disks, read_disk
 from hostagent.sources.blockstat import read_blockstat
 
@@ -34,7 +34,7 @@ SETTLE_MAX = 120.0  # s the ladder (and so the daemon's loop) waits at most befo
 SD_FLUSH_TIMEOUT_MULTIPLIER = 2  # drivers/scsi/sd.h: a cache flush may take twice device/timeout
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceLayer:
     """How to error out I/O held below md.  ``steps`` always run; ``fallback`` runs only if the
     member still holds I/O ``settle`` seconds later.  A SCSI disk taken offline has its held

@@ -25,7 +25,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from hostagent.actions import AuditLog, Outcome, Step, perform
 from hostagent.durable import write_durable
 from hostagent.errors import ActionRefused, HostagentError, ProbeUnavailable
 from hostagent.host import Host
+from hostagent.records import record
 
 MITIGATIONS_FILE = "mitigations.json"
 WIDEST = {4: 16, 6: 32}
@@ -43,7 +44,7 @@ Kind = Literal["blackhole", "announce"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mitigation:
     kind: Kind
     prefix: str
@@ -60,7 +61,7 @@ class Mitigation:
         return {"id": self.id, **asdict(self)}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Result:
     """What one mitigation command did: the mitigation, the steps or pipe lines, and any error."""
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hostagent.actions import AuditLog
 from hostagent.errors import HostagentError, ParseError
 from hostagent.host import Host
+from hostagent.records import record
 from hostagent.selftest import HOUR, KINDS, Decision, due, merge_due, plan
 from hostagent.sources.smartctl import SelfTestStatus, parse_selftest_status
 from hostagent.state import StateStore
@@ -57,7 +57,7 @@ class Smartctl:
         return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tick:
     decision: Decision
     started: tuple[tuple[str, str], ...]  # (disk, kind)

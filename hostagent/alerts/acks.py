@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from hostagent.errors import HostagentError
+from hostagent.records import record
 from hostagent.state import StateStore
 
 PREFIX = "ack."
@@ -23,7 +24,7 @@ _SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*(m|min|h|d|w)")
 _UNIT = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Ack:
     code: str
     subject: str

@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -30,6 +29,7 @@ from hostagent.alerts.state import Alert
 from hostagent.durable import fsync_directory, read_bounded, write_durable
 from hostagent.errors import HostagentError
 from hostagent.model import Severity
+from hostagent.records import record
 
 
 def severity_of(name: str) -> Severity:
@@ -107,7 +107,7 @@ class PermanentError(HostagentError):
 Refusals = dict[str, tuple[int, str]]  # recipient -> (SMTP code, reply)
 
 
-@dataclass
+@record
 class SpoolEntry:
     path: Path
     message: str

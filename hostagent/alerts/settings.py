@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
+
+from hostagent.records import field, record
 
 SeverityName = Literal["info", "warning", "unknown", "critical"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SmtpConfig:
     host: str = "localhost"
     port: int = 25
@@ -21,13 +22,13 @@ class SmtpConfig:
     allow_plaintext_auth: bool = False  # AUTH with security = "none": only on purpose
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Route:
     to: tuple[str, ...] = ()
     min_severity: SeverityName = "warning"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AlertsConfig:
     enabled: bool = True
     min_severity: SeverityName = "warning"

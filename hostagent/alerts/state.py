@@ -7,15 +7,15 @@ an alert; problems that exist at the first start are new, so nothing starts sile
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hostagent.model import Finding, Severity
+from hostagent.records import field, record, replace
 
 KINDS = ("new", "escalated", "reminder", "resolved", "flapping")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AlertRecord:
     code: str
     subject: str
@@ -43,7 +43,7 @@ class AlertRecord:
         return cls(**{**data, "reopenings": tuple(data.get("reopenings", ()))})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Alert:
     kind: str
     finding: Finding
@@ -51,7 +51,7 @@ class Alert:
     note: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     min_severity: Severity = Severity.WARNING
     reminder_interval: float = 86400.0

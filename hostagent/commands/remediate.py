@@ -10,7 +10,6 @@ The outcome of every step goes into the finding's detail.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from hostagent.actions import AuditLog
@@ -20,6 +19,7 @@ from hostagent.config import Config
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.model import Finding, Report, Severity
+from hostagent.records import replace
 
 log = logging.getLogger("hostagent")
 
@@ -30,14 +30,14 @@ def act(host: Host, report: Report, config: Config, audit: AuditLog) -> Report:
     if not replaced:
         return report
     results = tuple(
-        dataclasses.replace(r, findings=tuple(replaced.get((f.code, f.subject), f) for f in r.findings))
+        replace(r, findings=tuple(replaced.get((f.code, f.subject), f) for f in r.findings))
         for r in report.results
     )
-    return dataclasses.replace(report, results=results)
+    return replace(report, results=results)
 
 
 def _with_actions(finding: Finding, lines: list[str]) -> Finding:
-    return dataclasses.replace(finding,
+    return replace(finding,
                                detail=finding.detail + "\nactions taken:\n" + "\n".join(f"  {line}" for line in lines))
 
 

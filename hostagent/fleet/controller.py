@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from hostagent.fleet.inventory import FleetHost, load, select
 from hostagent.fleet.store import FleetStore, HostState
 from hostagent.fleet.transport import Transport, TransportError
 from hostagent.model import Finding, Severity
+from hostagent.records import record
 
 RPC_SCHEMA = "hostagent.rpc/1"
 AGENT_DOWN = "AGENT DOWN"
@@ -41,7 +41,7 @@ class AgentDown(ReplyError):
         self.report_age = report_age
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PollResult:
     host: str
     ok: bool

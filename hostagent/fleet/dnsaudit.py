@@ -18,11 +18,11 @@ controller extra's.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any
 
 from hostagent.errors import HostagentError
 from hostagent.model import Finding, Remedy, Severity
+from hostagent.records import field, record
 
 CHECK = "dns"
 SECONDARY = ("add a secondary DNS provider: a second set of nameservers at a different company, "
@@ -31,7 +31,7 @@ ALTERNATE = ("register an alternate domain at a different registrar, served by a
              "provider, and use it for failover endpoints")
 
 
-@dataclass
+@record
 class Nameserver:
     name: str
     provider: str
@@ -42,7 +42,7 @@ class Nameserver:
         return {"name": self.name, "provider": self.provider, "addresses": self.addresses, "glue": self.glue}
 
 
-@dataclass
+@record
 class DomainAudit:
     domain: str
     nameservers: list[Nameserver]

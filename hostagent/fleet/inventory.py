@@ -11,16 +11,16 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hostagent.errors import ConfigError
+from hostagent.records import field, record
 
 RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::(\d+))?\]")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FleetHost:
     name: str
     address: str
@@ -30,7 +30,7 @@ class FleetHost:
     vars: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class _Group:
     name: str
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)

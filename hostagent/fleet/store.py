@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hostagent.errors import HostagentError
+from hostagent.records import record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -25,7 +25,7 @@ CREATE INDEX IF NOT EXISTS reports_by_host ON reports (host, at);
 """
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostState:
     name: str
     address: str

@@ -16,12 +16,12 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hostagent.errors import HostagentError
 from hostagent.fleet.inventory import FleetHost
+from hostagent.records import record
 
 MAX_REPLY = 16 << 20  # an agent's report is a few hundred KiB at most
 
@@ -39,7 +39,7 @@ def known_hosts_name(host: FleetHost) -> str:
     return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Answer:
     stdout: str
     stderr: str

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import abc
 import os
-from dataclasses import dataclass
 
 from hostagent.errors import HostagentError
+from hostagent.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GuestInfo:
     name: str
     running: bool

@@ -8,12 +8,11 @@ the backend's own directory (``DEFAULT_SAVE_DIRS``).
 
 from __future__ import annotations
 
-import dataclasses
-
 from hostagent.config import MaintenanceConfig
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
+from hostagent.records import replace
 
 CAPABILITIES = "/proc/xen/capabilities"
 DEFAULT_SAVE_DIRS = {
@@ -38,7 +37,7 @@ def resolve(m: MaintenanceConfig, host: Host) -> MaintenanceConfig:
         kind = "xl" if is_xen_dom0(host) and not m.uri.startswith("xen:") else "libvirt"
     save_dir = m.save_dir or DEFAULT_SAVE_DIRS["libvirt-xen" if kind == "libvirt" and m.uri.startswith("xen:")
                                                else kind]
-    return dataclasses.replace(m, hypervisor=kind, save_dir=save_dir)
+    return replace(m, hypervisor=kind, save_dir=save_dir)
 
 
 def describe(m: MaintenanceConfig) -> str:

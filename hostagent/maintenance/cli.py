@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ from hostagent.hypervisor import select
 from hostagent.maintenance.journal import OUTCOMES, Journal, JournalError, JournalStore, PhaseMoved
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.maintenance.when import describe, parse_when
+from hostagent.records import replace
 from hostagent.rpc import MAX_REASON, shown
 
 
@@ -37,7 +37,7 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
         raise HostagentError(f"maintenance {active.id} is already {active.phase} for "
                              f"{describe(dt.datetime.fromtimestamp(active.reboot_at, dt.UTC))}; cancel it first")
     host = Host("/", command_timeout=config.agent.command_timeout)
-    config = dataclasses.replace(config, maintenance=select.resolve(config.maintenance, host))
+    config = replace(config, maintenance=select.resolve(config.maintenance, host))
     ctx = CheckContext.for_host(host, None, config.disks.include, config.disks.exclude)
     result = run_preflight(ctx, config, lambda: select.connect(config.maintenance), config.maintenance.save_dir)
     document: dict[str, Any] = {"reboot_at": describe(moment), "reboot_at_utc": moment.astimezone(dt.UTC).isoformat(),

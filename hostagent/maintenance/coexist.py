@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from hostagent.host import Host
 from hostagent.hypervisor import GuestInfo
+from hostagent.records import record
 
 LIBVIRT_GUESTS = "/etc/default/libvirt-guests"
 LIBVIRT_GUESTS_ENABLED = "/etc/systemd/system/multi-user.target.wants/libvirt-guests.service"
@@ -32,7 +32,7 @@ XENDOMAINS_DEFAULTS = {"XENDOMAINS_SAVE": "/var/lib/xen/save", "XENDOMAINS_RESTO
                        "XENDOMAINS_AUTO": "/etc/xen/auto"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Coexistence:
     service: str  # "libvirt-guests", "libvirt autostart", "xendomains"
     problem: str

@@ -18,7 +18,6 @@ import queue
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.run import current_boot_id, due, mark_missed
 from hostagent.maintenance.worker import Worker
 from hostagent.model import Finding, Severity
+from hostagent.records import field, record
 
 log = logging.getLogger("hostagent")
 JOBSTORE = "maintenance"
@@ -69,7 +69,7 @@ def jobstore(directory: Path) -> Any:
     return SQLAlchemyJobStore(url=f"sqlite:///{directory / SCHEDULE_FILE}")
 
 
-@dataclass
+@record
 class MaintenanceDaemon:
     config: Config
     config_path: str | None

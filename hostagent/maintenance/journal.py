@@ -16,12 +16,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from hostagent.durable import exclusive, read_bounded, write_durable
 from hostagent.errors import HostagentError
+from hostagent.records import field, record, replace
 
 PHASES = ("planned", "preflight", "saving", "rebooting", "restoring", "done", "failed", "cancelled", "missed")
 FINAL = ("done", "failed", "cancelled", "missed")
@@ -74,7 +75,7 @@ class JournalWriteError(JournalError):
     """The journal could not be written (a full disk, a read-only file system): nothing changed."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GuestRecord:
     name: str
     state: str = "planned"
@@ -98,7 +99,7 @@ class GuestRecord:
         return self.running_again - self.save_started
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Journal:
     id: str
     reboot_at: float
@@ -287,7 +288,7 @@ class _Shape:
         return value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Unreadable:
     """A journal file that could not be read, and why (``<name>.corrupt`` once moved aside)."""
 

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import replace
 from typing import Any
 
 from hostagent.actions import AuditLog
@@ -25,6 +24,7 @@ from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import GuestRecord, Journal, JournalStore, JournalWriteError, PhaseMoved
 from hostagent.maintenance.preflight import GuestPlan
 from hostagent.progress import ProgressBoard, describe_transfer
+from hostagent.records import replace
 
 
 class Recorder:

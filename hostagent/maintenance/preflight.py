@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from checks import boot, hung, md
 from hostagent.config import Config
@@ -18,13 +17,14 @@ from hostagent.errors import HostagentError
 from hostagent.hypervisor import GuestInfo, Hypervisor
 from hostagent.maintenance import coexist
 from hostagent.maintenance.coexist import Coexistence
+from hostagent.records import field, record
 from hostagent.sources.mounts import boot_arrays
 
 ARRAY_BLOCKERS = ("md.degraded", "md.recovering", "md.failed", "md.inactive")
 SAVE_MARGIN = 1.1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GuestPlan:
     name: str
     memory_kib: int
@@ -33,7 +33,7 @@ class GuestPlan:
     running: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Preflight:
     host_problems: tuple[str, ...] = ()
     boot_problems: tuple[str, ...] = ()

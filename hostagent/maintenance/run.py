@@ -7,7 +7,6 @@ process the daemon supervises; tests call them directly against libvirt's test d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -22,6 +21,7 @@ from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
 from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.progress import ProgressBoard
+from hostagent.records import replace
 from hostagent.state import StateStore
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -122,7 +122,7 @@ def execute(host: Host, state: StateStore, config: Config, store: JournalStore, 
     """Run a planned maintenance now: the worker at the scheduled time, or ``maintenance run-now``."""
     from hostagent.hypervisor import select
 
-    config = dataclasses.replace(config, maintenance=select.resolve(config.maintenance, host))
+    config = replace(config, maintenance=select.resolve(config.maintenance, host))
     ctx = CheckContext.for_host(host, state, config.disks.include, config.disks.exclude)
     moved = select.changed(journal.hypervisor, config.maintenance)
     if moved:  # every planned guest would look stopped, and the host would reboot with them unsaved

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from hostagent.config import Config, MaintenanceConfig
@@ -27,6 +26,7 @@ from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.records import record
 
 KILL_GRACE = 5.0
 
@@ -46,7 +46,7 @@ def command(action: str, journal_id: str, state_dir: str, config_path: str | Non
     return [*argv, action, journal_id]
 
 
-@dataclass
+@record
 class Worker:
     """A running worker, as the daemon sees it."""
 

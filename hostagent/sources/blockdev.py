@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
 
 from hostagent.host import Host
 from hostagent.names import kernel_names
+from hostagent.records import record
 
 VIRTUAL_PREFIXES = ("loop", "ram", "zram", "md", "dm-", "sr", "fd", "nbd", "nullb", "zd")
 NO_SMART_TRANSPORTS = ("virtio", "xen", "mmc")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Disk:
     name: str  # kernel name: sda, nvme0n1, vda
     transport: str  # ata, sas, scsi, nvme, usb, virtio, xen, mmc, unknown

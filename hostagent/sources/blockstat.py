@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
+from hostagent.records import record, replace
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BlockStat:
     reads: int  # field 1: read I/Os completed
     writes: int  # field 5: write I/Os completed
@@ -60,4 +59,4 @@ def read_blockstat(host: Host, device: str) -> BlockStat | None:
     if inflight is None:
         return stat
     reads, writes = parse_inflight(inflight, f"{base}/inflight")
-    return dataclasses.replace(stat, in_flight_reads=reads, in_flight_writes=writes)
+    return replace(stat, in_flight_reads=reads, in_flight_writes=writes)

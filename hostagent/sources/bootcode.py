@@ -9,14 +9,15 @@ LBA of core.img's first sector at 0x5C; that sector (diskboot.img) ends with a b
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from hostagent.records import record
 
 GRUB2_JUMPS = (b"\xeb\x63", b"\xeb\x4c", b"\xeb\x4b", b"\xeb\x47")
 KERNEL_SECTOR_OFFSET = 0x5C
 CORE_SEGMENT = 0x0820
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BootCode:
     signature: bool  # 55 AA at 510
     loader: str | None  # "grub2", "grub-legacy", "lilo", "syslinux", "dos-mbr", "unknown", None (no code)

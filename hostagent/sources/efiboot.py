@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from hostagent.records import record
 
 _ENTRY = re.compile(r"^Boot(?P<num>[0-9A-Fa-f]{4})(?P<active>\*?)\s+(?P<rest>.*)$")
 _HD = re.compile(r"HD\((?P<part>\d+),GPT,(?P<guid>[0-9a-fA-F-]{36})", re.IGNORECASE)
 _FILE = re.compile(r"File\((?P<path>[^)]*)\)")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BootEntry:
     number: str
     active: bool

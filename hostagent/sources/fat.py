@@ -6,12 +6,11 @@ sizes, 8.3 and long-name directory entries).  Reads only what a listing or a fil
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from hostagent.errors import ParseError
+from hostagent.records import record
 
 Reader = Callable[[int, int], bytes]  # (offset, length) -> bytes
 ATTR_DIRECTORY = 0x10
@@ -21,7 +20,7 @@ MAX_FILE = 64 * 1024 * 1024
 MAX_ENTRIES = 10000
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     name: str
     is_dir: bool
@@ -146,6 +145,8 @@ class FatVolume:
     def files(self) -> dict[str, tuple[int, str]]:
         """Every file as path -> (size, sha256), paths upper-cased (FAT is case-insensitive)."""
         found: dict[str, tuple[int, str]] = {}
+
+        import hashlib  # loads OpenSSL: only for hosts whose ESPs are compared
 
         def walk(directory: Entry | None, prefix: str, depth: int) -> None:
             if depth > 8:

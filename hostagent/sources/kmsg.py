@@ -5,16 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass
 
 from hostagent.host import Host
+from hostagent.records import record
 
 _RECORD = re.compile(r"^(?P<prio>[0-9]{1,3}),(?P<seq>[0-9]{1,20}),(?P<usec>[0-9]{1,20}),[^;]*;(?P<message>.*)$")
 SIGNS = ("blocked for more than", "I/O error", "reset", "timing out command", "Disk failure", "offline",
          "rejecting I/O", "Buffer I/O error", "task abort")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelMessage:
     seq: int
     usec: int

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
 from hostagent.names import kernel_names
+from hostagent.records import record
 from hostagent.sources.bounds import MAX_MEMBERS, MAX_U64
 from hostagent.sources.bounds import number as bounded
 
@@ -24,7 +24,7 @@ MEMBER_ATTRS = ("state", "slot", "errors")
 LAYOUT_MAX = (1 << 18) - 1  # raid10: near (bits 0-7), far (8-15), offset (16), far sets (17); raid5/6: < 32
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SysfsMember:
     device: str
     states: tuple[str, ...]
@@ -32,7 +32,7 @@ class SysfsMember:
     errors: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SysfsArray:
     name: str
     level: str | None

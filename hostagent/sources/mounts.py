@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
 from hostagent.names import kernel_names
+from hostagent.records import record
 from hostagent.sources.bounds import number as bounded
 
 MOUNTINFO = "/proc/self/mountinfo"
 BOOT_MOUNTS = ("/", "/boot", "/boot/efi")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     mount_point: str
     major: int

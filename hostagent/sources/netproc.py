@@ -21,11 +21,11 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 from hostagent.errors import ParseError
 from hostagent.host import Host
+from hostagent.records import field, record
 
 TCP_PATHS = {4: "/proc/net/tcp", 6: "/proc/net/tcp6"}
 NETSTAT_PATH = "/proc/net/netstat"
@@ -45,7 +45,7 @@ _V4_MAPPED = {"little": "0000000000000000FFFF0000", "big": "00000000000000000000
 _V4_PREFIX_SLICE = {"little": slice(2, 8), "big": slice(0, 6)}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     address: str
     port: int
@@ -54,7 +54,7 @@ class Endpoint:
         return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
 
-@dataclass
+@record
 class HalfOpen:
     """SYN_RECV sockets of one attacked local address and port, by source /24 (v4) or /48 (v6)."""
 
@@ -160,7 +160,7 @@ def parse_counters(text: str, source: str) -> dict[str, dict[str, int]]:
     return groups
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class InterfaceCounters:
     rx_bytes: int
     rx_packets: int

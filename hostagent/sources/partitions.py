@@ -7,11 +7,10 @@ is reported, never trusted.  Formats: UEFI spec 2.10, section 5.
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
-from dataclasses import dataclass
 
 from hostagent.errors import ParseError
+from hostagent.records import record
 
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
@@ -20,7 +19,7 @@ MBR_PROTECTIVE = 0xEE
 MBR_ESP = 0xEF
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Partition:
     number: int
     first_lba: int
@@ -38,7 +37,7 @@ class Partition:
         return self.type == BIOS_BOOT_GUID
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartitionTable:
     scheme: str  # "gpt", "mbr" or "none"
     partitions: tuple[Partition, ...]
@@ -64,7 +63,9 @@ def parse_mbr(sector0: bytes, source: str) -> list[Partition]:
 
 
 def _guid(raw: bytes) -> str:
-    return str(uuid.UUID(bytes_le=raw))
+    """A GPT GUID in its text form: the first three fields are little-endian (uuid's ``bytes_le``)."""
+    first, second, third = struct.unpack_from("<IHH", raw)
+    return f"{first:08x}-{second:04x}-{third:04x}-{raw[8:10].hex()}-{raw[10:16].hex()}"
 
 
 def parse_gpt_header(header: bytes, source: str) -> tuple[int, int, int, int]:

@@ -10,10 +10,10 @@ import functools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hostagent.errors import ParseError
+from hostagent.records import field, record
 
 MIN_VERSION = (7, 0)
 
@@ -54,7 +54,7 @@ def decode_nvme_critical_warning(value: int) -> list[str]:
     return meanings
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SmartAttribute:
     id: int
     name: str
@@ -98,7 +98,7 @@ PHY_LINK_ERROR_IDS = frozenset({0x001, 0x002, 0x003, 0x004, 0x005, 0x006, 0x007,
                                 0x010, 0x012, 0x013})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AtaError:
     """One entry of the ATA error log: when, where, and the command that failed."""
 
@@ -109,7 +109,7 @@ class AtaError:
     description: str  # "Error: UNC at LBA = 0x00abcdef = 11259375"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NvmeHealth:
     critical_warning: int
     available_spare: int | None
@@ -118,7 +118,7 @@ class NvmeHealth:
     media_errors: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SmartReport:
     device: str
     device_type: str | None
@@ -437,7 +437,7 @@ def _failed_selftests(data: dict[str, Any], source: str) -> tuple[str, ...]:
     return tuple(failed)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScanEntry:
     name: str
     device_type: str
@@ -457,7 +457,7 @@ def _parse_scan(text: str, source: str) -> list[ScanEntry]:
     return entries
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Scterc:
     supported: bool
     read_ds: int | None  # deciseconds; None when disabled
@@ -491,7 +491,7 @@ def _parse_scterc(text: str, source: str) -> Scterc | None:
     return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SelfTestStatus:
     """Where the drive's self-test stands: running (and how far), or its newest result."""
 

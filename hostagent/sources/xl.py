@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from hostagent.errors import ParseError
+from hostagent.records import record
 
 DOM0 = 0
 MAX_MEMKB = 2**50  # a domain larger than 1 EiB is a parse error, not a number to plan with
@@ -19,7 +19,7 @@ _PROGRESS = re.compile(r"xc: progress: (?:Frames|Memory)[^:]*:\s*(\d+)/(\d+)")
 _STATE = re.compile(r"^[-rbpscd]{6}$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class XlDomain:
     """One domain of ``xl list -l``: what its configuration says."""
 
@@ -31,7 +31,7 @@ class XlDomain:
     pci: tuple[str, ...] = ()  # host PCI devices passed through, from the configuration
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class XlState:
     """One line of plain ``xl list``: the domain's runtime state flags."""
 

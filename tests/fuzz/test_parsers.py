@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -238,6 +239,12 @@ def test_gpt(parts: tuple[bytes, bytes, int, int, int]) -> None:
     header, entries, count, size, crc = parts
     must_parse_or_refuse(lambda: partitions.parse_gpt_header(header, "gpt"))
     must_parse_or_refuse(lambda: partitions.parse_gpt_entries(entries, count, size, crc, "gpt"))
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_a_gpt_guid_reads_as_uuid_reads_it(raw: bytes) -> None:
+    """GPT stores GUIDs mixed-endian; the parser's text form must be uuid's ``bytes_le`` reading."""
+    assert partitions._guid(raw) == str(uuid.UUID(bytes_le=raw))
 
 
 @st.composite
