@@ -1,6 +1,7 @@
 """md benchmark: our mdstat parse against pymdstat's, in-process and whole-process.
 
 Run: make bench   (or .venv/bin/python bench/bench_md.py)
+     .venv/bin/python bench/bench_md.py --against REV   (also: this checkout against REV, in turn)
 Prints a Markdown report; docs/benchmarks.md holds the figures of a recorded run.
 
 The whole-process figures come from a wheel installed into a fresh venv with its bytecode
@@ -104,19 +105,21 @@ def process_ms(argv: list[str], runs: int = 21, env: dict[str, str] | None = Non
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
+        # run outside the checkout: from it, ``-m hostagent`` would import the checkout, not the build
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env,
+                       cwd=tempfile.gettempdir())
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
-def installed_agent(tmp: Path) -> Path:
-    """``hostagent`` from this checkout's wheel in a fresh venv, bytecode compiled (as pip leaves it)."""
+def installed_agent(tmp: Path, source: Path = REPO) -> Path:
+    """``hostagent`` from ``source``'s wheel in a fresh venv, bytecode compiled (as pip leaves it)."""
     def run(*argv: str | Path) -> str:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=True, env=env).stdout
 
     python = tmp / "venv/bin/python"
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "wheel", REPO)
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "wheel", source)
     run(sys.executable, "-m", "venv", "--without-pip", tmp / "venv")
     site = run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
     run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", site,
@@ -148,7 +151,34 @@ def fidelity() -> list[tuple[str, str]]:
     return problems
 
 
+def against(revision: str, runs: int = 21) -> None:
+    """This checkout's whole process against ``revision``'s, built alike and timed in turn."""
+    hosts = ("healthy-mirror", "worn-disk", "syn-flood")
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(tree), revision], check=True)
+        try:
+            builds = {"before": installed_agent(Path(tmp) / "before", tree),
+                      "after": installed_agent(Path(tmp) / "after")}
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(runs):
+            for name, python in builds.items():
+                for host in hosts:
+                    argv = [str(python), "-m", "hostagent", "check", "--root", str(REPO / "examples/hosts" / host)]
+                    times.setdefault((name, host), []).append(process_ms(argv, runs=1, env=env))
+    print(f"| host | before ({revision}) | after | ratio |\n|---|---|---|---|")
+    for host in hosts:
+        before, after = (statistics.median(times[(name, host)]) for name in ("before", "after"))
+        print(f"| {host} | {before:.1f} ms | {after:.1f} ms | {after / before:.2f} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--against"] and len(sys.argv) == 3:
+        against(sys.argv[2])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mdstat"
         path.write_text(synthetic_mdstat())
