@@ -438,7 +438,7 @@ def _disk_replace(args: argparse.Namespace, host: Any, config: Any) -> int:
     import json
 
     from hostagent.actions import AuditLog
-    from hostagent.diskreplace import locate, replace
+    from hostagent.commands.disk_replace import locate, replace
     from hostagent.progress import ProgressBoard
 
     state_dir = args.state_dir or config.agent.state_dir

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from hostagent.actions import AuditLog
-from hostagent.config import Config
-from hostagent.diskreplace import (
+from hostagent.commands.disk_replace import (
     ArrayPlan,
     Journal,
     follow_resync,
@@ -23,6 +22,7 @@ from hostagent.diskreplace import (
     replace,
     smart_evidence,
 )
+from hostagent.config import Config
 from hostagent.errors import ActionRefused, HostagentError
 from hostagent.host import Host
 from hostagent.sources.smartctl import SmartReport, parse_smartctl
@@ -191,14 +191,14 @@ def test_start_over_and_a_journal_of_another_old_disk(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("member", "disk"), [("sdb1", "sdb"), ("nvme0n1p2", "nvme0n1"), ("sdp1", "sdp"),
                                               ("xvda3", "xvda")])
 def test_the_disk_of_a_member_that_left_sysfs(tmp_path: Path, member: str, disk: str) -> None:
-    from hostagent.diskreplace import _disk_of
+    from hostagent.commands.disk_replace import _disk_of
 
     assert _disk_of(Host(HostSnapshot(tmp_path).root), member) == disk
 
 
 def test_locate_by_enclosure_led_or_by_slot(tmp_path: Path) -> None:
     from hostagent.actions import AuditLog
-    from hostagent.diskreplace import locate
+    from hostagent.commands.disk_replace import locate
 
     snap = host_with_failed_sdb(tmp_path)
     host = Host(snap.root)
