@@ -9,13 +9,16 @@ directories of runs whose pytest died are removed by the next run.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import ctypes
 import hashlib
 import importlib
+import importlib.metadata
 import itertools
 import json
 import os
+import py_compile
 import shutil
 import signal
 import socket
@@ -188,22 +191,53 @@ def base_image() -> Path:
     return image
 
 
+def _compile(tree: Path) -> None:
+    """Bytecode for every module under ``tree``, so the VM's Python (the same 3.11) loads instead of
+    compiling: under TCG a first ``import hostagent`` compiled for seconds after every boot.
+    Unchecked hashes: the sources travel with their bytecode, built together, and never change in
+    the VM, so the interpreter need not read each source again to check it."""
+    compileall.compile_dir(tree, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+
+
+def dependencies_image() -> Path:
+    """The packages the daemon needs, from this environment (CPython 3.11), with their bytecode:
+    cached like the base image, keyed by their versions."""
+    versions = [f"{name}={importlib.metadata.version(name)}" for name in AGENT_DEPENDENCIES]
+    recipe = f"{sys.version}|{versions}|{Path(__file__).read_text()}"
+    image = CACHE / f"deps-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.cpio"
+    if image.exists():
+        return image
+    CACHE.mkdir(parents=True, exist_ok=True)
+    stage = CACHE / f"deps-stage-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        for dependency in AGENT_DEPENDENCIES:
+            source = Path(importlib.import_module(dependency).__file__ or "")
+            if source.name == "__init__.py":
+                shutil.copytree(source.parent, stage / "opt/hostagent" / dependency,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:  # a single-module distribution
+                shutil.copy2(source, stage / "opt/hostagent" / source.name)
+        for extension in (stage / "opt/hostagent").rglob("*.so"):  # compiled parts (SQLAlchemy's) need their libraries
+            for library in _libraries(str(extension)):
+                _copy(library, stage)
+        _compile(stage / "opt/hostagent")
+        tmp = image.with_suffix(f".{os.getpid()}.tmp")
+        _cpio(stage, tmp)
+        tmp.rename(image)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return image
+
+
 def agent_image(run_dir: Path) -> Path:
-    """A small cpio with this working tree's agent and the guest server, appended to the base."""
+    """A small cpio with this working tree's agent (with its bytecode) and the guest server,
+    appended to the base and the dependencies."""
     stage = run_dir / "agent-stage"
     for package in ("hostagent", "checks"):
         shutil.copytree(REPO / package, stage / "opt/hostagent" / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for dependency in AGENT_DEPENDENCIES:  # the packages the daemon needs, from this environment (CPython 3.11)
-        source = Path(importlib.import_module(dependency).__file__ or "")
-        if source.name == "__init__.py":
-            shutil.copytree(source.parent, stage / "opt/hostagent" / dependency,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        else:  # a single-module distribution
-            shutil.copy2(source, stage / "opt/hostagent" / source.name)
-    for extension in (stage / "opt/hostagent").rglob("*.so"):  # compiled parts (SQLAlchemy's) need their libraries
-        for library in _libraries(str(extension)):
-            _copy(library, stage)
+    _compile(stage / "opt/hostagent")
     shutil.copy2(HERE / "guest_server.py", stage / "opt/guest_server.py")
     out = run_dir / "agent.cpio"
     _cpio(stage, out)
@@ -276,7 +310,7 @@ class VM:
         qemu = _need("qemu-system-x86_64")
         initrd = self.run_dir / "initrd.cpio"
         with initrd.open("wb") as out:
-            for part in (base_image(), agent_image(self.run_dir)):
+            for part in (base_image(), dependencies_image(), agent_image(self.run_dir)):
                 out.write(part.read_bytes())
         argv = [
             qemu, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", str(memory_mib),
