@@ -13,6 +13,7 @@ import glob
 import gzip
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -38,6 +39,9 @@ NET_MODULES = ["virtio_net"]
 XEN_MODULES = ["xenfs", "xen-privcmd", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-netback", "xen-blkback",
                "bridge", "raid1"]  # and an md mirror on the extra disks
 IMAGE_MIB = 2048
+# the dom0's Python keeps the bytecode of Ansible's module payloads (tests/vm/ansiballz_pyc.py)
+ANSIBALLZ_PYC = Path(__file__).resolve().parent / "vm" / "ansiballz_pyc.py"
+SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"
 NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
 
 
@@ -73,7 +77,8 @@ def image(xen: bool = False) -> tuple[Path, Path, str]:
     """The cached rootfs image, the root key for it, and its ed25519 host key line (``xen``: a dom0's)."""
     cache, packages = (XEN_CACHE, XEN_PACKAGES) if xen else (CACHE, PACKAGES)
     rootfs, key, host_key = cache / "rootfs.img", cache / "root_key", cache / "host_key.pub"
-    recipe = json.dumps([packages, NET_MODULES + (XEN_MODULES if xen else [])])
+    recipe = json.dumps([packages, NET_MODULES + (XEN_MODULES if xen else []),
+                         ANSIBALLZ_PYC.read_text() if xen else ""])
     stamp = cache / "recipe.json"  # a changed package or module list builds the image again
     if rootfs.exists() and key.exists() and host_key.exists() and stamp.exists() and stamp.read_text() == recipe:
         return rootfs, key, host_key.read_text().strip()
@@ -91,6 +96,10 @@ def image(xen: bool = False) -> tuple[Path, Path, str]:
             with (stage / "etc/default/xen").open("a") as settings:  # guest consoles to /var/log/xen/console
                 settings.write('XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"\n')
             (stage / "var/log/xen/console").mkdir(parents=True, exist_ok=True)
+            site = stage / SITE_PACKAGES
+            site.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ANSIBALLZ_PYC, site / "hostagent_test_ansiballz_pyc.py")
+            (site / "hostagent-test-ansiballz-pyc.pth").write_text("import hostagent_test_ansiballz_pyc\n")
         (stage / "etc/hostname").write_text("debian12\n")
         (stage / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 debian12\n")
         (stage / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
@@ -127,6 +136,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Qmp:
+    """QEMU's machine protocol on a unix socket: one command at a time, events skipped."""
+
+    def __init__(self, path: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"QEMU exited with {process.returncode} before its QMP socket opened")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"QEMU did not open {path} within {timeout:g} s") from None
+                time.sleep(0.1)
+        self.buffer = b""
+        self._read(timeout)  # the greeting
+        self.command("qmp_capabilities")
+
+    def _read(self, timeout: float) -> dict[str, object]:
+        self.sock.settimeout(timeout)
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                message: dict[str, object] = json.loads(line)
+                if "event" not in message:
+                    return message
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("QEMU closed its QMP socket")
+            self.buffer += chunk
+
+    def command(self, name: str, timeout: float = 60, **arguments: object) -> object:
+        self.sock.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
+        reply = self._read(timeout)
+        if "error" in reply:
+            raise RuntimeError(f"QMP {name}: {reply['error']}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Machine:
+    """What it takes to start the VM again from a snapshot: its memory, disks and mail relay."""
+    memory_mib: int
+    xen: bool
+    disks: list[Path]  # the root disk first, then the extra disks
+    host_key: str
+    smtp_port: int | None
+
+
+@dataclass
+class Snapshot:
+    """A stopped VM's whole state (``state``: QEMU's migration stream) and copies of its disks."""
+    machine: Machine
+    state: Path
+
+
 @dataclass
 class DebianVM:
     port: int
@@ -134,6 +205,8 @@ class DebianVM:
     known_hosts: Path
     console: Path
     process: subprocess.Popen[bytes]
+    machine: Machine | None = None
+    qmp: Qmp | None = None
 
     def ssh(self, command: str, key: Path | None = None, timeout: float = 120,
             user: str = "root") -> subprocess.CompletedProcess[str]:
@@ -141,6 +214,46 @@ class DebianVM:
                                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                                "-o", "IdentitiesOnly=yes", f"{user}@127.0.0.1", command],
                               capture_output=True, text=True, timeout=timeout)
+
+    def snapshot(self, directory: Path) -> Snapshot:
+        """Pause the VM, write its state and a copy of each disk into ``directory``, and let it run on.
+
+        The state is QEMU's own migration stream of the paused machine (Xen, dom0 and every DomU in
+        it), so a VM started from it with ``-incoming`` (:func:`from_snapshot`) goes on from this
+        very instant, on its own copies of the disks.  The clock inside stood still while paused:
+        both are set to this machine's time afterwards."""
+        assert self.machine is not None and self.qmp is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        state = directory / "state"
+        self.qmp.command("stop")
+        try:
+            self.qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+            deadline = time.monotonic() + 600
+            while True:
+                status = self.qmp.command("query-migrate")
+                said = status.get("status") if isinstance(status, dict) else None
+                if said == "completed":
+                    break
+                if said in ("failed", "cancelled") or time.monotonic() > deadline:
+                    raise RuntimeError(f"saving the VM's state: {status}")
+                time.sleep(0.2)
+            copies = []
+            for disk in self.machine.disks:
+                copy = directory / disk.name
+                _run("cp", "--sparse=always", str(disk), str(copy))
+                copies.append(copy)
+        finally:
+            self.qmp.command("cont")
+        set_clock(self)
+        return Snapshot(Machine(self.machine.memory_mib, self.machine.xen, copies, self.machine.host_key,
+                                self.machine.smtp_port), state)
+
+
+def set_clock(vm: DebianVM) -> None:
+    """The guest's wall clock set to this machine's (it stood still while QEMU was paused)."""
+    done = vm.ssh(f"date -u -s @{time.time():.3f} >/dev/null", timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"setting the VM's clock: {done.stderr}")
 
 
 def _die_with_parent() -> None:
@@ -184,29 +297,69 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
     rootfs, key, host_key = image(xen)
     disk = workdir / "disk.img"
     _run("cp", "--sparse=always", str(rootfs), str(disk))
-    port = free_port()
-    known = workdir / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
-    console = workdir / "console.log"
-    disks: list[str] = []
+    disks = [disk]
     for number in range(extra_disks):
         blank = workdir / f"extra{number}.img"
         with blank.open("wb") as handle:
             handle.truncate(64 << 20)
-        disks += ["-drive", f"file={blank},if=none,id=extra{number},format=raw,cache=unsafe",
-                  "-device", f"virtio-blk-pci,drive=extra{number},event_idx=off,serial=extra{number}"]
-    process = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-smp", "2", "-nographic",
-         *boot_arguments(memory_mib, xen),
-         # event_idx=off: see "virtio event index" in docs/testing.md
-         "-drive", f"file={disk},if=none,id=root,format=raw,cache=unsafe",
-         "-device", "virtio-blk-pci,drive=root,event_idx=off", *disks,
-         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(smtp_port)}",
-         "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    vm = DebianVM(port, key, known, console, process)
+        disks.append(blank)
+    with _running(workdir, Machine(memory_mib, xen, disks, host_key, smtp_port), key, boot_timeout) as vm:
+        yield vm
+
+
+@contextlib.contextmanager
+def from_snapshot(workdir: Path, snapshot: Snapshot, smtp_port: int | None = None,
+                  timeout: float = 600) -> Iterator[DebianVM]:
+    """The snapshot's VM running again, on the snapshot's disks (used in place: a snapshot serves one
+    VM), from the instant it was taken; ``smtp_port``: its mail relay's server, if not the original's."""
+    machine = Machine(snapshot.machine.memory_mib, snapshot.machine.xen, snapshot.machine.disks,
+                      snapshot.machine.host_key, smtp_port if smtp_port is not None else snapshot.machine.smtp_port)
+    key = image(machine.xen)[1]
+    with _running(workdir, machine, key, timeout, incoming=snapshot.state) as vm:
+        set_clock(vm)
+        yield vm
+
+
+@contextlib.contextmanager
+def _running(workdir: Path, machine: Machine, key: Path, boot_timeout: float,
+             incoming: Path | None = None) -> Iterator[DebianVM]:
+    port = free_port()
+    known = workdir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(machine.host_key.split()[:2])}\n")
+    console = workdir / "console.log"
+    qmp_path = workdir / "qmp.sock"
+    drives: list[str] = []
+    for number, path in enumerate(machine.disks[1:]):
+        drives += ["-drive", f"file={path},if=none,id=extra{number},format=raw,cache=unsafe",
+                   "-device", f"virtio-blk-pci,drive=extra{number},event_idx=off,serial=extra{number}"]
+    # the same devices in the same order: a VM started from a snapshot must match the one that wrote it
+    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-smp", "2", "-nographic",
+            *boot_arguments(machine.memory_mib, machine.xen),
+            # event_idx=off: see "virtio event index" in docs/testing.md
+            "-drive", f"file={machine.disks[0]},if=none,id=root,format=raw,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=root,event_idx=off", *drives,
+            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(machine.smtp_port)}",
+            "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    if incoming is not None:
+        argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=_die_with_parent)
+    vm = DebianVM(port, key, known, console, process, machine)
     try:
+        vm.qmp = Qmp(qmp_path, process)
         deadline = time.monotonic() + boot_timeout
+        if incoming is not None:  # QEMU reads the state; the machine was paused when it was written
+            while True:
+                status = vm.qmp.command("query-status")
+                said = status.get("status") if isinstance(status, dict) else None
+                if said == "running":
+                    break
+                if said == "paused":
+                    vm.qmp.command("cont")
+                elif said != "inmigrate" or time.monotonic() > deadline:
+                    raise RuntimeError(f"the VM did not resume from {incoming} within {boot_timeout:g} s: {status}")
+                time.sleep(0.5)
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the VM exited: {console.read_text(errors='replace')[-2000:]}")
@@ -218,5 +371,7 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
             time.sleep(2)
         yield vm
     finally:
+        if vm.qmp is not None:
+            vm.qmp.close()
         process.kill()
         process.wait(timeout=30)

@@ -1,0 +1,76 @@
+"""A bytecode cache for Ansible's module payloads, installed only in the test dom0's image.
+
+Each Ansible task runs its module as an AnsiballZ payload: a zip of the module and the
+``ansible.module_utils`` it needs, written to a fresh temporary directory and imported from there
+by ``zipimport``.  zipimport never writes bytecode, so every task compiles ``module_utils.basic``
+and its imports from source again.  On the Xen dom0 under QEMU's TCG that compile was about half
+of each task's cost (docs/testing.md, "Where the time goes").
+
+This module makes zipimport keep what it compiled, for those payloads only, keyed by the SHA-256
+of the module's own source: the same source gives the same code object, as CPython's own
+``__pycache__`` does for files.  Nothing else changes: the same modules run, from the same
+payload, with the same arguments.  ``tests/debian_vm.py`` puts it on the dom0's ``sys.path``
+through a ``.pth`` file.  It is a test machine's setting, like ``xpti=false``: a real host runs its
+tasks on a CPU that compiles fast, and needs none of it.
+"""
+
+from __future__ import annotations
+
+import _imp
+import marshal
+import os
+import sys
+import types
+import zipimport
+
+CACHE = "/var/cache/ansiballz-pyc"
+MAGIC = b"hostagent-test-1\n"
+
+
+class CachingZipImporter(zipimport.zipimporter):
+    """zipimport, with compiled code kept across processes for AnsiballZ payloads."""
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        if not os.path.basename(self.archive).endswith("_payload.zip"):
+            return super().get_code(fullname)
+        try:
+            source = self.get_source(fullname)
+            path = self.get_filename(fullname)
+        except Exception:
+            source = None
+        if source is None:
+            return super().get_code(fullname)
+        import hashlib  # here, not at every start of the dom0's Python: only a payload pays for it
+
+        digest = hashlib.sha256(f"{fullname}\0{source}".encode(errors="surrogateescape")).hexdigest()
+        cached = os.path.join(CACHE, f"{digest}.bin")
+        try:
+            with open(cached, "rb") as handle:
+                data = handle.read()
+            if data.startswith(MAGIC):
+                code = marshal.loads(data[len(MAGIC):])
+                _imp._fix_co_filename(code, path)  # this payload's path in tracebacks
+                return code  # type: ignore[no-any-return]
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+        code = compile(source, path, "exec", dont_inherit=True)
+        try:
+            os.makedirs(CACHE, mode=0o700, exist_ok=True)
+            partial = f"{cached}.{os.getpid()}.tmp"
+            with open(partial, "wb") as handle:
+                handle.write(MAGIC + marshal.dumps(code))
+            os.replace(partial, cached)
+        except OSError:
+            pass
+        return code
+
+
+def install() -> None:
+    hooks = sys.path_hooks
+    for index, hook in enumerate(hooks):
+        if hook is zipimport.zipimporter:
+            hooks[index] = CachingZipImporter
+    sys.path_importer_cache.clear()
+
+
+install()
