@@ -355,6 +355,11 @@ class VM:
         self._qmp = self._connect("qmp.sock")
         self._qmp_read(10)
         self.qmp("qmp_capabilities")
+        # the kernel unpacks what fits and boots on: a short initramfs shows later as a missing module
+        unpacked = self.run("dmesg | grep -m1 'Initramfs unpacking failed' || true", timeout=30).stdout.strip()
+        if unpacked:
+            raise VMError(f"{unpacked}: the initramfs ({initrd.stat().st_size >> 20} MiB) does not fit in "
+                          f"{memory_mib} MiB with this firmware; give the VM more memory")
         self._wait_for_block_devices()
         self._name_disks_in_slot_order()
         if self._smtp_port is not None:

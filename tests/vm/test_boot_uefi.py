@@ -23,7 +23,8 @@ LAYOUT = f"label: gpt\nstart=2048, size=32MiB, type={ESP_TYPE}\nstart=, type={RA
 
 @pytest.fixture(scope="module")
 def uefi_vm() -> Iterator[VM]:
-    machine = VM(disks=2, disk_mib=128, disk_layout=LAYOUT, firmware="uefi")
+    # OVMF keeps a third of 512 MiB for itself until the kernel has unpacked the initramfs
+    machine = VM(disks=2, disk_mib=128, disk_layout=LAYOUT, firmware="uefi", memory_mib=768)
     try:
         machine.run("mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 /dev/vda2 /dev/vdb2 "
                     "&& mdadm --wait /dev/md0; mkfs.ext4 -q /dev/md0 && mkdir -p /boot && mount /dev/md0 /boot",

@@ -57,12 +57,30 @@ def site() -> Iterator[Site]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05) -> None:
+def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05,
+             dump: Callable[[], str] | None = None) -> None:
+    """Poll until ``predicate`` holds; a timeout names what was awaited and adds ``dump()``: the state
+    that explains it (the daemon's log, the journals, the guests' consoles)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            said = f"timed out after {timeout:g} s waiting for {what}"
+            if dump is not None:
+                try:
+                    said += "\n" + dump()
+                except Exception as error:  # the dump must not hide the timeout
+                    said += f"\n(no state: {error!r})"
+            raise AssertionError(said)
         time.sleep(step)
+
+
+def tail(path: Path, size: int = 2500) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read().decode(errors="replace")
+    except OSError as error:
+        return f"({error})"
 
 
 class Agent:
@@ -128,12 +146,24 @@ class Agent:
     def journal(self, journal_id: str) -> Journal:
         return self.store.load(journal_id)
 
+    def state_of(self, consoles: Path | None = None) -> str:
+        """What a failed wait needs: the daemon's log, the journals and the guests' consoles (tails)."""
+        said = [f"--- the daemon's log {self.log}:", tail(self.log)]
+        for path in sorted((self.state / "maintenance").glob("*.json")):
+            said += [f"--- journal {path.name}:", tail(path, 2000)]
+        if consoles is not None:
+            for name in NAMES:
+                said += [f"--- {name}'s console:", tail(consoles / f"{name}.log", 400)]
+        return "\n".join(said)
+
     def finish(self, journal_id: str, consoles: Path, timeout: float = 300) -> Journal:
         """Wait for the maintenance to end and every guest of the module to print twice more."""
-        wait_for("the maintenance to end", lambda: self.journal(journal_id).final, timeout=timeout, step=0.5)
+        wait_for("the maintenance to end", lambda: self.journal(journal_id).final, timeout=timeout, step=0.5,
+                 dump=lambda: self.state_of(consoles))
         samples = {name: len(guests.uptimes(consoles / f"{name}.log")) for name in NAMES}
         wait_for("every guest to print after the maintenance", lambda: all(
-            len(guests.uptimes(consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5)
+            len(guests.uptimes(consoles / f"{n}.log")) >= samples[n] + 2 for n in NAMES), 60, 0.5,
+            dump=lambda: self.state_of(consoles))
         return self.journal(journal_id)
 
     def paused(self, point: str) -> bool:
@@ -172,7 +202,8 @@ def test_a_daemon_killed_at_each_step_ends_with_every_guest_running(site: Site, 
     agent.start(pause)
     try:
         journal = agent.schedule(ahead=25)
-        wait_for(f"the {crash} step", when(agent, journal.id), timeout=240)
+        wait_for(f"the {crash} step", when(agent, journal.id), timeout=240,
+                 dump=lambda: agent.state_of(site.consoles))
         agent.kill()
         agent.start()
         final = agent.finish(journal.id, site.consoles)
@@ -299,7 +330,8 @@ def test_the_guests_are_those_running_at_the_scheduled_time(site: Site, tmp_path
         guests.start(site.root, [("late1", 128, None)])
         run_in_child(site, stop_code('gone1'))
         assert agent.journal(journal.id).phase == "planned"
-        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=300, step=0.5)
+        wait_for("the maintenance to end", lambda: agent.journal(journal.id).final, timeout=300, step=0.5,
+                 dump=lambda: agent.state_of(site.consoles))
         final = agent.journal(journal.id)
         printed = len(guests.uptimes(site.consoles / "late1.log"))
         wait_for("late1 to print after the maintenance",
@@ -341,7 +373,8 @@ def test_a_hypervisor_unreachable_at_the_scheduled_time_means_no_reboot(site: Si
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         first = int(agent.pidfile.read_text())
-        wait_for("the maintenance to end", lambda: agent.journal(journal_id).final, timeout=180, step=0.5)
+        wait_for("the maintenance to end", lambda: agent.journal(journal_id).final, timeout=180, step=0.5,
+                 dump=lambda: agent.state_of(site.consoles))
         final = agent.journal(journal_id)
     finally:
         if holder is not None:
