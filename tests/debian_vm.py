@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +137,9 @@ def free_port() -> int:
 
 
 class Qmp:
-    """QEMU's machine protocol on a unix socket: one command at a time, events skipped."""
+    """QEMU's machine protocol on a unix socket: each command carries an id, and only the reply with
+    that id answers it (events and a late reply to an earlier, timed-out command are skipped); a
+    command's timeout is a deadline, however many events arrive meanwhile."""
 
     def __init__(self, path: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -154,25 +156,36 @@ class Qmp:
                     raise RuntimeError(f"QEMU did not open {path} within {timeout:g} s") from None
                 time.sleep(0.1)
         self.buffer = b""
-        self._read(timeout)  # the greeting
+        self.ids = 0
+        self._read(lambda message: "QMP" in message, deadline)  # the greeting
         self.command("qmp_capabilities")
 
-    def _read(self, timeout: float) -> dict[str, object]:
-        self.sock.settimeout(timeout)
+    def _read(self, wanted: Callable[[dict[str, object]], bool], deadline: float) -> dict[str, object]:
         while True:
             while b"\n" in self.buffer:
                 line, self.buffer = self.buffer.split(b"\n", 1)
                 message: dict[str, object] = json.loads(line)
-                if "event" not in message:
+                if wanted(message):
                     return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer from QEMU's QMP socket in time")
+            self.sock.settimeout(remaining)
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise RuntimeError("QEMU closed its QMP socket")
             self.buffer += chunk
 
-    def command(self, name: str, timeout: float = 60, **arguments: object) -> object:
-        self.sock.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
-        reply = self._read(timeout)
+    def command(self, name: str, timeout: float = 60, fd: int | None = None, **arguments: object) -> object:
+        """``fd``: a file descriptor passed along (SCM_RIGHTS), for ``getfd``."""
+        self.ids += 1
+        ident = f"c{self.ids}"
+        message = json.dumps({"execute": name, "arguments": arguments, "id": ident}).encode() + b"\n"
+        if fd is None:
+            self.sock.sendall(message)
+        else:
+            socket.send_fds(self.sock, [message], [fd])
+        reply = self._read(lambda message: message.get("id") == ident, time.monotonic() + timeout)
         if "error" in reply:
             raise RuntimeError(f"QMP {name}: {reply['error']}")
         return reply.get("return")
@@ -227,7 +240,11 @@ class DebianVM:
         state = directory / "state"
         self.qmp.command("stop")
         try:
-            self.qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+            # the stream goes to a file of ours through a descriptor, not a shell: when QEMU says
+            # "completed", every byte is written
+            with state.open("wb") as handle:
+                self.qmp.command("getfd", fd=handle.fileno(), fdname="snapshot")
+            self.qmp.command("migrate", uri="fd:snapshot")
             deadline = time.monotonic() + 600
             while True:
                 status = self.qmp.command("query-migrate")

@@ -9,7 +9,8 @@ of the suite run beside them.  A lint or fuzz failure stops all.  At the end it 
 modules' output, a table of each part's wall time (also kept in ``.cache/suite-times.json``),
 and one closing line with the tests of every process: ``N passed, N failed``.
 
-It exits non-zero if any part failed.  SIGINT and SIGTERM stop every part.
+It exits non-zero if any part failed.  SIGINT, SIGTERM and SIGHUP stop every part, each in its own
+process group (and with it the part's QEMU, which dies with its test process).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 XEN_MODULES = ("tests/vm/test_xen.py", "tests/vm/test_xen_maintenance.py")
+SNAPSHOTS = Path("/tmp")
+SNAPSHOT_PREFIX = "hostagent-xen-snapshot-"
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # pytest's closing line, with or without its rule (-q drops the rule): "== 1 failed, 2 passed in 3.45s =="
-CLOSING = re.compile(r"^=*\s*\d+ \w+.* in [\d.]+s\b")
+CLOSING = re.compile(r"^(=+ )?(\d+ \w+(, )?)+ in [\d.]+s\b")
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def minutes(seconds: float) -> str:
@@ -37,27 +41,94 @@ def minutes(seconds: float) -> str:
 
 
 def counts(output: str) -> dict[str, int]:
-    """pytest's closing line (``== 3 failed, 820 passed in 1.2s ==``) as numbers; {} if there is none."""
-    for line in reversed(output.splitlines()):
-        if CLOSING.match(line) and COUNTS.search(line):
-            found: dict[str, int] = {}
-            for number, word in COUNTS.findall(line):
-                key = "errors" if word.startswith("error") else word
-                found[key] = found.get(key, 0) + int(number)
-            return found
-    return {}
+    """pytest's closing line (``== 3 failed, 820 passed in 1.2s ==``) as numbers: the output's last
+    non-empty line, which pytest always ends with; {} if that line is not one (a crash, a usage error)."""
+    lines = [line for line in COLOUR.sub("", output).splitlines() if line.strip()]
+    if not lines or not CLOSING.match(lines[-1]):
+        return {}
+    found: dict[str, int] = {}
+    for number, word in COUNTS.findall(lines[-1]):
+        key = "errors" if word.startswith("error") else word
+        found[key] = found.get(key, 0) + int(number)
+    return found
 
 
-def run(argv: list[str], log: list[str] | None = None) -> int:
-    """Run a part in the foreground, its output passed through (and kept in ``log``)."""
-    with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as process:
+def closing_line(parts: dict[str, dict[str, object]], ok: bool) -> str:
+    """One line for every process's tests: ``N passed, N failed[, N skipped]``; never "0 failed" when
+    anything failed (a linter, or a pytest that ended without its closing line)."""
+    total: dict[str, int] = {}
+    for part in parts.values():
+        for key, number in (part.get("tests") or {}).items():  # type: ignore[union-attr]
+            total[key] = total.get(key, 0) + number
+    failed = total.get("failed", 0) + total.get("errors", 0)
+    if not ok and not failed:
+        failed = 1
+    said = f"{total.get('passed', 0)} passed, {failed} failed"
+    if total.get("skipped"):
+        said += f", {total['skipped']} skipped"
+    return said
+
+
+class Interrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP: every part is stopped."""
+
+
+def stop_group(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 30) -> None:
+    """SIGTERM to the part's process group (pytest unwinds its fixtures and stops its VMs), then SIGKILL."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
+    process.wait()
+
+
+def run(argv: list[str], log: list[str]) -> int:
+    """Run a part in the foreground, in its own process group, its output passed through and kept."""
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1, start_new_session=True)
+    try:
         for line in process.stdout:  # type: ignore[union-attr]
             sys.stdout.write(line)
             sys.stdout.flush()
-            if log is not None:
-                log.append(line)
-    return process.returncode
+            log.append(line)
+        return process.wait()
+    except BaseException:
+        stop_group(process)
+        raise
+
+
+def remove_stale_snapshots() -> None:
+    """Snapshot directories of earlier runs whose runner is gone (a SIGKILL leaves several GB)."""
+    for directory in SNAPSHOTS.glob(f"{SNAPSHOT_PREFIX}*"):
+        pid = directory.name.removeprefix(SNAPSHOT_PREFIX)
+        if not pid.isdigit() or process_start(int(pid)) is None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22): with its pid, it
+    names one process.  None if it is gone or a zombie (a dead child its parent has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def write_json(path: Path, value: object) -> None:
+    """Written whole or not at all (another process may read it at any moment)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(value))
+    partial.rename(path)
 
 
 def main() -> int:
@@ -65,64 +136,60 @@ def main() -> int:
     bin_dir = Path(sys.executable).parent
     cache = REPO / ".cache"
     cache.mkdir(exist_ok=True)
-    parts: dict[str, dict[str, object]] = {}
-    deps = time.time() - started
-    parts["deps (apt, venv)"] = {"seconds": deps, "ok": True}
+    parts: dict[str, dict[str, object]] = {"deps (apt, venv)": {"seconds": time.time() - started, "ok": True}}
 
-    snapshot = Path(f"/tmp/hostagent-xen-snapshot-{os.getpid()}")  # the installed dom0, shared: large files
-    shutil.rmtree(snapshot, ignore_errors=True)
-    xen_started = time.monotonic()
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(f"signal {signum}")
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
+    remove_stale_snapshots()
+    snapshot = SNAPSHOTS / f"{SNAPSHOT_PREFIX}{os.getpid()}"  # the installed dom0, shared: large files
+    snapshot.mkdir()
     xen: dict[str, subprocess.Popen[bytes]] = {}
-    for number, module in enumerate(XEN_MODULES):
-        with (cache / f"test-xen-{number}.log").open("w") as out:
-            xen[module] = subprocess.Popen(
-                [str(bin_dir / "pytest"), "--durations=15", f"--basetemp=/tmp/hostagent-pytest-xen{number}",
-                 "-p", "no:cacheprovider", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**os.environ, "HOSTAGENT_XEN_SNAPSHOT": str(snapshot)})
     ended: dict[str, float] = {}
-
-    def stop_xen() -> None:
-        for process in xen.values():
-            with_group(process, signal.SIGTERM)
-
-    def stop(signum: int, frame: object) -> None:
-        stop_xen()
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, stop)
-
-    rest_output: list[str] = []
     ok = True
     try:
+        xen_started = time.monotonic()
+        for number, module in enumerate(XEN_MODULES):
+            with (cache / f"test-xen-{number}.log").open("w") as out:
+                xen[module] = subprocess.Popen(
+                    [str(bin_dir / "pytest"), "--durations=15", f"--basetemp=/tmp/hostagent-pytest-xen{number}",
+                     "-p", "no:cacheprovider", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, env={**os.environ, "HOSTAGENT_XEN_SNAPSHOT": str(snapshot)})
+            if number == 0:  # the producer: the waiting process knows at once when it is gone
+                write_json(snapshot / "producer.json", {"pid": xen[module].pid,
+                                                         "start": process_start(xen[module].pid)})
         for name, argv in (("lint", ["make", "--no-print-directory", "lint"]),
                            ("fuzz", ["make", "--no-print-directory", "fuzz"])):
-            began = time.monotonic()
-            output: list[str] = []
+            began, output = time.monotonic(), []
             rc = run(argv, output)
             parts[name] = {"seconds": time.monotonic() - began, "ok": rc == 0, "tests": counts("".join(output))}
-            if rc != 0:
-                ok = False
+            ok = ok and rc == 0
+            if not ok:
                 break
         if ok:
-            began = time.monotonic()
+            began, output = time.monotonic(), []
             rc = run([str(bin_dir / "pytest"), "--durations=40", "--basetemp=/tmp/hostagent-pytest",
-                      *[f"--ignore={module}" for module in XEN_MODULES], "--ignore=tests/fuzz"], rest_output)
-            parts["the rest"] = {"seconds": time.monotonic() - began, "ok": rc == 0,
-                                 "tests": counts("".join(rest_output))}
+                      *[f"--ignore={module}" for module in XEN_MODULES], "--ignore=tests/fuzz"], output)
+            parts["the rest"] = {"seconds": time.monotonic() - began, "ok": rc == 0, "tests": counts("".join(output))}
             ok = rc == 0
         else:
-            stop_xen()
+            for process in xen.values():
+                stop_group(process)
         while len(ended) < len(xen):
             for module, process in xen.items():
                 if module not in ended and process.poll() is not None:
                     ended[module] = time.monotonic()
             time.sleep(1)
-    except KeyboardInterrupt:
-        stop_xen()
+    except Interrupted as why:
+        print(f"suite: {why}: stopping every part", file=sys.stderr, flush=True)
         for process in xen.values():
-            process.wait()
-        raise
+            stop_group(process)
+        return 130
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
+
     for number, (module, process) in enumerate(xen.items()):
         text = (cache / f"test-xen-{number}.log").read_text(errors="replace")
         print(f"=== {module} (ran beside the rest) ===")
@@ -130,9 +197,7 @@ def main() -> int:
         parts[f"{module} (beside the rest)"] = {"seconds": ended[module] - xen_started,
                                                 "ok": process.returncode == 0, "tests": counts(text)}
         ok = ok and process.returncode == 0
-
-    whole = time.time() - started
-    parts["make test"] = {"seconds": whole, "ok": ok}
+    parts["make test"] = {"seconds": time.time() - started, "ok": ok}
     (cache / "suite-times.json").write_text(json.dumps(
         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parts": parts}, indent=2) + "\n")
     print("=== suite time (docs/testing.md keeps the last fresh-clone figures) ===")
@@ -140,25 +205,9 @@ def main() -> int:
         tests = part.get("tests") or {}
         said = ", ".join(f"{n} {k}" for k, n in tests.items()) if isinstance(tests, dict) else ""
         status = "ok" if part["ok"] else "FAILED"
-        print(f"{name:<42} {minutes(float(part['seconds'])):>13}  {status}{'  (' + said + ')' if said else ''}")
-    total: dict[str, int] = {}
-    for part in parts.values():
-        for key, number in (part.get("tests") or {}).items():  # type: ignore[union-attr]
-            total[key] = total.get(key, 0) + number
-    failed = total.get("failed", 0) + total.get("errors", 0)
-    if not ok and not failed:
-        failed = 1  # a part that is not a test failed (the linters): say so in the count too
-    closing = f"{total.get('passed', 0)} passed, {failed} failed"
-    if total.get("skipped"):
-        closing += f", {total['skipped']} skipped"
-    print(closing)
+        print(f"{name:<48} {minutes(float(part['seconds'])):>13}  {status}{'  (' + said + ')' if said else ''}")
+    print(closing_line(parts, ok))
     return 0 if ok else 1
-
-
-def with_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import types
 import zipimport
 
 CACHE = "/var/cache/ansiballz-pyc"
-MAGIC = b"hostagent-test-1\n"
+MAGIC = b"hostagent-test-2\n"
 
 
 class CachingZipImporter(zipimport.zipimporter):
@@ -34,26 +34,32 @@ class CachingZipImporter(zipimport.zipimporter):
         if not os.path.basename(self.archive).endswith("_payload.zip"):
             return super().get_code(fullname)
         try:
-            source = self.get_source(fullname)
             path = self.get_filename(fullname)
+            data = self.get_data(path) if path.endswith(".py") else None
         except Exception:
-            source = None
-        if source is None:
+            data = None
+        if data is None:  # bytecode or a package without source: zipimport's own way
             return super().get_code(fullname)
         import hashlib  # here, not at every start of the dom0's Python: only a payload pays for it
+        import importlib.util
 
-        digest = hashlib.sha256(f"{fullname}\0{source}".encode(errors="surrogateescape")).hexdigest()
-        cached = os.path.join(CACHE, f"{digest}.bin")
+        # what compile() depends on: the bytes (a coding cookie or BOM included), the interpreter's
+        # bytecode version, and -O
+        key = hashlib.sha256(b"\0".join((fullname.encode(), importlib.util.MAGIC_NUMBER,
+                                          str(sys.flags.optimize).encode(), data))).hexdigest()
+        cached = os.path.join(CACHE, f"{key}.bin")
         try:
             with open(cached, "rb") as handle:
-                data = handle.read()
-            if data.startswith(MAGIC):
-                code = marshal.loads(data[len(MAGIC):])
-                _imp._fix_co_filename(code, path)  # this payload's path in tracebacks
-                return code  # type: ignore[no-any-return]
+                entry = handle.read()
+            if entry.startswith(MAGIC):
+                code = marshal.loads(entry[len(MAGIC):])
+                if isinstance(code, types.CodeType):
+                    _imp._fix_co_filename(code, path)  # this payload's path in tracebacks
+                    return code
         except (OSError, ValueError, EOFError, TypeError):
             pass
-        code = compile(source, path, "exec", dont_inherit=True)
+        # as zipimport compiles a source: universal newlines, bytes in (compile reads the cookie or BOM)
+        code = compile(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), path, "exec", dont_inherit=True)
         try:
             os.makedirs(CACHE, mode=0o700, exist_ok=True)
             partial = f"{cached}.{os.getpid()}.tmp"

@@ -200,10 +200,15 @@ def _compile(tree: Path) -> None:
 
 
 def dependencies_image() -> Path:
-    """The packages the daemon needs, from this environment (CPython 3.11), with their bytecode:
-    cached like the base image, keyed by their versions."""
+    """The packages the daemon needs, from this environment (CPython 3.11), with their bytecode and
+    the libraries their extensions link: cached like the base image, keyed by the packages' versions
+    and by each library file as it is now (a host upgrade of libc builds it again)."""
+    sources = [Path(importlib.import_module(name).__file__ or "") for name in AGENT_DEPENDENCIES]
+    extensions = [so for source in sources if source.name == "__init__.py" for so in source.parent.rglob("*.so")]
+    libraries = sorted({library for so in extensions for library in _libraries(str(so))})
+    identities = [(library, os.stat(library).st_size, os.stat(library).st_mtime_ns) for library in libraries]
     versions = [f"{name}={importlib.metadata.version(name)}" for name in AGENT_DEPENDENCIES]
-    recipe = f"{sys.version}|{versions}|{Path(__file__).read_text()}"
+    recipe = f"{sys.version}|{versions}|{identities}|{Path(__file__).read_text()}"
     image = CACHE / f"deps-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.cpio"
     if image.exists():
         return image
@@ -211,16 +216,14 @@ def dependencies_image() -> Path:
     stage = CACHE / f"deps-stage-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        for dependency in AGENT_DEPENDENCIES:
-            source = Path(importlib.import_module(dependency).__file__ or "")
+        for source in sources:
             if source.name == "__init__.py":
-                shutil.copytree(source.parent, stage / "opt/hostagent" / dependency,
+                shutil.copytree(source.parent, stage / "opt/hostagent" / source.parent.name,
                                 ignore=shutil.ignore_patterns("__pycache__"))
             else:  # a single-module distribution
                 shutil.copy2(source, stage / "opt/hostagent" / source.name)
-        for extension in (stage / "opt/hostagent").rglob("*.so"):  # compiled parts (SQLAlchemy's) need their libraries
-            for library in _libraries(str(extension)):
-                _copy(library, stage)
+        for library in libraries:  # compiled parts (SQLAlchemy's) need their libraries
+            _copy(library, stage)
         _compile(stage / "opt/hostagent")
         tmp = image.with_suffix(f".{os.getpid()}.tmp")
         _cpio(stage, tmp)

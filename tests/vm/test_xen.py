@@ -51,7 +51,7 @@ def mail() -> Iterator[tuple[Controller, Sink]]:
 
 @pytest.fixture(scope="module")
 def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]) -> Iterator[DebianVM]:
-    with publishing(share()), booted_dom0(tmp_path_factory.mktemp("xen"), mail[0].port) as machine:
+    with publishing(share(), fresh=True), booted_dom0(tmp_path_factory.mktemp("xen"), mail[0].port) as machine:
         yield machine
 
 

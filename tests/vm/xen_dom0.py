@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import time
 import traceback
@@ -29,6 +30,7 @@ import pytest
 from hostagent.maintenance.journal import Journal
 from tests import ansible_run, guests
 from tests.debian_vm import DebianVM, Machine, Snapshot, debian_vm, from_snapshot, kernel
+from tests.suite import process_start, write_json
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "xen"
 HOSTAGENT = "/opt/hostagent/venv/bin/hostagent"
@@ -74,19 +76,37 @@ def share() -> Path | None:
     return Path(value) if value else None
 
 
+def read_json(path: Path) -> dict[str, object] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 @contextlib.contextmanager
-def publishing(directory: Path | None) -> Iterator[None]:
-    """Tell the waiting process why no snapshot will come, if anything in the block fails."""
+def publishing(directory: Path | None, fresh: bool = False) -> Iterator[None]:
+    """Tell the waiting process why no snapshot will come, if anything in the block fails.
+
+    ``fresh``: the producer's start; what an earlier run left in the directory is removed (``make
+    test``'s runner gives each run a new directory, and names the producer in it first)."""
     if directory is None:
         yield
         return
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "producer.json").write_text(json.dumps({"pid": os.getpid()}))
+    if fresh:
+        for stale in ("ready.json", "failed.json"):
+            (directory / stale).unlink(missing_ok=True)
+        shutil.rmtree(directory / "snapshot", ignore_errors=True)
+    producer = read_json(directory / "producer.json")
+    if producer is None or producer.get("pid") != os.getpid():
+        write_json(directory / "producer.json", {"pid": os.getpid(), "start": process_start(os.getpid())})
     try:
         yield
     except BaseException as error:
-        (directory / "failed.json").write_text(json.dumps(
-            {"error": "".join(traceback.format_exception_only(type(error), error))[-4000:]}))
+        if not (directory / "ready.json").exists():
+            write_json(directory / "failed.json",
+                       {"error": "".join(traceback.format_exception_only(type(error), error))[-4000:]})
         raise
 
 
@@ -95,27 +115,27 @@ def publish(dom0: DebianVM, directory: Path, first: subprocess.CompletedProcess[
     if first.returncode != 0:
         raise AssertionError(f"the first site.yml run failed: {first.stdout[-3000:]}")
     taken = dom0.snapshot(directory / "snapshot")
-    partial = directory / "ready.json.tmp"
-    partial.write_text(json.dumps({"state": str(taken.state), "disks": [str(d) for d in taken.machine.disks],
-                                   "memory_mib": taken.machine.memory_mib, "host_key": taken.machine.host_key}))
-    partial.rename(directory / "ready.json")
+    write_json(directory / "ready.json", {"state": str(taken.state), "disks": [str(d) for d in taken.machine.disks],
+                                          "memory_mib": taken.machine.memory_mib, "host_key": taken.machine.host_key})
 
 
 def wait_for_snapshot(directory: Path, timeout: float = SNAPSHOT_WAIT) -> Snapshot:
-    """The snapshot the other process publishes after its first site.yml run."""
+    """The snapshot the other process publishes after its first site.yml run; a failure at once if
+    that process failed, or is gone (dead, a zombie, or its pid now another process's)."""
     deadline = time.monotonic() + timeout
     while True:
-        if (directory / "ready.json").exists():
-            said = json.loads((directory / "ready.json").read_text())
-            machine = Machine(int(said["memory_mib"]), True, [Path(d) for d in said["disks"]], str(said["host_key"]),
-                              None)
-            return Snapshot(machine, Path(said["state"]))
-        if (directory / "failed.json").exists():
-            pytest.fail(f"no installed dom0 to start from: {json.loads((directory / 'failed.json').read_text())}")
-        producer = directory / "producer.json"
-        if producer.exists():
-            pid = int(json.loads(producer.read_text())["pid"])
-            if not Path(f"/proc/{pid}").exists():
+        said = read_json(directory / "ready.json")
+        if said is not None:
+            machine = Machine(int(str(said["memory_mib"])), True, [Path(d) for d in said["disks"]],  # type: ignore[attr-defined]
+                              str(said["host_key"]), None)
+            return Snapshot(machine, Path(str(said["state"])))
+        failed = read_json(directory / "failed.json")
+        if failed is not None:
+            pytest.fail(f"no installed dom0 to start from: {failed.get('error')}")
+        producer = read_json(directory / "producer.json")
+        if producer is not None:
+            pid, start = int(str(producer.get("pid"))), producer.get("start")
+            if process_start(pid) is None or (start is not None and process_start(pid) != start):
                 pytest.fail(f"the process installing the dom0 (pid {pid}) ended without a snapshot in {directory}")
         if time.monotonic() > deadline:
             pytest.fail(f"no snapshot of the installed dom0 in {directory} after {timeout:g} s "

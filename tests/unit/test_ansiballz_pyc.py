@@ -1,0 +1,72 @@
+"""tests/vm/ansiballz_pyc.py, the test dom0's bytecode cache for Ansible's module payloads: the code
+it returns is what zipimport itself would compile, for every source and every -O level."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+HOOK = Path(__file__).resolve().parents[1] / "vm"
+MODULES = {
+    "plain.py": b"X = 'plain'\nassert False, 'asserts run'\n",
+    "latin.py": "# -*- coding: latin-1 -*-\nX = '\u00e9'\n".encode("latin-1"),
+    "bom.py": b"\xef\xbb\xbfX = 'bom'\n",
+    "crlf.py": b"X = 'crlf'\r\nY = 2\r\n",
+}
+PROBE = """
+import json, sys
+sys.path.insert(0, {hook!r})
+if {hooked}:
+    import ansiballz_pyc
+    ansiballz_pyc.CACHE = {cache!r}
+sys.path.insert(0, {payload!r})
+found = {{}}
+for name in ("plain", "latin", "bom", "crlf"):
+    try:
+        module = __import__(name)
+        found[name] = [getattr(module, "X", None), getattr(module, "Y", None), __debug__]
+    except BaseException as error:
+        found[name] = [type(error).__name__, str(error)]
+print(json.dumps(found))
+"""
+
+
+def imported(payload: Path, cache: Path, hooked: bool, optimize: bool = False) -> dict[str, object]:
+    code = PROBE.format(hook=str(HOOK), hooked=hooked, cache=str(cache), payload=str(payload))
+    done = subprocess.run([sys.executable, *(["-O"] if optimize else []), "-c", code], capture_output=True,
+                          text=True, timeout=60, check=True)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_cached_code_is_what_zipimport_compiles_for_every_source_and_level(tmp_path: Path) -> None:
+    payload = tmp_path / "ansible_probe_payload.zip"  # the name AnsiballZ gives its payloads
+    with zipfile.ZipFile(payload, "w") as archive:
+        for name, data in MODULES.items():
+            archive.writestr(name, data)
+    cache = tmp_path / "cache"
+    plain, plain_optimized = imported(payload, cache, False), imported(payload, cache, False, optimize=True)
+    assert plain["plain"][0] == "AssertionError" and plain_optimized["plain"] == ["plain", None, False]
+    assert plain["latin"] == ["\u00e9", None, True] and plain["bom"] == ["bom", None, True]
+    for optimize, expected in ((False, plain), (True, plain_optimized), (False, plain), (True, plain_optimized)):
+        assert imported(payload, cache, True, optimize) == expected  # filling the cache, then from it
+    assert len(list(cache.glob("*.bin"))) == 2 * len(MODULES)  # one entry per source and -O level
+
+
+def test_a_corrupt_entry_is_compiled_again_and_other_zips_are_left_alone(tmp_path: Path) -> None:
+    payload = tmp_path / "ansible_probe_payload.zip"
+    with zipfile.ZipFile(payload, "w") as archive:
+        for name, data in MODULES.items():
+            archive.writestr(name, data)
+    cache = tmp_path / "cache"
+    expected = imported(payload, cache, False)
+    imported(payload, cache, True)
+    for entry in cache.glob("*.bin"):
+        entry.write_bytes(entry.read_bytes()[:40])  # truncated
+    assert imported(payload, cache, True) == expected
+    other = tmp_path / "other.zip"  # not an AnsiballZ payload: zipimport's own path, nothing cached
+    other.write_bytes(payload.read_bytes())
+    cache2 = tmp_path / "cache2"
+    assert imported(other, cache2, True) == expected and not cache2.exists()
