@@ -1,13 +1,11 @@
-"""`make test`'s runner: the Xen modules beside the rest of the suite, then the wall time of each part.
+"""`make test`'s runner: the Xen module beside the rest of the suite, then the wall time of each part.
 
-Two cores (docs/testing.md, "Suite time"): the Xen modules (a dom0 under TCG, the longest chain)
-start first, each in its own pytest process with its own ``--basetemp``: ``test_xen.py`` boots the
-dom0 and installs it with Ansible, then snapshots it for ``test_xen_maintenance.py``, whose
-maintenances run on a copy of it beside the second and check-mode Ansible runs
-(``HOSTAGENT_XEN_SNAPSHOT``, tests/vm/xen_dom0.py).  The linters, ``make fuzz`` and then the rest
-of the suite run beside them.  A lint or fuzz failure stops all.  At the end it prints the Xen
-modules' output, a table of each part's wall time (also kept in ``.cache/suite-times.json``),
-and one closing line with the tests of every process: ``N passed, N failed``.
+Two cores (docs/testing.md, "Suite time"): the Xen module (a dom0 under TCG, the longest chain)
+starts first, in its own pytest process with its own ``--basetemp``; the linters, ``make fuzz``
+and then the rest of the suite run beside it.  A lint or fuzz failure stops both.  At the end it
+prints the Xen module's output, a table of each part's wall time (also kept in
+``.cache/suite-times.json``), and one closing line with the tests of every process:
+``N passed, N failed``.
 
 It exits non-zero if any part failed.  SIGINT, SIGTERM and SIGHUP stop every part, each in its own
 process group (and with it the part's QEMU, which dies with its test process).
@@ -19,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,9 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-XEN_MODULES = ("tests/vm/test_xen.py", "tests/vm/test_xen_maintenance.py")
-SNAPSHOTS = Path("/tmp")
-SNAPSHOT_PREFIX = "hostagent-xen-snapshot-"
+XEN_MODULES = ("tests/vm/test_xen.py",)
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # pytest's closing line, with or without its rule (-q drops the rule): "== 1 failed, 2 passed in 3.45s =="
 CLOSING = re.compile(r"^(=+ )?(\d+ \w+(, )?)+ in [\d.]+s\b")
@@ -100,37 +95,6 @@ def run(argv: list[str], log: list[str]) -> int:
         raise
 
 
-def remove_stale_snapshots() -> None:
-    """Snapshot directories of earlier runs whose runner is gone (a SIGKILL leaves several GB)."""
-    for directory in SNAPSHOTS.glob(f"{SNAPSHOT_PREFIX}*"):
-        pid = directory.name.removeprefix(SNAPSHOT_PREFIX)
-        if not pid.isdigit() or process_start(int(pid)) is None:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def process_start(pid: int) -> int | None:
-    """When the process started (clock ticks since boot, /proc/PID/stat field 22): with its pid, it
-    names one process.  None if it is gone or a zombie (a dead child its parent has not reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-    except (OSError, ValueError):
-        return None
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def write_json(path: Path, value: object) -> None:
-    """Written whole or not at all (another process may read it at any moment)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(value))
-    partial.rename(path)
-
-
 def main() -> int:
     started = float(os.environ.get("SUITE_STARTED") or time.time())  # the Makefile's start, before `make deps`
     bin_dir = Path(sys.executable).parent
@@ -143,9 +107,6 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
 
-    remove_stale_snapshots()
-    snapshot = SNAPSHOTS / f"{SNAPSHOT_PREFIX}{os.getpid()}"  # the installed dom0, shared: large files
-    snapshot.mkdir()
     xen: dict[str, subprocess.Popen[bytes]] = {}
     ended: dict[str, float] = {}
     ok = True
@@ -156,10 +117,7 @@ def main() -> int:
                 xen[module] = subprocess.Popen(
                     [str(bin_dir / "pytest"), "--durations=15", f"--basetemp=/tmp/hostagent-pytest-xen{number}",
                      "-p", "no:cacheprovider", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, env={**os.environ, "HOSTAGENT_XEN_SNAPSHOT": str(snapshot)})
-            if number == 0:  # the producer: the waiting process knows at once when it is gone
-                write_json(snapshot / "producer.json", {"pid": xen[module].pid,
-                                                         "start": process_start(xen[module].pid)})
+                    start_new_session=True)
         for name, argv in (("lint", ["make", "--no-print-directory", "lint"]),
                            ("fuzz", ["make", "--no-print-directory", "fuzz"])):
             began, output = time.monotonic(), []
@@ -187,8 +145,6 @@ def main() -> int:
         for process in xen.values():
             stop_group(process)
         return 130
-    finally:
-        shutil.rmtree(snapshot, ignore_errors=True)
 
     for number, (module, process) in enumerate(xen.items()):
         text = (cache / f"test-xen-{number}.log").read_text(errors="replace")

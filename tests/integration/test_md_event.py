@@ -1,6 +1,5 @@
 """``hostagent-md-event``, mdadm.conf's PROGRAM: mdadm's events reach the audit log, never a shell,
-and never a mail of their own (the daemon alerts; tests/vm/test_xen_maintenance.py shows one mail per
-failure)."""
+and never a mail of their own (the daemon alerts; tests/vm/test_xen.py shows one mail per failure)."""
 
 from __future__ import annotations
 

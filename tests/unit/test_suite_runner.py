@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import pytest
-
-from tests.suite import closing_line, counts, process_start, write_json
+from tests.suite import closing_line, counts
 
 
 def test_the_closing_line_with_its_rule_is_read_in_full() -> None:
@@ -45,48 +37,3 @@ def test_the_closing_line_never_says_none_failed_when_a_part_failed() -> None:
     parts["the rest"] = {"ok": False, "tests": {"passed": 800, "failed": 2, "errors": 1, "skipped": 3}}
     assert closing_line(parts, ok=False) == "837 passed, 3 failed, 3 skipped"
     assert closing_line({"x": {"ok": True, "tests": {"passed": 4}}}, ok=True) == "4 passed, 0 failed"
-
-
-def test_a_zombie_or_a_reused_pid_is_no_producer(tmp_path: Path) -> None:
-    assert process_start(os.getpid()) is not None
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    deadline = time.monotonic() + 30
-    while process_start(child.pid) is not None and time.monotonic() < deadline:  # exited, not yet reaped
-        time.sleep(0.05)
-    assert Path(f"/proc/{child.pid}").exists()  # a zombie still has its /proc entry
-    assert process_start(child.pid) is None
-    child.wait()
-    assert process_start(child.pid) is None
-
-
-def test_the_waiting_process_fails_at_once_when_the_producer_is_gone_or_failed(tmp_path: Path) -> None:
-    from tests.vm import xen_dom0
-
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    write_json(tmp_path / "producer.json", {"pid": child.pid, "start": process_start(child.pid)})
-    child.wait()
-    started = time.monotonic()
-    with pytest.raises(pytest.fail.Exception, match=r"ended without a snapshot"):
-        xen_dom0.wait_for_snapshot(tmp_path, timeout=60)
-    assert time.monotonic() - started < 30  # not the whole timeout
-    # the pid taken by another process since: its start time differs
-    write_json(tmp_path / "producer.json", {"pid": os.getpid(), "start": 1})
-    with pytest.raises(pytest.fail.Exception, match=r"ended without a snapshot"):
-        xen_dom0.wait_for_snapshot(tmp_path, timeout=60)
-    write_json(tmp_path / "producer.json", {"pid": os.getpid(), "start": process_start(os.getpid())})
-    write_json(tmp_path / "failed.json", {"error": "AssertionError: the first site.yml run failed"})
-    with pytest.raises(pytest.fail.Exception, match=r"first site.yml run failed"):
-        xen_dom0.wait_for_snapshot(tmp_path, timeout=60)
-    write_json(tmp_path / "ready.json", {"state": "/s/state", "disks": ["/s/disk.img"], "memory_mib": 2048,
-                                         "host_key": "ssh-ed25519 AAAA"})
-    found = xen_dom0.wait_for_snapshot(tmp_path, timeout=60)
-    assert found.state == Path("/s/state") and found.machine.disks == [Path("/s/disk.img")]
-
-
-def test_a_producer_without_a_snapshot_in_time_is_named(tmp_path: Path) -> None:
-    from tests.vm import xen_dom0
-
-    write_json(tmp_path / "producer.json", {"pid": os.getpid(), "start": process_start(os.getpid())})
-    (tmp_path / "ready.json").write_text('{"state": ')  # half written: never read as ready
-    with pytest.raises(pytest.fail.Exception, match=r"no snapshot of the installed dom0 .* after 3 s"):
-        xen_dom0.wait_for_snapshot(tmp_path, timeout=3)
