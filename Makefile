@@ -68,8 +68,6 @@ lint: deps
 	cd ansible && PATH=$(CURDIR)/$(BIN):$$PATH ansible-lint --profile production
 	cd ansible && $(CURDIR)/$(BIN)/ansible-playbook --syntax-check -i inventory.example.ini site.yml maintenance.yml
 
-# The Xen module (one dom0 under TCG, about 40 min, mostly one core) runs beside the rest of the
-# suite (mostly one core too): two cores, two pytest processes. Its output follows the rest's.
 # The Xen module (one dom0 under TCG, the suite's longest chain) runs beside the rest of the suite:
 # two cores, two pytest processes. tests/suite.py starts it first, runs the linters, make fuzz and
 # the rest beside it, prints the Xen module's output after the rest's, then each part's wall time
