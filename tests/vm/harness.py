@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,67 +128,76 @@ def base_image() -> Path:
     """The cached initramfs with busybox, mdadm, dmsetup, Python and the kernel modules."""
     kver = kernel_version()
     recipe = f"{kver}|{sys.version}|{(HERE / 'init.sh').read_text()}|{Path(__file__).read_text()}"
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    image = CACHE / f"base-{key}.cpio"
+    return _cached_cpio("base", recipe, lambda stage: _fill_base(stage, kver))
+
+
+def _cached_cpio(name: str, recipe: str, fill: Callable[[Path], None]) -> Path:
+    """``.cache/vm/<name>-<hash of recipe>.cpio``, built once by ``fill`` in a stage of this process's
+    own and renamed into place whole (two processes building it at once each get a whole file)."""
+    image = CACHE / f"{name}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.cpio"
     if image.exists():
         return image
     CACHE.mkdir(parents=True, exist_ok=True)
-    stage = CACHE / f"stage-{os.getpid()}"
+    stage = CACHE / f"{name}-stage-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        busybox = _need("busybox")
-        (stage / "bin").mkdir(parents=True)
-        shutil.copy2(busybox, stage / "bin/busybox")
-        applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
-        for applet in applets:
-            if applet != "busybox" and not (stage / "bin" / applet).exists():
-                (stage / "bin" / applet).symlink_to("busybox")
-        for tool in (*TOOLS, PYTHON):
-            link = stage / "bin" / Path(tool).name
-            if link.is_symlink():  # the real tool, not busybox's smaller applet (blkid -p, wipefs)
-                link.unlink()
-            path = _need(tool)
-            for lib in _libraries(path):
-                _copy(lib, stage)
-            _copy(path, stage)
-        (stage / "usr/bin/python3").symlink_to("python3.11")
-        mke2fs = Path(_need("mke2fs"))
-        (stage / str(mke2fs.parent).lstrip("/") / "mkfs.ext4").symlink_to("mke2fs")
-        for name in GCONV:  # mtools converts FAT names through iconv (codepage 850), as on a full host
-            source = Path("/usr/lib/x86_64-linux-gnu/gconv") / name
-            target = stage / str(source).lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, target)
-            else:
-                shutil.copy2(source, target)
-        for data in DATA_DIRS:
-            shutil.copytree(data, stage / data.lstrip("/"), ignore=shutil.ignore_patterns("monolithic"))
-        pylib = Path("/usr/lib/python3.11")
-        shutil.copytree(pylib, stage / "usr/lib/python3.11", symlinks=True,
-                        ignore=lambda d, names: [n for n in names if n in PY_SKIP and Path(d) == pylib])
-        for extension in sorted((pylib / "lib-dynload").glob("*.so")):  # _sqlite3, _ssl, ... need their libraries
-            for lib in _libraries(str(extension)):
-                if not (stage / lib.lstrip("/")).exists():
-                    _copy(lib, stage)
-        order = module_order(kver)
-        on_demand = [m for m in module_order(kver, ON_DEMAND) if m not in order]
-        order += [m for m in on_demand if Path(m).name.split(".")[0] not in ON_DEMAND]  # their dependencies
-        (stage / "lib/modules").mkdir(parents=True)
-        for module in order + on_demand:
-            shutil.copy2(module, stage / "lib/modules")
-        (stage / "etc").mkdir(exist_ok=True)
-        (stage / "etc/modules.order").write_text("\n".join(Path(m).name for m in order) + "\n")
-        shutil.copy2(HERE / "init.sh", stage / "init")
-        (stage / "init").chmod(0o755)
-        for lib in ("lib", "lib64", "usr/lib"):
-            (stage / lib).mkdir(parents=True, exist_ok=True)
-        tmp = image.with_suffix(".tmp")
+        fill(stage)
+        tmp = image.with_suffix(f".{os.getpid()}.tmp")
         _cpio(stage, tmp)
         tmp.rename(image)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return image
+
+
+def _fill_base(stage: Path, kver: str) -> None:
+    busybox = _need("busybox")
+    (stage / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, stage / "bin/busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox" and not (stage / "bin" / applet).exists():
+            (stage / "bin" / applet).symlink_to("busybox")
+    for tool in (*TOOLS, PYTHON):
+        link = stage / "bin" / Path(tool).name
+        if link.is_symlink():  # the real tool, not busybox's smaller applet (blkid -p, wipefs)
+            link.unlink()
+        path = _need(tool)
+        for lib in _libraries(path):
+            _copy(lib, stage)
+        _copy(path, stage)
+    (stage / "usr/bin/python3").symlink_to("python3.11")
+    mke2fs = Path(_need("mke2fs"))
+    (stage / str(mke2fs.parent).lstrip("/") / "mkfs.ext4").symlink_to("mke2fs")
+    for name in GCONV:  # mtools converts FAT names through iconv (codepage 850), as on a full host
+        source = Path("/usr/lib/x86_64-linux-gnu/gconv") / name
+        target = stage / str(source).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+    for data in DATA_DIRS:
+        shutil.copytree(data, stage / data.lstrip("/"), ignore=shutil.ignore_patterns("monolithic"))
+    pylib = Path("/usr/lib/python3.11")
+    shutil.copytree(pylib, stage / "usr/lib/python3.11", symlinks=True,
+                    ignore=lambda d, names: [n for n in names if n in PY_SKIP and Path(d) == pylib])
+    for extension in sorted((pylib / "lib-dynload").glob("*.so")):  # _sqlite3, _ssl, ... need their libraries
+        for lib in _libraries(str(extension)):
+            if not (stage / lib.lstrip("/")).exists():
+                _copy(lib, stage)
+    order = module_order(kver)
+    on_demand = [m for m in module_order(kver, ON_DEMAND) if m not in order]
+    order += [m for m in on_demand if Path(m).name.split(".")[0] not in ON_DEMAND]  # their dependencies
+    (stage / "lib/modules").mkdir(parents=True)
+    for module in order + on_demand:
+        shutil.copy2(module, stage / "lib/modules")
+    (stage / "etc").mkdir(exist_ok=True)
+    (stage / "etc/modules.order").write_text("\n".join(Path(m).name for m in order) + "\n")
+    shutil.copy2(HERE / "init.sh", stage / "init")
+    (stage / "init").chmod(0o755)
+    for lib in ("lib", "lib64", "usr/lib"):
+        (stage / lib).mkdir(parents=True, exist_ok=True)
 
 
 def _compile(tree: Path) -> None:
@@ -209,13 +218,8 @@ def dependencies_image() -> Path:
     identities = [(library, os.stat(library).st_size, os.stat(library).st_mtime_ns) for library in libraries]
     versions = [f"{name}={importlib.metadata.version(name)}" for name in AGENT_DEPENDENCIES]
     recipe = f"{sys.version}|{versions}|{identities}|{Path(__file__).read_text()}"
-    image = CACHE / f"deps-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.cpio"
-    if image.exists():
-        return image
-    CACHE.mkdir(parents=True, exist_ok=True)
-    stage = CACHE / f"deps-stage-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+
+    def fill(stage: Path) -> None:
         for source in sources:
             if source.name == "__init__.py":
                 shutil.copytree(source.parent, stage / "opt/hostagent" / source.parent.name,
@@ -225,12 +229,7 @@ def dependencies_image() -> Path:
         for library in libraries:  # compiled parts (SQLAlchemy's) need their libraries
             _copy(library, stage)
         _compile(stage / "opt/hostagent")
-        tmp = image.with_suffix(f".{os.getpid()}.tmp")
-        _cpio(stage, tmp)
-        tmp.rename(image)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return image
+    return _cached_cpio("deps", recipe, fill)
 
 
 def agent_image(run_dir: Path) -> Path:
