@@ -188,10 +188,12 @@ def _format_eta(seconds: int | None) -> str:
 
 def _sync(array: MdArray) -> list[Finding]:
     sync = array.sync
-    if sync.action == "recover" and sync.progress is None and not any(
+    if sync.action == "recover" and not sync.progress and not any(
             "rebuilding" in m.states or "spare" in m.states for m in array.members):
         # md sets "recover" for a moment after a member fails, finds no spare to rebuild onto and
-        # drops it: a finding would be mailed and resolved within a second (seen on a Xen dom0)
+        # drops it: a finding would be mailed and resolved within a second (seen on a Xen dom0).
+        # For that moment sync_completed reads "0 / <size>" (MD_RECOVERY_RUNNING is set while
+        # md_check_recovery looks for spares), so no progress and 0 % are the same evidence: none.
         return []
     if sync.action in ("resync", "recover", "reshape"):
         pct = "unknown progress" if sync.progress is None else f"{sync.progress:.1%} done"

@@ -278,5 +278,9 @@ def test_a_recovery_with_nothing_to_rebuild_onto_is_md_passing_through() -> None
     onto = MdMember("sdc1", 1, ("spare",))
     rebuilding = dataclasses.replace(failed, members=(MdMember("sda1", 0, ("in_sync",)), onto))
     assert "md.recovering" in [f.code for f in md.evaluate(rebuilding, md.Config())]
+    # sync_completed "0 / N" while md looks for a spare: no more evidence than no progress at all
+    for nothing_yet in (0.0, None):
+        passing = dataclasses.replace(failed, sync=MdSync("recover", progress=nothing_yet))
+        assert "md.recovering" not in [f.code for f in md.evaluate(passing, md.Config())], nothing_yet
     with_progress = dataclasses.replace(failed, sync=MdSync("recover", progress=0.1))
     assert "md.recovering" in [f.code for f in md.evaluate(with_progress, md.Config())]
