@@ -59,6 +59,80 @@ def test_recovery_in_progress_is_reported_with_progress(md: MdHelper) -> None:
     assert [m["device"] for m in rebuilding] == [md.kernel_name(members[1])]
 
 
+# In the VM: fail a member, and keep a copy of every state md shows in the next 2 s (the md files the
+# agent reads, rooted under /tmp/moments/N; sync_action and sync_completed as first read, the rest read
+# right after), as fast as Python can read them.  Prints the states seen.
+CATCH_MOMENTS = r"""
+import json, os, subprocess, sys, time
+from hostagent.sources.mdsysfs import ARRAY_ATTRS, MEMBER_ATTRS
+base, member = "/sys/block/md0/md", sys.argv[1]
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+def copy(source, root, text=None):
+    text = read(source) if text is None else text
+    if text is not None:
+        os.makedirs(os.path.dirname(root + source), exist_ok=True)
+        with open(root + source, "w") as f:
+            f.write(text)
+def keep(n, state):
+    root = f"/tmp/moments/{n}"
+    os.makedirs(root + base)
+    copy("/proc/mdstat", root)
+    for entry in os.listdir(base):
+        if entry in ARRAY_ATTRS:
+            copy(f"{base}/{entry}", root, state.get(entry))
+        elif entry.startswith("dev-"):
+            for name in MEMBER_ATTRS:
+                copy(f"{base}/{entry}/{name}", root)
+        elif entry.startswith("rd"):
+            os.symlink(os.readlink(f"{base}/{entry}"), f"{root}{base}/{entry}")
+seen, last = [], None
+fail = subprocess.Popen(["mdadm", "--manage", "/dev/md0", "--fail", member])
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    state = [read(base + "/sync_action"), read(base + "/sync_completed")]
+    if state != last:
+        keep(len(seen), dict(zip(("sync_action", "sync_completed"), state)))
+        seen.append(state)
+        last = state
+fail.wait()
+print(json.dumps(seen))
+"""
+
+
+def test_the_moment_after_a_failure_with_no_spare_is_no_rebuild(md: MdHelper) -> None:
+    """Debian's kernel, after ``mdadm --fail`` on a mirror with no spare: for a few milliseconds
+    sync_action reads "recover" and sync_completed "0 / <size>" (or "none") while md looks for a spare
+    to rebuild onto; the daemon, woken by POLLPRI on /proc/mdstat, reads exactly that moment (CI mailed
+    md.recovering, then resolved it).  Every state md shows is kept and checked: none is a rebuild."""
+    members = md.members(2)
+    md.create("1", members)
+    md.vm.run(f"cat > /tmp/catch.py <<'EOF'\n{CATCH_MOMENTS}EOF\n")
+    moments: list[list[str | None]] = []
+    for attempt in range(5):  # the moment is short: catch it, under whatever load
+        md.vm.run("rm -rf /tmp/moments")
+        moments = json.loads(md.vm.run(f"python3 /tmp/catch.py {members[1]}", timeout=60).stdout)
+        if any(action and action.strip() == "recover" for action, _ in moments):
+            break
+        md.vm.run(f"mdadm --manage /dev/md0 --remove {members[1]} && mdadm --zero-superblock {members[1]} "
+                  f"&& mdadm --manage /dev/md0 --add {members[1]}")
+        wait_for(lambda: "recovery" not in md.vm.run("cat /proc/mdstat").stdout, "the rebuild to end")
+    caught = [i for i, (action, _) in enumerate(moments) if action and action.strip() == "recover"]
+    assert caught, f"md never showed 'recover' after the failure: {moments}"
+    for index in range(len(moments)):
+        result = md.vm.hostagent(f"check --json --only md --root /tmp/moments/{index}")
+        report = json.loads(result.stdout)
+        codes = [f["code"] for f in report["findings"]]
+        assert "md.recovering" not in codes, (moments[index], report["findings"])
+        if index in caught:
+            assert report["inventory"]["arrays"][0]["sync"]["action"] == "recover", report["inventory"]
+    assert "md.degraded" in [f["code"] for f in md.report()["findings"]]
+
+
 def degraded_severity(md: MdHelper) -> str | None:
     return next((f[2] for f in md.findings() if f[0] == "md.degraded"), None)
 
