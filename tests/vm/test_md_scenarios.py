@@ -113,7 +113,7 @@ def test_the_moment_after_a_failure_with_no_spare_is_no_rebuild(md: MdHelper) ->
     md.create("1", members)
     md.vm.run(f"cat > /tmp/catch.py <<'EOF'\n{CATCH_MOMENTS}EOF\n")
     moments: list[list[str | None]] = []
-    for attempt in range(5):  # the moment is short: catch it, under whatever load
+    for _attempt in range(5):  # the moment is short: catch it, under whatever load
         md.vm.run("rm -rf /tmp/moments")
         moments = json.loads(md.vm.run(f"python3 /tmp/catch.py {members[1]}", timeout=60).stdout)
         if any(action and action.strip() == "recover" for action, _ in moments):
