@@ -3,6 +3,7 @@ is both a hypervisor and the controller, and the checks an operator would make a
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -51,17 +52,30 @@ def inventory(vm: DebianVM, tmp: Path) -> Path:
 
 
 def playbook(inventory_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return playbooks(inventory_path, args)[0]
+
+
+def playbooks(inventory_path: Path, *runs: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """ansible/site.yml with each of ``runs``' arguments, all at once (each its own process and stamped
+    log, playbook-N.log beside the inventory): the emulated dom0 has two CPUs, and one run keeps one busy."""
+    taken = len(list(inventory_path.parent.glob("playbook-*.log")))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        started = [pool.submit(_playbook, inventory_path, taken + number, args)
+                   for number, args in enumerate(runs, start=1)]
+        return [run.result() for run in started]
+
+
+def _playbook(inventory_path: Path, number: int, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
            "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOCAL_TEMP": str(inventory_path.parent / "tmp"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}"}
     command = [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inventory_path), str(REPO / "ansible/site.yml"),
                *args]
-    runs = len(list(inventory_path.parent.glob("playbook-*.log")))
-    log = inventory_path.parent / f"playbook-{runs + 1}.log"  # each line stamped with its second: where time goes
+    log = inventory_path.parent / f"playbook-{number}.log"  # each line stamped with its second: where time goes
     lines: list[str] = []
     started = time.monotonic()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process, \
-            log.open("w") as stamped:
+            log.open("x") as stamped:
         timer = threading.Timer(2400, process.kill)
         timer.start()
         try:
