@@ -80,10 +80,10 @@ def stop_group(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace: 
     process.wait()
 
 
-def run(argv: list[str], log: list[str]) -> int:
+def run(argv: list[str], log: list[str], env: dict[str, str] | None = None) -> int:
     """Run a part in the foreground, in its own process group, its output passed through and kept."""
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               bufsize=1, start_new_session=True)
+                               bufsize=1, start_new_session=True, env=env)
     try:
         for line in process.stdout:  # type: ignore[union-attr]
             sys.stdout.write(line)
@@ -116,8 +116,9 @@ def main() -> int:
             with (cache / f"test-xen-{number}.log").open("w") as out:
                 xen[module] = subprocess.Popen(
                     [str(bin_dir / "pytest"), "--durations=15", f"--basetemp=/tmp/hostagent-pytest-xen{number}",
-                     "-p", "no:cacheprovider", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+                     "-p", "no:cacheprovider", "-p", "tests.cputime", module], cwd=REPO, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, "HOSTAGENT_CPU_LOG": str(cache / f"cpu-xen-{number}.json")})
         for name, argv in (("lint", ["make", "--no-print-directory", "lint"]),
                            ("fuzz", ["make", "--no-print-directory", "fuzz"])):
             began, output = time.monotonic(), []
@@ -129,7 +130,9 @@ def main() -> int:
         if ok:
             began, output = time.monotonic(), []
             rc = run([str(bin_dir / "pytest"), "--durations=40", "--basetemp=/tmp/hostagent-pytest",
-                      *[f"--ignore={module}" for module in XEN_MODULES], "--ignore=tests/fuzz"], output)
+                      "-p", "tests.cputime", *[f"--ignore={module}" for module in XEN_MODULES],
+                      "--ignore=tests/fuzz"], output,
+                     {**os.environ, "HOSTAGENT_CPU_LOG": str(cache / "cpu-rest.json")})
             parts["the rest"] = {"seconds": time.monotonic() - began, "ok": rc == 0, "tests": counts("".join(output))}
             ok = rc == 0
         else:
