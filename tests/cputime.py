@@ -1,4 +1,4 @@
-"""A pytest plugin (``-p tests.cputime``): the CPU each test costs, its QEMU and other children included.
+"""A pytest plugin (the root conftest.py loads it): the CPU each test costs, its QEMU and other children included.
 
 The suite is bound by CPU on two cores (docs/testing.md, "Suite time"), so wall time alone misleads:
 a test that waits out a kernel timeout is long and cheap, an Ansible run on the emulated dom0 is long
