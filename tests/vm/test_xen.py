@@ -80,11 +80,15 @@ def wait_for(what: str, predicate: object, timeout: float, step: float = 2.0, vm
 
 
 def state_of(vm: DebianVM) -> str:
-    """What a failed wait on the dom0 needs to explain itself (never raises)."""
+    """What a failed wait on the dom0 needs to explain itself (never raises): a guest that died shows
+    in Xen's log, xl's log of it and its console."""
     said = [f"--- the dom0's console (last 3000 characters of {vm.console}):",
             vm.console.read_text(errors="replace")[-3000:] if vm.console.exists() else "(none)"]
     for title, command in (("hostagent's journal", "journalctl -u hostagent.service -n 60 --no-pager"),
                            ("xl list", "xl list"),
+                           ("Xen's own log", "xl dmesg | tail -n 30"),
+                           ("xl's log of each guest", "tail -n 20 /var/log/xen/xl-*.log"),
+                           ("each guest's console", "tail -n 12 /var/log/xen/console/guest-*.log"),
                            ("maintenance journals", "tail -c 1500 /var/lib/hostagent/maintenance/*.json")):
         try:
             done = vm.ssh(command, timeout=30)
