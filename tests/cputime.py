@@ -4,8 +4,11 @@ The suite is bound by CPU on two cores (docs/testing.md, "Suite time"), so wall 
 a test that waits out a kernel timeout is long and cheap, an Ansible run on the emulated dom0 is long
 and dear.  For each test this keeps the wall time and the CPU time of the pytest process and of the
 children it reaped (``getrusage``): a module's VM is reaped at its last test's teardown, so a module's
-sum is right even where one test's share is not.  At the end it prints the dearest tests and modules,
-and with ``HOSTAGENT_CPU_LOG=path`` writes every figure there as JSON.
+sum is right even where one test's share is not.  Not counted: what is not this process's child, such
+as the QEMU that libvirtd starts for a guest, and a session's VM (reaped after the last test).  So it
+also prints what the whole machine spent over the run (``/proc/stat``, every process: with the Xen
+module beside the rest, both print the same machine).  At the end it prints the dearest tests and
+modules, and with ``HOSTAGENT_CPU_LOG=path`` writes every figure there as JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +24,23 @@ from typing import Any
 import pytest
 
 _FIGURES: list[dict[str, Any]] = []
+_MACHINE: dict[str, tuple[float, float]] = {}
+
+
+def machine() -> tuple[float, float]:
+    """The machine's (busy, all) CPU seconds since boot, every CPU and process (/proc/stat's cpu line)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return (0.0, 0.0)
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return ((sum(fields) - idle) / tick, sum(fields) / tick)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _MACHINE["start"] = machine()
 
 
 def _cpu() -> float:
@@ -54,7 +74,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write = terminalreporter.write_line
     terminalreporter.section("CPU time (this process and its children; tests/cputime.py)")
     write(f"all tests: {sum(f['cpu_s'] for f in _FIGURES) / 60:.1f} CPU-minutes in "
-          f"{sum(f['wall_s'] for f in _FIGURES) / 60:.1f} minutes of tests")
+          f"{sum(f['wall_s'] for f in _FIGURES) / 60:.1f} minutes of tests (this process and its children)")
+    (busy, every), (busy_0, every_0) = machine(), _MACHINE.get("start", (0.0, 0.0))
+    if every > every_0:
+        write(f"the machine, every process: {(busy - busy_0) / 60:.1f} CPU-minutes busy of "
+              f"{(every - every_0) / 60:.1f} ({(busy - busy_0) / (every - every_0):.0%})")
     write("dearest modules (CPU s, wall s):")
     for name, module in sorted(modules.items(), key=lambda kv: -kv[1]["cpu_s"])[:12]:
         write(f"  {module['cpu_s']:8.1f} {module['wall_s']:8.1f}  {name}")
@@ -63,4 +87,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         write(f"  {figure['cpu_s']:8.1f} {figure['wall_s']:8.1f}  {figure['test']}")
     target = os.environ.get("HOSTAGENT_CPU_LOG")
     if target:
-        Path(target).write_text(json.dumps({"tests": _FIGURES, "modules": modules}, indent=1))
+        Path(target).write_text(json.dumps({"tests": _FIGURES, "modules": modules,
+                                            "machine_busy_s": round(busy - busy_0, 1),
+                                            "machine_all_s": round(every - every_0, 1)}, indent=1))

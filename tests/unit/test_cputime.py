@@ -35,11 +35,13 @@ def test_a_tests_cpu_includes_the_children_it_reaped(tmp_path: Path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CPU time (this process and its children" in done.stdout
+    assert "the machine, every process: " in done.stdout
     assert done.stdout.rstrip().splitlines()[-1].startswith("=")  # pytest's closing line stays the last
     figures = json.loads(log.read_text())
     cpu = {f["test"].split("::")[-1]: f["cpu_s"] for f in figures["tests"]}
     assert cpu["test_a_child_burns_cpu"] >= 0.3, cpu
     assert cpu["test_nothing"] < 0.3, cpu
+    assert 0 < figures["machine_busy_s"] <= figures["machine_all_s"]  # the machine worked while the child did
     [(module, total)] = figures["modules"].items()
     assert module.endswith("test_burn.py") and total["cpu_s"] >= 0.3
 
