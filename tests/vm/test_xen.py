@@ -110,6 +110,18 @@ def printed(vm: DebianVM, name: str) -> int:
     return int(done.stdout.strip() or 0) if done.returncode in (0, 1) else 0
 
 
+def kept_running(vm: DebianVM, names: tuple[str, ...], tmp_path: Path) -> None:
+    """Each guest prints on after the dom0's reboot, from one boot, its uptime never going back: it
+    was restored from its image, not booted afresh."""
+    for name in names:
+        before = printed(vm, name)
+        wait_for(f"{name} to print after the reboot", lambda n=name, b=before: printed(vm, n) >= b + 2, 60,
+                 vm=vm)
+        log = console(vm, name, tmp_path / f"{name}.log")
+        times = guests.uptimes(log)
+        assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-1500:]
+
+
 def start_pv(vm: DebianVM, name: str) -> None:
     """``xl create``, then the guest's first uptime line.  Once, under a loaded machine, a guest that
     xl had created (exit 0) was gone from ``xl list`` before it printed: that is this test's setup
@@ -258,13 +270,7 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
     assert all(g.clock == "kept by Xen (pv guest)" for g in final.guests.values())
     saves = [final.guests[n].save_started for n in PV]
     assert max(saves) - min(saves) < min(g.downtime_s or 0 for g in final.guests.values())  # in parallel
-    for name in PV:
-        before = printed(dom0, name)
-        wait_for(f"{name} to print after the reboot", lambda n=name, b=before: printed(dom0, n) >= b + 2, 60,
-                 vm=dom0)
-        log = console(dom0, name, tmp_path / f"{name}.log")
-        times = guests.uptimes(log)
-        assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-1500:]
+    kept_running(dom0, PV, tmp_path)
     wait_for("the after-notices", lambda: sum("your downtime" in m["subject"] for m in sink.messages) >= 2, 120,
              vm=dom0)
     after = {m["to"][0]: m["body"] for m in sink.messages if "your downtime" in m["subject"]}
@@ -337,13 +343,7 @@ def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_wi
     assert {n: (g.outcome, g.image) for n, g in final.guests.items()} == {
         n: ("restored", f"/var/lib/libvirt/libxl/save/{n}.save") for n in ("lv1", "lv2")}
     assert ssh_ok(dom0, "ls -A /var/lib/libvirt/libxl/save").split() == []  # the used images are deleted
-    for name in ("lv1", "lv2"):
-        before = printed(dom0, name)
-        wait_for(f"{name} to print after the reboot", lambda n=name, b=before: printed(dom0, n) >= b + 2, 60,
-                 vm=dom0)
-        log = console(dom0, name, tmp_path / f"{name}.log")
-        times = guests.uptimes(log)
-        assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-1500:]
+    kept_running(dom0, ("lv1", "lv2"), tmp_path)
 
 
 def audit_records(vm: DebianVM) -> list[dict[str, object]]:
