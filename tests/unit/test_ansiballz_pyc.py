@@ -70,3 +70,45 @@ def test_a_corrupt_entry_is_compiled_again_and_other_zips_are_left_alone(tmp_pat
     other.write_bytes(payload.read_bytes())
     cache2 = tmp_path / "cache2"
     assert imported(other, cache2, True) == expected and not cache2.exists()
+
+
+COUNT_COMPILES = """
+import builtins, json, sys
+sys.path.insert(0, {hook!r})
+import ansiballz_pyc
+ansiballz_pyc.CACHE = {cache!r}
+ansiballz_pyc.install()
+compiled = []
+real = builtins.compile
+def counting(source, filename, mode, *args, **kwargs):
+    compiled.append(str(filename))
+    return real(source, filename, mode, *args, **kwargs)
+builtins.compile = counting  # zipimport's _compile_source calls the builtin by name
+sys.path.insert(0, {payload!r})
+import pkg.inner, crlf
+print(json.dumps([compiled, pkg.inner.X, crlf.X, pkg.inner.__file__, pkg.__path__]))
+"""
+
+
+def test_a_cached_payload_compiles_nothing_not_even_for_its_specs(tmp_path: Path) -> None:
+    """CPython 3.11's zipimporter compiles a module to answer get_filename, which find_spec asks for:
+    with only get_code cached, each module was still compiled once per import (and without the hook,
+    twice).  Once the cache is filled, an import compiles nothing, and the names are zipimport's."""
+    payload = tmp_path / "ansible_probe_payload.zip"
+    with zipfile.ZipFile(payload, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("crlf.py", MODULES["crlf.py"])
+        archive.writestr("pkg/__init__.py", b"")
+        archive.writestr("pkg/inner.py", b"X = 'inner'\n")
+    cache = tmp_path / "cache"
+
+    def run() -> list[object]:
+        code = COUNT_COMPILES.format(hook=str(HOOK), cache=str(cache), payload=str(payload))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    first, second = run(), run()
+    in_payload = [name for name in first[0] if name.startswith(str(payload))]  # type: ignore[union-attr]
+    assert sorted(in_payload) == sorted(f"{payload}/{name}" for name in ("crlf.py", "pkg/__init__.py",
+                                                                         "pkg/inner.py"))  # once each
+    assert [name for name in second[0] if name.startswith(str(payload))] == []  # type: ignore[union-attr]
+    assert second[1:] == first[1:] == ["inner", "crlf", f"{payload}/pkg/inner.py", [f"{payload}/pkg"]]

@@ -3,8 +3,9 @@
 Each Ansible task runs its module as an AnsiballZ payload: a zip of the module and the
 ``ansible.module_utils`` it needs, written to a fresh temporary directory and imported from there
 by ``zipimport``.  zipimport never writes bytecode, so every task compiles ``module_utils.basic``
-and its imports from source again.  On the Xen dom0 under QEMU's TCG that compile was about half
-of each task's cost (docs/testing.md, "Where the time goes").
+and its imports from source again, and CPython 3.11's zipimport compiles each module twice (once to
+name the module's file for its spec, once for its code).  On the Xen dom0 under QEMU's TCG that was
+about 40 % of each task's cost (docs/testing.md, "Third round").
 
 This module makes zipimport keep what it compiled, for those payloads only, keyed by the SHA-256
 of the module's own source: the same source gives the same code object, as CPython's own
@@ -29,6 +30,24 @@ MAGIC = b"hostagent-test-2\n"
 
 class CachingZipImporter(zipimport.zipimporter):
     """zipimport, with compiled code kept across processes for AnsiballZ payloads."""
+
+    def get_filename(self, fullname: str) -> str:
+        """The module's path in the archive, found without compiling it.
+
+        CPython 3.11's zipimporter answers ``get_filename`` by compiling the module
+        (``_get_module_code``), and ``find_spec`` asks for it: every module of a payload was compiled
+        once for its spec and once more for its code, cache or no cache.  For a source entry the
+        answer is its name in the archive, as ``_get_module_code`` would return it; for bytecode in
+        the archive (which it may reject and pass over) zipimport's own way."""
+        if os.path.basename(self.archive).endswith("_payload.zip"):
+            path = zipimport._get_module_path(self, fullname)  # type: ignore[attr-defined]
+            for suffix, isbytecode, _ in zipimport._zip_searchorder:  # type: ignore[attr-defined]
+                entry = self._files.get(path + suffix)  # type: ignore[attr-defined]
+                if entry is not None:
+                    if isbytecode:
+                        break
+                    return str(entry[0])
+        return str(super().get_filename(fullname))
 
     def get_code(self, fullname: str) -> types.CodeType:
         if not os.path.basename(self.archive).endswith("_payload.zip"):
