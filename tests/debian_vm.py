@@ -145,10 +145,35 @@ class DebianVM:
 
     def ssh(self, command: str, key: Path | None = None, timeout: float = 120,
             user: str = "root") -> subprocess.CompletedProcess[str]:
+        """``command`` on the VM.  The test's own root logins share one connection (see ``multiplexing``);
+        a login with another key or as another user is a login of its own, every time: what sshd lets
+        that key do is what such a test is about."""
+        shared = key is None and user == "root"
         return subprocess.run(["ssh", "-i", str(key or self.key), "-p", str(self.port), "-o", "BatchMode=yes",
                                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                               "-o", "IdentitiesOnly=yes", f"{user}@127.0.0.1", command],
+                               "-o", "IdentitiesOnly=yes", *(self.multiplexing() if shared else ()),
+                               f"{user}@127.0.0.1", command],
                               capture_output=True, text=True, timeout=timeout)
+
+    def multiplexing(self) -> tuple[str, ...]:
+        """OpenSSH's connection sharing for the test's root logins.  On the Xen dom0 under TCG a fresh
+        login (sshd's re-exec, the key exchange, PAM and logind) cost about 1.8 s of CPU, and a command
+        over a shared connection about 0.2 s (docs/testing.md, "Third round"); the tests' waits poll
+        every few seconds.  A reboot ends the shared connection (ServerAlive notices a VM that went
+        away without closing it), and the next command opens a new one."""
+        return ("-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+
+    @property
+    def control_dir(self) -> Path:
+        # a socket's path is at most 107 bytes: a short directory of its own, not the test's tmp_path
+        return Path(f"/tmp/hostagent-ssh-{os.getuid()}-{self.process.pid}")
+
+    def close_shared(self) -> None:
+        """Ends the shared connection's master (it would otherwise outlive the VM by ControlPersist)."""
+        subprocess.run(["ssh", "-o", f"ControlPath={self.control_dir}/%C", "-p", str(self.port), "-O", "exit",
+                        "root@127.0.0.1"], capture_output=True, timeout=30, check=False)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
 
 
 def _die_with_parent() -> None:
@@ -213,6 +238,7 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
          "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     vm = DebianVM(port, key, known, console, process)
+    vm.control_dir.mkdir(mode=0o700, exist_ok=True)
     try:
         deadline = time.monotonic() + boot_timeout
         while True:
@@ -228,3 +254,4 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
     finally:
         process.kill()
         process.wait(timeout=30)
+        vm.close_shared()
