@@ -18,8 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,83 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Qmp:
+    """QEMU's machine protocol on a unix socket: each command carries an id, and only the reply with
+    that id answers it (events and a late reply to an earlier, timed-out command are skipped); a
+    command's timeout is a deadline, however many events arrive meanwhile."""
+
+    def __init__(self, path: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"QEMU exited with {process.returncode} before its QMP socket opened")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"QEMU did not open {path} within {timeout:g} s") from None
+                time.sleep(0.1)
+        self.buffer = b""
+        self.ids = 0
+        self.lock = threading.Lock()  # one command at a time, whichever thread asks
+        self._read(lambda message: "QMP" in message, deadline)  # the greeting
+        self.command("qmp_capabilities")
+
+    def _read(self, wanted: Callable[[dict[str, object]], bool], deadline: float) -> dict[str, object]:
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                message: dict[str, object] = json.loads(line)
+                if wanted(message):
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer from QEMU's QMP socket in time")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("QEMU closed its QMP socket")
+            self.buffer += chunk
+
+    def command(self, name: str, timeout: float = 60, fd: int | None = None, **arguments: object) -> object:
+        """``fd``: a file descriptor passed along (SCM_RIGHTS), for ``getfd``."""
+        with self.lock:
+            self.ids += 1
+            ident = f"c{self.ids}"
+            message = json.dumps({"execute": name, "arguments": arguments, "id": ident}).encode() + b"\n"
+            if fd is None:
+                self.sock.sendall(message)
+            else:
+                socket.send_fds(self.sock, [message], [fd])
+            reply = self._read(lambda message: message.get("id") == ident, time.monotonic() + timeout)
+        if "error" in reply:
+            raise RuntimeError(f"QMP {name}: {reply['error']}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Machine:
+    """What it takes to start the VM again from a snapshot: its memory, disks and mail relay."""
+    memory_mib: int
+    xen: bool
+    disks: list[Path]  # the root disk first, then the extra disks
+    host_key: str
+    smtp_port: int | None
+
+
+@dataclass
+class Snapshot:
+    """A VM's whole state at one instant (``state``: QEMU's migration stream) and copies of its disks."""
+    machine: Machine
+    state: Path
+
+
 @dataclass
 class DebianVM:
     port: int
@@ -142,6 +220,45 @@ class DebianVM:
     known_hosts: Path
     console: Path
     process: subprocess.Popen[bytes]
+    machine: Machine | None = None
+    qmp: Qmp | None = None
+
+    def snapshot(self, directory: Path) -> Snapshot:
+        """Pause the VM, write its state and a copy of each disk into ``directory``, and let it run on.
+
+        The state is QEMU's own migration stream of the paused machine (Xen, dom0 and every DomU in
+        it), so a VM started from it (:func:`from_snapshot`) goes on from this very instant, on its
+        own copies of the disks.  The clock inside stood still while paused: it is set to this
+        machine's time afterwards (the copy's by :func:`from_snapshot`)."""
+        assert self.machine is not None and self.qmp is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        state = directory / "state"
+        self.qmp.command("stop")
+        try:
+            # the stream goes to a file of ours through a descriptor, not a shell: when QEMU says
+            # "completed", every byte is written
+            with state.open("wb") as handle:
+                self.qmp.command("getfd", fd=handle.fileno(), fdname="snapshot")
+            self.qmp.command("migrate", uri="fd:snapshot")
+            deadline = time.monotonic() + 600
+            while True:
+                status = self.qmp.command("query-migrate")
+                said = status.get("status") if isinstance(status, dict) else None
+                if said == "completed":
+                    break
+                if said in ("failed", "cancelled") or time.monotonic() > deadline:
+                    raise RuntimeError(f"saving the VM's state: {status}")
+                time.sleep(0.2)
+            copies = []
+            for disk in self.machine.disks:  # paused with cache=unsafe: QEMU wrote what it held
+                copy = directory / disk.name
+                _run("cp", "--sparse=always", str(disk), str(copy))
+                copies.append(copy)
+        finally:
+            self.qmp.command("cont")
+        set_clock(self)
+        return Snapshot(Machine(self.machine.memory_mib, self.machine.xen, copies, self.machine.host_key,
+                                self.machine.smtp_port), state)
 
     def ssh(self, command: str, key: Path | None = None, timeout: float = 120,
             user: str = "root") -> subprocess.CompletedProcess[str]:
@@ -174,6 +291,13 @@ class DebianVM:
         subprocess.run(["ssh", "-o", f"ControlPath={self.control_dir}/%C", "-p", str(self.port), "-O", "exit",
                         "root@127.0.0.1"], capture_output=True, timeout=30, check=False)
         shutil.rmtree(self.control_dir, ignore_errors=True)
+
+
+def set_clock(vm: DebianVM) -> None:
+    """The guest's wall clock set to this machine's (it stood still while QEMU was paused)."""
+    done = vm.ssh(f"date -u -s @{time.time():.3f} >/dev/null", timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"setting the VM's clock: {done.stderr}")
 
 
 def _die_with_parent() -> None:
@@ -217,30 +341,73 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
     rootfs, key, host_key = image(xen)
     disk = workdir / "disk.img"
     _run("cp", "--sparse=always", str(rootfs), str(disk))
-    port = free_port()
-    known = workdir / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
-    console = workdir / "console.log"
-    disks: list[str] = []
+    disks = [disk]
     for number in range(extra_disks):
         blank = workdir / f"extra{number}.img"
         with blank.open("wb") as handle:
             handle.truncate(64 << 20)
-        disks += ["-drive", f"file={blank},if=none,id=extra{number},format=raw,cache=unsafe",
-                  "-device", f"virtio-blk-pci,drive=extra{number},event_idx=off,serial=extra{number}"]
-    process = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-smp", "2", "-nographic",
-         *boot_arguments(memory_mib, xen),
-         # event_idx=off: see "virtio event index" in docs/testing.md
-         "-drive", f"file={disk},if=none,id=root,format=raw,cache=unsafe",
-         "-device", "virtio-blk-pci,drive=root,event_idx=off", *disks,
-         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(smtp_port)}",
-         "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    vm = DebianVM(port, key, known, console, process)
+        disks.append(blank)
+    with _running(workdir, Machine(memory_mib, xen, disks, host_key, smtp_port), key, boot_timeout) as vm:
+        yield vm
+
+
+@contextlib.contextmanager
+def from_snapshot(workdir: Path, snapshot: Snapshot, smtp_port: int | None = None,
+                  timeout: float = 600) -> Iterator[DebianVM]:
+    """The snapshot's VM running again from the instant it was taken, on the snapshot's disks (used in
+    place: a snapshot serves one VM); ``smtp_port``: its mail relay's server, if not the original's."""
+    machine = Machine(snapshot.machine.memory_mib, snapshot.machine.xen, snapshot.machine.disks,
+                      snapshot.machine.host_key, smtp_port if smtp_port is not None else snapshot.machine.smtp_port)
+    with snapshot.state.open("rb") as state, \
+            _running(workdir, machine, image(machine.xen)[1], timeout, incoming=state.fileno()) as vm:
+        set_clock(vm)
+        yield vm
+
+
+@contextlib.contextmanager
+def _running(workdir: Path, machine: Machine, key: Path, boot_timeout: float,
+             incoming: int | None = None) -> Iterator[DebianVM]:
+    """QEMU on ``machine``; ``incoming``: a descriptor to read a saved state from (QEMU's ``fd:``, no shell)."""
+    port = free_port()
+    known = workdir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(machine.host_key.split()[:2])}\n")
+    console = workdir / "console.log"
+    qmp_path = workdir / "qmp.sock"
+    qmp_path.unlink(missing_ok=True)
+    drives: list[str] = []
+    for number, path in enumerate(machine.disks[1:]):
+        drives += ["-drive", f"file={path},if=none,id=extra{number},format=raw,cache=unsafe",
+                   "-device", f"virtio-blk-pci,drive=extra{number},event_idx=off,serial=extra{number}"]
+    # the same devices in the same order: a VM started from a snapshot must match the one that wrote it
+    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-smp", "2", "-nographic",
+            *boot_arguments(machine.memory_mib, machine.xen),
+            # event_idx=off: see "virtio event index" in docs/testing.md
+            "-drive", f"file={machine.disks[0]},if=none,id=root,format=raw,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=root,event_idx=off", *drives,
+            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(machine.smtp_port)}",
+            "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    if incoming is not None:
+        argv += ["-incoming", f"fd:{incoming}"]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=_die_with_parent, pass_fds=() if incoming is None else (incoming,))
+    vm = DebianVM(port, key, known, console, process, machine)
     vm.control_dir.mkdir(mode=0o700, exist_ok=True)
     try:
+        vm.qmp = Qmp(qmp_path, process)
         deadline = time.monotonic() + boot_timeout
+        if incoming is not None:  # QEMU reads the state; the machine was paused when it was written
+            while True:
+                status = vm.qmp.command("query-status")
+                said = status.get("status") if isinstance(status, dict) else None
+                if said == "running":
+                    break
+                if said == "paused":
+                    vm.qmp.command("cont")
+                elif said != "inmigrate" or time.monotonic() > deadline:
+                    raise RuntimeError(f"the VM did not resume from its saved state within {boot_timeout:g} s: "
+                                       f"{status}")
+                time.sleep(0.5)
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the VM exited: {console.read_text(errors='replace')[-2000:]}")
@@ -252,6 +419,8 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
             time.sleep(2)
         yield vm
     finally:
+        if vm.qmp is not None:
+            vm.qmp.close()
         process.kill()
         process.wait(timeout=30)
         vm.close_shared()
