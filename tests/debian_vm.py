@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -204,6 +205,7 @@ class Machine:
     disks: list[Path]  # the root disk first, then the extra disks
     host_key: str
     smtp_port: int | None
+    key: Path  # root's key for it: the image's at boot, never a rebuilt image's
 
 
 @dataclass
@@ -222,6 +224,10 @@ class DebianVM:
     process: subprocess.Popen[bytes]
     machine: Machine | None = None
     qmp: Qmp | None = None
+    # the shared connection's socket directory: made by this VM's harness (mkdtemp, mode 0700), never
+    # one that already existed (a planted master would answer for the VM); short, as a socket's
+    # path is at most 107 bytes
+    control: Path | None = None
 
     def snapshot(self, directory: Path) -> Snapshot:
         """Pause the VM, write its state and a copy of each disk into ``directory``, and let it run on.
@@ -258,14 +264,14 @@ class DebianVM:
             self.qmp.command("cont")
         set_clock(self)
         return Snapshot(Machine(self.machine.memory_mib, self.machine.xen, copies, self.machine.host_key,
-                                self.machine.smtp_port), state)
+                                self.machine.smtp_port, self.machine.key), state)
 
     def ssh(self, command: str, key: Path | None = None, timeout: float = 120,
             user: str = "root") -> subprocess.CompletedProcess[str]:
         """``command`` on the VM.  The test's own root logins share one connection (see ``multiplexing``);
         a login with another key or as another user is a login of its own, every time: what sshd lets
         that key do is what such a test is about."""
-        shared = key is None and user == "root"
+        shared = key is None and user == "root" and self.control is not None
         return subprocess.run(["ssh", "-i", str(key or self.key), "-p", str(self.port), "-o", "BatchMode=yes",
                                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                                "-o", "IdentitiesOnly=yes", *(self.multiplexing() if shared else ()),
@@ -276,21 +282,19 @@ class DebianVM:
         """OpenSSH's connection sharing for the test's root logins.  On the Xen dom0 under TCG a fresh
         login (sshd's re-exec, the key exchange, PAM and logind) cost about 1.8 s of CPU, and a command
         over a shared connection about 0.2 s (docs/testing.md, "Third round"); the tests' waits poll
-        every few seconds.  A reboot ends the shared connection (ServerAlive notices a VM that went
-        away without closing it), and the next command opens a new one."""
-        return ("-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
-
-    @property
-    def control_dir(self) -> Path:
-        # a socket's path is at most 107 bytes: a short directory of its own, not the test's tmp_path
-        return Path(f"/tmp/hostagent-ssh-{os.getuid()}-{self.process.pid}")
+        every few seconds.  No keepalive: a loaded machine can stall the VM for many seconds, and a
+        keepalive would end every command running over the connection; a rebooted VM answers the
+        master's next packet with a reset, a killed one closes the socket, and every command has its
+        own timeout.  The next command after a lost master opens a new one."""
+        return ("-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}/%C", "-o", "ControlPersist=120")
 
     def close_shared(self) -> None:
         """Ends the shared connection's master (it would otherwise outlive the VM by ControlPersist)."""
-        subprocess.run(["ssh", "-o", f"ControlPath={self.control_dir}/%C", "-p", str(self.port), "-O", "exit",
+        if self.control is None:
+            return
+        subprocess.run(["ssh", "-o", f"ControlPath={self.control}/%C", "-p", str(self.port), "-O", "exit",
                         "root@127.0.0.1"], capture_output=True, timeout=30, check=False)
-        shutil.rmtree(self.control_dir, ignore_errors=True)
+        shutil.rmtree(self.control, ignore_errors=True)
 
 
 def set_clock(vm: DebianVM) -> None:
@@ -347,7 +351,7 @@ def debian_vm(workdir: Path, memory_mib: int = 1536, boot_timeout: float = 300,
         with blank.open("wb") as handle:
             handle.truncate(64 << 20)
         disks.append(blank)
-    with _running(workdir, Machine(memory_mib, xen, disks, host_key, smtp_port), key, boot_timeout) as vm:
+    with _running(workdir, Machine(memory_mib, xen, disks, host_key, smtp_port, key), boot_timeout) as vm:
         yield vm
 
 
@@ -357,17 +361,18 @@ def from_snapshot(workdir: Path, snapshot: Snapshot, smtp_port: int | None = Non
     """The snapshot's VM running again from the instant it was taken, on the snapshot's disks (used in
     place: a snapshot serves one VM); ``smtp_port``: its mail relay's server, if not the original's."""
     machine = Machine(snapshot.machine.memory_mib, snapshot.machine.xen, snapshot.machine.disks,
-                      snapshot.machine.host_key, smtp_port if smtp_port is not None else snapshot.machine.smtp_port)
-    with snapshot.state.open("rb") as state, \
-            _running(workdir, machine, image(machine.xen)[1], timeout, incoming=state.fileno()) as vm:
+                      snapshot.machine.host_key, smtp_port if smtp_port is not None else snapshot.machine.smtp_port,
+                      snapshot.machine.key)
+    with _running(workdir, machine, timeout, incoming=snapshot.state) as vm:
         set_clock(vm)
         yield vm
 
 
 @contextlib.contextmanager
-def _running(workdir: Path, machine: Machine, key: Path, boot_timeout: float,
-             incoming: int | None = None) -> Iterator[DebianVM]:
-    """QEMU on ``machine``; ``incoming``: a descriptor to read a saved state from (QEMU's ``fd:``, no shell)."""
+def _running(workdir: Path, machine: Machine, boot_timeout: float,
+             incoming: Path | None = None) -> Iterator[DebianVM]:
+    """QEMU on ``machine``; ``incoming``: a saved state, which QEMU reads from a descriptor it inherits
+    (``fd:``, no shell)."""
     port = free_port()
     known = workdir / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {' '.join(machine.host_key.split()[:2])}\n")
@@ -387,13 +392,16 @@ def _running(workdir: Path, machine: Machine, key: Path, boot_timeout: float,
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22{_mail_relay(machine.smtp_port)}",
             "-device", "virtio-net-pci,netdev=n0,event_idx=off", "-serial", f"file:{console}", "-monitor", "none",
             "-qmp", f"unix:{qmp_path},server=on,wait=off"]
-    if incoming is not None:
-        argv += ["-incoming", f"fd:{incoming}"]
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=_die_with_parent, pass_fds=() if incoming is None else (incoming,))
-    vm = DebianVM(port, key, known, console, process, machine)
-    vm.control_dir.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.ExitStack() as ours:  # the state's descriptor: QEMU's own copy is all it needs
+        state = ours.enter_context(incoming.open("rb")) if incoming is not None else None
+        if state is not None:
+            argv += ["-incoming", f"fd:{state.fileno()}"]
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                   pass_fds=() if state is None else (state.fileno(),))
+    vm = DebianVM(port, machine.key, known, console, process, machine)
     try:
+        vm.control = Path(tempfile.mkdtemp(prefix="hostagent-ssh-", dir="/tmp"))
         vm.qmp = Qmp(qmp_path, process)
         deadline = time.monotonic() + boot_timeout
         if incoming is not None:  # QEMU reads the state; the machine was paused when it was written

@@ -112,3 +112,48 @@ def test_a_cached_payload_compiles_nothing_not_even_for_its_specs(tmp_path: Path
                                                                          "pkg/inner.py"))  # once each
     assert [name for name in second[0] if name.startswith(str(payload))] == []  # type: ignore[union-attr]
     assert second[1:] == first[1:] == ["inner", "crlf", f"{payload}/pkg/inner.py", [f"{payload}/pkg"]]
+
+
+ERRORS = """
+import importlib.util, json, sys
+sys.path.insert(0, {hook!r})
+if {hooked}:
+    import ansiballz_pyc
+    ansiballz_pyc.CACHE = {cache!r}
+    ansiballz_pyc.install()
+sys.path.insert(0, {payload!r})
+found = {{}}
+for name in ("bad", "warns"):
+    try:
+        spec = importlib.util.find_spec(name)
+        found[name] = ["spec", spec.origin]
+        __import__(name)
+        found[name].append("imported")
+    except BaseException as error:
+        found[name] = found.get(name, []) + [type(error).__name__]
+print(json.dumps(found))
+"""
+
+
+def test_compile_errors_and_warning_options_come_out_as_zipimport_gives_them(tmp_path: Path) -> None:
+    """A source that does not compile fails at find_spec, as with zipimport; with -W options (which
+    decide what a compile warns about, or raises) the cache stands aside."""
+    payload = tmp_path / "ansible_probe_payload.zip"
+    with zipfile.ZipFile(payload, "w") as archive:
+        archive.writestr("bad.py", b"def (:\n")
+        archive.writestr("warns.py", b"assert (1, 'always true')\n")  # a SyntaxWarning when compiled
+    cache = tmp_path / "cache"
+
+    def run(hooked: bool, *options: str) -> dict[str, object]:
+        code = ERRORS.format(hook=str(HOOK), hooked=hooked, cache=str(cache), payload=str(payload))
+        done = subprocess.run([sys.executable, *options, "-c", code], capture_output=True, text=True, timeout=60,
+                              check=True)
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    for options in ((), ("-W", "error::SyntaxWarning")):
+        stock = run(False, *options)
+        assert run(True, *options) == run(True, *options) == stock, options  # filling the cache, then from it
+    assert run(False)["bad"] == ["SyntaxError"]
+    assert run(False, "-W", "error::SyntaxWarning")["warns"] == ["SyntaxError"]
+    assert run(True)["warns"] == ["spec", f"{payload}/warns.py", "imported"]
+    assert run(True, "-W", "error::SyntaxWarning")["warns"] == ["SyntaxError"]  # a cached entry exists by now

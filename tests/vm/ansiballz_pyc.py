@@ -31,34 +31,46 @@ MAGIC = b"hostagent-test-2\n"
 class CachingZipImporter(zipimport.zipimporter):
     """zipimport, with compiled code kept across processes for AnsiballZ payloads."""
 
+    def _cached(self) -> bool:
+        # -W options decide what compiling warns about (or raises): the cache would hide that
+        return os.path.basename(self.archive).endswith("_payload.zip") and not sys.warnoptions
+
+    def _source_path(self, fullname: str) -> str | None:
+        """The module's source entry, as ``_get_module_code`` would pick it; None for bytecode in the
+        archive (which zipimport may reject and pass over): zipimport's own way then."""
+        path = zipimport._get_module_path(self, fullname)  # type: ignore[attr-defined]
+        for suffix, isbytecode, _ in zipimport._zip_searchorder:  # type: ignore[attr-defined]
+            entry = self._files.get(path + suffix)  # type: ignore[attr-defined]
+            if entry is not None:
+                return None if isbytecode else str(entry[0])
+        return None
+
     def get_filename(self, fullname: str) -> str:
-        """The module's path in the archive, found without compiling it.
+        """The module's path, with its code from the cache (compiled only if it is not there).
 
         CPython 3.11's zipimporter answers ``get_filename`` by compiling the module
         (``_get_module_code``), and ``find_spec`` asks for it: every module of a payload was compiled
-        once for its spec and once more for its code, cache or no cache.  For a source entry the
-        answer is its name in the archive, as ``_get_module_code`` would return it; for bytecode in
-        the archive (which it may reject and pass over) zipimport's own way."""
-        if os.path.basename(self.archive).endswith("_payload.zip"):
-            path = zipimport._get_module_path(self, fullname)  # type: ignore[attr-defined]
-            for suffix, isbytecode, _ in zipimport._zip_searchorder:  # type: ignore[attr-defined]
-                entry = self._files.get(path + suffix)  # type: ignore[attr-defined]
-                if entry is not None:
-                    if isbytecode:
-                        break
-                    return str(entry[0])
-        return str(super().get_filename(fullname))
+        once for its spec and once more for its code, cache or no cache.  Here the code found (or
+        compiled, raising what compiling raises, from ``find_spec`` as zipimport does) is kept for the
+        ``get_code`` that follows."""
+        path = self._source_path(fullname) if self._cached() else None
+        if path is None:
+            return str(super().get_filename(fullname))
+        pending: dict[str, types.CodeType] = self.__dict__.setdefault("_pending", {})
+        pending[fullname] = self._code(fullname, path)
+        return path
 
     def get_code(self, fullname: str) -> types.CodeType:
-        if not os.path.basename(self.archive).endswith("_payload.zip"):
+        code = self.__dict__.get("_pending", {}).pop(fullname, None)
+        if code is not None:
+            return code  # type: ignore[no-any-return]
+        path = self._source_path(fullname) if self._cached() else None
+        if path is None:  # not a payload, bytecode, or -W options: zipimport's own way
             return super().get_code(fullname)
-        try:
-            path = self.get_filename(fullname)
-            data = self.get_data(path) if path.endswith(".py") else None
-        except Exception:
-            data = None
-        if data is None:  # bytecode or a package without source: zipimport's own way
-            return super().get_code(fullname)
+        return self._code(fullname, path)
+
+    def _code(self, fullname: str, path: str) -> types.CodeType:
+        data = self.get_data(path)
         import hashlib  # here, not at every start of the dom0's Python: only a payload pays for it
         import importlib.util
 
