@@ -272,29 +272,40 @@ class DebianVM:
         a login with another key or as another user is a login of its own, every time: what sshd lets
         that key do is what such a test is about."""
         shared = key is None and user == "root" and self.control is not None
-        return subprocess.run(["ssh", "-i", str(key or self.key), "-p", str(self.port), "-o", "BatchMode=yes",
-                               "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                               "-o", "IdentitiesOnly=yes", *(self.multiplexing() if shared else ()),
-                               f"{user}@127.0.0.1", command],
-                              capture_output=True, text=True, timeout=timeout)
+        try:
+            done = subprocess.run(["ssh", "-i", str(key or self.key), "-p", str(self.port), "-o", "BatchMode=yes",
+                                   "-o", f"UserKnownHostsFile={self.known_hosts}", "-o",
+                                   "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+                                   *(self.multiplexing() if shared else ()), f"{user}@127.0.0.1", command],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if shared:  # the connection may be what hangs (a VM that went away without closing it)
+                self.close_shared(keep_directory=True)
+            raise
+        if shared and done.returncode == 255:  # ssh's own failure: the next command logs in afresh
+            self.close_shared(keep_directory=True)
+        return done
 
     def multiplexing(self) -> tuple[str, ...]:
         """OpenSSH's connection sharing for the test's root logins.  On the Xen dom0 under TCG a fresh
         login (sshd's re-exec, the key exchange, PAM and logind) cost about 1.8 s of CPU, and a command
         over a shared connection about 0.2 s (docs/testing.md, "Third round"); the tests' waits poll
         every few seconds.  No keepalive: a loaded machine can stall the VM for many seconds, and a
-        keepalive would end every command running over the connection; a rebooted VM answers the
-        master's next packet with a reset, a killed one closes the socket, and every command has its
-        own timeout.  The next command after a lost master opens a new one."""
+        keepalive would end every command running over the connection.  Instead a shared command that
+        times out or fails in ssh itself (255) ends the master, which may be what hangs (a VM that
+        rebooted without closing the connection), and the next command opens a new one."""
         return ("-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}/%C", "-o", "ControlPersist=120")
 
-    def close_shared(self) -> None:
-        """Ends the shared connection's master (it would otherwise outlive the VM by ControlPersist)."""
+    def close_shared(self, keep_directory: bool = False) -> None:
+        """Ends the shared connection's master (it would otherwise outlive the VM by ControlPersist), and
+        with the VM its directory."""
         if self.control is None:
             return
-        subprocess.run(["ssh", "-o", f"ControlPath={self.control}/%C", "-p", str(self.port), "-O", "exit",
-                        "root@127.0.0.1"], capture_output=True, timeout=30, check=False)
-        shutil.rmtree(self.control, ignore_errors=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(["ssh", "-o", f"ControlPath={self.control}/%C", "-p", str(self.port), "-O", "exit",
+                            "root@127.0.0.1"], capture_output=True, timeout=30, check=False)
+        if not keep_directory:
+            shutil.rmtree(self.control, ignore_errors=True)
 
 
 def set_clock(vm: DebianVM) -> None:

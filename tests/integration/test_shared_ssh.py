@@ -113,3 +113,26 @@ def test_nothing_outlives_close_shared(vm: tuple[DebianVM, subprocess.Popen[byte
         assert time.monotonic() < deadline, "the master outlived close_shared"
         time.sleep(0.2)
     assert not control.exists()
+
+
+def test_a_shared_command_that_times_out_ends_the_master(vm: tuple[DebianVM, subprocess.Popen[bytes]]) -> None:
+    """A VM that rebooted without closing the connection leaves a master that hangs every command over
+    it: one that times out ends the master, and the next command logs in afresh."""
+    machine, sshd = vm
+    assert machine.ssh("true").returncode == 0
+    master = f"^ssh: {machine.control}/"
+    assert subprocess.run(["pgrep", "-f", master], capture_output=True).returncode == 0
+    stalled = [pid for pid in _children(sshd.pid) if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd"]
+    for pid in stalled:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            machine.ssh("true", timeout=3)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pgrep", "-f", master], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "the hung master was kept"
+            time.sleep(0.2)
+    finally:
+        for pid in stalled:
+            os.kill(pid, signal.SIGCONT)
+    assert machine.ssh("echo again").stdout == "again\n"
