@@ -79,6 +79,8 @@ def test_a_stall_of_the_vm_does_not_end_a_command_over_the_shared_connection(
     for pid in stalled:
         os.kill(pid, signal.SIGSTOP)
     try:
+        # the stall itself, not a wait for something: longer than the old keepalive's 15 s (5 s x 3),
+        # shorter than the command's remaining sleep, so the command is still running when it ends
         time.sleep(20)
     finally:
         for pid in stalled:
