@@ -96,6 +96,8 @@ class MaintenanceConfig:
     restore_timeout: float = 300.0
     cold_boot_on_failure: bool = False
     notice_lead_times: tuple[float, ...] = (86400.0, 3600.0)
+    min_notice_lead: float = 3600.0  # --notify-owners: the reboot at least this far ahead (CLI and RPC)
+    retention_days: float = 90.0  # final journals (and their logs) older than this are pruned
     owners: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -309,8 +311,16 @@ def _check_maintenance(m: MaintenanceConfig, source: str) -> list[str]:
             problems.append(f"{key}: must be at least 1, got {getattr(m, key)}")
     if m.reboot_wait <= 0:  # the timeouts are checked with every other timeout
         problems.append(f"reboot_wait: must be more than 0 s, got {m.reboot_wait}")
-    if any(lead <= 0 for lead in m.notice_lead_times):
-        problems.append("notice_lead_times: every lead time must be more than 0 s")
+    if any(not 0 < lead <= 366 * 86400 for lead in m.notice_lead_times):
+        problems.append("notice_lead_times: every lead time must be more than 0 s and at most 366 days")
+    if not 0 <= m.min_notice_lead <= 366 * 86400:
+        problems.append(f"min_notice_lead: must be 0 s to 366 days, got {m.min_notice_lead}")
+    if not 1 <= m.retention_days <= 36600:
+        problems.append(f"retention_days: must be 1 to 36600 days, got {m.retention_days}")
+    for key in ("late_start_grace", "reboot_wait", "save_timeout", "abort_grace", "shutdown_timeout",
+                "restore_timeout"):
+        if getattr(m, key) > 366 * 86400:
+            problems.append(f"{key}: at most 366 days, got {getattr(m, key)}")
     for guest, owner in m.owners.items():
         if "@" not in owner or any(c.isspace() or not c.isprintable() for c in owner):
             problems.append(f"owners.{guest}: {owner!r} is not a mail address")

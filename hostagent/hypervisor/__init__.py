@@ -64,6 +64,11 @@ class Hypervisor(abc.ABC):
     def is_running(self, name: str) -> bool:
         """Whether the guest runs now."""
 
+    def present(self, name: str) -> str | None:
+        """The state of the guest's live domain, in words, or None when it has none (a domain whose save
+        completed has none).  Backends that know more (a suspended or crashed domain) say more."""
+        return "running" if self.is_running(name) else None
+
     @abc.abstractmethod
     def resume_paused(self, name: str) -> bool:
         """Let a guest that an interrupted save or restore left paused run on; True when it was paused."""

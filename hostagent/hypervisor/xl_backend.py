@@ -2,6 +2,12 @@
 
 - Guests come from ``xl list -l`` (their configuration) and ``xl list`` (their state); Domain-0 is
   never a guest.  xl keeps no definitions of stopped domains, so only live domains are listed.
+  ``xl list -l`` silently skips a domain whose stored configuration libxl cannot read; ``xl list``
+  still shows it, and so does ``guests``: it is saved with its configuration file as ``xl save``'s
+  third argument, or, with none, listed as one that cannot be saved (never invisible).
+- ``xl save`` runs in the worker's process group (a killed worker takes it along); ``abort`` kills
+  it and the processes under it.  ``start`` refuses a name held by a domain that does not run (a
+  suspended one an interrupted save left): ``xl create`` would fail, and silence would lie.
 - ``xl save`` writes the image and destroys the domain; when it fails, xl resumes the domain
   itself.  Saves run in parallel, one ``xl`` process each; ``abort`` kills that process.
 - ``xl restore`` takes the configuration from the image.  A cold boot (``xl create``) needs the
@@ -66,6 +72,15 @@ class XlHypervisor(Hypervisor):
         except HostagentError as err:
             raise ProbeUnavailable(f"hypervisor xl not usable: {err}") from None
         found = []
+        described = {domain.name for domain in domains}
+        for name, seen in states.items():  # xl list -l skips a domain whose stored configuration libxl
+            if name not in described:      # cannot read: xl list still shows it, and it is never invisible
+                saveable = self._kept_config(name).is_file() or bool(self._configs(name))
+                found.append(GuestInfo(
+                    name=name, running=seen.alive, persistent=True, memory_kib=seen.mem_mib * 1024,
+                    unsaveable=None if saveable else "xl list -l omits it (libxl cannot read its stored "
+                    "configuration) and no configuration file names it, so xl cannot save it",
+                    autostart=any(Path(d).name == "auto" for d in self._config_owners(name))))
         for domain in domains:
             state = states.get(domain.name)
             pci = list(domain.pci) or parse.parse_pci_list(self._xl("pci-list", domain.name, name=domain.name))
@@ -108,15 +123,22 @@ class XlHypervisor(Hypervisor):
 
     def save(self, name: str, image: str) -> str:
         """``xl save``; the guest's configuration file, when it has one, is kept beside the image."""
+        try:
+            os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise HostagentError(f"guest {name}: cannot save to {image}: {err.strerror or err}") from None
         with contextlib.suppress(HostagentError, OSError):
             source = self.config_for(name)
             if source != self._kept_config(name):
                 write_durable(self._kept_config(name), source.read_bytes()[:CONFIG_LIMIT])
+        argv = ["xl", "save", name, image]
+        if not self._described(name):  # libxl lost its stored configuration: xl save takes the file instead
+            argv.append(str(self.config_for(name)))
         started = time.time()
         try:
-            os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
-            process = subprocess.Popen(["xl", "save", name, image], stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            # in the worker's process group: whoever kills the worker's group stops the save too
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        env={**os.environ, "LC_ALL": "C"})
         except OSError as err:
             raise HostagentError(f"guest {name}: cannot save to {image}: {err.strerror or err}") from None
@@ -144,6 +166,13 @@ class XlHypervisor(Hypervisor):
         _fsync(image)
         return image
 
+    def _described(self, name: str) -> bool:
+        """Whether ``xl list -l`` shows the domain (libxl can read its stored configuration)."""
+        try:
+            return any(d.name == name for d in parse.parse_list_long(self._xl("list", "-l", name, name=name)))
+        except HostagentError:
+            return False
+
     def restore(self, name: str, image: str) -> None:
         if name in self._states():
             raise HostagentError(f"guest {name}: a domain of that name already exists; not restoring {image}")
@@ -158,8 +187,12 @@ class XlHypervisor(Hypervisor):
             remove_file(name, path)
 
     def start(self, name: str) -> None:
-        if name in self._states():
+        state = self._states().get(name)
+        if state is not None and state.alive:
             return
+        if state is not None:  # xl create would refuse the name, and xl start would return as if it worked
+            raise HostagentError(f"guest {name}: a domain of that name exists in state {_state_words(state)}, "
+                                 "not running: it cannot be started until it is destroyed")
         self._xl("create", str(self.config_for(name)), timeout=max(self.timeout, 120.0), name=name)
 
     def cold_boot(self, name: str, image: str | None, keep_as: str) -> str | None:
@@ -173,6 +206,10 @@ class XlHypervisor(Hypervisor):
     def is_running(self, name: str) -> bool:
         state = self._states().get(name)
         return state is not None and state.alive
+
+    def present(self, name: str) -> str | None:
+        state = self._states().get(name)
+        return None if state is None else _state_words(state)
 
     def resume_paused(self, name: str) -> bool:
         state = self._states().get(name)
@@ -194,12 +231,31 @@ class XlHypervisor(Hypervisor):
             process = self._jobs.get(name)
         if process is None:
             raise HostagentError(f"guest {name}: no save running")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        _kill_tree(process.pid)
 
     def job_progress(self, name: str) -> tuple[int, int] | None:
         progress = self._progress.get(name)
         return (progress[0] * PAGE, progress[1] * PAGE) if progress else None
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it (xl save and the libxl save helper it forks), the
+    children first, found through /proc/PID/task/PID/children."""
+    family, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        family.append(current)
+        with contextlib.suppress(OSError, ValueError):
+            stack += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+    for member in reversed(family):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def _state_words(state: parse.XlState) -> str:
+    words = {"r": "running", "b": "blocked", "p": "paused", "s": "shut down or suspended", "c": "crashed",
+             "d": "dying"}
+    return ", ".join(words[f] for f in state.flags if f in words) or "no state"
 
 
 def _config_name(path: Path) -> str | None:

@@ -13,9 +13,9 @@ from hostagent.context import CheckContext
 from hostagent.errors import HostagentError
 from hostagent.host import Host
 from hostagent.hypervisor import select
-from hostagent.maintenance.journal import OUTCOMES, Journal, JournalError, JournalStore, PhaseMoved
+from hostagent.maintenance.journal import OUTCOMES, AlreadyPlanned, Journal, JournalError, JournalStore, PhaseMoved
 from hostagent.maintenance.preflight import Preflight, run_preflight
-from hostagent.maintenance.when import describe, parse_when
+from hostagent.maintenance.when import describe, duration, parse_when
 from hostagent.records import replace
 from hostagent.rpc import MAX_REASON, shown
 
@@ -30,12 +30,17 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
     if not reason.isprintable() or len(reason) > MAX_REASON:
         raise HostagentError(f"--reason {shown(reason, 60)!r}: at most {MAX_REASON} printable characters "
                              "(no control characters: the reason is printed on terminals and in mail)")
-    moment = parse_when(when, now or dt.datetime.now(dt.UTC).astimezone())
+    current = now or dt.datetime.now(dt.UTC).astimezone()
+    moment = parse_when(when, current)
+    lead = moment.timestamp() - current.timestamp()
+    if notify_owners and lead < config.maintenance.min_notice_lead:
+        raise HostagentError(f"--reboot-at {when[:60]!r} is {duration(lead)} away: owners who are notified get at "
+                             f"least maintenance.min_notice_lead ({duration(config.maintenance.min_notice_lead)}) "
+                             "of notice; choose a later time, or schedule without --notify-owners")
     store = store_for(config, state_dir)
-    active = store.active()
+    active = store.active()  # the early answer; store.create decides under the lock
     if active is not None and not dry_run:
-        raise HostagentError(f"maintenance {active.id} is already {active.phase} for "
-                             f"{describe(dt.datetime.fromtimestamp(active.reboot_at, dt.UTC))}; cancel it first")
+        raise HostagentError(str(AlreadyPlanned(active)))
     host = Host("/", command_timeout=config.agent.command_timeout)
     config = replace(config, maintenance=select.resolve(config.maintenance, host))
     ctx = CheckContext.for_host(host, None, config.disks.include, config.disks.exclude)
@@ -69,6 +74,9 @@ def schedule(config: Config, state_dir: str | None, when: str, reason: str, *, d
                  "force_unbootable": force_unbootable, "guests": sorted(journal.guests)}
         try:
             store.create(journal)
+        except AlreadyPlanned as err:  # a parallel schedule won the lock first
+            _audit_or_log(audit, {**event, "state": "refused", "error": str(err)})
+            raise HostagentError(str(err)) from None
         except JournalError as err:
             _audit_or_log(audit, {**event, "state": "refused", "error": str(err)})
             raise HostagentError(f"{err}; nothing was scheduled") from None
@@ -103,7 +111,8 @@ def render_rows(rows: list[dict[str, Any]], status: bool) -> str:
             continue
         lines.append(f"{row['id']}  {row['phase']:10} {row['reboot_at']}  {shown(row['reason'])}")
         for guest, record in row["guests"].items():
-            down = f", down {record['downtime_s']:.1f} s" if record["downtime_s"] is not None else ""
+            down = f", down {record['downtime_s']:.1f} s" if record["downtime_s"] is not None else (
+                f", downtime {record['downtime_unknown']}" if record.get("downtime_unknown") else "")
             said = OUTCOMES.get(record["outcome"], record["state"])
             added = " (added at run time)" if record["added_at_run_time"] else ""
             error = f" ({record['error']})" if record["error"] else ""
@@ -121,11 +130,12 @@ def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
     Before the saves start nothing was touched; once they have, the run stops before the reboot and
     the guests already saved are restored at once.  After ``rebooting`` it is too late."""
     store = store_for(config, state_dir)
-    active = store.active()
-    if active is None:
-        raise HostagentError("no maintenance is scheduled")
     try:
-        cancelled = store.update(active.id, lambda current: current.cancel())
+        with store.locked():  # the same lock as schedule and the worker: the one active maintenance is cancelled
+            active = store.active()
+            if active is None:
+                raise HostagentError("no maintenance is scheduled")
+            cancelled = store.update(active.id, lambda current: current.cancel())
     except PhaseMoved as moved:
         raise HostagentError(str(moved)) from None
     AuditLog.configured(state_dir or config.agent.state_dir, config.agent).record(

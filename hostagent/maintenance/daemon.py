@@ -36,6 +36,7 @@ log = logging.getLogger("hostagent")
 JOBSTORE = "maintenance"
 WAKEUPS: queue.SimpleQueue[str] = queue.SimpleQueue()
 MAX_RESTORE_WORKERS = 3
+PRUNE_EVERY = 3600.0
 
 
 def wake(reason: str) -> None:
@@ -81,6 +82,7 @@ class MaintenanceDaemon:
     restore_workers: Counter[str] = field(default_factory=Counter)
     _orphan: str | None = None
     store_open: bool = False  # the persistent job store is added to the scheduler on first need
+    pruned_at: float | None = None  # when old journals were last pruned (monotonic)
 
     @property
     def store(self) -> JournalStore:
@@ -151,6 +153,7 @@ class MaintenanceDaemon:
             self._alert(Finding("maintenance.journal_unreadable", "maintenance", entry.path.name, Severity.CRITICAL,
                                 entry.reason))
         self._reports()
+        self._prune()
         journal = self.store.active()
         if journal is None or self.host.is_snapshot:
             return
@@ -254,6 +257,16 @@ class MaintenanceDaemon:
             self._announce("maintenance.reboot_stalled", restoring, error)
             self._start_restore(restoring)
 
+    def _prune(self) -> None:
+        """Final journals past ``retention_days`` go, once an hour, so the scans stay flat."""
+        if self.pruned_at is not None and time.monotonic() - self.pruned_at < PRUNE_EVERY:
+            return
+        self.pruned_at = time.monotonic()
+        removed = self.store.prune(self.config.maintenance.retention_days * 86400)
+        if removed:
+            log.info("maintenance journals pruned (older than %g days): %s", self.config.maintenance.retention_days,
+                     ", ".join(removed))
+
     def _start_restore(self, journal: Journal) -> None:
         self.restore_workers[journal.id] += 1
         attempt = self.restore_workers[journal.id]
@@ -279,7 +292,7 @@ class MaintenanceDaemon:
             hostname = self.host.hostname()
             if journal.entered("saving") is None:  # nothing touched: owners told of it hear it is off
                 if any(key.startswith("before:") for key in journal.sent):
-                    for owner, guests in notices.by_owner(journal).items():
+                    for owner, guests in notices.by_owner(journal, announced_only=True).items():
                         subject, text = notices.called_off(journal, guests, hostname)
                         self.alerter.mail(subject, text, [owner], "maintenance.called_off")
                 if journal.entered("preflight") is not None and self.config.alerts.enabled:

@@ -8,11 +8,13 @@ Transitions are checked, so the journal can only ever tell the truth about what 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hostagent.durable import exclusive, read_bounded, write_durable
+from hostagent.durable import LOCK_WAIT, LockTimeout, read_bounded, write_durable
 from hostagent.errors import HostagentError
+from hostagent.maintenance.when import TimeRangeError, at, checked_time
 from hostagent.records import field, record, replace
 
 PHASES = ("planned", "preflight", "saving", "rebooting", "restoring", "done", "failed", "cancelled", "missed")
@@ -41,11 +44,14 @@ NEXT_GUEST = {
     # restoring: the save was interrupted (worker killed); restore_failed: the restore raised before its first try
     "saving": ("saved", "save_failed", "restoring", "restore_failed", "lost"),
     "save_failed": ("shut_down", "skipped", "restoring", "restore_failed", "lost"),
-    "saved": ("restoring", "restore_failed", "lost"),
-    "shut_down": ("restoring", "restore_failed", "lost"),
+    # planned: found running again at the final listing before the reboot (I1), so it is saved again
+    "saved": ("restoring", "restore_failed", "lost", "planned"),
+    "shut_down": ("restoring", "restore_failed", "lost", "planned"),
+    "stopped": ("planned",),
     "skipped": ("restoring", "restore_failed", "lost"),
     "restoring": ("running", "restore_failed", "restoring", "cold_booted", "lost"),
-    "restore_failed": ("restoring", "cold_booted", "lost"),
+    # running: another service started it between hostagent's attempts (phases._restore_guest)
+    "restore_failed": ("restoring", "cold_booted", "lost", "running"),
 }
 # The one truthful outcome of each guest, from which the journal, status, the report and the notices speak.
 OUTCOMES = {
@@ -94,9 +100,23 @@ class GuestRecord:
 
     @property
     def downtime_s(self) -> float | None:
-        if self.save_started is None or self.running_again is None:
+        """Seconds from the start of its save to running again; None when unknown (``downtime_unknown``)."""
+        if self.save_started is None or self.running_again is None or self.running_again < self.save_started:
             return None
         return self.running_again - self.save_started
+
+    @property
+    def downtime_unknown(self) -> str | None:
+        """Why a guest that went down has no downtime: the wall clock went back across the reboot (the
+        only clock that spans one), or it never ran again."""
+        if self.save_started is None:
+            return None
+        if self.running_again is None:
+            return "it did not run again" if self.outcome == "lost" else None
+        if self.running_again < self.save_started:
+            return (f"unknown: the host's clock went back {self.save_started - self.running_again:.0f} s "
+                    "across the reboot")
+        return None
 
 
 @record(frozen=True)
@@ -169,14 +189,16 @@ class Journal:
         """The summary ``maintenance list --json`` prints and ``hostagent rpc`` returns."""
         import datetime as dt
 
-        from hostagent.maintenance.when import describe
-
-        at = dt.datetime.fromtimestamp(self.reboot_at, dt.UTC)
-        return {"id": self.id, "phase": self.phase, "reason": self.reason, "reboot_at": describe(at),
-                "reboot_at_utc": at.isoformat(), "notify_owners": self.notify_owners, "sent": list(self.sent),
+        try:  # journals read from disk are in range already (from_json); this never raises all the same
+            utc = dt.datetime.fromtimestamp(checked_time(self.reboot_at, "reboot_at"), dt.UTC).isoformat()
+        except TimeRangeError:
+            utc = "an impossible time"
+        return {"id": self.id, "phase": self.phase, "reason": self.reason, "reboot_at": at(self.reboot_at),
+                "reboot_at_utc": utc, "notify_owners": self.notify_owners, "sent": list(self.sent),
                 "history": [{"phase": phase, "at": when} for phase, when in self.history],
                 "guests": {n: {"state": g.state, "outcome": g.outcome, "owner": g.owner, "downtime_s": g.downtime_s,
-                               "attempts": g.attempts, "added_at_run_time": g.added, "restored_by": g.restored_by,
+                               "downtime_unknown": g.downtime_unknown, "attempts": g.attempts,
+                               "added_at_run_time": g.added, "restored_by": g.restored_by,
                                "kept_image": g.kept_image, "clock": g.clock, "error": g.error}
                            for n, g in self.guests.items()},
                 "cancelled": self.cancelled, "error": self.error}
@@ -199,8 +221,8 @@ class Journal:
             guests[name] = GuestRecord(
                 name=record.text("name"), state=record.choice("state", GUEST_STATES),
                 image=record.text("image", optional=True), owner=record.text("owner", optional=True),
-                save_started=record.number("save_started", optional=True),
-                running_again=record.number("running_again", optional=True),
+                save_started=record.time("save_started", optional=True),
+                running_again=record.time("running_again", optional=True),
                 attempts=int(record.number("attempts", integer=True) or 0),
                 error=record.text("error", optional=True),
                 outcome=record.choice("outcome", tuple(OUTCOMES), optional=True),
@@ -216,15 +238,15 @@ class Journal:
         for index, entry in enumerate(top.sequence("history")):
             if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in PHASES):
                 raise ShapeError(f"history[{index}]: not a [phase, time] pair")
-            history.append((entry[0], _Shape({"at": entry[1]}, f"history[{index}]").number("at") or 0.0))
+            history.append((entry[0], _Shape({"at": entry[1]}, f"history[{index}]").time("at") or 0.0))
         sent = top.sequence("sent", optional=True)
         if not all(isinstance(key, str) for key in sent):
             raise ShapeError("sent: not a list of strings")
-        return cls(journal_id, top.number("reboot_at") or 0.0, top.text("reason", optional=True) or "",
-                   top.choice("phase", PHASES) or "planned", top.number("created") or 0.0, tuple(history), guests,
+        return cls(journal_id, top.time("reboot_at") or 0.0, top.text("reason", optional=True) or "",
+                   top.choice("phase", PHASES) or "planned", top.time("created") or 0.0, tuple(history), guests,
                    top.text("error", optional=True), top.flag("force"), top.flag("force_unbootable"),
                    top.flag("notify_owners"), tuple(sent), top.text("boot_id", optional=True), top.flag("cancelled"),
-                   top.number("reboot_issued", optional=True), top.text("hypervisor", optional=True))
+                   top.time("reboot_issued", optional=True), top.text("hypervisor", optional=True))
 
 
 class ShapeError(ValueError):
@@ -267,6 +289,16 @@ class _Shape:
             raise ShapeError(f"{self.where}.{key}: not a plausible {'count' if integer else 'time'}")
         return float(value)
 
+    def time(self, key: str, optional: bool = False) -> float | None:
+        """A POSIX time inside when.TIME_MIN .. TIME_MAX, the range every renderer accepts (I3)."""
+        value = self._get(key, optional)
+        if value is None:
+            return None
+        try:
+            return checked_time(value, f"{self.where}.{key}")
+        except TimeRangeError as err:
+            raise ShapeError(str(err)) from None
+
     def flag(self, key: str) -> bool:
         value = self.data.get(key, False)
         if not isinstance(value, bool):
@@ -299,13 +331,32 @@ class Unreadable:
         return {"file": str(self.path), "phase": "unreadable", "error": self.reason}
 
 
-class JournalStore:
-    """Journals as files ``<dir>/<id>.json``.
+class AlreadyPlanned(JournalError):
+    """A maintenance that is not final exists: at most one per host (invariant I2)."""
 
-    Every change goes through ``update``: under the maintenance's lock (``<id>.lock``, flock) it
-    re-reads the journal from disk, applies the change (a transition refused on a journal that
-    moved on raises PhaseMoved) and writes it under a unique temporary name, fsync'd with its
-    directory.  Nobody writes from a stale copy, so a cancel can never be undone."""
+    def __init__(self, active: Journal) -> None:
+        super().__init__(f"maintenance {active.id} is already {active.phase} for {at(active.reboot_at)}; "
+                         "cancel it first")
+        self.active = active
+
+
+LOCK_NAME = "maintenance.lock"
+_held: dict[str, tuple[int, int]] = {}  # lock path -> (descriptor, depth) held by this process
+_held_guard = threading.RLock()
+_parsed: dict[str, tuple[tuple[int, int, int], Journal]] = {}  # path -> ((inode, mtime_ns, size), journal)
+
+
+class JournalStore:
+    """Journals as files ``<dir>/<id>.json``, and the one lock of this host's maintenance state.
+
+    Every change goes through ``update`` or ``create``, under the host-level lock
+    (``<dir>/maintenance.lock``, flock; invariant I2): ``schedule``, ``cancel``, the worker and the
+    daemon all take this one lock, so "is a maintenance active?" and "create one" are one step, and
+    a cancel cannot fall between a check and the step it guards.  ``update`` re-reads the journal
+    from disk under the lock, applies the change (a transition refused on a journal that moved on
+    raises PhaseMoved) and writes it under a unique temporary name, fsync'd with its directory.
+    Nobody writes from a stale copy, so a cancel can never be undone.  The lock is re-entrant
+    within a process (``locked``), so a step may hold it across a check and its updates."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -315,6 +366,48 @@ class JournalStore:
             raise JournalError(f"{journal_id!r} is not a maintenance id (12 hex digits)")
         return self.directory / f"{journal_id}.json"
 
+    @contextlib.contextmanager
+    def locked(self, wait: float = LOCK_WAIT) -> Iterator[None]:
+        """Hold the host-level maintenance lock for the block (re-entrant in this process)."""
+        path = str(self.directory / LOCK_NAME)
+        if not _held_guard.acquire(timeout=wait):
+            raise LockTimeout(f"{path}: held by another thread for over {wait:g} s")
+        try:
+            fd, depth = _held.get(path, (-1, 0))
+            if depth == 0:
+                fd = self._flock(Path(path), wait)
+            _held[path] = (fd, depth + 1)
+            try:
+                yield
+            finally:
+                fd, depth = _held.pop(path)
+                if depth > 1:
+                    _held[path] = (fd, depth - 1)
+                else:
+                    os.close(fd)  # closing the descriptor releases the lock
+        finally:
+            _held_guard.release()
+
+    def _flock(self, path: Path, wait: float) -> int:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise JournalError(f"{path}: cannot take the maintenance lock: {err.strerror or err}") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise JournalError(f"{path}: cannot take the maintenance lock: {err.strerror}") from None
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise LockTimeout(f"{path}: held by another process for over {wait:g} s; try again")
+            time.sleep(0.01)
+
     def _write(self, journal: Journal) -> None:
         path = self.path(journal.id)
         try:
@@ -323,20 +416,20 @@ class JournalStore:
             raise JournalWriteError(f"{path}: cannot write the maintenance journal: {err.strerror or err}") from None
 
     def create(self, journal: Journal) -> Journal:
-        """Write a new journal; refused when one with its id exists."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as err:
-            raise JournalWriteError(f"{self.directory}: {err.strerror or err}") from None
-        with exclusive(self.path(journal.id).with_suffix(".lock")):
+        """Write a new journal; refused when one with its id exists, and with AlreadyPlanned while another
+        maintenance is not final (the check and the write are one step under the lock)."""
+        with self.locked():
+            active = self.active()
+            if active is not None:
+                raise AlreadyPlanned(active)
             if self.path(journal.id).exists():
                 raise JournalError(f"maintenance {journal.id} exists already")
             self._write(journal)
         return journal
 
     def update(self, journal_id: str, change: Callable[[Journal], Journal]) -> Journal:
-        """Re-read the journal under its lock, apply ``change``, write the result and return it."""
-        with exclusive(self.path(journal_id).with_suffix(".lock")):
+        """Re-read the journal under the lock, apply ``change``, write the result and return it."""
+        with self.locked():
             current = self.load(journal_id)
             changed = change(current)
             if changed != current:
@@ -354,6 +447,13 @@ class JournalStore:
 
     @staticmethod
     def _read(path: Path) -> Journal:
+        """The journal in ``path``; one already parsed is taken from memory while its file is the same
+        (every write is a new file, so inode, mtime and size name one content)."""
+        info = os.lstat(path)
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = _parsed.get(str(path))
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
             data = json.loads(read_bounded(path, MAX_JOURNAL_BYTES))
         except RecursionError:
@@ -361,6 +461,9 @@ class JournalStore:
         journal = Journal.from_json(data)
         if f"{journal.id}.json" != path.name:
             raise ShapeError(f"id: says {journal.id}, but the file is {path.name}")
+        if len(_parsed) > 4096:
+            _parsed.clear()
+        _parsed[str(path)] = (key, journal)
         return journal
 
     def scan(self) -> tuple[list[Journal], list[Unreadable]]:
@@ -381,6 +484,23 @@ class JournalStore:
 
     def all(self) -> list[Journal]:
         return self.scan()[0]
+
+    def prune(self, retention: float, now: float | None = None) -> list[str]:
+        """Delete the final journals that ended more than ``retention`` s ago, with their logs and lock
+        files; returns their ids.  A journal not final, or whose report is not sent, is kept."""
+        cutoff = (time.time() if now is None else now) - retention
+        removed = []
+        with self.locked():
+            for journal in self.all():
+                ended = journal.history[-1][1] if journal.history else journal.created
+                if not journal.final or "report" not in journal.sent or ended >= cutoff:
+                    continue
+                for suffix in (".json", ".log", ".worker", ".lock"):
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.unlink(self.directory / f"{journal.id}{suffix}")
+                _parsed.pop(str(self.path(journal.id)), None)
+                removed.append(journal.id)
+        return removed
 
     def quarantine(self) -> list[Unreadable]:
         """Move every unreadable ``*.json`` aside to ``*.corrupt``; returns those moved (for an alert)."""

@@ -7,11 +7,11 @@ when the maintenance ends.  ``Journal.sent`` records what went out, so nothing i
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable
 
 from hostagent.maintenance.journal import GuestRecord, Journal
-from hostagent.maintenance.when import describe
+from hostagent.maintenance.when import at as _at
+from hostagent.maintenance.when import duration as _duration
 
 AFTER, REPORT = "after", "report"
 # What an owner reads for each outcome (journal.OUTCOMES); a guest whose save failed says how it went down.
@@ -32,20 +32,13 @@ def owner_text(record: GuestRecord) -> str:
 
 
 def downtime_text(record: GuestRecord) -> str:
-    if record.outcome == "left_stopped" or (record.outcome is None and record.save_started is None):
+    if record.outcome in ("left_stopped", None):  # None: it kept running (a save that failed or never began)
         return "none"
     if record.outcome == "lost":
         return "still down"
-    return _duration(record.downtime_s) if record.downtime_s is not None else "unknown"
-
-
-def _at(timestamp: float | None) -> str:
-    return describe(dt.datetime.fromtimestamp(timestamp, dt.UTC)) if timestamp is not None else "-"
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+    if record.downtime_s is not None:
+        return _duration(record.downtime_s)
+    return "unknown"
 
 
 def due_before(journal: Journal, now: float, lead_times: Iterable[float]) -> list[str]:
@@ -56,9 +49,13 @@ def due_before(journal: Journal, now: float, lead_times: Iterable[float]) -> lis
             if now >= journal.reboot_at - lead and f"before:{lead:g}" not in journal.sent]
 
 
-def by_owner(journal: Journal) -> dict[str, list[GuestRecord]]:
+def by_owner(journal: Journal, announced_only: bool = False) -> dict[str, list[GuestRecord]]:
+    """Owner -> their guests; ``announced_only``: only guests planned at scheduling (told beforehand), not
+    those the run-time plan added."""
     owners: dict[str, list[GuestRecord]] = {}
     for record in journal.guests.values():
+        if announced_only and record.added:
+            continue
         if record.owner:
             owners.setdefault(record.owner, []).append(record)
     return owners
@@ -88,6 +85,8 @@ def after_notice(journal: Journal, guests: list[GuestRecord], hostname: str) -> 
         lines.append(f"{g.name:<14} {downtime_text(g):<15} {owner_text(g)}")
         if g.save_started is not None and g.outcome not in ("left_stopped", None):
             lines.append(f"{'':<14} down from {_at(g.save_started)} to {_at(g.running_again)}")
+            if g.downtime_unknown:
+                lines.append(f"{'':<14} downtime {g.downtime_unknown}")
     lines += ["", f"Maintenance {journal.id}"]
     return subject, "\n".join(lines) + "\n"
 
@@ -111,12 +110,13 @@ def report(journal: Journal, hostname: str) -> tuple[str, str]:
         lines.append(f"Error: {journal.error}")
     lines += ["", "guest          outcome        downtime   owner / details"]
     for g in journal.guests.values():
-        down = f"{g.downtime_s:.1f} s" if g.downtime_s is not None else "-"
+        down = f"{g.downtime_s:.1f} s" if g.downtime_s is not None else ("unknown" if g.downtime_unknown else "-")
         details = [g.owner or "-"]
         details += ["added at run time"] if g.added else []
         details += [f"restored by {g.restored_by}"] if g.restored_by and g.restored_by != "hostagent" else []
         details += [f"memory image kept at {g.kept_image}"] if g.kept_image else []
         details += [f"clock {g.clock}"] if g.clock and g.clock != "set" else []
+        details += [f"downtime {g.downtime_unknown}"] if g.downtime_unknown else []
         details += [g.error] if g.error else []
         lines.append(f"{g.name:<14} {g.outcome or g.state:<14} {down:<10} " + " / ".join(details))
     if downtimes:

@@ -10,17 +10,18 @@ daemon; within the worker each guest's save has its own timeout, enforced by abo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from hostagent.actions import AuditLog
 from hostagent.config import MaintenanceConfig
 from hostagent.errors import HostagentError
-from hostagent.hypervisor import Hypervisor
+from hostagent.hypervisor import GuestInfo, Hypervisor
 from hostagent.maintenance.journal import GuestRecord, Journal, JournalStore, JournalWriteError, PhaseMoved
 from hostagent.maintenance.preflight import GuestPlan
 from hostagent.progress import ProgressBoard, describe_transfer
@@ -40,26 +41,61 @@ class Recorder:
         self.write_error: str | None = None
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """This recorder's lock, then the host-level maintenance lock (always in this order): a check of
+        the journal on disk and the step it guards are one step, which no cancel can fall between."""
+        with self._lock:
+            if self.write_error is not None:  # the disk is not taking writes: the run is in memory only
+                yield
+                return
+            with self.store.locked():
+                yield
+
     def _update(self, change: Callable[[Journal], Journal]) -> Journal:
         with self._lock:
-            if self.write_error is None:
-                try:
-                    self.journal = self.store.update(self.journal.id, change)
-                    return self.journal
-                except PhaseMoved as moved:
-                    self.journal = moved.journal
-                    raise
-                except JournalWriteError as err:
-                    self.write_error = str(err)
-            self.journal = change(self.journal)
-            return self.journal
+            return self._apply(change)
+
+    def _apply(self, change: Callable[[Journal], Journal]) -> Journal:
+        """The compare-and-set itself; the caller holds ``self._lock``."""
+        if self.write_error is None:
+            try:
+                self.journal = self.store.update(self.journal.id, change)
+                return self.journal
+            except PhaseMoved as moved:
+                self.journal = moved.journal
+                raise
+            except JournalWriteError as err:
+                self.write_error = str(err)
+        self.journal = change(self.journal)
+        return self.journal
+
+    def while_saving(self, name: str, act: Callable[[], None], state: str, **changes: object) -> bool:
+        """Invariant I4: act on a guest (a shutdown request) only while the journal on disk still says
+        ``saving``, checked under the lock the act is done in; False, and nothing done, when a cancel
+        (or anything else) moved it on, or when the journal cannot be written (no reboot follows)."""
+        with self.critical():
+            if self.write_error is not None:
+                return False
+            try:
+                self._apply(lambda journal: _still_saving(journal, name))
+            except PhaseMoved:
+                return False
+            act()
+            self._apply(lambda journal: journal.guest(name, state, **changes))
+        self._audit({"action": "guest", "subject": name, "state": state})
+        return True
 
     def _audit(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._audit_locked(event)
+
+    def _audit_locked(self, event: dict[str, Any]) -> None:
+        """The audit record; the caller holds ``self._lock``."""
         try:
             self.audit.record({"event": "maintenance", "maintenance": self.journal.id, **event})
         except HostagentError as err:  # no step without its audit record: the run stops before the reboot
-            with self._lock:
-                self.write_error = self.write_error or str(err)
+            self.write_error = self.write_error or str(err)
 
     def guest(self, name: str, state: str, **changes: object) -> None:
         record = self._update(lambda journal: journal.guest(name, state, **changes)).guests[name]
@@ -94,8 +130,13 @@ class Recorder:
             self._update(lambda journal: replace(journal, reboot_issued=at))
 
     def replan(self, guests: tuple[GuestPlan, ...], owners: Mapping[str, str]) -> None:
-        """The guests as the hypervisor has them at the scheduled time (see ``run_time_plan``)."""
-        self._update(lambda journal: run_time_plan(journal, guests, owners))
+        """The guests as the hypervisor has them at the scheduled time (see ``run_time_plan``); PhaseMoved
+        when a cancel came during the preflight (nothing is written)."""
+        def change(journal: Journal) -> Journal:
+            if journal.phase != "preflight":
+                raise PhaseMoved(journal, f"maintenance {journal.id} is {journal.phase}: no run-time plan")
+            return run_time_plan(journal, guests, owners)
+        self._update(change)
         for name, record in self.journal.guests.items():
             if record.added or record.state in ("stopped", "save_failed"):
                 self._audit({"action": "plan", "subject": name, "state": record.state, "added": record.added,
@@ -109,6 +150,12 @@ class Recorder:
             return on_disk if on_disk.final else self.journal
         with contextlib.suppress(HostagentError):  # still full: the daemon's restore worker resumes from the disk
             self.store.update(self.journal.id, change)
+
+
+def _still_saving(journal: Journal, name: str) -> Journal:
+    if journal.phase != "saving":
+        raise PhaseMoved(journal, f"maintenance {journal.id} is {journal.phase}: {name} not touched")
+    return journal
 
 
 def run_time_plan(journal: Journal, guests: tuple[GuestPlan, ...], owners: Mapping[str, str]) -> Journal:
@@ -129,13 +176,14 @@ def run_time_plan(journal: Journal, guests: tuple[GuestPlan, ...], owners: Mappi
 
 
 def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
-               clock: Callable[[], float] = time.time, progress: ProgressBoard | None = None) -> str | None:
+               clock: Callable[[], float] | None = None, progress: ProgressBoard | None = None) -> str | None:
     """Save every planned guest in parallel; returns why the maintenance must stop before the reboot, if it must.
 
     A save that overruns ``save_timeout`` is aborted (the guest keeps running) and fails; one that
     does not even return ``abort_grace`` s after the abort leaves its guest in an unknown state, so
     the maintenance stops before the reboot whatever ``on_save_failure`` says.  A cancel stops
     further saves (``Recorder.start_save``)."""
+    clock = clock or time.time
     board = progress or ProgressBoard(tty=False, every=float("inf"))
     names = [n for n, g in recorder.journal.guests.items() if g.state == "planned"]
     transfer: dict[str, tuple[int, int] | None] = {}
@@ -143,7 +191,14 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
     def save(name: str) -> None:
         if not recorder.start_save(name, clock()):
             return
-        threading.Thread(target=watch_job, args=(name,), daemon=True).start()
+        saved = threading.Event()  # the watcher ends with the save, whatever ended it
+        threading.Thread(target=watch_job, args=(name, saved), daemon=True).start()
+        try:
+            _save(name)
+        finally:
+            saved.set()
+
+    def _save(name: str) -> None:
         try:
             image = hypervisor.save(name, hypervisor.image_for(name, config.save_dir))
             outcome: dict[str, object] = {"image": image}
@@ -159,10 +214,10 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
                 else outcome["error"]
             recorder.guest(name, "save_failed", error=reason)
 
-    def watch_job(name: str) -> None:  # job stats may block while the hypervisor is busy: never in the main loop
-        while recorder.journal.guests[name].state == "saving":
+    def watch_job(name: str, saved: threading.Event) -> None:  # job stats may block: never in the main loop
+        while not saved.is_set() and recorder.journal.guests[name].state == "saving":
             transfer[name] = hypervisor.job_progress(name)
-            time.sleep(1.0)
+            saved.wait(1.0)
 
     aborted: dict[str, float] = {}
     stuck: list[str] = []
@@ -201,6 +256,83 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
     return stop
 
 
+FINAL_ROUNDS = 5
+
+
+def final_listing(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
+                  clock: Callable[[], float] | None = None, progress: ProgressBoard | None = None,
+                  boot_id: str | None = None, then: Callable[[], None] | None = None) -> str | None:
+    """Invariant I1, enforced here and only here: immediately before the reboot, under the host-level
+    lock, list every live domain from every listing the hypervisor has (``Hypervisor.guests``); any
+    live domain the journal does not account for is added and saved (a newcomer, or a guest started
+    again since its save or its plan), and the listing is taken again until nothing is new.  The
+    listing that finds nothing new, the move to ``rebooting`` and ``then`` (the reboot command) are
+    one step under the lock.  Returns why the maintenance must stop before the reboot, or None once
+    it is ``rebooting`` (and ``then`` ran)."""
+    clock = clock or time.time
+    owners = config.owners
+    for _ in range(FINAL_ROUNDS):
+        with recorder.critical():
+            if recorder.write_error is not None:
+                return f"{recorder.write_error}: not rebooted"
+            try:
+                live = tuple(g for g in hypervisor.guests() if g.running)
+            except HostagentError as err:
+                return f"the final listing before the reboot failed: {err}; not rebooted"
+            try:
+                def change(current: Journal, seen: tuple[GuestInfo, ...] = live) -> Journal:
+                    return account_for(current, seen, owners)
+                journal = recorder._apply(change)
+            except PhaseMoved as moved:
+                return moved.journal.error or "cancelled"
+            if not any(g.state in ("planned", "save_failed") for g in journal.guests.values()):
+                try:
+                    recorder._apply(lambda current: current.advance("rebooting", boot_id=boot_id))
+                except PhaseMoved as moved:
+                    return moved.journal.error or "cancelled"
+                if recorder.write_error is not None:
+                    return f"{recorder.write_error}: not rebooted"
+                recorder._audit_locked({"action": "phase", "subject": recorder.journal.id, "state": "rebooting",
+                                        "error": None})
+                if recorder.write_error is not None:  # no reboot without its audit record (I6: restored at once)
+                    return f"{recorder.write_error}: not rebooted"
+                if then is not None:
+                    then()
+                break
+        for name, record in journal.guests.items():
+            if record.state in ("planned", "save_failed"):
+                recorder._audit({"action": "plan", "subject": name, "state": record.state, "added": record.added,
+                                 "error": record.error, "at": "final listing"})
+        stop = save_phase(recorder, hypervisor, config, clock, progress)
+        if stop is not None:
+            return stop
+    else:
+        return f"guests kept starting during the saves ({FINAL_ROUNDS} listings found new ones): not rebooted"
+    return None
+
+
+def account_for(journal: Journal, live: tuple[GuestInfo, ...], owners: Mapping[str, str]) -> Journal:
+    """The journal with every live domain accounted for (I1): one it has no record of is added; one it
+    recorded saved, shut down or stopped is planned again; one that cannot be saved is a failed save
+    (``on_save_failure`` decides).  A guest recorded going down with the host (``skipped``) is
+    accounted for as it is.  PhaseMoved unless the maintenance is still saving."""
+    if journal.phase != "saving":
+        raise PhaseMoved(journal, f"maintenance {journal.id} is {journal.phase}: not rebooted")
+    for guest in live:
+        record = journal.guests.get(guest.name)
+        if record is None:
+            journal = journal.with_guest(GuestRecord(guest.name, owner=guest.owner or owners.get(guest.name),
+                                                     added=True, error="started during the saves"))
+        elif record.state in ("saved", "shut_down", "stopped"):
+            journal = journal.guest(guest.name, "planned", outcome=None, unsaved=None, image=None,
+                                    error=f"running again at the final listing (it was {record.state}): saved again")
+        else:
+            continue
+        if guest.unsaveable:
+            journal = journal.guest(guest.name, "save_failed", error=guest.unsaveable)
+    return journal
+
+
 def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, stuck: list[str],
                           clock: Callable[[], float]) -> str | None:
     """``on_save_failure`` for the guests that could not be saved; returns why to stop before the reboot."""
@@ -210,28 +342,30 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
     if config.on_save_failure == "abort" or stuck:
         why = "could not be saved" if not stuck else f"left in an unknown state ({', '.join(stuck)} stuck)"
         return f"aborted before the reboot: {', '.join(failed)} {why}"
-    if recorder.journal.phase != "saving":  # cancelled: the guests that could not be saved just keep running
-        return None
     for name in failed:
         error = recorder.journal.guests[name].error
         if config.on_save_failure == "skip":
-            recorder.guest(name, "skipped", error=f"{error}; not saved: it goes down with the host",
-                           unsaved="with_host")
+            if not recorder.while_saving(name, lambda: None, "skipped",
+                                         error=f"{error}; not saved: it goes down with the host", unsaved="with_host"):
+                return None  # cancelled: the guests that could not be saved just keep running
             continue
         try:
-            hypervisor.shutdown(name)
+            if not recorder.while_saving(name, functools.partial(hypervisor.shutdown, name), "save_failed",
+                                         error=f"{error}; shutting down"):
+                return None  # cancelled (I4): no guest is shut down once the cancel is on disk
             deadline = clock() + config.shutdown_timeout
             while hypervisor.is_running(name) and clock() < deadline:
                 time.sleep(0.2)
-            if hypervisor.is_running(name):
-                recorder.guest(name, "skipped", error=f"{error}; it did not shut down within "
-                                                      f"{config.shutdown_timeout:g} s: it goes down with the host",
-                               unsaved="with_host")
-            else:
+            if not hypervisor.is_running(name):  # it went down: true whatever came meanwhile
                 recorder.guest(name, "shut_down", error=f"{error}; shut down gracefully", unsaved="shut_down")
+            elif not recorder.while_saving(name, lambda: None, "skipped", unsaved="with_host",
+                                           error=f"{error}; it did not shut down within "
+                                                 f"{config.shutdown_timeout:g} s: it goes down with the host"):
+                return None
         except HostagentError as err:
-            recorder.guest(name, "skipped", error=f"{error}; shutdown: {err}; it goes down with the host",
-                           unsaved="with_host")
+            if not recorder.while_saving(name, lambda: None, "skipped", unsaved="with_host",
+                                         error=f"{error}; shutdown: {err}; it goes down with the host"):
+                return None
     return None
 
 
@@ -249,7 +383,7 @@ def _quietly(call: Callable[[str], None], name: str) -> None:
 
 
 def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
-                  clock: Callable[[], float] = time.time, aborted: bool = False,
+                  clock: Callable[[], float] | None = None, aborted: bool = False,
                   progress: ProgressBoard | None = None, others: Mapping[str, str] | None = None) -> None:
     """Bring every guest back, priority first; idempotent after a crash or a second boot.
 
@@ -257,6 +391,7 @@ def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: Maintenanc
     its save image exists.  ``aborted``: the maintenance stopped before the reboot; it ends failed
     (or cancelled) once guests run again.  ``others``: guest name (or ``*``, any guest) -> the
     service on this host that may have restored it before us (``coexist.restorers``), named in its outcome."""
+    clock = clock or time.time
     if recorder.journal.phase != "restoring":
         recorder.advance("restoring")
     board = progress or ProgressBoard(tty=False, every=float("inf"))
@@ -300,6 +435,15 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
     if has_image and record.image is None and _written_before(image, recorder.journal.created):
         has_image, stale = False, f"the image {image} is older than this maintenance and was not restored"
     went_down_unsaved = record.unsaved is not None
+    left = hypervisor.present(name) if record.image is None and record.save_started is not None else None
+    if left is not None and has_image:  # I5: a save that did not complete while its domain lives on
+        has_image = False
+        stale = f"{image} is a partial image of an interrupted save, not a memory image: not restored"
+    if left is not None and not hypervisor.is_running(name):
+        recorder.guest(name, "lost", outcome="lost", error="; ".join(filter(None, (
+            f"its domain was left {left} by an interrupted save and does not run; hostagent cannot resume it: "
+            f"destroy it (its disks are intact) and start it, or resume it with the hypervisor's tools", stale))))
+        return
     if hypervisor.is_running(name):  # restored before a crash, by another service, or never stopped
         resumed = hypervisor.resume_paused(name)  # an interrupted save or restore can leave it paused
         if record.state != "restoring":
@@ -350,6 +494,12 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
             recorder.guest(name, "restore_failed", error=error)
         except HostagentError as err:
             error = f"attempt {attempt}: {err}"
+            if hypervisor.is_running(name):  # another service started it between our look and our call
+                by = _who(name, others)
+                recorder.guest(name, "running", running_again=clock(), restored_by=by,
+                               outcome="restarted" if went_down_unsaved else "restored",
+                               error=f"{by} started it while hostagent was restoring it ({error})")
+                return
             recorder.guest(name, "restore_failed", error=error)
     if not (config.cold_boot_on_failure and has_image):
         recorder.guest(name, "lost", outcome="lost", error=f"{error}; " + (
@@ -359,6 +509,10 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         kept = hypervisor.cold_boot(name, image, f"{config.save_dir}/{name}.kept-{recorder.journal.id}")
     except HostagentError as err:
         recorder.guest(name, "lost", outcome="lost", error=f"{error}; cold boot: {err}; its memory image is kept")
+        return
+    if not hypervisor.is_running(name):  # I5: an outcome is written only once the hypervisor shows it
+        recorder.guest(name, "lost", outcome="lost", error=f"{error}; cold boot: not running after it; its memory "
+                                                          f"image is kept at {kept or image}")
         return
     recorder.guest(name, "cold_booted", running_again=clock(), outcome="cold_booted", restored_by="hostagent",
                    kept_image=kept, error=f"{error}; booted afresh, its memory image is kept at {kept}")

@@ -18,7 +18,7 @@ from hostagent.host import Host
 from hostagent.hypervisor import Hypervisor
 from hostagent.maintenance import coexist, faults
 from hostagent.maintenance.journal import Journal, JournalStore, PhaseMoved
-from hostagent.maintenance.phases import Recorder, restore_phase, save_phase
+from hostagent.maintenance.phases import Recorder, final_listing, restore_phase, save_phase
 from hostagent.maintenance.preflight import Preflight, run_preflight
 from hostagent.progress import ProgressBoard
 from hostagent.records import replace
@@ -45,13 +45,15 @@ def mark_missed(store: JournalStore, journal: Journal, now: float) -> Journal:
 def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Callable[[], Preflight],
             config: MaintenanceConfig, reboot: Callable[[], str | None], *, boot_id: str | None = None,
             audit: AuditLog | None = None, progress: ProgressBoard | None = None,
-            others: Mapping[str, str] | None = None) -> Journal:
+            others: Mapping[str, str] | None = None, settle: Callable[[], None] | None = None) -> Journal:
     """Preflight again, decide the guests, save them, then (a compare-and-set on the journal) ``rebooting``
     and reboot.
 
-    ``reboot`` returns None once the reboot is under way, or why it failed; then the guests are
-    restored at once and the maintenance ends failed.  A cancel at any point before ``rebooting``
-    wins: no reboot, and the guests already saved are restored at once."""
+    ``reboot`` returns None once the reboot is under way, or why it failed (or raises); then the guests
+    are restored at once and the maintenance ends failed.  ``settle`` (sync) runs before the final
+    listing (``phases.final_listing``), so the listing is the last step before the reboot command.
+    A cancel at any point before ``rebooting`` wins: no reboot, and the guests already saved are
+    restored at once."""
     recorder = Recorder(journal, store, audit)
     try:
         recorder.advance("preflight")
@@ -70,12 +72,22 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
     except PhaseMoved:
         return recorder.journal  # cancelled meanwhile: nothing was touched
     stop = save_phase(recorder, hypervisor, config, progress=progress)
-    if stop is None and recorder.write_error is None:
+    if stop is None and recorder.write_error is None and settle is not None:
+        settle()  # sync: its time is not a window for a guest to start unseen
+    failures: list[str | None] = []
+
+    def reboot_now() -> None:
+        faults.point("before-reboot")
         try:
-            recorder.advance("rebooting", boot_id=boot_id)  # the last look: a cancel during the saves wins
-        except PhaseMoved:
-            stop = recorder.journal.error or "cancelled"
-    if recorder.write_error is not None:
+            failures.append(reboot())
+        except Exception as err:  # I6: whatever fails here, the guests come back at once
+            failures.append(f"the reboot step failed: {type(err).__name__}: {err}")
+
+    if stop is None and recorder.write_error is None:
+        # I1: the last listing, the move to rebooting and the reboot command are one step under the lock;
+        # a cancel wins until then
+        stop = final_listing(recorder, hypervisor, config, progress=progress, boot_id=boot_id, then=reboot_now)
+    if recorder.write_error is not None and not failures:
         stop = f"{recorder.write_error}: not rebooted"
     if stop is not None:
         if recorder.journal.phase in ("saving", "rebooting"):
@@ -84,12 +96,11 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
         restore_phase(recorder, hypervisor, config, aborted=True, progress=progress, others=others)
         recorder.flush()
         return recorder.journal
-    faults.point("before-reboot")
-    failure = reboot()  # sync is part of the reboot command's child process
+    failure = failures[0] if failures else "the reboot command did not run"
     if failure is None:
         recorder.reboot_issued()
     else:
-        recorder.advance("restoring", error=f"the reboot command failed: {failure}; guests restored without a reboot")
+        recorder.advance("restoring", error=f"{failure}; guests restored without a reboot")
         restore_phase(recorder, hypervisor, config, aborted=True, progress=progress, others=others)
     return recorder.journal
 
@@ -135,20 +146,27 @@ def execute(host: Host, state: StateStore, config: Config, store: JournalStore, 
         return store.update(journal.id, lambda current: current.advance("preflight").advance("failed", error=why))
     command = config.maintenance.reboot_command
 
-    def reboot() -> str | None:
-        audit.record({"event": "maintenance", "action": "reboot", "maintenance": journal.id,
-                      "subject": journal.id, "state": "rebooting", "argv": list(command)})
-        try:
+    def settle() -> None:
+        with contextlib.suppress(HostagentError):  # the reboot command syncs too; this one shortens its wait
             host.run("sync", [], name="sync", timeout=config.maintenance.shutdown_timeout)
+
+    def reboot() -> str | None:
+        try:  # I6: a reboot without its audit record is no reboot; the guests come back at once
+            audit.record({"event": "maintenance", "action": "reboot", "maintenance": journal.id,
+                          "subject": journal.id, "state": "rebooting", "argv": list(command)})
+        except HostagentError as err:
+            return f"the audit record of the reboot could not be written ({err}): not rebooted"
+        try:
             result = host.run(command[0], list(command[1:]), name="reboot", timeout=60)
         except HostagentError as err:
-            return str(err)
+            return f"the reboot command failed: {err}"
         if result.returncode != 0:
-            return f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-300:]}"
+            return f"the reboot command failed: {' '.join(command)} exited {result.returncode}: " \
+                   f"{result.stderr.strip()[-300:]}"
         return None
 
     def preflight() -> Preflight:
         return run_preflight(ctx, config, lambda: hypervisor, config.maintenance.save_dir)
 
     return run_now(store, journal, hypervisor, preflight, config.maintenance, reboot,
-                   boot_id=current_boot_id(host), audit=audit, progress=progress)
+                   boot_id=current_boot_id(host), audit=audit, progress=progress, settle=settle)

@@ -38,6 +38,7 @@ class XlState:
     domid: int
     name: str
     flags: str  # r running, b blocked, p paused, s shut down, c crashed, d dying
+    mem_mib: int = 0  # the Mem column
 
     @property
     def alive(self) -> bool:
@@ -109,9 +110,11 @@ def parse_list(text: str, source: str = "xl list") -> list[XlState]:
         fields = line.split()
         if not fields or fields[0] == "Name":
             continue
-        if len(fields) < 6 or not _STATE.match(fields[-2]) or not re.fullmatch(r"[0-9]{1,6}", fields[-5]):
+        if len(fields) < 6 or not _STATE.match(fields[-2]) or not re.fullmatch(r"[0-9]{1,6}", fields[-5]) \
+                or not re.fullmatch(r"[0-9]{1,9}", fields[-4]):
             raise ParseError(source, number, f"not a domain line: {line[:80]!r}")
-        states.append(XlState(domid=int(fields[-5]), name=" ".join(fields[:-5]), flags=fields[-2]))
+        states.append(XlState(domid=int(fields[-5]), name=" ".join(fields[:-5]), flags=fields[-2],
+                              mem_mib=int(fields[-4])))
     return states
 
 

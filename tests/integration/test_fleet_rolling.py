@@ -93,3 +93,46 @@ def test_rolling_goes_host_by_host_and_stops_at_a_failure(hosts: tuple[SshFleet,
     assert second.created >= (first.entered("done") or 0)  # hv2 was scheduled only once hv1 was done
     assert {g.state for g in second.guests.values()} == {"running"}  # its guests came back without a reboot
     assert "hv1: maintenance" in result.stderr  # progress, on stderr beside --json
+
+
+def test_parallel_schedules_over_rpc_through_sshd_leave_one_maintenance_and_bad_times_are_clean(
+        hosts: tuple[SshFleet, list[subprocess.Popen[bytes]]], tmp_path: Path) -> None:
+    """Issue #34, I2 and I3 over the real boundary: four schedules at once through sshd to one host's
+    daemon; exactly one is planned, the others are told it is already planned, one cancel leaves none."""
+    import threading
+    from urllib.parse import quote
+
+    from tests.integration.test_rpc_boundary import ask, connect
+
+    fleet, _ = hosts
+    when = quote((dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat(timespec="seconds"), safe="")
+    answers: list[dict[str, object]] = []
+
+    def schedule() -> None:
+        client = connect(fleet, 0, tmp_path)
+        try:
+            answers.append(ask(client, f"maintenance schedule --reboot-at {when} --reason parallel"))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=schedule) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    planned = [a for a in answers if a.get("ok")]
+    assert len(answers) == 4 and len(planned) == 1, answers
+    assert all("is already planned" in str(a.get("error")) for a in answers if not a.get("ok")), answers
+    store = JournalStore(fleet.hosts[0].state / "maintenance")
+    assert len([j for j in store.all() if not j.final]) == 1
+    client = connect(fleet, 0, tmp_path)
+    try:
+        assert ask(client, "maintenance cancel")["ok"] is True
+        assert store.active() is None
+        far = ask(client, "maintenance schedule --reboot-at " + quote("9999-12-31T23:59:59-14:00") + " --dry-run")
+        assert far["ok"] is False and "outside 1970-01-01 .. 2100-01-01" in str(far["error"]), far
+        assert "Traceback" not in json.dumps(far) and str(REPO) not in json.dumps(far)
+        soon = ask(client, "maintenance schedule --reboot-at now --notify-owners --reason x")
+        assert soon["ok"] is False and "min_notice_lead" in str(soon["error"]), soon
+    finally:
+        client.close()

@@ -489,7 +489,7 @@ def test_concurrent_writers_and_readers_never_see_a_torn_journal_or_lose_an_upda
     assert all(p.returncode == 0 and err == "" and int(out) > 0 for p, (out, err) in zip(readers, read, strict=True))
     sent = store.load(journal.id).sent
     assert len(sent) == rounds * writers == len(set(sent))  # no update lost to a stale copy
-    assert sorted(p.name for p in store.directory.iterdir()) == [f"{journal.id}.json", f"{journal.id}.lock"]
+    assert sorted(p.name for p in store.directory.iterdir()) == [f"{journal.id}.json", "maintenance.lock"]
 
 
 def test_a_run_whose_journal_cannot_be_written_does_not_reboot_and_the_daemon_alerts(

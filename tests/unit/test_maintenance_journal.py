@@ -56,7 +56,7 @@ def test_journal_store_round_trip_and_active(tmp_path: Path) -> None:
     assert store.active() == first
     store.update(first.id, lambda current: current.cancel())
     assert store.active() is None
-    assert sorted(p.name for p in (tmp_path / "maintenance").iterdir()) == [f"{first.id}.json", f"{first.id}.lock"]
+    assert sorted(p.name for p in (tmp_path / "maintenance").iterdir()) == [f"{first.id}.json", "maintenance.lock"]
     (tmp_path / "maintenance/0123456789ab.json").write_text("{")
     with pytest.raises(JournalError, match="unreadable maintenance journal"):
         store.load("0123456789ab")

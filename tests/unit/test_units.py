@@ -52,3 +52,10 @@ def test_the_roles_install_the_packaged_units() -> None:
         ("/hostagent/data/hostagent-fleet.service", "/etc/systemd/system/hostagent-fleet.service"),
         ("/hostagent/data/hostagent.service", "/etc/systemd/system/hostagent.service")]
     assert not list((REPO / "ansible").rglob("*.service.j2"))
+
+
+def test_the_agent_starts_after_the_clock_is_synchronised() -> None:
+    """Downtimes after a reboot are wall-clock differences across it (issue #34, I5)."""
+    agent = (UNITS / "hostagent.service").read_text()
+    lines = {line.split("=", 1)[0]: line.split("=", 1)[1].split() for line in agent.splitlines() if "=" in line}
+    assert "time-sync.target" in lines["After"] and "time-sync.target" in lines["Wants"]

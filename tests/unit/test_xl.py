@@ -38,7 +38,7 @@ def test_plain_xl_list_gives_state_flags_and_a_paused_domain() -> None:
 
 def test_a_domain_name_with_spaces_is_read_from_the_right() -> None:
     line = "Name  ID   Mem VCPUs\tState\tTime(s)\nweb shop 1   7   512     1     -b----       3.2\n"
-    assert xl.parse_list(line) == [xl.XlState(7, "web shop 1", "-b----")]
+    assert xl.parse_list(line) == [xl.XlState(7, "web shop 1", "-b----", 512)]
 
 
 def test_xl_saves_own_progress_lines_are_read_as_pages() -> None:

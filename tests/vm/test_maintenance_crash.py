@@ -97,7 +97,7 @@ class Agent:
                   str(self.pidfile), str(self.log), "--", *self.daemon]
         self.config.write_text(
             f'[maintenance]\nuri = "{guests.uri(site.root)}"\nsave_dir = "{site.root}/lib/qemu/save"\n'
-            f"reboot_command = {json.dumps(reboot)}\nnotice_lead_times = [3600.0]\n"
+            f"reboot_command = {json.dumps(reboot)}\nnotice_lead_times = [3600.0]\nmin_notice_lead = 0\n"
             f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {site.smtp_port}\n'
             '[[alerts.routes]]\nto = ["ops@example.com"]\n[checks.smart]\nenabled = false\n')
         self.store = JournalStore(self.state / "maintenance")
@@ -386,3 +386,27 @@ def test_a_hypervisor_unreachable_at_the_scheduled_time_means_no_reboot(site: Si
     assert all(g.state == "planned" and g.save_started is None for g in final.guests.values())
     for name in NAMES:
         assert_never_rebooted(site.consoles / f"{name}.log")
+
+
+def test_a_guest_started_during_the_saves_is_saved_and_restored(site: Site, tmp_path: Path) -> None:
+    """Issue #34, I1 on real QEMU guests: late2 is started while web1 is being saved; the final listing
+    before the reboot finds it, saves it, and it is restored afterwards, never rebooted."""
+    done = subprocess.run([sys.executable, "-m", "tests.vm.started_during_saves", str(site.root),
+                           str(tmp_path / "state"), "late2"], cwd=guests.REPO, capture_output=True, text=True,
+                          timeout=600)
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        outcome = json.loads(done.stdout.splitlines()[-1])
+        final = Journal.from_json(outcome["journal"])
+        assert outcome["at_reboot"] == [[]], outcome["at_reboot"]  # nothing ran when the reboot command ran
+        assert final.phase == "done", final
+        late = final.guests["late2"]
+        assert (late.added, late.outcome, late.image) == (True, "restored", "managed"), late
+        assert all(final.guests[name].outcome == "restored" for name in NAMES), final
+        printed = len(guests.uptimes(site.consoles / "late2.log"))
+        wait_for("late2 to print after its restore", lambda: len(guests.uptimes(site.consoles / "late2.log"))
+                 >= printed + 2, 60, 0.5)
+        for name in ("late2", *NAMES):
+            assert_never_rebooted(site.consoles / f"{name}.log")
+    finally:
+        run_in_child(site, stop_code("late2", undefine=True))

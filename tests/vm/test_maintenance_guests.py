@@ -55,7 +55,7 @@ def test_full_cycle_guests_keep_running_across_the_reboot(embed_root: Path, tmp_
         reboot = [sys.executable, "-m", "tests.fake_reboot", str(pidfile), str(daemon_log), "--", *daemon]
         config.write_text(
             f'[maintenance]\nuri = "{uri}"\nsave_dir = "{embed_root}/lib/qemu/save"\n'
-            f"reboot_command = {json.dumps(reboot)}\nnotice_lead_times = [3600.0]\n"
+            f"reboot_command = {json.dumps(reboot)}\nnotice_lead_times = [3600.0]\nmin_notice_lead = 0\n"
             f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {controller.port}\n'
             '[[alerts.routes]]\nto = ["ops@example.com"]\n[checks.smart]\nenabled = false\n')
         with daemon_log.open("ab") as out:

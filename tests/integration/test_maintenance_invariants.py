@@ -1,0 +1,526 @@
+"""Issue #34's reproductions, each a test that failed on the main before it (docs/maintenance.md, I1-I6).
+
+libvirt's test driver with the real journal store, worker code and CLI; ``tests/fakexl.py`` (a
+scriptable ``xl`` printing a real Xen 4.17 dom0's formats) for what only xl does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from hostagent.actions import AuditLog
+from hostagent.config import MaintenanceConfig
+from hostagent.errors import HostagentError
+from hostagent.hypervisor import Hypervisor
+from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
+from hostagent.hypervisor.xl_backend import XlHypervisor
+from hostagent.maintenance import notices
+from hostagent.maintenance.journal import GuestRecord, Journal, JournalStore
+from hostagent.maintenance.phases import Recorder, restore_phase
+from hostagent.maintenance.preflight import Preflight
+from hostagent.maintenance.run import resume_after_boot, run_now
+from hostagent.maintenance.when import TIME_MAX, at, duration
+from hostagent.records import replace
+from tests import fakexl
+from tests.integration.test_cli import hostagent
+from tests.integration.test_hypervisor import DOMAIN, node
+from tests.integration.test_maintenance_hardness import OWNERS, cancel_cli, hypervisor_with
+from tests.integration.test_maintenance_phases import Faulty, seen
+
+
+def live(hypervisor: Hypervisor) -> list[str]:
+    return sorted(g.name for g in hypervisor.guests() if g.running)
+
+
+class StartsDuringSaves(Faulty):
+    """The first save starts another guest, as a customer's panel or an autostart would."""
+
+    def __init__(self, uri: str, start: str, define: bool) -> None:
+        super().__init__(uri, {})
+        self.to_start, self.define = start, define
+
+    def save(self, name: str, image: str) -> str:
+        if self.to_start:
+            guest, self.to_start = self.to_start, ""
+            if self.define:
+                self._conn.defineXML(DOMAIN.format(name=guest, memory=64, metadata="", devices=""))
+            self._conn.lookupByName(guest).create()
+        return super().save(name, image)
+
+
+def run_with_reboot_check(store: JournalStore, journal: Journal, hypervisor: Hypervisor,
+                          config: MaintenanceConfig) -> tuple[Journal, list[list[str]]]:
+    """run_now, recording which guests run when the reboot command runs."""
+    at_reboot: list[list[str]] = []
+
+    def reboot() -> None:
+        at_reboot.append(live(hypervisor))
+
+    return run_now(store, journal, hypervisor, seen(hypervisor), config, reboot), at_reboot
+
+
+# -- 1. a guest started during the saves --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["newcomer", "planned-but-stopped"])
+def test_a_guest_started_during_the_saves_is_saved_before_the_reboot_and_restored(tmp_path: Path,
+                                                                                   planned: bool) -> None:
+    hypervisor_with(tmp_path)
+    uri = f"test://{tmp_path / 'node.xml'}"
+    hypervisor = StartsDuringSaves(uri, "web3" if planned else "late", define=not planned)
+    if planned:  # scheduled with web3, which was stopped by the scheduled time, and starts during the saves
+        hypervisor._conn.lookupByName("web3").destroy()
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS), owners=OWNERS))
+    config = MaintenanceConfig(save_dir=str(tmp_path), concurrency=1)
+    result, at_reboot = run_with_reboot_check(store, journal, hypervisor, config)
+    assert at_reboot == [[]], at_reboot  # nothing runs when the reboot command runs
+    name = "web3" if planned else "late"
+    record = store.load(journal.id).guests[name]
+    assert record.state == "saved" and record.added == (not planned) and record.outcome is None
+    assert result.phase == "rebooting"
+    after = resume_after_boot(store, hypervisor, config)
+    assert after is not None and after.phase == "done"
+    assert after.guests[name].outcome == "restored" and hypervisor.is_running(name)
+    owner_says = notices.owner_text(after.guests[name])
+    assert "left stopped" not in owner_says and "restored" in owner_says
+
+
+class KeepsStarting(Faulty):
+    """Every save starts yet another guest: the listing never settles."""
+
+    count = 0
+
+    def save(self, name: str, image: str) -> str:
+        KeepsStarting.count += 1
+        guest = f"new{KeepsStarting.count}"
+        self._conn.defineXML(DOMAIN.format(name=guest, memory=64, metadata="", devices=""))
+        self._conn.lookupByName(guest).create()
+        return super().save(name, image)
+
+
+def test_guests_that_keep_starting_stop_the_maintenance_before_the_reboot(tmp_path: Path) -> None:
+    hypervisor_with(tmp_path, names=("web1",))
+    hypervisor = KeepsStarting(f"test://{tmp_path / 'node.xml'}", {})
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["web1"]))
+    result, at_reboot = run_with_reboot_check(store, journal, hypervisor, MaintenanceConfig(save_dir=str(tmp_path)))
+    assert at_reboot == [] and result.phase == "failed" and "kept starting" in (result.error or "")
+    assert all(g.outcome == "restored" for g in result.guests.values()) and len(result.guests) > 2
+    assert set(live(hypervisor)) >= set(result.guests)
+
+
+# -- 2. xl: a domain that xl list -l omits ------------------------------------------------------------
+
+
+@pytest.fixture
+def xl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, XlHypervisor]]:
+    state = tmp_path / "xl.json"
+    fakexl.install(tmp_path / "bin", state, {"pv1": {"domid": 2}, "pv2": {"domid": 3, "long": False}})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    configs = tmp_path / "etc-xen"
+    configs.mkdir()
+    for name in ("pv1", "pv2"):
+        (configs / f"{name}.cfg").write_text(f'name = "{name}"\nmemory = 96\n')
+    yield state, XlHypervisor(str(tmp_path / "save"), config_dirs=(str(configs),), timeout=20)
+
+
+def fake_live(state: Path) -> list[str]:
+    return sorted(n for n, d in fakexl.read(state)["domains"].items() if "s" not in d["flags"])
+
+
+@pytest.mark.parametrize("has_config", [True, False], ids=["saved-with-its-file", "no-file-shut-down"])
+def test_a_domain_that_xl_list_long_omits_is_saved_or_refused_and_never_left_running_at_the_reboot(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor], has_config: bool) -> None:
+    state, hypervisor = xl
+    if not has_config:
+        (tmp_path / "etc-xen" / "pv2.cfg").unlink()
+    assert [(g.name, g.running, bool(g.unsaveable)) for g in hypervisor.guests()] == [
+        ("pv1", True, False), ("pv2", True, not has_config)]
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["pv1", "pv2"]))
+    at_reboot: list[list[str]] = []
+    config = MaintenanceConfig(hypervisor="xl", save_dir=str(tmp_path / "save"))
+    result = run_now(store, journal, hypervisor, seen(hypervisor), config,
+                     lambda: at_reboot.append(fake_live(state)) and None)  # type: ignore[func-returns-value]
+    assert at_reboot == [[]]
+    pv2 = result.guests["pv2"]
+    if has_config:  # xl save takes the configuration file that libxl lost
+        assert pv2.state == "saved", pv2
+        saves = [call for call in fakexl.read(state)["calls"] if call[:2] == ["save", "pv2"]]
+        assert len(saves) == 1 and len(saves[0]) == 4 and Path(saves[0][3]).read_text().startswith('name = "pv2"')
+    else:
+        assert pv2.state == "shut_down" and "xl list -l omits it" in (pv2.error or "") and pv2.unsaved == "shut_down"
+
+
+def test_a_domain_hidden_from_xl_list_long_and_started_during_the_saves_goes_down_recorded(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor]) -> None:
+    state, hypervisor = xl
+    with fakexl.locked(state) as data:
+        data["domains"]["pv2"]["long"] = True
+
+    class Starts(XlHypervisor):
+        def save(self, name: str, image: str) -> str:
+            if "pv9" not in fakexl.read(state)["domains"]:
+                fakexl.start(state, "pv9", long=False)
+            return super().save(name, image)
+
+    hypervisor = Starts(hypervisor.save_dir, hypervisor.config_dirs, timeout=20)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["pv1", "pv2"]))
+    at_reboot: list[list[str]] = []
+    config = MaintenanceConfig(hypervisor="xl", save_dir=str(tmp_path / "save"), on_save_failure="skip")
+    result = run_now(store, journal, hypervisor, seen(hypervisor), config,
+                     lambda: at_reboot.append(fake_live(state)) and None)  # type: ignore[func-returns-value]
+    assert at_reboot == [["pv9"]]  # skip: it goes down with the host, and the journal says so
+    pv9 = result.guests["pv9"]
+    assert pv9.added and pv9.state == "skipped" and pv9.unsaved == "with_host"
+    assert "xl list -l omits it" in (pv9.error or "")
+
+
+# -- 3. one active maintenance ------------------------------------------------------------------------
+
+
+def test_parallel_schedules_from_the_cli_leave_exactly_one_maintenance(tmp_path: Path) -> None:
+    # 400 guests: each process's preflight (every guest's XML read and planned) holds it between its
+    # check for an active maintenance and its write long enough for the others to pass the check too
+    domains = "\n".join(DOMAIN.format(name=f"vm{i}", memory=64, metadata="", devices="") for i in range(400))
+    (tmp_path / "node.xml").write_text(f"<node>\n{domains}\n</node>\n")
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[maintenance]\nuri = "test://{tmp_path / "node.xml"}"\nsave_dir = "{tmp_path}"\n')
+    state = tmp_path / "state"
+    argv = [sys.executable, "-m", "hostagent", "--config", str(config), "maintenance", "--reboot-at",
+            "2099-01-01 04:00", "--force", "--json", "--state-dir", str(state)]
+    env = {k: v for k, v in os.environ.items() if k != "HOSTAGENT_CONFIG"}
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(6)]
+    results = [(run.wait(120), *run.communicate()) for run in runs]
+    won = [out for code, out, _ in results if code == 0]
+    refused = [err for code, _, err in results if code != 0]
+    assert len(won) == 1, results
+    assert len(refused) == 5 and all("is already planned" in err and "Traceback" not in err for err in refused)
+    store = JournalStore(state / "maintenance")
+    assert [j.id for j in store.all()] == [json.loads(won[0])["id"]]
+    cancelled = hostagent("--config", str(config), "maintenance", "cancel", "--state-dir", str(state))
+    assert cancelled.returncode == 0 and store.active() is None
+
+
+def test_the_lock_file_being_a_directory_is_a_clean_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(time.time() + 3600, "kernel", []))
+    (store.directory / f"{journal.id}.lock").mkdir()  # the per-maintenance lock of before: harmless now
+    assert cancel_cli(state).returncode == 0
+    store.create(Journal.new(time.time() + 3600, "kernel", []))
+    os.unlink(store.directory / "maintenance.lock")
+    (store.directory / "maintenance.lock").mkdir()
+    refused = cancel_cli(state)
+    assert refused.returncode == 3 and "cannot take the maintenance lock" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+# -- 4. time values bounded where they are read ------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [253402300800.0 + 86400, -62135596800.0 - 86400, 1e12, float("nan")],
+                         ids=["after-9999", "before-year-1", "1e12", "nan"])
+def test_a_journal_time_outside_the_range_is_an_unreadable_journal_and_nothing_raises(tmp_path: Path,
+                                                                                      bad: float) -> None:
+    state = tmp_path / "state"
+    store = JournalStore(state / "maintenance")
+    real = store.create(Journal.new(time.time() + 3600, "real", []))
+    forged = Journal.new(time.time() + 7200, "forged", []).to_json()
+    forged["reboot_at"] = bad  # sorted first when before year 1: the old cancel took it for the active one
+    (store.directory / f"{forged['id']}.json").write_text(json.dumps(forged).replace("NaN", "1e400"))
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    for verb in ("list", "status"):
+        shown = hostagent("--config", str(config), "maintenance", verb, "--json", "--state-dir", str(state))
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        rows = json.loads(shown.stdout)
+        assert {r.get("id", r.get("phase")) for r in rows} == ({real.id, "unreadable"} if verb == "list" else {real.id})
+    cancelled = cancel_cli(state)
+    assert json.loads(cancelled.stdout)["id"] == real.id
+
+
+def test_reboot_at_beyond_the_range_is_refused_cleanly_even_in_a_dry_run(tmp_path: Path) -> None:
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[maintenance]\nuri = "{node(tmp_path)}"\nsave_dir = "{tmp_path}"\n')
+    for when in ("9999-12-31T23:59:59-14:00", "2150-01-01 00:00", "0001-01-01T00:00:00+14:00"):
+        refused = hostagent("--config", str(config), "maintenance", "--reboot-at", when, "--dry-run", "--force",
+                            "--state-dir", str(tmp_path / "state"))
+        assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused
+        assert "outside 1970-01-01 .. 2100-01-01" in refused.stderr, refused.stderr
+
+
+def test_renderers_never_raise_and_never_show_a_negative_duration() -> None:
+    assert at(1e300) == at(float("nan")) == at(TIME_MAX + 1) == "an impossible time"
+    assert duration(-1) == duration(-600) == duration(float("inf")) == "unknown"
+    assert duration(59.6) == "1 min 0 s" and duration(600) == "10 min 0 s"
+
+
+# -- 5. a cancel is final at every step ----------------------------------------------------------------
+
+
+class CancelAfterFirstShutdown(Faulty):
+    """Two saves fail; a cancel from another process lands once the first failed guest is shut down."""
+
+    def __init__(self, uri: str, state: Path) -> None:
+        super().__init__(uri, {("save", "web2"): 1, ("save", "web3"): 1})
+        self.state = state
+        self.shutdowns: list[str] = []
+        self.cancels: list[subprocess.CompletedProcess[str]] = []
+
+    def shutdown(self, name: str) -> None:
+        self.shutdowns.append(name)
+        super().shutdown(name)
+
+    def is_running(self, name: str) -> bool:  # the policy's wait for the shutdown: outside the lock
+        if self.shutdowns and not self.cancels:
+            self.cancels.append(cancel_cli(self.state))
+        return super().is_running(name)
+
+
+def test_a_cancel_after_the_last_save_shuts_down_no_further_guest(tmp_path: Path) -> None:
+    hypervisor_with(tmp_path)
+    state = tmp_path / "state"
+    hypervisor = CancelAfterFirstShutdown(f"test://{tmp_path / 'node.xml'}", state)
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS), owners=OWNERS))
+    reboots: list[str] = []
+    config = MaintenanceConfig(save_dir=str(tmp_path), concurrency=1, shutdown_timeout=5)
+    run_now(store, journal, hypervisor, seen(hypervisor), config, lambda: reboots.append("x") and None)
+    assert hypervisor.cancels[0].returncode == 0, hypervisor.cancels[0].stderr
+    assert reboots == [] and hypervisor.shutdowns == ["web2"], hypervisor.shutdowns
+    final = store.load(journal.id)
+    assert final.phase == "cancelled" and all(hypervisor.is_running(n) for n in OWNERS)
+    assert final.guests["web2"].outcome == "restarted"  # it was shut down: its owner is told so
+    assert final.guests["web3"].outcome is None  # never went down: "not interrupted: it kept running"
+    assert "REBOOTED" not in notices.owner_text(final.guests["web3"])
+
+
+def test_a_cancel_during_the_preflight_writes_no_run_time_plan(tmp_path: Path) -> None:
+    hypervisor = hypervisor_with(tmp_path)
+    state = tmp_path / "state"
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["web1", "web2"]))  # web3 started after scheduling
+
+    def preflight() -> Preflight:
+        assert cancel_cli(state).returncode == 0
+        return seen(hypervisor)()
+
+    result = run_now(store, journal, hypervisor, preflight, MaintenanceConfig(save_dir=str(tmp_path)),
+                     lambda: None)
+    assert result.phase == "cancelled" and sorted(store.load(journal.id).guests) == ["web1", "web2"]
+    added = replace(result, guests={**result.guests, "web3": GuestRecord("web3", owner="carol@example.com",
+                                                                         added=True)})
+    assert "carol@example.com" not in notices.by_owner(added, announced_only=True)
+
+
+# -- 6. an audit failure at the reboot record ----------------------------------------------------------
+
+
+class NoRebootRecord(AuditLog):
+    def record(self, event: dict[str, Any]) -> None:
+        if event.get("action") == "reboot":
+            raise HostagentError("audit.jsonl: No space left on device")
+        super().record(event)
+
+
+def test_an_audit_failure_at_the_reboot_record_restores_the_guests_at_once(tmp_path: Path) -> None:
+    from hostagent.config import Config
+    from hostagent.host import Host
+    from hostagent.maintenance.run import execute
+    from hostagent.state import StateStore
+
+    uri = node(tmp_path)
+    state = tmp_path / "state"
+    config = Config(maintenance=MaintenanceConfig(uri=uri, save_dir=str(tmp_path),
+                                                  reboot_command=("touch", str(tmp_path / "rebooted"))))
+    store = JournalStore(state / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["web1", "db1"], force=True, force_unbootable=True,
+                                       hypervisor="libvirt " + uri))
+    result = execute(Host("/"), StateStore(state), config, store, journal, NoRebootRecord(state))
+    assert not (tmp_path / "rebooted").exists()
+    assert result.phase == "failed" and "audit record of the reboot could not be written" in (result.error or "")
+    assert "did not reboot within" not in (result.error or "")
+    assert {n: g.outcome for n, g in result.guests.items()} == {
+        "web1": "restored", "db1": "restored", "gpu1": "restarted"}  # gpu1 cannot be saved: shut down first
+
+
+# -- 7. xl: observed outcomes --------------------------------------------------------------------------
+
+
+def test_xl_start_of_a_suspended_domain_is_an_error_not_a_silent_success(xl: tuple[Path, XlHypervisor]) -> None:
+    state, hypervisor = xl
+    with fakexl.locked(state) as data:
+        data["domains"]["pv1"]["flags"] = "---s--"
+    with pytest.raises(HostagentError, match="exists in state shut down or suspended"):
+        hypervisor.start("pv1")
+    assert hypervisor.present("pv1") == "shut down or suspended" and hypervisor.present("gone") is None
+
+
+def test_an_interrupted_xl_save_is_reported_lost_not_restored_from_a_partial_image(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor]) -> None:
+    state, hypervisor = xl
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = Journal.new(0.0, "kernel", ["pv1", "pv2"]).advance("preflight").advance("saving")
+    journal = journal.guest("pv1", "saving", save_started=time.time())
+    store.create(journal)
+    fakexl.fail(state, "save", "pv1", "suspend")
+    with pytest.raises(HostagentError):
+        hypervisor.save("pv1", str(tmp_path / "save" / "pv1.save"))
+    (tmp_path / "save" / "pv1.save").write_text('{"partial": true}')  # what a killed xl save leaves
+    recorder = Recorder(journal, store)
+    recorder.advance("restoring", error="the maintenance worker stopped while saving: not rebooted")
+    restore_phase(recorder, hypervisor, MaintenanceConfig(hypervisor="xl", save_dir=str(tmp_path / "save"),
+                                                         cold_boot_on_failure=True), aborted=True)
+    pv1 = store.load(journal.id).guests["pv1"]
+    assert pv1.outcome == "lost" and "partial image" in (pv1.error or "")
+    assert "left shut down or suspended by an interrupted save" in (pv1.error or "")
+    assert "its memory image" not in (pv1.error or "")
+    assert recorder.journal.phase == "failed"
+
+
+def test_an_xl_save_runs_in_the_workers_process_group_and_abort_kills_it(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor]) -> None:
+    state, hypervisor = xl
+    fakexl.fail(state, "save", "pv1", "hang")
+    errors: list[str] = []
+
+    def save() -> None:
+        try:
+            hypervisor.save("pv1", str(tmp_path / "save" / "pv1.save"))
+        except HostagentError as err:
+            errors.append(str(err))
+
+    thread = threading.Thread(target=save)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (children := [p for p in psutil.Process().children(recursive=True) if "xl" in " ".join(p.cmdline())]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert all(os.getpgid(p.pid) == os.getpgid(0) for p in children)  # killing the worker's group stops it
+    hypervisor.abort("pv1")
+    thread.join(30)
+    assert errors and "aborted" in errors[0]
+
+
+def test_the_xl_configuration_is_kept_on_the_first_save_into_a_new_directory(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor]) -> None:
+    _, hypervisor = xl
+    assert not (tmp_path / "save").exists()
+    hypervisor.save("pv1", str(tmp_path / "save" / "pv1.save"))
+    assert (tmp_path / "save" / "pv1.cfg").read_text().startswith('name = "pv1"')
+
+
+# -- 8. downtime is never negative ---------------------------------------------------------------------
+
+
+def test_a_clock_that_went_back_gives_an_unknown_downtime_with_its_reason() -> None:
+    record = GuestRecord("web1", "running", save_started=1_800_000_600.0, running_again=1_800_000_000.0,
+                         outcome="restored", owner="alice@example.com")
+    journal = replace(Journal.new(1_800_000_000.0, "kernel", []), guests={"web1": record}, phase="done")
+    assert record.downtime_s is None and "clock went back 600 s" in (record.downtime_unknown or "")
+    _, text = notices.after_notice(journal, [record], "hv1")
+    _, report = notices.report(journal, "hv1")
+    for shown in (text, report):
+        assert "-10 min" not in shown and "-600" not in shown and "clock went back" in shown
+    assert "total guest downtime" not in report
+
+
+def test_a_guest_that_kept_running_has_no_downtime() -> None:
+    record = GuestRecord("web1", "running", save_started=1_800_000_000.0, running_again=1_800_000_003.0)
+    assert notices.downtime_text(record) == "none"
+
+
+# -- 11. lead time and pruning -------------------------------------------------------------------------
+
+
+def test_owners_notified_need_the_minimum_lead_time(tmp_path: Path) -> None:
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[maintenance]\nuri = "{node(tmp_path)}"\nsave_dir = "{tmp_path}"\nmin_notice_lead = 7200\n')
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    for when in ("now", soon):
+        refused = hostagent("--config", str(config), "maintenance", "--reboot-at", when, "--notify-owners",
+                            "--force", "--state-dir", str(tmp_path / "state"))
+        assert refused.returncode == 3 and "min_notice_lead" in refused.stderr, refused.stderr
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)).isoformat()
+    accepted = hostagent("--config", str(config), "maintenance", "--reboot-at", later, "--notify-owners",
+                         "--force", "--dry-run", "--state-dir", str(tmp_path / "state"))
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def test_old_final_journals_are_pruned_with_their_files_and_the_rest_kept(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "maintenance")
+    now = time.time()
+    old = Journal.new(now - 100 * 86400, "old", []).advance("cancelled", now=now - 100 * 86400).mark_sent("report")
+    unsent = Journal.new(now - 100 * 86400, "unsent", []).advance("cancelled", now=now - 100 * 86400)
+    recent = Journal.new(now - 86400, "recent", []).advance("cancelled", now=now - 86400).mark_sent("report")
+    for journal in (old, unsent, recent):
+        store.directory.mkdir(parents=True, exist_ok=True)
+        store._write(journal)
+        (store.directory / f"{journal.id}.log").write_text("log\n")
+    active = store.create(Journal.new(now + 3600, "active", []))
+    assert store.prune(90 * 86400, now) == [old.id]
+    assert sorted(j.id for j in store.all()) == sorted([unsent.id, recent.id, active.id])
+    assert not (store.directory / f"{old.id}.log").exists()
+
+
+def test_the_journal_scan_benchmark_runs_in_its_smoke_mode() -> None:
+    """bench/bench_journals.py (make bench-journals), small, so that it cannot rot."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_journals.py"
+    done = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "parse every file" in done.stdout and "after pruning" in done.stdout
+
+
+# -- found by the model (tests/fuzz/test_maintenance_model.py) -----------------------------------------
+
+
+class OtherServiceStarts(Faulty):
+    """Another service (libvirt-guests, an autostart) starts web1 at a chosen moment of the restore:
+    ``during-our-call`` it wins the race to the same image, so our call fails with "already running";
+    ``between-attempts`` our first attempt fails (injected) and it starts web1 before our second look."""
+
+    def __init__(self, uri: str, when: str) -> None:
+        super().__init__(uri, {})
+        self.when = when
+
+    def restore(self, name: str, image: str) -> None:
+        if name != "web1" or not self.when:
+            super().restore(name, image)
+            return
+        when, self.when = self.when, ""
+        LibvirtHypervisor.restore(self, name, image)  # the other service's start
+        if when == "during-our-call":
+            raise HostagentError(f"guest {name}: start from managed save failed: Domain '{name}' is already running")
+        raise HostagentError(f"guest {name}: start from managed save failed: injected")
+
+
+@pytest.mark.parametrize("when", ["during-our-call", "between-attempts"])
+def test_a_guest_another_service_starts_during_the_restore_is_recorded_running_not_lost(tmp_path: Path,
+                                                                                      when: str) -> None:
+    hypervisor_with(tmp_path)
+    hypervisor = OtherServiceStarts(f"test://{tmp_path / 'node.xml'}", when)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS)))
+    config = MaintenanceConfig(save_dir=str(tmp_path), restore_attempts=2)
+    run_now(store, journal, hypervisor, seen(hypervisor), config, lambda: None)
+    final = resume_after_boot(store, hypervisor, config)
+    assert final is not None and final.phase == "done", final
+    web1 = final.guests["web1"]
+    assert web1.outcome == "restored" and web1.restored_by == "another service", web1
+    assert hypervisor.is_running("web1")
