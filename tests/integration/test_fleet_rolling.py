@@ -100,11 +100,20 @@ def test_parallel_schedules_over_rpc_through_sshd_leave_one_maintenance_and_bad_
     """Issue #34, I2 and I3 over the real boundary: four schedules at once through sshd to one host's
     daemon; exactly one is planned, the others are told it is already planned, one cancel leaves none."""
     import threading
+    import time
     from urllib.parse import quote
 
     from tests.integration.test_rpc_boundary import ask, connect
 
     fleet, _ = hosts
+    client = connect(fleet, 0, tmp_path)
+    try:  # the agent's daemon answers once it has started
+        deadline = time.monotonic() + 120
+        while not ask(client, "maintenance list").get("ok"):
+            assert time.monotonic() < deadline, "hv1's agent never answered"
+            time.sleep(0.5)
+    finally:
+        client.close()
     when = quote((dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat(timespec="seconds"), safe="")
     answers: list[dict[str, object]] = []
 

@@ -184,11 +184,12 @@ def test_after_the_reboot_command_the_same_daemon_waits_then_restores_if_no_rebo
 def test_a_failing_reboot_command_restores_the_guests_at_once(tmp_path: Path) -> None:
     from hostagent.config import MaintenanceConfig
 
-    hypervisor, store, _ = setup(tmp_path)
+    hypervisor, _, _ = setup(tmp_path)
+    store = JournalStore(tmp_path / "other")  # setup's store holds a maintenance already: one per host
     planned = Journal.new(0.0, "kernel", ["a", "b", "c"])
     store.create(planned)
     journal = run_now(store, planned, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path)),
-                      lambda: "systemctl reboot exited 1: Access denied")
+                      lambda: "the reboot command failed: systemctl reboot exited 1: Access denied")
     assert journal.phase == "failed" and "the reboot command failed" in (journal.error or "")
     assert all(hypervisor.is_running(n) for n in "abc")
     assert [phase for phase, _ in journal.history][-3:] == ["rebooting", "restoring", "failed"]
