@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ def local_time(timestamp: float) -> str:
 
 
 def _duration(seconds: float) -> str:
+    """A span a host reported, for the page: never raises, never negative (a host's reply is not trusted)."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= 100 * 365 * 86400:
+        return "unknown"
     seconds = round(seconds)
     if seconds < 120:
         return f"{seconds} s"

@@ -78,17 +78,29 @@ class LibvirtHypervisor(Hypervisor):
             raise HostagentError(f"guest {name}: {what} failed: {err.get_error_message()}") from None
 
     def guests(self) -> list[GuestInfo]:
+        """Every domain; one undefined while it is read is skipped (it is gone), any other error is a
+        HostagentError (never a libvirt exception: the callers decide on HostagentError)."""
+        libvirt = self._libvirt
+        try:
+            domains = self._conn.listAllDomains()
+        except libvirt.libvirtError as err:
+            raise HostagentError(f"listing the guests failed: {err.get_error_message()}") from None
         found = []
-        for domain in self._conn.listAllDomains():
-            if self.xen and domain.ID() == 0:  # libxl lists Domain-0 as a running, persistent domain
-                continue
-            owner_text, passthrough = domain_facts(domain.XMLDesc(0), f"guest {domain.name()}: XML")
-            found.append(GuestInfo(
-                name=domain.name(), running=bool(domain.isActive()), persistent=bool(domain.isPersistent()),
-                memory_kib=int(domain.info()[2]), owner=owner_text,
-                unsaveable="host device passthrough (hostdev)" if passthrough else None,
-                autostart=bool(domain.autostart()),
-            ))
+        for domain in domains:
+            try:
+                if self.xen and domain.ID() == 0:  # libxl lists Domain-0 as a running, persistent domain
+                    continue
+                owner_text, passthrough = domain_facts(domain.XMLDesc(0), f"guest {domain.name()}: XML")
+                found.append(GuestInfo(
+                    name=domain.name(), running=bool(domain.isActive()), persistent=bool(domain.isPersistent()),
+                    memory_kib=int(domain.info()[2]), owner=owner_text,
+                    unsaveable="host device passthrough (hostdev)" if passthrough else None,
+                    autostart=bool(domain.autostart()),
+                ))
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined between the listing and this look
+                raise HostagentError(f"listing the guests failed: {err.get_error_message()}") from None
         return sorted(found, key=lambda g: g.name)
 
     def image_for(self, name: str, save_dir: str) -> str:

@@ -127,10 +127,10 @@ class XlHypervisor(Hypervisor):
             os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
         except OSError as err:
             raise HostagentError(f"guest {name}: cannot save to {image}: {err.strerror or err}") from None
-        with contextlib.suppress(HostagentError, OSError):
-            source = self.config_for(name)
-            if source != self._kept_config(name):
-                write_durable(self._kept_config(name), source.read_bytes()[:CONFIG_LIMIT])
+        with contextlib.suppress(OSError):  # the file as it is now: a copy kept by an earlier save may be stale
+            found = self._configs(name)
+            if found:
+                write_durable(self._kept_config(name), found[0].read_bytes()[:CONFIG_LIMIT])
         argv = ["xl", "save", name, image]
         if not self._described(name):  # libxl lost its stored configuration: xl save takes the file instead
             argv.append(str(self.config_for(name)))

@@ -115,10 +115,10 @@ def render_rows(rows: list[dict[str, Any]], status: bool) -> str:
                 f", downtime {record['downtime_unknown']}" if record.get("downtime_unknown") else "")
             said = OUTCOMES.get(record["outcome"], record["state"])
             added = " (added at run time)" if record["added_at_run_time"] else ""
-            error = f" ({record['error']})" if record["error"] else ""
-            lines.append(f"    {guest}: {said}{added}{down}{error}")
+            error = f" ({shown(record['error'], 400)})" if record["error"] else ""
+            lines.append(f"    {shown(guest)}: {said}{added}{down}{error}")  # names and errors from the host
         if row["error"]:
-            lines.append(f"    error: {row['error']}")
+            lines.append(f"    error: {shown(row['error'], 400)}")
     if not rows:
         lines.append("no maintenance" + (" scheduled" if status else ""))
     return "\n".join(lines) + "\n"

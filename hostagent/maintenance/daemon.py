@@ -192,6 +192,8 @@ class MaintenanceDaemon:
                                f"the {worker.action} worker failed (exit {code}) in phase {journal.phase}: "
                                f"{worker.last_words()}{self._space_note()}")
             return True
+        with contextlib.suppress(HostagentError):  # guests added since it started get their time too
+            worker.extend_to(self.store.load(worker.journal_id), self.config.maintenance)
         if worker.overdue():
             worker.kill()
             self.worker = None

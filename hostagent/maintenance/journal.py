@@ -326,6 +326,7 @@ class Unreadable:
 
     path: Path
     reason: str
+    transient: bool = False  # an I/O error, not a bad journal: never set aside, and no new maintenance meanwhile
 
     def row(self) -> dict[str, Any]:
         return {"file": str(self.path), "phase": "unreadable", "error": self.reason}
@@ -343,7 +344,8 @@ class AlreadyPlanned(JournalError):
 LOCK_NAME = "maintenance.lock"
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (descriptor, depth) held by this process
 _held_guard = threading.RLock()
-_parsed: dict[str, tuple[tuple[int, int, int], Journal]] = {}  # path -> ((inode, mtime_ns, size), journal)
+_parsed: dict[str, tuple[tuple[int, int, int, int], Journal]] = {}  # path -> ((inode, mtime, ctime, size), journal)
+SETTLED = 2.0  # s: a file changed more recently is never taken from memory (timestamps may be coarse)
 
 
 class JournalStore:
@@ -410,6 +412,10 @@ class JournalStore:
 
     def _write(self, journal: Journal) -> None:
         path = self.path(journal.id)
+        try:  # I3 on the way out too: a clock past the range must not write a journal no reader accepts
+            Journal.from_json(journal.to_json())
+        except ShapeError as err:
+            raise JournalWriteError(f"{path}: not written, it would not read back: {err}") from None
         try:
             write_durable(path, (json.dumps(journal.to_json(), indent=2) + "\n").encode())
         except OSError as err:
@@ -419,40 +425,48 @@ class JournalStore:
         """Write a new journal; refused when one with its id exists, and with AlreadyPlanned while another
         maintenance is not final (the check and the write are one step under the lock)."""
         with self.locked():
-            active = self.active()
+            journals, unreadable = self.scan()
+            active = next((j for j in journals if not j.final), None)
             if active is not None:
                 raise AlreadyPlanned(active)
+            cannot = [entry for entry in unreadable if entry.transient]
+            if cannot:  # it may be the active one: one maintenance per host is not known to hold
+                raise JournalError(f"{cannot[0].path}: {cannot[0].reason}; nothing scheduled until it can be read")
             if self.path(journal.id).exists():
                 raise JournalError(f"maintenance {journal.id} exists already")
             self._write(journal)
         return journal
 
     def update(self, journal_id: str, change: Callable[[Journal], Journal]) -> Journal:
-        """Re-read the journal under the lock, apply ``change``, write the result and return it."""
+        """Re-read the journal under the lock (from the file, never from memory), apply ``change``, write the
+        result and return it."""
         with self.locked():
-            current = self.load(journal_id)
+            current = self.load(journal_id, fresh=True)
             changed = change(current)
             if changed != current:
                 self._write(changed)
             return changed
 
-    def load(self, journal_id: str) -> Journal:
+    def load(self, journal_id: str, fresh: bool = False) -> Journal:
         path = self.path(journal_id)
         try:
-            return self._read(path)
+            return self._read(path, fresh)
         except FileNotFoundError:
             raise JournalError(f"no maintenance {journal_id} in {self.directory}") from None
         except (OSError, ValueError) as err:
             raise JournalError(f"{path}: unreadable maintenance journal: {err}") from None
 
     @staticmethod
-    def _read(path: Path) -> Journal:
-        """The journal in ``path``; one already parsed is taken from memory while its file is the same
-        (every write is a new file, so inode, mtime and size name one content)."""
+    def _read(path: Path, fresh: bool = False) -> Journal:
+        """The journal in ``path``.  One already parsed is taken from memory while its file is the same: every
+        write is a new file (a new inode, though a freed one comes back), so inode, mtime, ctime and size
+        name one content, once the file is older than SETTLED s (timestamps can be coarser than the
+        writes).  ``fresh``: always the file (every change under the lock reads it so)."""
         info = os.lstat(path)
-        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        key = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
         cached = _parsed.get(str(path))
-        if cached is not None and cached[0] == key:
+        settled = time.time() - max(info.st_mtime_ns, info.st_ctime_ns) / 1e9 > SETTLED
+        if cached is not None and cached[0] == key and settled and not fresh:
             return cached[1]
         try:
             data = json.loads(read_bounded(path, MAX_JOURNAL_BYTES))
@@ -463,7 +477,8 @@ class JournalStore:
             raise ShapeError(f"id: says {journal.id}, but the file is {path.name}")
         if len(_parsed) > 4096:
             _parsed.clear()
-        _parsed[str(path)] = (key, journal)
+        if settled:
+            _parsed[str(path)] = (key, journal)
         return journal
 
     def scan(self) -> tuple[list[Journal], list[Unreadable]]:
@@ -476,7 +491,9 @@ class JournalStore:
                 journals.append(self._read(path))
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError) as err:
+            except OSError as err:  # EIO, EMFILE, ENOMEM: the journal may be fine; it is looked at again
+                unreadable.append(Unreadable(path, f"cannot read the maintenance journal now: {err}", transient=True))
+            except ValueError as err:
                 unreadable.append(Unreadable(path, f"unreadable maintenance journal: {err}"))
         unreadable += [Unreadable(p, "moved aside: unreadable maintenance journal")
                        for p in sorted(self.directory.glob("*.corrupt"))]
@@ -503,18 +520,22 @@ class JournalStore:
         return removed
 
     def quarantine(self) -> list[Unreadable]:
-        """Move every unreadable ``*.json`` aside to ``*.corrupt``; returns those moved (for an alert)."""
+        """Move every ``*.json`` that is not a journal aside to ``*.corrupt``, under the lock; returns those
+        moved (for an alert).  A file that could not be read now (an I/O error) stays where it is."""
         moved = []
-        for entry in self.scan()[1]:
-            if entry.path.suffix != ".json":
-                continue
-            target = entry.path.with_suffix(".corrupt")
-            try:
-                os.replace(entry.path, target)
-            except OSError as err:
-                moved.append(Unreadable(entry.path, f"{entry.reason}; cannot move it aside: {err.strerror or err}"))
-                continue
-            moved.append(Unreadable(target, f"{entry.path.name}: {entry.reason}; moved aside to {target.name}"))
+        with self.locked():
+            for entry in self.scan()[1]:
+                if entry.path.suffix != ".json" or entry.transient:
+                    continue
+                target = entry.path.with_suffix(".corrupt")
+                try:
+                    os.replace(entry.path, target)
+                except OSError as err:
+                    moved.append(Unreadable(entry.path, f"{entry.reason}; cannot move it aside: "
+                                                        f"{err.strerror or err}"))
+                    continue
+                _parsed.pop(str(entry.path), None)
+                moved.append(Unreadable(target, f"{entry.path.name}: {entry.reason}; moved aside to {target.name}"))
         return moved
 
     @contextlib.contextmanager

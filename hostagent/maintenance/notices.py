@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from hostagent.maintenance.journal import GuestRecord, Journal
 from hostagent.maintenance.when import at as _at
 from hostagent.maintenance.when import duration as _duration
+from hostagent.rpc import shown
 
 AFTER, REPORT = "after", "report"
 # What an owner reads for each outcome (journal.OUTCOMES); a guest whose save failed says how it went down.
@@ -73,7 +74,7 @@ def before_notice(journal: Journal, guests: list[GuestRecord], hostname: str, no
     lines += ["Your machines will be saved to disk before the reboot and restored after it, so they will",
               "not appear to have been rebooted; expect a network outage of some minutes while they are",
               "paused.  We will write again with the measured downtime of each machine.", "",
-              *(f"  - {g.name}" for g in guests), "", f"Maintenance {journal.id}"]
+              *(f"  - {shown(g.name)}" for g in guests), "", f"Maintenance {journal.id}"]
     return subject, "\n".join(lines) + "\n"
 
 
@@ -82,7 +83,7 @@ def after_notice(journal: Journal, guests: list[GuestRecord], hostname: str) -> 
     lines = [f"The maintenance of {hostname} planned for {_at(journal.reboot_at)} has ended.", "",
              "machine        downtime        outcome"]
     for g in guests:
-        lines.append(f"{g.name:<14} {downtime_text(g):<15} {owner_text(g)}")
+        lines.append(f"{shown(g.name):<14} {downtime_text(g):<15} {owner_text(g)}")
         if g.save_started is not None and g.outcome not in ("left_stopped", None):
             lines.append(f"{'':<14} down from {_at(g.save_started)} to {_at(g.running_again)}")
             if g.downtime_unknown:
@@ -95,7 +96,7 @@ def called_off(journal: Journal, guests: list[GuestRecord], hostname: str) -> tu
     word = "cancelled" if journal.phase == "cancelled" else "did not take place"
     subject = f"Maintenance of {hostname} at {_at(journal.reboot_at)} {word}"
     lines = [f"The maintenance of {hostname} we announced for {_at(journal.reboot_at)} {word}.",
-             "Your machines were not touched:", *(f"  - {g.name}" for g in guests), "",
+             "Your machines were not touched:", *(f"  - {shown(g.name)}" for g in guests), "",
              "If it is rescheduled, you will get a new notice.", "", f"Maintenance {journal.id}"]
     return subject, "\n".join(lines) + "\n"
 
@@ -107,7 +108,7 @@ def report(journal: Journal, hostname: str) -> tuple[str, str]:
     lines = [f"Maintenance {journal.id} on {hostname}: {journal.phase}",
              f"Planned for {_at(journal.reboot_at)}; reason: {journal.reason or '-'}"]
     if journal.error:
-        lines.append(f"Error: {journal.error}")
+        lines.append(f"Error: {shown(journal.error, 2000)}")
     lines += ["", "guest          outcome        downtime   owner / details"]
     for g in journal.guests.values():
         down = f"{g.downtime_s:.1f} s" if g.downtime_s is not None else ("unknown" if g.downtime_unknown else "-")
@@ -118,7 +119,8 @@ def report(journal: Journal, hostname: str) -> tuple[str, str]:
         details += [f"clock {g.clock}"] if g.clock and g.clock != "set" else []
         details += [f"downtime {g.downtime_unknown}"] if g.downtime_unknown else []
         details += [g.error] if g.error else []
-        lines.append(f"{g.name:<14} {g.outcome or g.state:<14} {down:<10} " + " / ".join(details))
+        lines.append(f"{shown(g.name):<14} {g.outcome or g.state:<14} {down:<10} "
+                     + shown(" / ".join(details), 2000))
     if downtimes:
         lines.append(f"total guest downtime {sum(downtimes):.1f} s, longest {max(downtimes):.1f} s")
     lines += ["", "phases:", *(f"  {phase:<10} {_at(at)}" for phase, at in journal.history)]

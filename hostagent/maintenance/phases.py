@@ -342,6 +342,11 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
     if config.on_save_failure == "abort" or stuck:
         why = "could not be saved" if not stuck else f"left in an unknown state ({', '.join(stuck)} stuck)"
         return f"aborted before the reboot: {', '.join(failed)} {why}"
+    for name in failed:  # a domain a failed save left suspended cannot act on a shutdown: its memory would go
+        left = hypervisor.present(name)
+        if left is not None and not hypervisor.is_running(name):
+            return (f"aborted before the reboot: {name} was left {left} by its failed save; its memory would be lost "
+                    "with the host")
     for name in failed:
         error = recorder.journal.guests[name].error
         if config.on_save_failure == "skip":
@@ -354,9 +359,9 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
                                          error=f"{error}; shutting down"):
                 return None  # cancelled (I4): no guest is shut down once the cancel is on disk
             deadline = clock() + config.shutdown_timeout
-            while hypervisor.is_running(name) and clock() < deadline:
+            while hypervisor.present(name) is not None and clock() < deadline:
                 time.sleep(0.2)
-            if not hypervisor.is_running(name):  # it went down: true whatever came meanwhile
+            if hypervisor.present(name) is None:  # it is gone (not merely not running): true whatever came meanwhile
                 recorder.guest(name, "shut_down", error=f"{error}; shut down gracefully", unsaved="shut_down")
             elif not recorder.while_saving(name, lambda: None, "skipped", unsaved="with_host",
                                            error=f"{error}; it did not shut down within "

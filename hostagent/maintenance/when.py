@@ -62,8 +62,11 @@ def parse_when(text: str, now: dt.datetime, local: dt.tzinfo | None = None) -> d
         except ValueError:
             raise HostagentError(f"--reboot-at {text[:60]!r}: not a time; use ISO 8601 (2026-11-23T16:00:00+01:00) "
                                  "or 'YYYY-MM-DD HH:MM' in the host's time zone") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)
+    if parsed.tzinfo is None:  # the host's zone with the rules of that date (DST), not today's offset
+        try:
+            parsed = parsed.replace(tzinfo=local) if local is not None else parsed.astimezone()
+        except (OverflowError, ValueError, OSError):
+            parsed = parsed.replace(tzinfo=zone)
     try:
         stamp = parsed.timestamp()
     except (OverflowError, ValueError, OSError):

@@ -55,6 +55,13 @@ class Worker:
     process: subprocess.Popen[bytes]
     deadline: float
     log_path: Path | None = None
+    started: float = 0.0  # monotonic
+
+    def extend_to(self, journal: Journal, config: MaintenanceConfig) -> None:
+        """The deadline for the guests the journal has now: the run-time plan and the final listing add
+        guests the deadline at the start did not count, and a worker killed mid-save on xl leaves a
+        domain suspended."""
+        self.deadline = max(self.deadline, self.started + deadline_for(self.action, journal, config))
 
     @classmethod
     def start(cls, action: str, journal: Journal, state_dir: str, config: Config, config_path: str | None,
@@ -67,8 +74,9 @@ class Worker:
         finally:
             if out is not None:
                 out.close()
-        return cls(action, journal.id, process, time.monotonic() + deadline_for(action, journal, config.maintenance),
-                   log_path)
+        now = time.monotonic()
+        return cls(action, journal.id, process, now + deadline_for(action, journal, config.maintenance), log_path,
+                   now)
 
     def last_words(self) -> str:
         """The last line the worker wrote to its log (its outcome or its error)."""

@@ -103,18 +103,24 @@ def _bdf(dev: Any) -> str:
         return "unknown device"
 
 
+_LINE = re.compile(r"^(?P<name>.*?)[ \t]+(?P<domid>[0-9]{1,6})[ \t]+(?P<mem>[0-9]{1,9})[ \t]+[0-9]{1,6}[ \t]+"
+                   r"(?P<state>[-rbpscd]{6})[ \t]+[0-9.]+[ \t]*$")
+
+
 def parse_list(text: str, source: str = "xl list") -> list[XlState]:
-    """``xl list``: Name, ID, Mem, VCPUs, State, Time(s); a name may hold spaces, so fields count from the right."""
+    """``xl list``: Name, ID, Mem, VCPUs, State, Time(s).  A name may hold spaces, runs of them and tabs
+    (libvirt and xl forbid little), so the columns are read from the right and the name is the rest,
+    as it is, without the padding after it."""
     states = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields or fields[0] == "Name":
             continue
-        if len(fields) < 6 or not _STATE.match(fields[-2]) or not re.fullmatch(r"[0-9]{1,6}", fields[-5]) \
-                or not re.fullmatch(r"[0-9]{1,9}", fields[-4]):
+        match = _LINE.match(line)
+        if match is None or not match.group("name").strip():
             raise ParseError(source, number, f"not a domain line: {line[:80]!r}")
-        states.append(XlState(domid=int(fields[-5]), name=" ".join(fields[:-5]), flags=fields[-2],
-                              mem_mib=int(fields[-4])))
+        states.append(XlState(domid=int(match.group("domid")), name=match.group("name").lstrip(),
+                              flags=match.group("state"), mem_mib=int(match.group("mem"))))
     return states
 
 

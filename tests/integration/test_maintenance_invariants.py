@@ -533,3 +533,148 @@ def test_a_guest_another_service_starts_during_the_restore_is_recorded_running_n
     web1 = final.guests["web1"]
     assert web1.outcome == "restored" and web1.restored_by == "another service", web1
     assert hypervisor.is_running("web1")
+
+
+# -- found by the adversarial review (helper) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["suspend", "hang"])
+def test_a_domain_a_failed_xl_save_left_suspended_stops_the_reboot_and_is_reported(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor], how: str) -> None:
+    """xl save fails (or overruns and is killed) leaving pv1 suspended: a shutdown request reaches a frozen
+    domain, and "not running" is not "gone".  Before: recorded "shut down gracefully", the host rebooted
+    with pv1's memory, and its owner was told it was shut down cleanly."""
+    state, hypervisor = xl
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", ["pv1", "pv2"], hypervisor="xl"))
+    fakexl.fail(state, "save", "pv1", how)
+    fakexl.fail(state, "shutdown", "pv1", "ignore")  # a suspended domain cannot act on a shutdown request
+    config = MaintenanceConfig(hypervisor="xl", save_dir=str(tmp_path / "save"), shutdown_timeout=2,
+                               save_timeout=2 if how == "hang" else 600, abort_grace=5)
+    reboots: list[str] = []
+    result = run_now(store, journal, hypervisor, seen(hypervisor), config, lambda: reboots.append("x") and None)
+    assert reboots == [] and result.phase == "failed", result
+    assert "not running after the maintenance: pv1" in (result.error or "")
+    pv1 = result.guests["pv1"]
+    assert pv1.outcome == "lost" and pv1.unsaved is None and "suspended" in (pv1.error or ""), pv1
+    assert result.guests["pv2"].outcome == "restored"
+
+
+def test_a_transient_read_error_never_sets_the_active_journal_aside_nor_lets_a_second_one_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One EIO while the daemon scans: before, the active journal (guests saved) was moved to .corrupt,
+    and a second maintenance could be scheduled."""
+    import errno
+
+    from hostagent.maintenance import journal as journal_module
+
+    store = JournalStore(tmp_path / "maintenance")
+    active = Journal.new(time.time() + 3600, "kernel", ["web1"]).advance("preflight").advance("saving")
+    store.create(active.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed"))
+    journal_module._parsed.clear()  # another process rewrote it: this one's memory has not seen it
+    real = journal_module.read_bounded
+
+    def failing(path: Path, limit: int, follow: bool = False) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_module, "read_bounded", failing)
+    assert store.quarantine() == []
+    with pytest.raises(HostagentError, match="Input/output error; nothing scheduled"):
+        store.create(Journal.new(time.time() + 7200, "second", ["web1"]))
+    monkeypatch.setattr(journal_module, "read_bounded", real)
+    assert store.active() is not None and store.active().id == active.id  # type: ignore[union-attr]
+    assert sorted(p.name for p in store.directory.iterdir()) == [f"{active.id}.json", "maintenance.lock"]
+
+
+def test_a_change_under_the_lock_reads_the_file_never_a_remembered_copy(tmp_path: Path) -> None:
+    """The parsed-journal cache can be fooled (a freed inode comes back, timestamps are coarse, sizes
+    match): a daemon's update written from a remembered 'planned' copy undid a cancel."""
+    from hostagent.maintenance import journal as journal_module
+
+    store = JournalStore(tmp_path / "maintenance")
+    planned = store.create(Journal.new(time.time() + 3600, "kernel", ["web1"], notify_owners=True))
+    store.update(planned.id, lambda current: current.cancel())
+    path = store.path(planned.id)
+    info = os.lstat(path)
+    key = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+    journal_module._parsed[str(path)] = (key, planned)  # the worst case: a stale copy under the file's own key
+    store.update(planned.id, lambda current: current.mark_sent("before:3600"))  # the daemon's notice record
+    assert json.loads(path.read_text())["phase"] == "cancelled"
+    assert store.load(planned.id, fresh=True).sent == ("before:3600",)
+
+
+def test_a_time_outside_the_range_is_refused_when_written_not_only_when_read(tmp_path: Path) -> None:
+    """A clock stepped past 2100 wrote a journal that from_json then refused: the active maintenance
+    became unreadable and was set aside."""
+    from hostagent.maintenance.journal import JournalWriteError
+
+    store = JournalStore(tmp_path / "maintenance")
+    planned = store.create(Journal.new(time.time() + 3600, "kernel", ["web1"]))
+    with pytest.raises(JournalWriteError, match="would not read back"):
+        store.update(planned.id, lambda current: current.advance("preflight", now=TIME_MAX + 10))
+    assert store.load(planned.id).phase == "planned"
+
+
+def test_a_domain_undefined_while_it_is_listed_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    """A libvirt exception escaped guests(), and the worker died with the journal saving."""
+    hypervisor = hypervisor_with(tmp_path)
+    listed = hypervisor._conn.listAllDomains()
+    gone = hypervisor._conn.lookupByName("web2")
+    gone.destroy()
+    gone.undefine()
+    hypervisor._conn.listAllDomains = lambda *flags: listed  # type: ignore[method-assign]
+    assert [g.name for g in hypervisor.guests()] == ["web1", "web3"]
+
+
+def test_the_run_workers_deadline_grows_with_the_guests_added_at_run_time() -> None:
+    """The daemon's deadline for a run counted the guests planned at scheduling: 40 guests started since
+    then needed hours, and the daemon killed the worker mid-save."""
+    from hostagent.maintenance.worker import Worker, deadline_for
+
+    config = MaintenanceConfig()
+    planned = Journal.new(time.time(), "kernel", ["web1"])
+    worker = Worker("run", planned.id, None, deadline=100.0 + deadline_for("run", planned, config),  # type: ignore[arg-type]
+                    started=100.0)
+    grown = replace(planned, guests={f"g{i}": GuestRecord(f"g{i}", added=True) for i in range(40)})
+    worker.extend_to(grown, config)
+    assert worker.deadline == 100.0 + deadline_for("run", grown, config) > 100.0 + deadline_for("run", planned, config)
+
+
+def test_a_local_reboot_time_takes_the_zones_offset_of_its_date_not_todays() -> None:
+    """In Europe/Berlin in July, "2026-11-23 16:00" was read as +02:00: an hour early in November."""
+    code = ("import datetime as dt\nfrom hostagent.maintenance.when import parse_when\n"
+            "now = dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC).astimezone()\n"
+            "print(parse_when('2026-11-23 16:00', now).astimezone(dt.UTC).isoformat())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TZ": "Europe/Berlin"}, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "2026-11-23T15:00:00+00:00", done
+
+
+def test_names_and_errors_from_the_host_reach_terminals_and_mail_escaped() -> None:
+    from hostagent.maintenance.cli import render_rows
+
+    record = GuestRecord("evil\x1b[2J", "running", outcome="lost", error="boom\x1b]0;owned\x07")
+    journal = replace(Journal.new(time.time(), "kernel", []), guests={record.name: record}, phase="failed",
+                      error="bad\x1b[31m")
+    texts = [render_rows([journal.row()], status=False), notices.report(journal, "hv1")[1],
+             notices.after_notice(journal, [record], "hv1")[1], notices.called_off(journal, [record], "hv1")[1]]
+    assert not any("\x1b" in text or "\x07" in text for text in texts), texts
+
+
+def test_the_fleet_page_renders_a_hosts_impossible_downtimes() -> None:
+    from hostagent.fleet import publish
+
+    assert publish._duration(float("inf")) == publish._duration(-3600) == publish._duration(float("nan")) == "unknown"
+    assert publish._duration(90) == "90 s"
+
+
+def test_the_xl_configuration_kept_at_a_save_is_the_file_as_it_is_now(
+        tmp_path: Path, xl: tuple[Path, XlHypervisor]) -> None:
+    """A copy kept by an earlier maintenance (one that restarted the guest) was reused for the next save's
+    configuration, naming the guest's old disk."""
+    _, hypervisor = xl
+    (tmp_path / "save").mkdir()
+    (tmp_path / "save" / "pv1.cfg").write_text('name = "pv1"\ndisk = ["old"]\n')
+    (tmp_path / "etc-xen" / "pv1.cfg").write_text('name = "pv1"\ndisk = ["new"]\n')
+    hypervisor.save("pv1", str(tmp_path / "save" / "pv1.save"))
+    assert "new" in (tmp_path / "save" / "pv1.cfg").read_text()

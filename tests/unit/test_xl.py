@@ -39,6 +39,10 @@ def test_plain_xl_list_gives_state_flags_and_a_paused_domain() -> None:
 def test_a_domain_name_with_spaces_is_read_from_the_right() -> None:
     line = "Name  ID   Mem VCPUs\tState\tTime(s)\nweb shop 1   7   512     1     -b----       3.2\n"
     assert xl.parse_list(line) == [xl.XlState(7, "web shop 1", "-b----", 512)]
+    # a run of spaces or a tab inside the name is the name's (adversarial review, issue #34): read as one
+    # space, the real domain looked stopped and went down with the host unsaved
+    odd = "Name  ID   Mem VCPUs\tState\tTime(s)\nshop  prod\tx   8   96     1     -b----       0.5\n"
+    assert xl.parse_list(odd) == [xl.XlState(8, "shop  prod\tx", "-b----", 96)]
 
 
 def test_xl_saves_own_progress_lines_are_read_as_pages() -> None:
