@@ -95,8 +95,8 @@ def main(argv: list[str], state_path: str) -> int:
     if err:
         sys.stderr.write(err)
     sys.stdout.flush()
-    if hang:
-        time.sleep(3600)
+    if hang:  # a save that never ends on its own, as a hung xl save: the backend's abort kills it (SIGKILL),
+        time.sleep(3600)  # and the hour only bounds a process a broken test might leave behind
     return code
 
 
