@@ -6,7 +6,8 @@ has no redundant copy left, WARNING while every block still has one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, MutableMapping
 from types import MappingProxyType
 
 from hostagent.context import CheckContext
@@ -26,15 +27,52 @@ class Config:
     mismatch_threshold: int = 0
     mismatch_ignore_levels: tuple[str, ...] = ("raid1", "raid10")
     expected_spares: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # mdadm's own mdadm-last-resort@.timer waits 30 s for the members of an array udev is assembling
+    inactive_grace: float = 30.0
 
 
 def run(ctx: CheckContext, config: Config) -> list[Finding]:
     findings: list[Finding] = []
     arrays = [a for a in ctx.inventory.arrays() if a.name not in config.ignore_arrays]
+    # only a daemon that promises to look again (hostagent watch, not --once) can wait out an assembly
+    since: dict[str, float] | None = None
+    if ctx.recheck_by(NAME, None) and ctx.volatile is not None:
+        since = ctx.volatile.setdefault("md:inactive_since", {})
+    now = time.monotonic()
     for array in arrays:
-        findings += evaluate(array, config)
+        found = evaluate(array, config)
+        if since is not None:
+            found = settle(array.name, found, since, now, config.inactive_grace)
+        findings += found
+    if since is not None:
+        for gone in set(since) - {a.name for a in arrays}:
+            del since[gone]
+        waiting = [first + config.inactive_grace for first in since.values() if first + config.inactive_grace > now]
+        ctx.recheck_by(NAME, min(waiting, default=None))
     ctx.examine(NAME, len(arrays), "arrays")
     return findings
+
+
+def settle(name: str, findings: list[Finding], since: MutableMapping[str, float], now: float,
+           grace: float) -> list[Finding]:
+    """An array found inactive for less than ``grace`` seconds is being assembled as far as anyone can
+    tell (mdadm --create and --assemble pass through inactive, and udev's incremental assembly waits
+    for the last member): md.assembling (INFO) until then, md.inactive once it has stayed so."""
+    if not any(f.code == "md.inactive" for f in findings):
+        since.pop(name, None)
+        return findings
+    first = since.setdefault(name, now)
+    if now - first >= grace:
+        return findings
+    return [_assembling(f, now - first, grace) if f.code == "md.inactive" else f for f in findings]
+
+
+def _assembling(inactive: Finding, age: float, grace: float) -> Finding:
+    return Finding(
+        "md.assembling", NAME, inactive.subject, Severity.INFO,
+        f"{inactive.subject} is inactive, for {age:.0f} s so far: it may still be being assembled; "
+        f"md.inactive if it stays inactive for {grace:g} s",
+        inactive.detail, None, f"{inactive.subject} assembling")
 
 
 def evaluate(array: MdArray, config: Config) -> list[Finding]:

@@ -27,7 +27,7 @@ from hostagent.actions import AuditLog
 from hostagent.alerts.alerter import Alerter
 from hostagent.commands.remediate import act, expire_mitigations
 from hostagent.config import Config, load_config
-from hostagent.context import CheckContext
+from hostagent.context import RECHECK, CheckContext
 from hostagent.errors import ConfigError, HostagentError
 from hostagent.host import Host
 from hostagent.maintenance.daemon import WAKEUPS, MaintenanceDaemon, has_stored_jobs
@@ -132,6 +132,14 @@ class Watcher:
     def request(self, names: Iterable[str]) -> None:
         for name in names:
             self.requests.put(name)
+
+    def rechecks(self) -> None:
+        """Request the checks whose CheckContext.recheck_by deadline has come."""
+        wanted: dict[str, float] = self.volatile.get(RECHECK, {})
+        due = [name for name, deadline in wanted.items() if deadline <= time.monotonic()]
+        for name in due:
+            del wanted[name]
+        self.request(due)
 
     def run_pending(self) -> None:
         wanted: list[str] = []
@@ -510,6 +518,8 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
     watcher.notifier.ready(f"watching {watcher.host.root}")  # before the first cycle: it can take minutes
+    if not once:  # checks that wait for a state to settle may ask for another look (CheckContext.recheck_by)
+        watcher.volatile[RECHECK] = {}
     watcher.cycle(watcher.enabled())  # problems that exist at startup are alerted now
     watcher.guard("self-tests", watcher.selftests)
     if once:
@@ -539,6 +549,7 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
             watcher.guard("hung sampler", watcher.sample_hung)
         for failure in _drain(job_errors):
             watcher.failed("scheduled job", RuntimeError(failure))
+        watcher.guard("rechecks", watcher.rechecks)
         watcher.guard("checks", watcher.run_pending)
         if time.monotonic() - last_selftests >= watcher.config.checks.smart.selftest_interval:
             last_selftests = time.monotonic()

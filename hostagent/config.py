@@ -220,6 +220,9 @@ def _rules(config: Config, source: str) -> list[str]:
                                ("checks.hung.crawl_ms", hung.crawl_ms, 1000.0)):
         if value < least:  # lower, healthy I/O under load would count as hung or crawling, and be failed
             bad(path, f"must be at least {least:g}, got {value:g}")
+    grace = config.checks.md.inactive_grace
+    if not 0 <= grace <= 3600:
+        bad("checks.md.inactive_grace", f"must be from 0 to 3600 s, got {grace:g}")
     if config.agent.audit_max_bytes < 4096:
         bad("agent.audit_max_bytes", f"must be at least 4096, got {config.agent.audit_max_bytes}")
     if not 0 <= config.agent.audit_keep <= 99:

@@ -10,6 +10,10 @@ from hostagent.inventory import Inventory
 from hostagent.records import field, record
 from hostagent.state import StateStore
 
+# ctx.volatile[RECHECK]: present only in a daemon that runs checks again on request (hostagent watch,
+# not --once); a check that waits for a state to settle puts check -> time.monotonic() deadline in it
+RECHECK = "recheck"
+
 
 @record
 class CheckContext:
@@ -33,6 +37,18 @@ class CheckContext:
         """Values measured on ``subject``, reported with the check's result."""
         if values:
             self.readings.setdefault(check, {})[subject] = values
+
+    def recheck_by(self, check: str, deadline: float | None) -> bool:
+        """Ask the daemon to run ``check`` again by ``deadline`` (time.monotonic(); None: no need).
+        False when nothing will (a one-shot run): the check must then say what it sees now."""
+        rechecks = self.volatile.get(RECHECK) if self.volatile is not None else None
+        if rechecks is None:
+            return False
+        if deadline is None:
+            rechecks.pop(check, None)
+        else:
+            rechecks[check] = deadline
+        return True
 
     @classmethod
     def for_host(

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.helpers import EXAMPLES
+from tests.helpers import EXAMPLES, FIXTURES
 from tests.integration.test_alerts import Sink, free_port
 from tests.integration.test_cli import hostagent
 
@@ -138,3 +138,42 @@ def test_sendmail_delivery_and_an_overdue_spool(tmp_path: Path) -> None:
     assert "in the spool (limit 0 s): mail is not getting out" in logs
     status = json.loads(hostagent("--config", str(down), "status", "--json", "--state-dir", str(state)).stdout)
     assert status["spool"]["messages"] == 1 and status["spool"]["overdue"] is True  # one incident, one mail
+
+
+def test_an_inactive_array_is_alerted_once_the_assembly_grace_has_run_out(tmp_path: Path) -> None:
+    """md9 inactive: the daemon's first look says md.assembling (INFO, no mail); the look the md check
+    asked for when the grace ends (md_interval is an hour, so nothing else would run it) says
+    md.inactive, mailed. ``watch --once``, which nothing follows, says md.inactive at once."""
+    from tests.integration.test_alerts import sink_server
+
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc/mdstat").write_bytes((FIXTURES / "mdstat/pymdstat/mdstat.08").read_bytes())
+    state = tmp_path / "state"
+    errors = tmp_path / "watch.err"
+    env = {k: v for k, v in os.environ.items() if k != "HOSTAGENT_CONFIG"}
+    with sink_server() as (controller, sink):
+        conf = config(tmp_path, controller.port, "[checks.md]\ninactive_grace = 3\n")
+        conf.write_text(conf.read_text().replace("md_interval = 1", "md_interval = 3600"))
+        with errors.open("w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "hostagent", "--config", str(conf), "watch", "--root",
+                                     str(root), "--state-dir", str(state)],
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        try:
+            first = json.loads(wait_for_text(state / "status.json", "md.assembling"))
+            assert [(p["code"], p["severity"]) for p in first["open_problems"]] == [("md.assembling", "INFO")]
+            assert sink.messages == []
+            wait_for_text(errors, "alert new: CRITICAL md.inactive md0")
+            status = json.loads(wait_for_text(state / "status.json", '"md.inactive"'))
+            assert [p["code"] for p in status["open_problems"]] == ["md.inactive"]
+            deadline = time.monotonic() + 30
+            while not sink.messages and time.monotonic() < deadline:
+                time.sleep(0.2)
+            [mail] = sink.messages
+            assert mail["subject"].startswith("[hostagent] CRITICAL md0 inactive on "), mail
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        once = hostagent("--config", str(conf), "watch", "--once", "--root", str(root),
+                         "--state-dir", str(tmp_path / "once"))
+        assert once.returncode == 0 and "alert new: CRITICAL md.inactive md0" in once.stderr, once.stderr

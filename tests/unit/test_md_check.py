@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -284,3 +285,44 @@ def test_a_recovery_with_nothing_to_rebuild_onto_is_md_passing_through() -> None
         assert "md.recovering" not in [f.code for f in md.evaluate(passing, md.Config())], nothing_yet
     with_progress = dataclasses.replace(failed, sync=MdSync("recover", progress=0.1))
     assert "md.recovering" in [f.code for f in md.evaluate(with_progress, md.Config())]
+
+
+def test_an_array_inactive_for_less_than_the_grace_is_assembling_in_the_daemon_only(tmp_path: Path) -> None:
+    """The daemon (ctx.volatile with RECHECK) waits ``inactive_grace`` before md.inactive, and asks for
+    the look that ends the wait; a one-shot run, which nothing follows, says md.inactive at once."""
+    from hostagent.context import RECHECK
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/mdstat").write_bytes((FIXTURES / "mdstat/pymdstat/mdstat.08").read_bytes())
+    config = md.Config(inactive_grace=30.0)
+
+    def ctx(volatile: dict[str, object] | None) -> CheckContext:
+        c = CheckContext.for_host(Host(tmp_path))
+        c.volatile = volatile
+        return c
+
+    assert [(f.code, f.severity) for f in md.run(ctx(None), config)] == [("md.inactive", Severity.CRITICAL)]
+    assert [(f.code, f.severity) for f in md.run(ctx({}), config)] == [("md.inactive", Severity.CRITICAL)]
+    volatile: dict[str, object] = {RECHECK: {}}
+    [young] = md.run(ctx(volatile), config)
+    assert (young.code, young.severity, young.subject) == ("md.assembling", Severity.INFO, "md0")
+    rechecks = volatile[RECHECK]
+    assert isinstance(rechecks, dict) and set(rechecks) == {"md"}
+    since = volatile["md:inactive_since"]
+    assert isinstance(since, dict) and rechecks["md"] == since["md0"] + 30.0
+    since["md0"] -= 31.0  # it has stayed inactive through the grace
+    assert [(f.code, f.severity) for f in md.run(ctx(volatile), config)] == [("md.inactive", Severity.CRITICAL)]
+    assert rechecks == {}  # nothing more to wait for: no look every 250 ms
+
+
+def test_settle_forgets_an_array_that_became_active() -> None:
+    since: dict[str, float] = {}
+    [stat] = parse_mdstat((FIXTURES / "mdstat/pymdstat/mdstat.08").read_text()).arrays
+    inactive = md._inactive(merge_array(stat.name, stat, None))
+    assert [f.code for f in md.settle("md0", [inactive], since, 100.0, 30.0)] == ["md.assembling"]
+    assert [f.code for f in md.settle("md0", [inactive], since, 129.0, 30.0)] == ["md.assembling"]
+    assert md.settle("md0", [], since, 129.5, 30.0) == [] and since == {}
+    # seen inactive again later: the grace starts again, and runs out
+    assert [f.code for f in md.settle("md0", [inactive], since, 200.0, 30.0)] == ["md.assembling"]
+    assert [f.code for f in md.settle("md0", [inactive], since, 230.0, 30.0)] == ["md.inactive"]
+    assert [f.code for f in md.settle("md0", [inactive], {}, 0.0, 0.0)] == ["md.inactive"]  # no grace
