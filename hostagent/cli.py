@@ -142,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     md_event.add_argument("--json", action="store_true", help="print the audit record as JSON")
     md_event.add_argument("--state-dir", metavar="DIR", help="where the audit log is (default agent.state_dir)")
 
+    hook = sub.add_parser(
+        "libvirt-hook", help="libvirt's qemu and libxl hook: refuse guest starts while a maintenance saves "
+                             "this host's guests or reboots it",
+        description="libvirtd runs /etc/libvirt/hooks/qemu.d/hostagent (libxl.d for its Xen driver) for every "
+                    "operation on every domain; the script the Ansible role installs passes 'prepare begin', the "
+                    "step before any start, here. Exit 10 refuses the start (the script exits 1 then, and 0 for "
+                    "any other status), with the reason on stderr (libvirt passes it on) and in the audit log; "
+                    "exit 0 lets it through. It fails open: a journal it cannot "
+                    "read lets the start through, and the maintenance's final listing saves a guest that started "
+                    "anyway (docs/maintenance.md, I1).")
+    hook.add_argument("object", help="the domain's name, as libvirt passes it")
+    hook.add_argument("operation", help="libvirt's operation: prepare, start, started, stopped, release, ...")
+    hook.add_argument("suboperation", help="libvirt's sub-operation: begin or end")
+    hook.add_argument("extra", nargs="?", help="libvirt's extra argument (unused)")
+    hook.add_argument("--state-dir", metavar="DIR", help="where the journals live (default agent.state_dir)")
+
     config_cmd = sub.add_parser("config", help="validate a configuration file")
     config_sub = config_cmd.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     config_check = config_sub.add_parser("check", help="load FILE as the agent would; exit 0 when it is valid")
@@ -301,6 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             state_dir = args.state_dir or load_config(args.config).agent.state_dir
             return mdadm_event.record(Path(state_dir), args.event, args.array, args.member, args.json)
+        if args.command == "libvirt-hook":
+            from pathlib import Path
+
+            from hostagent.maintenance import gate
+
+            return gate.main(Path(args.state_dir or _state_dir_or_default(args.config)), args.object,
+                             args.operation, args.suboperation)
         if args.command in ("status", "log", "alert"):
             from hostagent.commands import daemon_view
 
@@ -333,6 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hostagent: interrupted", file=sys.stderr)
         return EXIT_UNKNOWN
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _state_dir_or_default(config_path: str | None) -> str:
+    """agent.state_dir, or its default when the configuration cannot be read: libvirt's hook fails open
+    (hostagent.maintenance.gate), and a broken configuration must not refuse every guest start."""
+    from hostagent.config import AgentConfig, load_config
+
+    try:
+        return load_config(config_path).agent.state_dir
+    except HostagentError as err:
+        print(f"hostagent: {err}; looking in {AgentConfig().state_dir}", file=sys.stderr)
+        return AgentConfig().state_dir
 
 
 def md_event_main() -> int:

@@ -127,6 +127,14 @@ def check_installation(vm: DebianVM, first: subprocess.CompletedProcess[str], tm
     assert guests_conf == ["ON_BOOT=ignore", "ON_SHUTDOWN=suspend"]
     xen_conf = vm.ssh("grep -E '^XENDOMAINS_(SAVE|RESTORE|AUTO)=' /etc/default/xendomains").stdout.split()
     assert xen_conf == ['XENDOMAINS_SAVE=""', "XENDOMAINS_RESTORE=false", 'XENDOMAINS_AUTO=""']
+    # libvirt's start gate, where libvirt is installed (docs/maintenance.md): both hooks, and the check
+    # they run, which lets a start through when no maintenance is saving or rebooting
+    gate = vm.ssh("test -d /etc/libvirt || { echo no libvirt; exit; }; "
+                  "for d in qemu.d libxl.d; do test -x /etc/libvirt/hooks/$d/hostagent && "
+                  "grep -c 'venv/bin/python -I -m hostagent libvirt-hook' /etc/libvirt/hooks/$d/hostagent; done; "
+                  "/opt/hostagent/venv/bin/python -I -m hostagent libvirt-hook web1 prepare begin - </dev/null "
+                  "&& echo allowed")
+    assert gate.stdout.split() in (["no", "libvirt"], ["1", "1", "allowed"]), (gate.stdout, gate.stderr)
 
     # the units as installed (the packaged files and the role's drop-ins), rated by systemd itself
     for unit, limit in (("hostagent.service", 7.0), ("hostagent-fleet.service", 5.0)):

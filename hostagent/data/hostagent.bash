@@ -13,7 +13,7 @@ _hostagent() {
 _hostagent_words() {
     local words=""
     case "$1" in
-        "hostagent") words="check disk boot watch status log alert maintenance md-event config rpc fleet net collect -h --help --version --config" ;;
+        "hostagent") words="check disk boot watch status log alert maintenance md-event libvirt-hook config rpc fleet net collect -h --help --version --config" ;;
         "hostagent alert") words="test ack unack acks -h --help" ;;
         "hostagent alert ack") words="-h --help --until --comment --json --state-dir" ;;
         "hostagent alert acks") words="-h --help --json --state-dir" ;;
@@ -42,6 +42,7 @@ _hostagent_words() {
         "hostagent fleet status") words="-h --help --limit --json" ;;
         "hostagent fleet unack") words="-h --help --state-dir" ;;
         "hostagent fleet watch") words="-h --help --once --limit --json --accept-new" ;;
+        "hostagent libvirt-hook") words="-h --help --state-dir" ;;
         "hostagent log") words="-h --help --json --state-dir --last" ;;
         "hostagent maintenance") words="-h --help --reboot-at --reason --dry-run --force --force-unbootable --notify-owners --json --state-dir" ;;
         "hostagent md-event") words="-h --help --json --state-dir" ;;

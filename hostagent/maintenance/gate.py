@@ -1,0 +1,111 @@
+"""libvirt's hook: guest starts refused while this boot's maintenance saves its guests or reboots (I1).
+
+libvirtd runs ``/etc/libvirt/hooks/qemu.d/hostagent`` (and ``libxl.d`` for its Xen driver) for every
+operation on every domain; the script the Ansible role installs passes only ``prepare begin``, the
+step before any start (a fresh boot, a restore from a save image, an incoming migration), to
+``hostagent libvirt-hook``, and turns its REFUSED status into the exit 1 that aborts the start (any
+other status lets the start through); libvirt hands our message on to whoever asked (a customer's
+panel, virsh).
+
+The refusal holds while a maintenance of this boot is in ``saving`` or ``rebooting``: those are the
+phases in which a guest that starts would go down with the host.  It is a courtesy that spares the
+guest that, not the guarantee: the worker's final listing under the lock (phases.final_listing) saves
+any guest that started anyway (no hook, an older libvirt, xl, a start that read the journal an instant
+before the saves began).  So the gate fails open: when it cannot tell (an unreadable journal, no boot
+id, a clock it cannot place), it lets the start through and says why on stderr, which libvirtd logs.
+
+It never calls libvirt (libvirtd waits for the hook: a call back would deadlock) and takes no lock
+(the worker holds the maintenance lock through its final listing and the reboot command).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hostagent.maintenance.journal import Journal, JournalStore
+from hostagent.maintenance.when import TimeRangeError, checked_time
+from hostagent.rpc import shown
+
+GATED = ("prepare", "begin")  # libvirt's qemu and libxl hooks: the step before every start
+# the exit status that refuses: distinct from 1, which a Python that cannot even start returns, so the
+# role's hook script can let every other status through (a broken install must not stop every start)
+REFUSED = 10
+STAT = "/proc/stat"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+READ_LIMIT = 1 << 20
+
+
+def verdict(journal: Journal | None, boot_id: str | None, booted_at: float | None) -> str | None:
+    """Why a start must be refused now, or None (pure).  ``boot_id`` and ``booted_at`` (POSIX time)
+    describe the running kernel; either may be unknown (None), and an unknown never refuses."""
+    if journal is None:
+        return None
+    if journal.phase == "rebooting":  # the reboot command ran in the boot it names
+        if journal.boot_id is None or boot_id is None or journal.boot_id != boot_id:
+            return None
+    elif journal.phase == "saving":  # since a time of this boot, or left over from one that ended
+        began = next((at for phase, at in reversed(journal.history) if phase == "saving"), None)
+        if began is None or booted_at is None or began < booted_at:
+            return None
+    else:
+        return None
+    return (f"hostagent: maintenance {journal.id} is {'saving' if journal.phase == 'saving' else 'rebooting'} "
+            f"this host ({shown(journal.reason, 120)}): guests are not started until its guests are restored")
+
+
+def boot_time(stat_text: str) -> float | None:
+    """``btime`` from /proc/stat (seconds since the epoch when the kernel booted), range-checked."""
+    for line in stat_text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "btime":
+            try:
+                return checked_time(int(value.strip()), "btime in /proc/stat")
+            except (ValueError, TimeRangeError):
+                return None
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(READ_LIMIT).decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+def decide(state_dir: Path, domain: str, operation: str, suboperation: str) -> tuple[int, str | None]:
+    """The hook's exit status and what it says on stderr.  Never raises: an error lets the start through."""
+    if (operation, suboperation) != GATED:
+        return 0, None
+    try:
+        store = JournalStore(state_dir / "maintenance")
+        journals, unreadable = store.scan()
+    except Exception as err:  # the gate fails open, whatever the cause
+        return 0, f"hostagent: cannot read the maintenance journals ({type(err).__name__}: {shown(str(err))}); " \
+                  f"{shown(domain, 80)} may start"
+    pending = [j for j in journals if not j.final]
+    booted = _read(STAT)
+    boot_id = _read(BOOT_ID)
+    reason = verdict(pending[0] if pending else None, boot_id.strip() if boot_id else None,
+                     boot_time(booted) if booted else None)
+    if reason is not None:
+        return REFUSED, f"{reason}: {shown(domain, 80)} refused"
+    if unreadable:
+        return 0, (f"hostagent: {len(unreadable)} maintenance journal(s) unreadable; "
+                   f"{shown(domain, 80)} may start")
+    return 0, None
+
+
+def main(state_dir: Path, domain: str, operation: str, suboperation: str) -> int:
+    status, said = decide(state_dir, domain, operation, suboperation)
+    if status:
+        from hostagent.actions import AuditLog
+
+        try:  # I6: the verdict stands whether or not it could be written down
+            AuditLog(state_dir).record({"event": "start_refused", "guest": shown(domain, 80), "reason": said})
+        except Exception as err:  # an audit that fails changes no verdict
+            said = f"{said} (not in the audit log: {type(err).__name__})"
+    if said:
+        print(said, file=sys.stderr)
+    return status

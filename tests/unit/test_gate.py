@@ -1,0 +1,119 @@
+"""hostagent.maintenance.gate: which guest starts libvirt's hook refuses, from real journals, and the
+role's hook script around it (issue #34, I1: refuse new starts where the hypervisor can)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from hostagent.maintenance import gate
+from hostagent.maintenance.journal import Journal, JournalStore
+from tests.helpers import REPO
+
+BOOTED = 1_790_000_000.0
+THIS_BOOT = "6a1f0e0e-0000-4000-8000-000000000001"
+
+
+def journal(phase: str, at: float = BOOTED + 60, boot_id: str | None = None) -> Journal:
+    planned = Journal("0123456789ab", at + 600, "kernel update\x1b[31m", history=(("planned", at - 600),))
+    path = {"planned": [], "preflight": ["preflight"], "saving": ["preflight", "saving"],
+            "rebooting": ["preflight", "saving", "rebooting"],
+            "restoring": ["preflight", "saving", "rebooting", "restoring"],
+            "done": ["preflight", "saving", "rebooting", "restoring", "done"], "cancelled": ["cancelled"]}[phase]
+    for step in path:
+        planned = planned.advance(step, now=at, **({"boot_id": boot_id} if step == "rebooting" else {}))
+    return planned
+
+
+@pytest.mark.parametrize("phase", ["planned", "preflight", "restoring", "done", "cancelled"])
+def test_only_the_saves_and_the_reboot_refuse(phase: str) -> None:
+    assert gate.verdict(journal(phase, boot_id=THIS_BOOT), THIS_BOOT, BOOTED) is None
+
+
+def test_saving_in_this_boot_refuses_and_one_left_from_an_earlier_boot_does_not() -> None:
+    said = gate.verdict(journal("saving"), THIS_BOOT, BOOTED)
+    assert said is not None
+    assert said.startswith("hostagent: maintenance 0123456789ab is saving this host (kernel update")
+    assert "\x1b" not in said  # the journal's reason passes the terminal's boundary (libvirt prints it)
+    assert gate.verdict(journal("saving", at=BOOTED - 5), THIS_BOOT, BOOTED) is None  # the host crashed meanwhile
+    assert gate.verdict(journal("saving"), THIS_BOOT, None) is None  # no boot time: unknown lets it start
+
+
+def test_rebooting_refuses_in_the_boot_the_reboot_command_ran_in_only() -> None:
+    assert gate.verdict(journal("rebooting", boot_id=THIS_BOOT), THIS_BOOT, BOOTED) is not None
+    # at boot, before the agent moves it to restoring: libvirt's autostart goes on
+    assert gate.verdict(journal("rebooting", boot_id=THIS_BOOT), "another-boot", BOOTED) is None
+    assert gate.verdict(journal("rebooting", boot_id=None), THIS_BOOT, BOOTED) is None
+    assert gate.verdict(journal("rebooting", boot_id=THIS_BOOT), None, BOOTED) is None
+
+
+def test_boot_time_is_read_from_proc_stat_and_range_checked() -> None:
+    stat = "cpu  1 2 3\nintr 5\nctxt 9\nbtime 1790000000\nprocesses 4\n"
+    assert gate.boot_time(stat) == BOOTED
+    assert gate.boot_time(stat.replace("1790000000", "99999999999")) is None  # after 2100
+    assert gate.boot_time(stat.replace("1790000000", "-1")) is None
+    assert gate.boot_time(stat.replace("1790000000", "soon")) is None
+    assert gate.boot_time("cpu 1\n") is None
+    assert gate.boot_time(Path("/proc/stat").read_text()) is not None  # this kernel's own
+
+
+def test_decide_reads_the_store_and_lets_every_other_operation_through(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "maintenance")
+    now = time.time()
+    store.create(journal("planned", at=now))
+    assert gate.decide(tmp_path, "web1", "prepare", "begin") == (0, None)
+    store.update("0123456789ab", lambda j: j.advance("preflight").advance("saving"))
+    status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
+    assert status == gate.REFUSED and said is not None and said.endswith(": web1 refused"), said
+    for operation, sub in (("start", "begin"), ("started", "begin"), ("stopped", "end"), ("release", "end"),
+                           ("prepare", "end"), ("reconnect", "begin")):
+        assert gate.decide(tmp_path, "web1", operation, sub) == (0, None)
+    (tmp_path / "maintenance/0123456789ab.json").write_text("{not json")  # what cannot be read lets the start through
+    status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
+    assert status == 0 and said is not None and "unreadable" in said and "web1 may start" in said
+
+
+def hook_script(tmp_path: Path) -> Path:
+    """The role's template, rendered for an install whose venv is this repository's."""
+    install = tmp_path / "opt"
+    install.mkdir()
+    (install / "venv").symlink_to(Path(sys.executable).parent.parent)
+    text = jinja2.Template((REPO / "ansible/roles/hostagent/templates/libvirt-hook.j2").read_text()).render(
+        ansible_managed="test", hostagent_install_dir=str(install))
+    script = tmp_path / "hostagent-hook"
+    script.write_text(text)
+    script.chmod(0o755)
+    return script
+
+
+def test_the_roles_hook_script_refuses_with_exit_1_and_fails_open(tmp_path: Path) -> None:
+    script = hook_script(tmp_path)
+    state = tmp_path / "state"
+    config = tmp_path / "hostagent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{state}"\n')
+    env = {"PATH": os.environ["PATH"], "HOSTAGENT_CONFIG": str(config)}
+
+    def hook(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(script), *args], input="<domain/>", capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    store = JournalStore(state / "maintenance")
+    store.create(journal("planned", at=time.time()))
+    store.update("0123456789ab", lambda j: j.advance("preflight").advance("saving"))
+    refused = hook("web1", "prepare", "begin", "-")
+    assert refused.returncode == 1 and "maintenance 0123456789ab is saving this host" in refused.stderr, refused
+    assert '"event": "start_refused"' in (state / "audit.jsonl").read_text()
+    assert hook("web1", "started", "begin", "-").returncode == 0  # never even reaches Python
+    store.update("0123456789ab", lambda j: j.advance("restoring"))
+    assert hook("web1", "prepare", "begin", "-").returncode == 0  # our own restores start guests
+    config.write_text("[agent\n")  # a broken configuration: the default state dir, and the start goes on
+    broken = hook("web1", "prepare", "begin", "-")
+    assert broken.returncode == 0 and "looking in /var/lib/hostagent" in broken.stderr, broken
+    (tmp_path / "opt/venv").unlink()  # no Python at all: the start goes on
+    assert hook("web1", "prepare", "begin", "-").returncode == 0
