@@ -97,25 +97,35 @@ class GuestRecord:
     kept_image: str | None = None  # a memory image kept after a cold boot
     clock: str | None = None  # "set", or why the guest's clock could not be set after the restore
     unsaved: str | None = None  # how a guest whose save failed went down: "shut_down" or "with_host"
+    # started by something other than hostagent after it went down ("saved" or "shut_down": how it had gone
+    # down), found running by the final listing and saved again; from its image or afresh, nobody can tell
+    started_again: str | None = None
+    down_since: float | None = None  # when it first went down, when that was before its last save (started_again)
+
+    @property
+    def went_down(self) -> float | None:
+        """When the guest's interruption began: its first save, or its only one."""
+        return self.down_since if self.down_since is not None else self.save_started
 
     @property
     def downtime_s(self) -> float | None:
-        """Seconds from the start of its save to running again; None when unknown (``downtime_unknown``)."""
-        if self.save_started is None or self.running_again is None or self.running_again < self.save_started:
+        """Seconds from the start of its (first) save to running again; None when unknown (``downtime_unknown``)."""
+        down = self.went_down
+        if down is None or self.running_again is None or self.running_again < down:
             return None
-        return self.running_again - self.save_started
+        return self.running_again - down
 
     @property
     def downtime_unknown(self) -> str | None:
         """Why a guest that went down has no downtime: the wall clock went back across the reboot (the
         only clock that spans one), or it never ran again."""
-        if self.save_started is None:
+        down = self.went_down
+        if down is None:
             return None
         if self.running_again is None:
             return "it did not run again" if self.outcome == "lost" else None
-        if self.running_again < self.save_started:
-            return (f"unknown: the host's clock went back {self.save_started - self.running_again:.0f} s "
-                    "across the reboot")
+        if self.running_again < down:
+            return f"unknown: the host's clock went back {down - self.running_again:.0f} s across the reboot"
         return None
 
 
@@ -199,7 +209,8 @@ class Journal:
                 "guests": {n: {"state": g.state, "outcome": g.outcome, "owner": g.owner, "downtime_s": g.downtime_s,
                                "downtime_unknown": g.downtime_unknown, "attempts": g.attempts,
                                "added_at_run_time": g.added, "restored_by": g.restored_by,
-                               "kept_image": g.kept_image, "clock": g.clock, "error": g.error}
+                               "kept_image": g.kept_image, "clock": g.clock, "error": g.error,
+                               "started_again": g.started_again}
                            for n, g in self.guests.items()},
                 "cancelled": self.cancelled, "error": self.error}
 
@@ -228,7 +239,9 @@ class Journal:
                 outcome=record.choice("outcome", tuple(OUTCOMES), optional=True),
                 added=record.flag("added"), restored_by=record.text("restored_by", optional=True),
                 kept_image=record.text("kept_image", optional=True), clock=record.text("clock", optional=True),
-                unsaved=record.choice("unsaved", ("shut_down", "with_host"), optional=True))
+                unsaved=record.choice("unsaved", ("shut_down", "with_host"), optional=True),
+                started_again=record.choice("started_again", ("saved", "shut_down"), optional=True),
+                down_since=record.time("down_since", optional=True))
             if guests[name].name != name:
                 raise ShapeError(f"guests.{name}.name: says {guests[name].name!r}")
         journal_id = top.text("id")

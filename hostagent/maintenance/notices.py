@@ -27,7 +27,18 @@ OWNER_TEXT = {
 }
 
 
+# a guest someone else started after hostagent had saved it or shut it down, then saved again and restored
+STARTED_AGAIN_TEXT = {
+    "saved": "restored, but someone else started it during the maintenance after it had been saved: it may have "
+             "been booted afresh then",
+    "shut_down": "REBOOTED: it could not be saved and was shut down; someone else started it again during the "
+                 "maintenance, and it was then saved and restored",
+}
+
+
 def owner_text(record: GuestRecord) -> str:
+    if record.outcome == "restored" and record.started_again in STARTED_AGAIN_TEXT:
+        return STARTED_AGAIN_TEXT[record.started_again]
     key = f"restarted:{record.unsaved or 'with_host'}" if record.outcome == "restarted" else record.outcome
     return OWNER_TEXT.get(key, OWNER_TEXT["lost"])
 
@@ -84,8 +95,8 @@ def after_notice(journal: Journal, guests: list[GuestRecord], hostname: str) -> 
              "machine        downtime        outcome"]
     for g in guests:
         lines.append(f"{shown(g.name):<14} {downtime_text(g):<15} {owner_text(g)}")
-        if g.save_started is not None and g.outcome not in ("left_stopped", None):
-            lines.append(f"{'':<14} down from {_at(g.save_started)} to {_at(g.running_again)}")
+        if g.went_down is not None and g.outcome not in ("left_stopped", None):
+            lines.append(f"{'':<14} down from {_at(g.went_down)} to {_at(g.running_again)}")
             if g.downtime_unknown:
                 lines.append(f"{'':<14} downtime {g.downtime_unknown}")
     lines += ["", f"Maintenance {journal.id}"]

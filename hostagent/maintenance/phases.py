@@ -323,9 +323,16 @@ def account_for(journal: Journal, live: tuple[GuestInfo, ...], owners: Mapping[s
         if record is None:
             journal = journal.with_guest(GuestRecord(guest.name, owner=guest.owner or owners.get(guest.name),
                                                      added=True, error="started during the saves"))
-        elif record.state in ("saved", "shut_down", "stopped"):
+        elif record.state == "stopped":  # stopped at the plan, started since: a guest like any other
             journal = journal.guest(guest.name, "planned", outcome=None, unsaved=None, image=None,
-                                    error=f"running again at the final listing (it was {record.state}): saved again")
+                                    error="running at the final listing (it was stopped): saved")
+        elif record.state in ("saved", "shut_down"):  # started by someone else after it went down
+            was = record.state.replace("_", " ")
+            journal = journal.guest(guest.name, "planned", outcome=None, unsaved=None, image=None,
+                                    started_again=record.started_again or record.state,
+                                    down_since=record.went_down,
+                                    error=f"started again by someone else after it was {was} (from its image or "
+                                          "afresh: hostagent cannot tell); saved again at the final listing")
         else:
             continue
         if guest.unsaveable:

@@ -99,6 +99,45 @@ def test_a_guest_started_during_the_saves_is_saved_before_the_reboot_and_restore
     assert "left stopped" not in owner_says and "restored" in owner_says
 
 
+class StartsAfterItsSave(Faulty):
+    """web2's save boots web1 afresh, which was saved already: someone else's start, after ours."""
+
+    def save(self, name: str, image: str) -> str:
+        if name == "web2" and not self.is_running("web1"):  # virsh start --force-boot, as the test driver can
+            domain = self._conn.lookupByName("web1")
+            domain.managedSaveRemove()
+            domain.create()
+        return super().save(name, image)
+
+
+def test_a_guest_someone_else_starts_after_its_save_is_saved_again_and_its_owner_told_so(tmp_path: Path) -> None:
+    """Review finding: such a guest was reported "restored: it was paused, not rebooted", with the downtime
+    of its second save only.  Whether it came back from its image or afresh nobody can tell; its owner
+    reads that it may have been booted afresh, and its downtime runs from its first save."""
+    hypervisor_with(tmp_path)
+    hypervisor = StartsAfterItsSave(f"test://{tmp_path / 'node.xml'}", {})
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS), owners=OWNERS))
+    config = MaintenanceConfig(save_dir=str(tmp_path), concurrency=1)
+    result, at_reboot = run_with_reboot_check(store, journal, hypervisor, config)
+    assert at_reboot == [[]] and result.phase == "rebooting", (at_reboot, result)
+    saved = store.load(journal.id).guests["web1"]
+    assert saved.state == "saved" and saved.started_again == "saved" and not saved.added
+    assert saved.down_since is not None and saved.save_started is not None and saved.down_since < saved.save_started
+    assert "started again by someone else after it was saved" in (saved.error or "")
+    after = resume_after_boot(store, hypervisor, config)
+    assert after is not None and after.phase == "done"
+    web1 = after.guests["web1"]
+    assert web1.outcome == "restored" and hypervisor.is_running("web1")
+    assert web1.downtime_s is not None and web1.running_again is not None
+    assert web1.downtime_s == pytest.approx(web1.running_again - saved.down_since)  # from its first save
+    assert "may have been booted afresh" in notices.owner_text(web1)
+    assert "paused, not rebooted" in notices.owner_text(after.guests["web2"])  # the others as before
+    body = notices.after_notice(after, [web1], "hv1")[1]
+    assert "may have been booted afresh" in body and f"down from {at(saved.down_since)}" in body
+    assert json.loads(json.dumps(after.to_json())) and Journal.from_json(after.to_json()) == after  # round trip
+
+
 class KeepsStarting(Faulty):
     """Every save starts yet another guest: the listing never settles."""
 
