@@ -16,11 +16,20 @@ id, a clock it cannot place), it lets the start through and says why on stderr, 
 
 It never calls libvirt (libvirtd waits for the hook: a call back would deadlock) and takes no lock
 (the worker holds the maintenance lock through its final listing and the reboot command).
+
+The maintenance's own restores must pass whatever the journal on disk says (I6): a full disk or a
+failed audit record leaves it in ``saving`` or ``rebooting`` while the worker restores from memory.
+So the worker holds a beacon while it restores (``restoring``): a listening socket in the abstract
+namespace, which needs no disk, and which the kernel takes away with the worker.  The hook lets every
+start through while the beacon of the maintenance it would refuse for is up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from hostagent.maintenance.journal import Journal, JournalStore
@@ -34,6 +43,40 @@ REFUSED = 10
 STAT = "/proc/stat"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 READ_LIMIT = 1 << 20
+
+
+def beacon(journal_id: str) -> bytes:
+    """The abstract socket address of maintenance ``journal_id``'s restore (Linux: no file, no disk)."""
+    return b"\0hostagent-maintenance-restoring-" + journal_id.encode("ascii", "replace")
+
+
+@contextlib.contextmanager
+def restoring(journal_id: str) -> Iterator[None]:
+    """Held while the worker brings guests back: the hook lets starts through meanwhile.  Best effort: a
+    beacon that cannot be raised (another restore of the same maintenance holds it) changes nothing else."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            sock.bind(beacon(journal_id))
+            sock.listen(64)
+        yield
+    finally:
+        sock.close()
+
+
+def restore_under_way(journal_id: str) -> bool:
+    """Whether the worker of ``journal_id`` is restoring now (its beacon answers)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        sock.connect(beacon(journal_id))
+    except BlockingIOError:  # listening, its queue full: up all the same
+        return True
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        sock.close()
 
 
 def verdict(journal: Journal | None, boot_id: str | None, booted_at: float | None) -> str | None:
@@ -89,6 +132,8 @@ def decide(state_dir: Path, domain: str, operation: str, suboperation: str) -> t
     boot_id = _read(BOOT_ID)
     reason = verdict(pending[0] if pending else None, boot_id.strip() if boot_id else None,
                      boot_time(booted) if booted else None)
+    if reason is not None and restore_under_way(pending[0].id):
+        return 0, None  # the maintenance's own restores, whatever its journal on disk says
     if reason is not None:
         return REFUSED, f"{reason}: {shown(domain, 80)} refused"
     if unreadable:

@@ -22,6 +22,7 @@ from hostagent.actions import AuditLog
 from hostagent.config import MaintenanceConfig
 from hostagent.errors import HostagentError
 from hostagent.hypervisor import GuestInfo, Hypervisor
+from hostagent.maintenance import gate
 from hostagent.maintenance.journal import GuestRecord, Journal, JournalStore, JournalWriteError, PhaseMoved
 from hostagent.maintenance.preflight import GuestPlan
 from hostagent.progress import ProgressBoard, describe_transfer
@@ -403,7 +404,12 @@ def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: Maintenanc
     its save image exists.  ``aborted``: the maintenance stopped before the reboot; it ends failed
     (or cancelled) once guests run again.  ``others``: guest name (or ``*``, any guest) -> the
     service on this host that may have restored it before us (``coexist.restorers``), named in its outcome."""
-    clock = clock or time.time
+    with gate.restoring(recorder.journal.id):  # libvirt's hook lets our starts through (I6)
+        _restore_all(recorder, hypervisor, config, clock or time.time, aborted, progress, others)
+
+
+def _restore_all(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, clock: Callable[[], float],
+                 aborted: bool, progress: ProgressBoard | None, others: Mapping[str, str] | None) -> None:
     if recorder.journal.phase != "restoring":
         recorder.advance("restoring")
     board = progress or ProgressBoard(tty=False, every=float("inf"))

@@ -717,3 +717,85 @@ def test_the_xl_configuration_kept_at_a_save_is_the_file_as_it_is_now(
     (tmp_path / "etc-xen" / "pv1.cfg").write_text('name = "pv1"\ndisk = ["new"]\n')
     hypervisor.save("pv1", str(tmp_path / "save" / "pv1.save"))
     assert "new" in (tmp_path / "save" / "pv1.cfg").read_text()
+
+
+# -- the second review (issue #34): the gate, images and owners after the first round of fixes ----------------
+
+
+class Hooked(Faulty):
+    """The test-driver backend with libvirt's hook in front of every start, as qemuProcessStart runs it
+    (``prepare begin`` before a fresh boot and before a restore from a managed save image)."""
+
+    def __init__(self, uri: str, state_dir: Path) -> None:
+        super().__init__(uri, {})
+        self.state_dir = state_dir
+
+    def _hook(self, name: str) -> None:
+        from hostagent.maintenance import gate
+
+        status, said = gate.decide(self.state_dir, name, "prepare", "begin")
+        if status:
+            raise HostagentError(f"guest {name}: start failed: Hook script execution failed: {said}")
+
+    def restore(self, name: str, image: str) -> None:
+        self._hook(name)
+        super().restore(name, image)
+
+    def start(self, name: str) -> None:
+        self._hook(name)
+        super().start(name)
+
+    def cold_boot(self, name: str, image: str | None, keep_as: str) -> str | None:
+        self._hook(name)
+        return super().cold_boot(name, image, keep_as)
+
+
+class AuditFailsAt(AuditLog):
+    def __init__(self, directory: Path, when: dict[str, str]) -> None:
+        super().__init__(directory)
+        self.when = when
+
+    def record(self, event: dict[str, Any]) -> None:
+        if all(event.get(k) == v for k, v in self.when.items()):
+            raise HostagentError("audit.jsonl: No space left on device")
+        super().record(event)
+
+
+class FillsUp(JournalStore):
+    """The state directory's file system fills up (the save images share it) once web1 is saved."""
+
+    def _write(self, journal: Journal) -> None:
+        from hostagent.maintenance.journal import JournalWriteError
+
+        if journal.phase == "saving" and journal.guests["web1"].state == "saved" \
+                and journal.guests["web2"].state != "planned":
+            raise JournalWriteError("journal: No space left on device")
+        super()._write(journal)
+
+
+@pytest.mark.parametrize("fault", ["audit-fails-at-the-rebooting-record", "audit-fails-at-a-guest-record",
+                                   "the-disk-fills-during-the-saves"])
+def test_libvirts_hook_lets_the_maintenances_own_restores_through_whatever_the_journal_on_disk_says(
+        tmp_path: Path, fault: str) -> None:
+    """Second review, finding 1 (I6): with the journal on disk left in saving or rebooting (an audit
+    record or a journal write failed), the hook refused the worker's own restores: every guest lost."""
+    hypervisor_with(tmp_path)
+    state = tmp_path / "state"
+    hypervisor = Hooked(f"test://{tmp_path / 'node.xml'}", state)
+    store = (FillsUp if fault == "the-disk-fills-during-the-saves" else JournalStore)(state / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(OWNERS), owners=OWNERS))
+    when = {"audit-fails-at-the-rebooting-record": {"action": "phase", "state": "rebooting"},
+            "audit-fails-at-a-guest-record": {"action": "guest", "subject": "web2", "state": "saved"}}.get(fault)
+    audit = AuditFailsAt(state, when) if when else AuditLog(state)
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    rebooted: list[int] = []
+    result = run_now(store, journal, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path),
+                     concurrency=1), lambda: rebooted.append(1), boot_id=boot_id, audit=audit)
+    assert not rebooted and result.phase == "failed", result
+    assert live(hypervisor) == ["web1", "web2", "web3"]
+    assert not [n for n, g in result.guests.items() if g.outcome == "lost"], result.guests
+    assert all(g.outcome == "restored" for g in result.guests.values() if g.state != "planned")
+    from hostagent.maintenance import gate
+
+    # the beacon went with the restore: the same journal in saving would refuse a start again
+    assert not gate.restore_under_way(journal.id)

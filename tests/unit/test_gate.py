@@ -117,3 +117,18 @@ def test_the_roles_hook_script_refuses_with_exit_1_and_fails_open(tmp_path: Path
     assert broken.returncode == 0 and "looking in /var/lib/hostagent" in broken.stderr, broken
     (tmp_path / "opt/venv").unlink()  # no Python at all: the start goes on
     assert hook("web1", "prepare", "begin", "-").returncode == 0
+
+
+def test_the_workers_restore_beacon_lets_starts_through_and_goes_with_it(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "maintenance")
+    planned = store.create(journal("planned", at=time.time()))
+    store.update(planned.id, lambda j: j.advance("preflight").advance("saving"))
+    assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == gate.REFUSED
+    with gate.restoring(planned.id):
+        assert gate.restore_under_way(planned.id)
+        assert gate.decide(tmp_path, "web1", "prepare", "begin") == (0, None)
+        with gate.restoring(planned.id):  # a second one cannot raise it: nothing else changes
+            assert gate.restore_under_way(planned.id)
+        assert not gate.restore_under_way("ffffffffffff")  # another maintenance's is not ours
+    assert not gate.restore_under_way(planned.id)
+    assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == gate.REFUSED
