@@ -450,8 +450,13 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
     image = record.image or hypervisor.image_for(name, config.save_dir)
     has_image = hypervisor.has_image(name, image)
     stale = None
-    if has_image and record.image is None and _written_before(image, recorder.journal.created):
-        has_image, stale = False, f"the image {image} is older than this maintenance and was not restored"
+    # an image no save of this guest recorded is its memory only if written since its last save began: one
+    # left by an earlier maintenance, or by a first save before someone started it again (started_again),
+    # predates what it has written to its disks since
+    since = record.save_started if record.save_started is not None else recorder.journal.created
+    if has_image and record.image is None and _written_before(image, since - MTIME_SLACK):
+        has_image, stale = False, (f"the image {image} was written before its last save began (an earlier "
+                                   "maintenance's, or one from before it was started again) and was not restored")
     went_down_unsaved = record.unsaved is not None
     left = hypervisor.present(name) if record.image is None and record.save_started is not None else None
     if left is not None and has_image:  # I5: a save that did not complete while its domain lives on
@@ -536,8 +541,11 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
                    kept_image=kept, error=f"{error}; booted afresh, its memory image is kept at {kept}")
 
 
+MTIME_SLACK = 0.1  # s: a file's times come from the kernel's coarse clock, a few ms behind time.time()
+
+
 def _written_before(image: str, moment: float) -> bool:
-    """A file image found where no save was recorded, left by an earlier maintenance."""
+    """Whether a file image was last written before ``moment`` (a stale one)."""
     try:
         return os.stat(image).st_mtime < moment
     except OSError:  # "managed", or gone: libvirt's managed save images are never stale

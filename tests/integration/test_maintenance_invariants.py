@@ -799,3 +799,49 @@ def test_libvirts_hook_lets_the_maintenances_own_restores_through_whatever_the_j
 
     # the beacon went with the restore: the same journal in saving would refuse a start again
     assert not gate.restore_under_way(journal.id)
+
+
+def test_an_image_from_before_someone_started_the_guest_again_is_never_restored(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second review, finding 3 (I5): pv1 saved; someone boots it afresh (xl create) and it writes its disks;
+    its second save fails at once without touching the file, and it is shut down.  After the reboot the
+    first image was restored, memory from before everything it wrote since: now it is booted afresh."""
+    state = tmp_path / "xl.json"
+    fakexl.install(tmp_path / "bin", state, {"pv1": {"domid": 2}, "pv2": {"domid": 3}})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    configs = tmp_path / "etc-xen"
+    configs.mkdir()
+    for name in ("pv1", "pv2"):
+        (configs / f"{name}.cfg").write_text(f'name = "{name}"\nmemory = 96\n')
+
+    class SomeoneBootsPv1Again(XlHypervisor):
+        done = False
+
+        def save(self, name: str, image: str) -> str:
+            if name == "pv2" and not self.done:
+                self.done = True
+                first = os.path.join(self.save_dir, "pv1.save")
+                os.utime(first, (time.time() - 120, time.time() - 120))  # saved two minutes ago
+                fakexl.start(state, "pv1")  # booted afresh by a customer's panel
+                fakexl.fail(state, "save", "pv1", "error")  # its next save fails at once, the file untouched
+            return super().save(name, image)
+
+    hypervisor = SomeoneBootsPv1Again(str(tmp_path / "save"), config_dirs=(str(configs),), timeout=20)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(replace(Journal.new(0.0, "kernel", ["pv1", "pv2"]), created=time.time() - 3600))
+    config = MaintenanceConfig(save_dir=str(tmp_path / "save"), concurrency=1, shutdown_timeout=5)
+
+    def reboot() -> None:  # the host goes down, every domain with it
+        with fakexl.locked(state) as data:
+            data["domains"].clear()
+
+    run_now(store, journal, hypervisor, seen(hypervisor), config, reboot)
+    after = resume_after_boot(store, hypervisor, config)
+    assert after is not None
+    pv1 = after.guests["pv1"]
+    restores = [c for c in fakexl.read(state)["calls"] if c[0] == "restore"]
+    assert not any(str(c[1]).endswith("pv1.save") for c in restores), restores
+    assert (pv1.outcome, pv1.started_again) == ("restarted", "saved"), pv1
+    assert "was written before its last save began" in (pv1.error or "")
+    assert "REBOOTED" in notices.owner_text(pv1)
+    assert after.guests["pv2"].outcome == "restored"
