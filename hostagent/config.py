@@ -20,13 +20,14 @@ from typing import Any, Literal
 from checks import boot, erc, hung, md, net, smart
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.errors import ConfigError
+from hostagent.names import MAIL_ADDRESS
 from hostagent.records import field, field_names, is_record, record, replace
 from hostagent.selftest import compile_schedule
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 ENV_VAR = "HOSTAGENT_CONFIG"
 MAX_BYTES = 1 << 20  # a configuration is a few KiB; anything near this is not one
-_MAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_MAIL = MAIL_ADDRESS
 _HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
                    r"[A-Za-z0-9])?)*\.?")
 # a warning limit and the critical limit it must stay below (or a value and its maximum: at most)

@@ -46,3 +46,8 @@ def disk_of_partition(name: str) -> str:
     if stem.endswith("p") and stem[-2:-1].isdigit():  # nvme0n1p2, mmcblk0p1
         return stem[:-1]
     return stem if stem and not stem[-1].isdigit() and not stem.startswith(("nvme", "mmcblk")) else name
+
+
+# a mail address as every sink takes it (no display name, no spaces or line breaks): the configuration's,
+# and an owner read from a guest's metadata (hypervisor.libvirt_backend) or a journal
+MAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")

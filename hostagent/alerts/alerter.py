@@ -37,6 +37,8 @@ from hostagent.alerts.settings import AlertsConfig
 from hostagent.alerts.state import Alert, AlertRecord, Policy, step
 from hostagent.errors import HostagentError
 from hostagent.model import Finding, Severity
+from hostagent.names import MAIL_ADDRESS
+from hostagent.rpc import shown
 from hostagent.state import StateStore
 
 PREFIX = "alert."
@@ -162,6 +164,9 @@ class Alerter:
     def mail(self, subject: str, text: str, to: list[str], kind: str) -> None:
         """Queue and send a message that is not an alert (maintenance notices and reports), audited."""
         now = self.clock()
+        refused = [address for address in to if not MAIL_ADDRESS.fullmatch(address)]
+        if refused:  # a mail header's boundary: an owner from a guest's metadata or a journal is only a name
+            raise HostagentError(f"not a mail address: {', '.join(shown(a, 80) for a in refused)}")
         if to:
             self._spool(compose(self.config, subject, text, to, now), to, now)
         self._audit({"event": "mail", "kind": kind, "subject": subject, "to": to})

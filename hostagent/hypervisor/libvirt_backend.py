@@ -16,6 +16,7 @@ from typing import Any
 
 from hostagent.errors import HostagentError, ParseError, ProbeUnavailable
 from hostagent.hypervisor import GuestInfo, Hypervisor, remove_file
+from hostagent.names import MAIL_ADDRESS
 
 OWNER_NS = "https://hostagent.invalid/xmlns/owner/1"
 _event_loop_started = threading.Lock()
@@ -45,6 +46,8 @@ def domain_facts(xml_text: str, source: str) -> tuple[str | None, bool]:
         raise ParseError(source, None, f"not XML: {str(err)[:100]}") from None
     owner = xml.find(f"metadata/{{{OWNER_NS}}}owner")
     owner_text = owner.text.strip() if owner is not None and owner.text and owner.text.strip() else None
+    if owner_text is not None and not MAIL_ADDRESS.fullmatch(owner_text):  # a mail header's boundary: no CR/LF
+        owner_text = None  # not an address: maintenance.owners decides, as for a guest without one
     return owner_text, xml.find("devices/hostdev") is not None
 
 

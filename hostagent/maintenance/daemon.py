@@ -31,6 +31,7 @@ from hostagent.maintenance.run import current_boot_id, due, mark_missed
 from hostagent.maintenance.worker import Worker
 from hostagent.model import Finding, Severity
 from hostagent.records import field, record
+from hostagent.rpc import shown
 
 log = logging.getLogger("hostagent")
 JOBSTORE = "maintenance"
@@ -221,9 +222,9 @@ class MaintenanceDaemon:
     def _planned(self, journal: Journal, now: float) -> None:
         keys = notices.due_before(journal, now, self.config.maintenance.notice_lead_times)
         if keys:
-            for owner, guests in notices.by_owner(journal).items():
-                subject, text = notices.before_notice(journal, guests, self.host.hostname(), now)
-                self.alerter.mail(subject, text, [owner], "maintenance.notice")
+            hostname = self.host.hostname()
+            self._mail_owners(journal, [(owner, notices.before_notice(journal, guests, hostname, now))
+                                        for owner, guests in notices.by_owner(journal).items()], "maintenance.notice")
             journal = self.store.update(journal.id, lambda current: current.mark_sent(*keys))
             log.info("maintenance %s: owners notified (%s)", journal.id, ", ".join(keys))
             faults.point("notices-sent")
@@ -287,35 +288,54 @@ class MaintenanceDaemon:
     # -- notices and reports ---------------------------------------------------------------
 
     def _reports(self) -> None:
-        """After a maintenance ends: the operator's report and the owners' after-notices, once."""
+        """After a maintenance ends: the operator's report and the owners' after-notices, once.  Each
+        journal, and each owner's notice, fails alone: one that cannot be mailed is logged and alerted,
+        and neither stops the others nor the tick (the restore of a later maintenance comes after this)."""
         for journal in self.store.all():
             if not journal.final or notices.REPORT in journal.sent:
                 continue
-            hostname = self.host.hostname()
-            if journal.entered("saving") is None:  # nothing touched: owners told of it hear it is off
-                if any(key.startswith("before:") for key in journal.sent):
-                    for owner, guests in notices.by_owner(journal, announced_only=True).items():
-                        subject, text = notices.called_off(journal, guests, hostname)
-                        self.alerter.mail(subject, text, [owner], "maintenance.called_off")
-                if journal.entered("preflight") is not None and self.config.alerts.enabled:
-                    subject, text = notices.report(journal, hostname)
-                    self.alerter.mail(subject, text, self.alerter.operators(), "maintenance.report")
-                self.store.update(journal.id, lambda current: current.mark_sent(notices.REPORT))
-                continue
-            if self.config.alerts.enabled:
+            try:
+                self._report(journal)
+            except Exception as err:  # one journal's report never stops the tick
+                log.error("maintenance %s: the report could not be sent: %s: %s", journal.id, type(err).__name__,
+                          shown(str(err)))
+                self._alert(Finding("maintenance.report_failed", "maintenance", f"maintenance {journal.id}",
+                                    Severity.WARNING, f"the report of maintenance {journal.id} could not be sent: "
+                                                      f"{type(err).__name__}: {shown(str(err))}"))
+
+    def _mail_owners(self, journal: Journal, letters: list[tuple[str, tuple[str, str]]], kind: str) -> None:
+        """One notice per owner, each on its own: an address no mail can go to is logged and skipped."""
+        for owner, (subject, text) in letters:
+            try:
+                self.alerter.mail(subject, text, [owner], kind)
+            except (HostagentError, ValueError) as err:
+                log.error("maintenance %s: no %s to %s: %s", journal.id, kind, shown(owner), shown(str(err)))
+
+    def _report(self, journal: Journal) -> None:
+        hostname = self.host.hostname()
+        if journal.entered("saving") is None:  # nothing touched: owners told of it hear it is off
+            if any(key.startswith("before:") for key in journal.sent):
+                self._mail_owners(journal, [(owner, notices.called_off(journal, guests, hostname)) for owner, guests
+                                            in notices.by_owner(journal, announced_only=True).items()],
+                                  "maintenance.called_off")
+            if journal.entered("preflight") is not None and self.config.alerts.enabled:
                 subject, text = notices.report(journal, hostname)
                 self.alerter.mail(subject, text, self.alerter.operators(), "maintenance.report")
-            if journal.notify_owners:
-                for owner, guests in notices.by_owner(journal).items():
-                    subject, text = notices.after_notice(journal, guests, hostname)
-                    self.alerter.mail(subject, text, [owner], "maintenance.after")
-            self.store.update(journal.id, lambda current: current.mark_sent(notices.REPORT, notices.AFTER))
-            lost = [n for n, g in journal.guests.items() if g.outcome == "lost"]
-            if lost:
-                self._alert(Finding("maintenance.guest_lost", "maintenance", f"maintenance {journal.id}",
-                                    Severity.CRITICAL, f"not running after maintenance {journal.id}: "
-                                                       f"{', '.join(lost)} (see hostagent maintenance status)"))
-            log.info("maintenance %s: report sent", journal.id)
+            self.store.update(journal.id, lambda current: current.mark_sent(notices.REPORT))
+            return
+        if self.config.alerts.enabled and notices.AFTER not in journal.sent:
+            subject, text = notices.report(journal, hostname)
+            self.alerter.mail(subject, text, self.alerter.operators(), "maintenance.report")
+        if journal.notify_owners and notices.AFTER not in journal.sent:
+            self._mail_owners(journal, [(owner, notices.after_notice(journal, guests, hostname)) for owner, guests
+                                        in notices.by_owner(journal).items()], "maintenance.after")
+        self.store.update(journal.id, lambda current: current.mark_sent(notices.REPORT, notices.AFTER))
+        lost = [n for n, g in journal.guests.items() if g.outcome == "lost"]
+        if lost:
+            self._alert(Finding("maintenance.guest_lost", "maintenance", f"maintenance {journal.id}",
+                                Severity.CRITICAL, f"not running after maintenance {journal.id}: "
+                                                   f"{', '.join(lost)} (see hostagent maintenance status)"))
+        log.info("maintenance %s: report sent", journal.id)
 
     def _announce(self, code: str, journal: Journal, summary: str | None = None) -> None:
         self._alert(Finding(code, "maintenance", f"maintenance {journal.id}", Severity.CRITICAL,

@@ -845,3 +845,45 @@ def test_an_image_from_before_someone_started_the_guest_again_is_never_restored(
     assert "was written before its last save began" in (pv1.error or "")
     assert "REBOOTED" in notices.owner_text(pv1)
     assert after.guests["pv2"].outcome == "restored"
+
+
+def test_an_owner_with_a_line_feed_never_reaches_a_mail_header_nor_stops_the_daemon(tmp_path: Path) -> None:
+    """Second review, finding 4: an owner from a domain's metadata holding a line feed raised in the mail
+    header code on every tick, before the tick looked at the active maintenance: a later maintenance's
+    guests were never restored, and the operator's report was spooled again on every tick."""
+    from hostagent.hypervisor.libvirt_backend import OWNER_NS, domain_facts
+    from tests.integration.test_maintenance_daemon import daemon_for
+
+    xml = (f'<domain><name>late</name><metadata><o:owner xmlns:o="{OWNER_NS}">alice@example.com&#10;'
+           f'Bcc: mallory@example.net</o:owner></metadata></domain>')
+    assert domain_facts(xml, "late") == (None, False)  # not an address: maintenance.owners decides
+    assert domain_facts(xml.replace("&#10;Bcc: mallory@example.net", ""), "late")[0] == "alice@example.com"
+
+    daemon = daemon_for(tmp_path, 1)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    now = time.time()
+    # an ended maintenance whose journal names such an owner (written before, or by hand)
+    ended = Journal.new(now - 7200, "kernel", [], notify_owners=True)
+    ended = ended.with_guest(GuestRecord("late", state="running", owner="alice@example.com\nBcc: mallory@example.net",
+                                         added=True, outcome="restored", save_started=now - 7000,
+                                         running_again=now - 6900))
+    ended = ended.with_guest(GuestRecord("web9", state="running", owner="bob@example.com", outcome="restored",
+                                         save_started=now - 7000, running_again=now - 6900))
+    for phase in ("preflight", "saving", "rebooting", "restoring", "done"):
+        ended = ended.advance(phase, now=now - 6900)
+    store.create(ended)
+    # a later one, run with run-now: the host rebooted, its guests wait for their restore
+    later = Journal.new(now - 600, "kernel", ["web1"])
+    later = later.advance("preflight").advance("saving").guest("web1", "saving", save_started=now - 590)
+    later = later.guest("web1", "saved", image="managed").advance("rebooting", boot_id="an-earlier-boot")
+    JournalStore._write(store, replace(later, reboot_issued=now - 580))
+    started: list[tuple[str, str]] = []
+    object.__setattr__(daemon, "_start", lambda action, journal: started.append((action, journal.id)))
+    for _ in range(3):
+        daemon.tick()
+    assert started[:1] == [("restore", later.id)], started
+    assert {"report", "after"} <= set(store.load(ended.id).sent)  # once, and never again
+    spooled = [p.read_bytes() for p in (tmp_path / "state" / "spool").rglob("*") if p.is_file()]
+    assert len(spooled) == 2, spooled  # the operator's report and bob's notice, once each, after three ticks
+    assert sum(b"your downtime" in m and b"bob@example.com" in m for m in spooled) == 1
+    assert not any(b"\nBcc:" in m or b"\r\nBcc:" in m for m in spooled)  # no header from a guest's metadata
