@@ -70,7 +70,13 @@ class Request:
 def shown(text: str, limit: int = 200) -> str:
     """Client-supplied text as safe to store and print: bytes that were not UTF-8 and control
     characters escaped, cut at ``limit`` characters."""
-    raw = text[:limit].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    cut = text[:limit]
+    try:
+        data = cut.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte escapes to (a hostile JSON's "\ud800")
+        data = "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF and not 0xDC80 <= ord(c) <= 0xDCFF else c
+                       for c in cut).encode("utf-8", "surrogateescape")
+    raw = data.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw) + ("..." if len(text) > limit else "")
 
 

@@ -122,6 +122,13 @@ def decide(state_dir: Path, domain: str, operation: str, suboperation: str) -> t
     if (operation, suboperation) != GATED:
         return 0, None
     try:
+        return _decide(state_dir, domain)
+    except Exception as err:  # the gate fails open, whatever the cause
+        return 0, f"hostagent: the start gate failed ({type(err).__name__}); {shown(domain, 80)} may start"
+
+
+def _decide(state_dir: Path, domain: str) -> tuple[int, str | None]:
+    try:
         store = JournalStore(state_dir / "maintenance")
         journals, unreadable = store.scan()
     except Exception as err:  # the gate fails open, whatever the cause

@@ -81,7 +81,7 @@ def before_notice(journal: Journal, guests: list[GuestRecord], hostname: str, no
              f"that is in {_duration(left) if left < 7200 else f'{left / 3600:.1f} hours'}.",
              ""]
     if journal.reason:
-        lines += [f"Reason: {journal.reason}", ""]
+        lines += [f"Reason: {shown(journal.reason, 2000)}", ""]
     lines += ["Your machines will be saved to disk before the reboot and restored after it, so they will",
               "not appear to have been rebooted; expect a network outage of some minutes while they are",
               "paused.  We will write again with the measured downtime of each machine.", "",
@@ -117,7 +117,7 @@ def report(journal: Journal, hostname: str) -> tuple[str, str]:
     subject = f"[hostagent] maintenance {journal.id} on {hostname}: {journal.phase}"
     downtimes = [g.downtime_s for g in journal.guests.values() if g.downtime_s is not None]
     lines = [f"Maintenance {journal.id} on {hostname}: {journal.phase}",
-             f"Planned for {_at(journal.reboot_at)}; reason: {journal.reason or '-'}"]
+             f"Planned for {_at(journal.reboot_at)}; reason: {shown(journal.reason, 2000) or '-'}"]
     if journal.error:
         lines.append(f"Error: {shown(journal.error, 2000)}")
     lines += ["", "guest          outcome        downtime   owner / details"]

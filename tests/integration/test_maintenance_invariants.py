@@ -887,3 +887,25 @@ def test_an_owner_with_a_line_feed_never_reaches_a_mail_header_nor_stops_the_dae
     assert len(spooled) == 2, spooled  # the operator's report and bob's notice, once each, after three ticks
     assert sum(b"your downtime" in m and b"bob@example.com" in m for m in spooled) == 1
     assert not any(b"\nBcc:" in m or b"\r\nBcc:" in m for m in spooled)  # no header from a guest's metadata
+
+
+def test_a_lone_surrogate_in_a_journal_renders_everywhere_and_raises_nowhere(tmp_path: Path) -> None:
+    """Second review, finding 5 (I3): a journal (valid JSON) whose reason or guest name holds "\\ud800" made
+    rpc.shown raise in every renderer: maintenance list, the operator's report, libvirt's hook."""
+    from hostagent.maintenance import gate
+    from hostagent.rpc import shown
+
+    store = JournalStore(tmp_path / "maintenance")
+    saving = Journal.new(time.time() + 600, "kernel", ["web1"]).advance("preflight").advance("saving")
+    data = saving.to_json()
+    data["reason"] = "kernel \ud800"
+    data["guests"] = {"\ud800": {**data["guests"]["web1"], "name": "\ud800"}}
+    (tmp_path / "maintenance").mkdir()
+    (tmp_path / "maintenance" / f"{saving.id}.json").write_text(json.dumps(data))
+    loaded = store.load(saving.id)
+    assert shown(loaded.reason) == "kernel \\ud800" and shown("a\udcffb") == "a\\xffb"  # bytes stay \xNN
+    assert "kernel \\ud800" in notices.report(loaded, "hv1")[1]
+    status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
+    assert status == gate.REFUSED and said is not None and "kernel \\ud800" in said
+    listed = hostagent("maintenance", "list", "--state-dir", str(tmp_path))
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed
