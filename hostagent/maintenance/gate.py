@@ -7,7 +7,8 @@ step before any start (a fresh boot, a restore from a save image, an incoming mi
 other status lets the start through); libvirt hands our message on to whoever asked (a customer's
 panel, virsh).
 
-The refusal holds while a maintenance of this boot is in ``saving`` or ``rebooting``: those are the
+The refusal holds while a maintenance of this boot (the boot id the journal recorded when the saves
+began, and again with the reboot command) is in ``saving`` or ``rebooting``: those are the
 phases in which a guest that starts would go down with the host.  It is a courtesy that spares the
 guest that, not the guarantee: the worker's final listing under the lock (phases.final_listing) saves
 any guest that started anyway (no hook, an older libvirt, xl, a start that read the journal an instant
@@ -87,7 +88,10 @@ def verdict(journal: Journal | None, boot_id: str | None, booted_at: float | Non
     if journal.phase == "rebooting":  # the reboot command ran in the boot it names
         if journal.boot_id is None or boot_id is None or journal.boot_id != boot_id:
             return None
-    elif journal.phase == "saving":  # since a time of this boot, or left over from one that ended
+    elif journal.phase == "saving" and journal.boot_id is not None:  # the boot the saves began in
+        if boot_id is None or journal.boot_id != boot_id:
+            return None
+    elif journal.phase == "saving":  # a journal from before the boot id was kept: this boot's clock decides
         began = next((at for phase, at in reversed(journal.history) if phase == "saving"), None)
         if began is None or booted_at is None or began < booted_at:
             return None

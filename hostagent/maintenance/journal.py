@@ -40,6 +40,7 @@ CANCELLABLE = ("planned", "preflight", "saving")
 GUEST_STATES = ("planned", "saving", "saved", "save_failed", "shut_down", "skipped", "stopped", "restoring",
                 "running", "restore_failed", "cold_booted", "lost")
 NEXT_GUEST = {
+    # stopped: found stopped after a maintenance that never began its save (someone else stopped it)
     "planned": ("saving", "skipped", "save_failed", "stopped"),
     # restoring: the save was interrupted (worker killed); restore_failed: the restore raised before its first try
     "saving": ("saved", "save_failed", "restoring", "restore_failed", "lost"),
@@ -53,6 +54,9 @@ NEXT_GUEST = {
     # running: another service started it between hostagent's attempts (phases._restore_guest)
     "restore_failed": ("restoring", "cold_booted", "lost", "running"),
 }
+# How a guest that was not saved went down: shut down after its save failed, with the host (on_save_failure
+# = "skip"), or found down after a maintenance that stopped before its save began (a crash, a kill)
+UNSAVED = ("shut_down", "with_host", "not_begun")
 # The one truthful outcome of each guest, from which the journal, status, the report and the notices speak.
 OUTCOMES = {
     "restored": "restored from its memory image: the guest saw no reboot",
@@ -96,7 +100,7 @@ class GuestRecord:
     restored_by: str | None = None  # "hostagent", or the service that restored it first
     kept_image: str | None = None  # a memory image kept after a cold boot
     clock: str | None = None  # "set", or why the guest's clock could not be set after the restore
-    unsaved: str | None = None  # how a guest whose save failed went down: "shut_down" or "with_host"
+    unsaved: str | None = None  # how a guest that was not saved went down (UNSAVED)
     # started by something other than hostagent after it went down ("saved" or "shut_down": how it had gone
     # down), found running by the final listing and saved again; from its image or afresh, nobody can tell
     started_again: str | None = None
@@ -143,7 +147,7 @@ class Journal:
     force_unbootable: bool = False
     notify_owners: bool = False
     sent: tuple[str, ...] = ()  # notices and reports already mailed ("before:3600", "after", "report")
-    boot_id: str | None = None  # the kernel's boot id when the reboot command ran
+    boot_id: str | None = None  # the kernel's boot id when the saves began, then when the reboot command ran
     cancelled: bool = False  # a cancel arrived after the run started: no reboot, guests restored
     reboot_issued: float | None = None  # when the reboot command returned (absent: it may never have run)
     hypervisor: str | None = None  # the backend the guests were planned with (select.describe)
@@ -239,7 +243,7 @@ class Journal:
                 outcome=record.choice("outcome", tuple(OUTCOMES), optional=True),
                 added=record.flag("added"), restored_by=record.text("restored_by", optional=True),
                 kept_image=record.text("kept_image", optional=True), clock=record.text("clock", optional=True),
-                unsaved=record.choice("unsaved", ("shut_down", "with_host"), optional=True),
+                unsaved=record.choice("unsaved", UNSAVED, optional=True),
                 started_again=record.choice("started_again", ("saved", "shut_down"), optional=True),
                 down_since=record.time("down_since", optional=True))
             if guests[name].name != name:

@@ -21,6 +21,8 @@ OWNER_TEXT = {
     "cold_booted": "REBOOTED: it could not be restored from its memory image, so it was started afresh",
     "restarted:shut_down": "REBOOTED: it could not be saved, so it was shut down cleanly and started again",
     "restarted:with_host": "REBOOTED: it could not be saved and went down with the host; started again after",
+    "restarted:not_begun": "REBOOTED: the maintenance stopped before its save began, and it was found down; "
+                           "started again",
     "left_stopped": "not touched: it was stopped before the maintenance and is left stopped",
     "lost": "NOT RUNNING after the maintenance: our staff are on it",
     None: "not interrupted: it kept running",

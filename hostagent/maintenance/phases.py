@@ -397,22 +397,41 @@ def _quietly(call: Callable[[str], None], name: str) -> None:
 
 def restore_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig,
                   clock: Callable[[], float] | None = None, aborted: bool = False,
-                  progress: ProgressBoard | None = None, others: Mapping[str, str] | None = None) -> None:
+                  progress: ProgressBoard | None = None, others: Mapping[str, str] | None = None,
+                  host_went_down: bool | None = False) -> None:
     """Bring every guest back, priority first; idempotent after a crash or a second boot.
 
     Each guest ends with one outcome (``journal.OUTCOMES``).  A guest is never booted afresh while
     its save image exists.  ``aborted``: the maintenance stopped before the reboot; it ends failed
     (or cancelled) once guests run again.  ``others``: guest name (or ``*``, any guest) -> the
-    service on this host that may have restored it before us (``coexist.restorers``), named in its outcome."""
+    service on this host that may have restored it before us (``coexist.restorers``), named in its outcome.
+    ``host_went_down``: whether the host went down since the saves began (None: unknown, the boot ids
+    missing).  A guest whose save never began is observed: after the host went down (or, unknown, found
+    down) it is started again, outcome ``restarted``; found down while the host stayed up, someone else
+    stopped it and it is left stopped; running, it kept running."""
     with gate.restoring(recorder.journal.id):  # libvirt's hook lets our starts through (I6)
-        _restore_all(recorder, hypervisor, config, clock or time.time, aborted, progress, others)
+        _restore_all(recorder, hypervisor, config, clock or time.time, aborted, progress, others, host_went_down)
 
 
 def _restore_all(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceConfig, clock: Callable[[], float],
-                 aborted: bool, progress: ProgressBoard | None, others: Mapping[str, str] | None) -> None:
+                 aborted: bool, progress: ProgressBoard | None, others: Mapping[str, str] | None,
+                 host_went_down: bool | None) -> None:
     if recorder.journal.phase != "restoring":
         recorder.advance("restoring")
     board = progress or ProgressBoard(tty=False, every=float("inf"))
+    for name, record in recorder.journal.guests.items():  # I5: never saved, so never stopped by us: observe it
+        if record.state != "planned":
+            continue
+        running = _observed_running(hypervisor, name)
+        if host_went_down or (host_went_down is None and not running):
+            # it went down with the host (or, unknown, is down now): started again, or found started by another
+            recorder.guest(name, "skipped", unsaved="not_begun",
+                           error="its save had not begun when the maintenance was interrupted"
+                                 + (" and the host went down" if host_went_down else ", and it was found down"))
+        elif not running:  # the host stayed up and hostagent never touched it: someone else stopped it
+            recorder.guest(name, "stopped", outcome="left_stopped",
+                           error="stopped by something other than hostagent during the maintenance, before its save "
+                                 "began: left stopped")
     pending = [n for n, g in recorder.journal.guests.items()
                if g.state not in ("running", "cold_booted", "planned", "stopped", "lost")]
     first = [n for n in config.restore_priority if n in pending]
@@ -542,6 +561,14 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
 
 
 MTIME_SLACK = 0.1  # s: a file's times come from the kernel's coarse clock, a few ms behind time.time()
+
+
+def _observed_running(hypervisor: Hypervisor, name: str) -> bool:
+    """Whether the hypervisor shows ``name`` running; a domain it no longer knows (a crash took it) is not."""
+    try:
+        return hypervisor.is_running(name)
+    except HostagentError:
+        return False
 
 
 def _written_before(image: str, moment: float) -> bool:

@@ -68,7 +68,7 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
             return recorder.journal
         recorder.replan(checked.guests, config.owners)
         others = others or coexist.restorers(checked.coexistence)
-        recorder.advance("saving")
+        recorder.advance("saving", boot_id=boot_id)  # libvirt's hook refuses starts in this boot only
     except PhaseMoved:
         return recorder.journal  # cancelled meanwhile: nothing was touched
     stop = save_phase(recorder, hypervisor, config, progress=progress)
@@ -107,8 +107,9 @@ def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, prefl
 
 def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: MaintenanceConfig,
                       audit: AuditLog | None = None, progress: ProgressBoard | None = None,
-                      others: Mapping[str, str] | None = None) -> Journal | None:
-    """After the reboot, or after a worker died mid-save or mid-restore: restore whatever is not running."""
+                      others: Mapping[str, str] | None = None, boot_id: str | None = None) -> Journal | None:
+    """After the reboot, or after a worker died mid-save or mid-restore: restore whatever is not running.
+    ``boot_id``: this boot's, to tell whether the host went down since the saves began."""
     journal = store.active()
     if journal is None or journal.phase not in ("saving", "rebooting", "restoring"):
         return None
@@ -118,7 +119,9 @@ def resume_after_boot(store: JournalStore, hypervisor: Hypervisor, config: Maint
     if journal.phase == "saving":
         with contextlib.suppress(PhaseMoved):
             recorder.advance("restoring", error="the maintenance worker stopped while saving: not rebooted")
-    restore_phase(recorder, hypervisor, config, aborted=aborted, progress=progress, others=others)
+    went_down = journal.boot_id != boot_id if journal.boot_id is not None and boot_id is not None else None
+    restore_phase(recorder, hypervisor, config, aborted=aborted, progress=progress, others=others,
+                  host_went_down=went_down)
     recorder.flush()
     return recorder.journal
 

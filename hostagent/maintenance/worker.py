@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hostagent.actions import AuditLog
     from hostagent.config import load_config
-    from hostagent.maintenance.run import execute, resume_after_boot
+    from hostagent.maintenance.run import current_boot_id, execute, resume_after_boot
     from hostagent.progress import ProgressBoard
     from hostagent.state import StateStore
 
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise HostagentError(f"maintenance {journal.id}: not restored: {moved}")
                 hypervisor = select.connect(settings)
                 result = resume_after_boot(store, hypervisor, settings, audit, progress,
-                                           others=restorers_on(Host("/"), hypervisor))
+                                           others=restorers_on(Host("/"), hypervisor),
+                                           boot_id=current_boot_id(Host("/")))
     except HostagentError as err:
         _say({"id": args.id, "action": args.action, "error": str(err)})
         os._exit(1)

@@ -909,3 +909,36 @@ def test_a_lone_surrogate_in_a_journal_renders_everywhere_and_raises_nowhere(tmp
     assert status == gate.REFUSED and said is not None and "kernel \\ud800" in said
     listed = hostagent("maintenance", "list", "--state-dir", str(tmp_path))
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed
+
+
+@pytest.mark.parametrize("host", ["went-down", "stayed-up", "unknown"])
+def test_a_guest_whose_save_never_began_is_observed_after_an_interrupted_maintenance(tmp_path: Path,
+                                                                                      host: str) -> None:
+    """Second review, finding 6 (I5): after a crash during the saves, the guests still planned were skipped
+    without a look: down, and their owners read "not interrupted: it kept running".  Now each is observed:
+    after the host went down (or, unknown, found down) it is started again and reported REBOOTED; found
+    down while the host stayed up, someone else stopped it, and it is left stopped, so reported."""
+    hypervisor = hypervisor_with(tmp_path)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    this_boot = "boot-after" if host == "went-down" else "boot-before"
+    journal = Journal.new(0.0, "kernel", list(OWNERS), owners=OWNERS, notify_owners=True)
+    journal = journal.advance("preflight").advance("saving", boot_id=None if host == "unknown" else "boot-before")
+    journal = journal.guest("web1", "saving", save_started=time.time()).guest("web1", "saved", image="managed")
+    store.create(journal)
+    hypervisor.save("web1", "managed")
+    hypervisor._conn.lookupByName("web2").destroy()  # down: with the host, or stopped by its owner
+    after = resume_after_boot(store, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), concurrency=1),
+                              boot_id=this_boot)
+    assert after is not None
+    web1, web2, web3 = (after.guests[n] for n in ("web1", "web2", "web3"))
+    assert web1.outcome == "restored"
+    if host == "stayed-up":
+        assert (web2.outcome, hypervisor.is_running("web2")) == ("left_stopped", False)
+        assert "stopped by something other than hostagent" in (web2.error or "")
+        assert web3.outcome is None and hypervisor.is_running("web3")  # observed running: it kept running
+    else:
+        assert (web2.outcome, web2.unsaved, hypervisor.is_running("web2")) == ("restarted", "not_begun", True)
+        assert "REBOOTED" in notices.owner_text(web2)
+        # web3 runs: the host went down, so something (an autostart) started it; unknown: it kept running
+        assert web3.outcome == ("restarted" if host == "went-down" else None), web3
+    assert "kept running" not in notices.owner_text(web2)

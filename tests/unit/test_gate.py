@@ -132,3 +132,16 @@ def test_the_workers_restore_beacon_lets_starts_through_and_goes_with_it(tmp_pat
         assert not gate.restore_under_way("ffffffffffff")  # another maintenance's is not ours
     assert not gate.restore_under_way(planned.id)
     assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == gate.REFUSED
+
+
+def test_saving_is_of_the_boot_the_saves_began_in_whatever_the_clock_says() -> None:
+    """Second review, finding 7: a journal left in saving by a boot that crashed refused starts in the next
+    boot when that boot's clock was behind (btime before the recorded save time).  The journal now keeps
+    the boot id the saves began in, and the clock decides only for a journal without it."""
+    left = journal("saving").advance("restoring")  # to set boot_id on a copy of the saving journal
+    saving = Journal(left.id, left.reboot_at, left.reason, "saving", left.created,
+                     tuple(h for h in left.history if h[0] != "restoring"), boot_id=THIS_BOOT)
+    assert gate.verdict(saving, THIS_BOOT, BOOTED) is not None
+    clock_behind = BOOTED - 5 * 3600  # this boot's btime, five hours before the recorded save time
+    assert gate.verdict(saving, "the-next-boot", clock_behind) is None
+    assert gate.verdict(saving, None, BOOTED) is None  # unknown: the start goes on
