@@ -65,6 +65,11 @@ class XlHypervisor(Hypervisor):
     def _states(self) -> dict[str, parse.XlState]:
         return {s.name: s for s in parse.parse_list(self._xl("list")) if s.domid != parse.DOM0}
 
+    def _state_of(self, name: str) -> parse.XlState | None:
+        """``name``'s line in ``xl list``; a name's trailing spaces are lost in the column's padding there."""
+        states = self._states()
+        return states.get(name) or states.get(name.rstrip())
+
     def guests(self) -> list[GuestInfo]:
         try:
             domains = [d for d in parse.parse_list_long(self._xl("list", "-l")) if d.domid != parse.DOM0]
@@ -72,9 +77,10 @@ class XlHypervisor(Hypervisor):
         except HostagentError as err:
             raise ProbeUnavailable(f"hypervisor xl not usable: {err}") from None
         found = []
-        described = {domain.name for domain in domains}
+        described = {domain.domid for domain in domains}
+        by_domid = {seen.domid: seen for seen in states.values()}  # xl list -l's names are exact; xl list's padded
         for name, seen in states.items():  # xl list -l skips a domain whose stored configuration libxl
-            if name not in described:      # cannot read: xl list still shows it, and it is never invisible
+            if seen.domid not in described:  # cannot read: xl list still shows it, and it is never invisible
                 saveable = self._kept_config(name).is_file() or bool(self._configs(name))
                 found.append(GuestInfo(
                     name=name, running=seen.alive, persistent=True, memory_kib=seen.mem_mib * 1024,
@@ -82,7 +88,7 @@ class XlHypervisor(Hypervisor):
                     "configuration) and no configuration file names it, so xl cannot save it",
                     autostart=any(Path(d).name == "auto" for d in self._config_owners(name))))
         for domain in domains:
-            state = states.get(domain.name)
+            state = by_domid.get(domain.domid)
             pci = list(domain.pci) or parse.parse_pci_list(self._xl("pci-list", domain.name, name=domain.name))
             found.append(GuestInfo(
                 name=domain.name, running=state is not None and state.alive, persistent=True,
@@ -174,7 +180,7 @@ class XlHypervisor(Hypervisor):
             return False
 
     def restore(self, name: str, image: str) -> None:
-        if name in self._states():
+        if self._state_of(name) is not None:
             raise HostagentError(f"guest {name}: a domain of that name already exists; not restoring {image}")
         self._xl("restore", image, timeout=max(self.timeout, 300.0), name=name)
 
@@ -187,7 +193,7 @@ class XlHypervisor(Hypervisor):
             remove_file(name, path)
 
     def start(self, name: str) -> None:
-        state = self._states().get(name)
+        state = self._state_of(name)
         if state is not None and state.alive:
             return
         if state is not None:  # xl create would refuse the name, and xl start would return as if it worked
@@ -204,15 +210,15 @@ class XlHypervisor(Hypervisor):
         self._xl("shutdown", name, name=name)
 
     def is_running(self, name: str) -> bool:
-        state = self._states().get(name)
+        state = self._state_of(name)
         return state is not None and state.alive
 
     def present(self, name: str) -> str | None:
-        state = self._states().get(name)
+        state = self._state_of(name)
         return None if state is None else _state_words(state)
 
     def resume_paused(self, name: str) -> bool:
-        state = self._states().get(name)
+        state = self._state_of(name)
         if state is None or not state.paused or not state.alive:
             return False
         self._xl("unpause", name, name=name)

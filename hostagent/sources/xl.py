@@ -110,7 +110,8 @@ _LINE = re.compile(r"^(?P<name>.*?)[ \t]+(?P<domid>[0-9]{1,6})[ \t]+(?P<mem>[0-9
 def parse_list(text: str, source: str = "xl list") -> list[XlState]:
     """``xl list``: Name, ID, Mem, VCPUs, State, Time(s).  A name may hold spaces, runs of them and tabs
     (libvirt and xl forbid little), so the columns are read from the right and the name is the rest,
-    as it is, without the padding after it."""
+    as it is, without the padding after it (a leading space is the name's: xl prints names from column 0;
+    trailing ones cannot be told from the padding, so ``xl list -l``'s exact names are matched by domid)."""
     states = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
@@ -119,7 +120,7 @@ def parse_list(text: str, source: str = "xl list") -> list[XlState]:
         match = _LINE.match(line)
         if match is None or not match.group("name").strip():
             raise ParseError(source, number, f"not a domain line: {line[:80]!r}")
-        states.append(XlState(domid=int(match.group("domid")), name=match.group("name").lstrip(),
+        states.append(XlState(domid=int(match.group("domid")), name=match.group("name"),
                               flags=match.group("state"), mem_mib=int(match.group("mem"))))
     return states
 

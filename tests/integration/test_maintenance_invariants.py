@@ -942,3 +942,26 @@ def test_a_guest_whose_save_never_began_is_observed_after_an_interrupted_mainten
         # web3 runs: the host went down, so something (an autostart) started it; unknown: it kept running
         assert web3.outcome == ("restarted" if host == "went-down" else None), web3
     assert "kept running" not in notices.owner_text(web2)
+
+
+@pytest.mark.parametrize("names", [(" web",), ("web", " web")], ids=["alone", "beside-web"])
+def test_an_xl_domain_whose_name_starts_with_a_space_is_saved_before_the_reboot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> None:
+    """Second review, finding 2 (I1): parse_list stripped the name's leading space, so " web" was filed
+    under "web": listed not running, never saved, and live when the reboot command ran."""
+    state = tmp_path / "xl.json"
+    fakexl.install(tmp_path / "bin", state, {n: {"domid": 2 + i} for i, n in enumerate(names)})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    configs = tmp_path / "etc-xen"
+    configs.mkdir()
+    (configs / "web.cfg").write_text('name = "web"\nmemory = 96\n')
+    (configs / "sweb.cfg").write_text('name = " web"\nmemory = 96\n')
+    hypervisor = XlHypervisor(str(tmp_path / "save"), config_dirs=(str(configs),), timeout=20)
+    assert sorted((g.name, g.running) for g in hypervisor.guests()) == sorted((n, True) for n in names)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(names)))
+    at_reboot: list[list[str]] = []
+    result = run_now(store, journal, hypervisor, seen(hypervisor), MaintenanceConfig(
+        save_dir=str(tmp_path / "save"), concurrency=1), lambda: at_reboot.append(fake_live(state)))
+    assert at_reboot == [[]], (at_reboot, result.guests)
+    assert {n: g.state for n, g in result.guests.items()} == dict.fromkeys(names, "saved")
