@@ -79,7 +79,8 @@ def libvirtd(base: Path) -> Iterator[str]:
 def test_a_start_is_refused_while_this_boots_maintenance_saves_or_reboots(tmp_path: Path) -> None:
     base = tmp_path / "ns"
     (base / "etc/hooks/qemu.d").mkdir(parents=True)
-    shutil.copy(hook_script(tmp_path), base / "etc/hooks/qemu.d/hostagent")  # before libvirtd starts: it looks once
+    # before libvirtd starts: it looks for its hooks once
+    shutil.copy(hook_script(tmp_path, "/var/lib/hostagent"), base / "etc/hooks/qemu.d/hostagent")
     guest = tmp_path / "web1.xml"
     guest.write_text(GUEST)
     store = JournalStore(base / "var-lib/hostagent/maintenance")
