@@ -58,9 +58,11 @@ def kernel() -> str:
     return found[-1]
 
 
-def initramfs() -> Path:
-    """The cached guest initramfs (busybox and the /init above), about 1 MB."""
-    image = CACHE / "uptime-agent-initramfs.gz"
+def initramfs(agent: bool = True) -> Path:
+    """The cached guest initramfs: busybox and the /init above, with QEMU's guest agent and its modules
+    (about 3.7 MB) or, ``agent=False``, without (about 1 MB; Xen's PV guests: at 96 MiB, a fresh boot
+    unpacking the larger one ran out of memory once, on a loaded machine)."""
+    image = CACHE / ("uptime-agent-initramfs.gz" if agent else "uptime-initramfs.gz")
     if image.exists():
         return image
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -74,12 +76,13 @@ def initramfs() -> Path:
             (stage / directory).mkdir(parents=True, exist_ok=True)
         (stage / "sbin/hwclock").symlink_to("/bin/busybox")
         version = Path(kernel()).name.removeprefix("vmlinuz-")
-        for module in AGENT_MODULES:
+        for module in AGENT_MODULES if agent else ():
             found = glob.glob(f"/lib/modules/{version}/kernel/drivers/**/{module}.ko", recursive=True)
             if not found:
                 raise RuntimeError(f"no {module}.ko for {version}: the guest agent needs it")
             shutil.copy2(found[0], stage / "modules" / f"{module}.ko")
-        _copy_with_libraries("/usr/sbin/qemu-ga", stage)
+        if agent:
+            _copy_with_libraries("/usr/sbin/qemu-ga", stage)
         (stage / "init").write_text(INIT)
         (stage / "init").chmod(0o755)
         listing = "\n".join(str(p.relative_to(stage)) for p in sorted(stage.rglob("*"))) + "\n"

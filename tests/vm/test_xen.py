@@ -61,12 +61,13 @@ def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]
     with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True, smtp_port=mail[0].port,
                    extra_disks=2) as machine:
         vmlinuz = Path(kernel()[0])
+        initrd = guests.initramfs(agent=False)  # no guest agent: PV guests have no virtio channel for it
         subprocess.run(["scp", "-q", "-i", str(machine.key), "-P", str(machine.port), "-o", "BatchMode=yes", "-o",
-                        f"UserKnownHostsFile={machine.known_hosts}", str(vmlinuz), str(guests.initramfs()),
+                        f"UserKnownHostsFile={machine.known_hosts}", str(vmlinuz), str(initrd),
                         "root@127.0.0.1:/root/"], check=True, timeout=120)
         for name in (*PV, "lv1", "lv2"):  # xl's configuration files, where xl and xendomains look for them
             ssh_ok(machine, f"cat > /etc/xen/{name}.cfg <<'EOF'\nname = \"{name}\"\ntype = \"pv\"\n"
-                            f"kernel = \"/root/{vmlinuz.name}\"\nramdisk = \"/root/{guests.initramfs().name}\"\n"
+                            f"kernel = \"/root/{vmlinuz.name}\"\nramdisk = \"/root/{initrd.name}\"\n"
                             "extra = \"console=hvc0 quiet\"\nmemory = 96\nEOF")
         yield machine
 
