@@ -69,6 +69,12 @@ class Hypervisor(abc.ABC):
         completed has none).  Backends that know more (a suspended or crashed domain) say more."""
         return "running" if self.is_running(name) else None
 
+    def clear_interrupted_restore(self, name: str) -> bool:
+        """Destroy what a restore that was killed midway left of the guest's domain (its image on disk is
+        whole: the guest never ran since it was written); True when there was such a domain.  libvirtd
+        finishes a restore whose client went away, so by default there is nothing to clear."""
+        return False
+
     @abc.abstractmethod
     def resume_paused(self, name: str) -> bool:
         """Let a guest that an interrupted save or restore left paused run on; True when it was paused."""

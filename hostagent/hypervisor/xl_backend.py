@@ -217,6 +217,15 @@ class XlHypervisor(Hypervisor):
         state = self._state_of(name)
         return None if state is None else _state_words(state)
 
+    def clear_interrupted_restore(self, name: str) -> bool:
+        """``xl restore`` builds the domain paused and unpauses it last: a killed restore leaves it paused
+        with part of its memory loaded, and unpausing that would run a half-loaded guest."""
+        state = self._state_of(name)
+        if state is None or not state.paused or not state.alive:
+            return False
+        self._xl("destroy", name, name=name)
+        return True
+
     def resume_paused(self, name: str) -> bool:
         state = self._state_of(name)
         if state is None or not state.paused or not state.alive:

@@ -477,6 +477,10 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         has_image, stale = False, (f"the image {image} was written before its last save began (an earlier "
                                    "maintenance's, or one from before it was started again) and was not restored")
     went_down_unsaved = record.unsaved is not None
+    cleared = None
+    if record.state == "restoring" and record.attempts > 0 and has_image \
+            and hypervisor.clear_interrupted_restore(name):  # I5: a half-loaded domain is never resumed
+        cleared = "an interrupted restore had left it paused, half loaded: destroyed, and restored again from its image"
     left = hypervisor.present(name) if record.image is None and record.save_started is not None else None
     if left is not None and has_image:  # I5: a save that did not complete while its domain lives on
         has_image = False
@@ -508,7 +512,7 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
                 _discard(recorder, hypervisor, name, image)
             recorder.guest(name, "running", clock=_set_clock(hypervisor, name))
         return
-    error = "; ".join(filter(None, (record.error, stale))) or None
+    error = "; ".join(filter(None, (record.error, stale, cleared))) or None
     for attempt in range(1, config.restore_attempts + 1):
         if attempt > 1 and hypervisor.is_running(name):  # another service restored it between our attempts
             by = _who(name, others)

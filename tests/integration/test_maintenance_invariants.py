@@ -965,3 +965,28 @@ def test_an_xl_domain_whose_name_starts_with_a_space_is_saved_before_the_reboot(
         save_dir=str(tmp_path / "save"), concurrency=1), lambda: at_reboot.append(fake_live(state)))
     assert at_reboot == [[]], (at_reboot, result.guests)
     assert {n: g.state for n, g in result.guests.items()} == dict.fromkeys(names, "saved")
+
+
+def test_a_domain_a_killed_xl_restore_left_paused_is_restored_again_never_unpaused(
+        xl: tuple[Path, XlHypervisor]) -> None:
+    """Issue #34, item 10 (a kill during the restore can leave a guest down): xl restore builds the domain
+    paused and unpauses it last, so a worker killed mid-restore left pv1 paused with part of its memory
+    loaded.  The next worker took it for running: it unpaused a half-loaded guest and called it restored.
+    Now the half-built domain is destroyed and pv1 restored again from its whole image."""
+    state, hypervisor = xl
+    store = JournalStore(state.parent / "state" / "maintenance")
+    journal = Journal.new(0.0, "kernel", ["pv1"]).advance("preflight").advance("saving")
+    image = hypervisor.save("pv1", hypervisor.image_for("pv1", hypervisor.save_dir))
+    journal = journal.guest("pv1", "saving", save_started=time.time()).guest("pv1", "saved", image=image)
+    journal = journal.advance("rebooting", boot_id="before").advance("restoring")
+    journal = journal.guest("pv1", "restoring", attempts=1)  # the worker was killed inside this xl restore
+    store.create(journal)
+    fakexl.start(state, "pv1", flags="--p---")  # what the killed xl restore left: paused, half loaded
+    calls_before = len(fakexl.read(state)["calls"])
+    after = resume_after_boot(store, hypervisor, MaintenanceConfig(save_dir=hypervisor.save_dir), boot_id="after")
+    assert after is not None and after.phase == "done", after
+    calls = [c[:2] for c in fakexl.read(state)["calls"][calls_before:] if c[0] not in ("list", "pci-list")]
+    assert ["unpause", "pv1"] not in calls and calls[:2] == [["destroy", "pv1"], ["restore", image]], calls
+    pv1 = after.guests["pv1"]
+    assert (pv1.outcome, pv1.restored_by) == ("restored", "hostagent") and "pv1" in fake_live(state)
+    assert fakexl.read(state)["domains"]["pv1"]["flags"] == "-b----"
