@@ -169,6 +169,31 @@ class LibvirtHypervisor(Hypervisor):
     def is_running(self, name: str) -> bool:
         return bool(self._domain(name).isActive())
 
+    def clear_interrupted_restore(self, name: str) -> bool:
+        """A restore whose libvirt went away midway (the embedded driver in the worker, or a libvirtd
+        killed or restarted during it) leaves the domain paused, starting up or reading its image, with its
+        managed image kept: a fresh connection still shows it active for a while, then its reconnect
+        kills it (or, having read it all, lets it run).  Taking
+        it for running (and resuming it) recorded a guest as restored that then went down; it is
+        destroyed here, and restored again from its image."""
+        domain = self._domain(name)
+        libvirt = self._libvirt
+        try:
+            if not domain.isActive():
+                return False
+            state, reason = domain.state()
+            # starting up, or still reading its image (a restore is an incoming migration from a file)
+            midway = (libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+            if state != libvirt.VIR_DOMAIN_PAUSED or reason not in midway or not domain.hasManagedSaveImage(0):
+                return False
+            domain.destroy()
+        except libvirt.libvirtError:  # the reconnect's own clean-up may get there first
+            pass
+        try:
+            return not domain.isActive()
+        except libvirt.libvirtError as err:
+            raise HostagentError(f"guest {name}: after an interrupted restore: {err.get_error_message()}") from None
+
     def resume_paused(self, name: str) -> bool:
         domain = self._domain(name)
         if not self.xen:

@@ -490,8 +490,9 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
             f"its domain was left {left} by an interrupted save and does not run; hostagent cannot resume it: "
             f"destroy it (its disks are intact) and start it, or resume it with the hypervisor's tools", stale))))
         return
+    resumed = hypervisor.is_running(name) and hypervisor.resume_paused(name)  # an interrupted save or restore
+    # I5: looked at again after the resume: libvirt's reconnect can end an interrupted start meanwhile
     if hypervisor.is_running(name):  # restored before a crash, by another service, or never stopped
-        resumed = hypervisor.resume_paused(name)  # an interrupted save or restore can leave it paused
         if record.state != "restoring":
             recorder.guest(name, "restoring")
         if record.attempts > 0:
