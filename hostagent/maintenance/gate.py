@@ -28,8 +28,11 @@ start through while the beacon of the maintenance it would refuse for is up.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import struct
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +46,7 @@ GATED = ("prepare", "begin")  # libvirt's qemu and libxl hooks: the step before 
 REFUSED = 10
 STAT = "/proc/stat"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+LOCKS = "/proc/locks"
 READ_LIMIT = 1 << 20
 
 
@@ -54,30 +58,76 @@ def beacon(journal_id: str) -> bytes:
 @contextlib.contextmanager
 def restoring(journal_id: str) -> Iterator[None]:
     """Held while the worker brings guests back: the hook lets starts through meanwhile.  Best effort: a
-    beacon that cannot be raised (another restore of the same maintenance holds it) changes nothing else."""
+    beacon that cannot be raised (another restore of the same maintenance holds it) changes nothing else.
+    A thread answers each knock (accept, close), so the queue never fills."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         with contextlib.suppress(OSError):
             sock.bind(beacon(journal_id))
             sock.listen(64)
+            threading.Thread(target=_answer, args=(sock,), daemon=True).start()
         yield
     finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # ends the thread's accept
         sock.close()
+
+
+def _answer(sock: socket.socket) -> None:
+    while True:
+        try:
+            knock, _ = sock.accept()
+        except OSError:
+            return
+        knock.close()
 
 
 def restore_under_way(journal_id: str) -> bool:
-    """Whether the worker of ``journal_id`` is restoring now (its beacon answers)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    """Whether the worker of ``journal_id`` is restoring now: its beacon answers, held by root (an abstract
+    socket has no file permissions: any local user could bind the name, and only a start would follow)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(2.0)
     try:
         sock.connect(beacon(journal_id))
-    except BlockingIOError:  # listening, its queue full: up all the same
-        return True
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
     except OSError:
         return False
-    else:
-        return True
     finally:
         sock.close()
+    return bool(uid == 0)
+
+
+def worker_holds(store: JournalStore, journal_id: str) -> bool | None:
+    """Whether a worker holds maintenance ``journal_id`` (JournalStore.worker's flock), read from
+    /proc/locks so that the look takes no lock a starting worker could trip on; None when unknown."""
+    try:
+        info = os.stat(store.path(journal_id).with_suffix(".worker"))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    text = _read(LOCKS)
+    if text is None:
+        return None
+    wanted = f":{info.st_ino}"
+    for line in text.splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter's line: "1: -> FLOCK ..."
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[5].endswith(wanted) \
+                and _same_device(fields[5], info.st_dev):
+            return True
+    return False
+
+
+def _same_device(field: str, device: int) -> bool:
+    """``MAJ:MIN:INODE`` from /proc/locks (major and minor in hex) against ``st_dev``."""
+    try:
+        major, minor, _ = field.split(":")
+        return int(major, 16) == os.major(device) and int(minor, 16) == os.minor(device)
+    except ValueError:
+        return False
 
 
 def verdict(journal: Journal | None, boot_id: str | None, booted_at: float | None) -> str | None:
@@ -145,6 +195,9 @@ def _decide(state_dir: Path, domain: str) -> tuple[int, str | None]:
                      boot_time(booted) if booted else None)
     if reason is not None and restore_under_way(pending[0].id):
         return 0, None  # the maintenance's own restores, whatever its journal on disk says
+    if reason is not None and not worker_holds(store, pending[0].id):  # stuck, or unknown: no refusal
+        return 0, (f"hostagent: maintenance {pending[0].id} says {pending[0].phase}, but no worker runs it; "
+                   f"{shown(domain, 80)} may start")
     if reason is not None:
         return REFUSED, f"{reason}: {shown(domain, 80)} refused"
     if unreadable:

@@ -103,12 +103,15 @@ def test_a_start_is_refused_while_this_boots_maintenance_saves_or_reboots(tmp_pa
         planned = store.create(journal("planned", at=time.time()))
         assert started()
         store.update(planned.id, lambda j: j.advance("preflight").advance("saving"))
-        refused = virsh("create", str(guest))
-        assert refused.returncode != 0 and "web1" not in virsh("list", "--name").stdout.split()
-        assert f"hostagent: maintenance {planned.id} is saving this host (kernel update" in refused.stderr
-        assert "web1 refused" in refused.stderr, refused.stderr
-        store.update(planned.id, lambda j: j.advance("rebooting", boot_id=boot_id))
-        assert not started()
+        with store.worker(planned.id):  # as the worker holds it while it saves and reboots
+            refused = virsh("create", str(guest))
+            assert refused.returncode != 0 and "web1" not in virsh("list", "--name").stdout.split()
+            assert f"hostagent: maintenance {planned.id} is saving this host (kernel update" in refused.stderr
+            assert "web1 refused" in refused.stderr, refused.stderr
+            store.update(planned.id, lambda j: j.advance("rebooting", boot_id=boot_id))
+            assert not started()
+        assert started()  # no worker runs it any more: nothing refuses (the daemon restores)
+        assert virsh("list", "--name").returncode == 0
         store.update(planned.id, lambda j: j.advance("restoring"))
         assert started()  # the maintenance's own restores, and everyone's starts, go on
     audit = (base / "var-lib/hostagent/audit.jsonl").read_text()

@@ -789,8 +789,9 @@ def test_libvirts_hook_lets_the_maintenances_own_restores_through_whatever_the_j
     audit = AuditFailsAt(state, when) if when else AuditLog(state)
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     rebooted: list[int] = []
-    result = run_now(store, journal, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path),
-                     concurrency=1), lambda: rebooted.append(1), boot_id=boot_id, audit=audit)
+    with store.worker(journal.id):  # as the worker process holds its maintenance (the hook looks for it)
+        result = run_now(store, journal, hypervisor, seen(hypervisor), MaintenanceConfig(save_dir=str(tmp_path),
+                         concurrency=1), lambda: rebooted.append(1), boot_id=boot_id, audit=audit)
     assert not rebooted and result.phase == "failed", result
     assert live(hypervisor) == ["web1", "web2", "web3"]
     assert not [n for n, g in result.guests.items() if g.outcome == "lost"], result.guests
@@ -905,7 +906,8 @@ def test_a_lone_surrogate_in_a_journal_renders_everywhere_and_raises_nowhere(tmp
     loaded = store.load(saving.id)
     assert shown(loaded.reason) == "kernel \\ud800" and shown("a\udcffb") == "a\\xffb"  # bytes stay \xNN
     assert "kernel \\ud800" in notices.report(loaded, "hv1")[1]
-    status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
+    with store.worker(saving.id):
+        status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
     assert status == gate.REFUSED and said is not None and "kernel \\ud800" in said
     listed = hostagent("maintenance", "list", "--state-dir", str(tmp_path))
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed

@@ -69,8 +69,12 @@ def test_decide_reads_the_store_and_lets_every_other_operation_through(tmp_path:
     store.create(journal("planned", at=now))
     assert gate.decide(tmp_path, "web1", "prepare", "begin") == (0, None)
     store.update("0123456789ab", lambda j: j.advance("preflight").advance("saving"))
-    status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
+    with store.worker("0123456789ab"):  # the worker holds its maintenance while it runs
+        status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
     assert status == gate.REFUSED and said is not None and said.endswith(": web1 refused"), said
+    # second quick review: no worker runs it (it died; the daemon gave up): the start goes on, and says why
+    status, said = gate.decide(tmp_path, "web1", "prepare", "begin")
+    assert status == 0 and said is not None and "no worker runs it" in said, said
     for operation, sub in (("start", "begin"), ("started", "begin"), ("stopped", "end"), ("release", "end"),
                            ("prepare", "end"), ("reconnect", "begin")):
         assert gate.decide(tmp_path, "web1", operation, sub) == (0, None)
@@ -106,7 +110,8 @@ def test_the_roles_hook_script_refuses_with_exit_1_and_fails_open(tmp_path: Path
     store = JournalStore(state / "maintenance")
     store.create(journal("planned", at=time.time()))
     store.update("0123456789ab", lambda j: j.advance("preflight").advance("saving"))
-    refused = hook("web1", "prepare", "begin", "-")
+    with store.worker("0123456789ab"):
+        refused = hook("web1", "prepare", "begin", "-")
     assert refused.returncode == 1 and "maintenance 0123456789ab is saving this host" in refused.stderr, refused
     assert '"event": "start_refused"' in (state / "audit.jsonl").read_text()
     assert hook("web1", "started", "begin", "-").returncode == 0  # never even reaches Python
@@ -126,6 +131,8 @@ def test_the_workers_restore_beacon_lets_starts_through_and_goes_with_it(tmp_pat
     store = JournalStore(tmp_path / "maintenance")
     planned = store.create(journal("planned", at=time.time()))
     store.update(planned.id, lambda j: j.advance("preflight").advance("saving"))
+    worker = store.worker(planned.id)
+    worker.__enter__()
     assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == gate.REFUSED
     with gate.restoring(planned.id):
         assert gate.restore_under_way(planned.id)
@@ -135,6 +142,28 @@ def test_the_workers_restore_beacon_lets_starts_through_and_goes_with_it(tmp_pat
         assert not gate.restore_under_way("ffffffffffff")  # another maintenance's is not ours
     assert not gate.restore_under_way(planned.id)
     assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == gate.REFUSED
+    worker.__exit__(None, None, None)
+
+
+def test_a_beacon_held_by_another_user_lets_nothing_through(tmp_path: Path) -> None:
+    """Second quick review: an abstract socket has no file permissions, so any local user could bind the
+    beacon's name; only one held by root counts."""
+    store = JournalStore(tmp_path / "maintenance")
+    planned = store.create(journal("planned", at=time.time()))
+    store.update(planned.id, lambda j: j.advance("preflight").advance("saving"))
+    name = gate.beacon(planned.id)
+    code = (f"import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind({name!r})\ns.listen(8)\n"
+            "print('up', flush=True)\ntime.sleep(60)\n")
+    spoof = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                              "-I", "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert spoof.stdout is not None and spoof.stdout.readline().strip() == "up"
+        assert not gate.restore_under_way(planned.id)
+        with store.worker(planned.id):
+            assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == gate.REFUSED
+    finally:
+        spoof.kill()
+        spoof.wait(timeout=30)
 
 
 def test_saving_is_of_the_boot_the_saves_began_in_whatever_the_clock_says() -> None:
