@@ -74,7 +74,7 @@ def restoring(journal_id: str) -> Iterator[None]:
 
 
 def _answer(sock: socket.socket) -> None:
-    while True:
+    while True:  # until ``restoring`` shuts the socket down: accept then raises
         try:
             knock, _ = sock.accept()
         except OSError:

@@ -153,7 +153,7 @@ def test_a_beacon_held_by_another_user_lets_nothing_through(tmp_path: Path) -> N
     store.update(planned.id, lambda j: j.advance("preflight").advance("saving"))
     name = gate.beacon(planned.id)
     code = (f"import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind({name!r})\ns.listen(8)\n"
-            "print('up', flush=True)\ntime.sleep(60)\n")
+            "print('up', flush=True)\ntime.sleep(60)\n")  # killed below; the minute bounds a test that dies first
     spoof = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
                               "-I", "-c", code], stdout=subprocess.PIPE, text=True)
     try:
