@@ -52,23 +52,42 @@ def inventory(vm: DebianVM, tmp: Path) -> Path:
 
 
 def playbook(inventory_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """ansible/site.yml as the README runs it: Ansible's own linear strategy, a Python per task."""
     return playbooks(inventory_path, args)[0]
 
 
-def playbooks(inventory_path: Path, *runs: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+def playbooks(inventory_path: Path, *runs: tuple[str, ...], mitogen: bool = False
+              ) -> list[subprocess.CompletedProcess[str]]:
     """ansible/site.yml with each of ``runs``' arguments, all at once (each its own process and stamped
-    log, playbook-N.log beside the inventory): the emulated dom0 has two CPUs, and one run keeps one busy."""
+    log, playbook-N.log beside the inventory): the emulated dom0 has two CPUs, and one run keeps one busy.
+
+    ``mitogen``: through Mitogen's linear strategy (``mitogen_linear``), which runs the same modules
+    with the same arguments on the same host, from one Python interpreter per run kept on the host,
+    instead of a Python started and ``ansible.module_utils`` imported again for every task: on the
+    emulated dom0 that start was three quarters of a run's CPU (docs/testing.md, "Fifth round")."""
     taken = len(list(inventory_path.parent.glob("playbook-*.log")))
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        started = [pool.submit(_playbook, inventory_path, taken + number, args)
+        started = [pool.submit(_playbook, inventory_path, taken + number, args, mitogen)
                    for number, args in enumerate(runs, start=1)]
         return [run.result() for run in started]
 
 
-def _playbook(inventory_path: Path, number: int, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+def mitogen_strategies() -> Path:
+    """Mitogen's strategy plugins (the ``mitogen`` package, a dev dependency)."""
+    import ansible_mitogen  # type: ignore[import-untyped]  # here: only a Mitogen run needs it
+
+    return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+
+
+def _playbook(inventory_path: Path, number: int, args: tuple[str, ...],
+              mitogen: bool = False) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
            "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOCAL_TEMP": str(inventory_path.parent / "tmp"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}"}
+    env.pop("ANSIBLE_STRATEGY", None)
+    env.pop("ANSIBLE_STRATEGY_PLUGINS", None)
+    if mitogen:
+        env |= {"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategies()), "ANSIBLE_STRATEGY": "mitogen_linear"}
     command = [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inventory_path), str(REPO / "ansible/site.yml"),
                *args]
     log = inventory_path.parent / f"playbook-{number}.log"  # each line stamped with its second: where time goes

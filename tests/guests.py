@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import glob
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -62,7 +63,11 @@ def initramfs(agent: bool = True) -> Path:
     """The cached guest initramfs: busybox and the /init above, with QEMU's guest agent and its modules
     (about 3.7 MB) or, ``agent=False``, without (about 1 MB; Xen's PV guests: at 96 MiB, a fresh boot
     unpacking the larger one ran out of memory once, on a loaded machine)."""
-    image = CACHE / ("uptime-agent-initramfs.gz" if agent else "uptime-initramfs.gz")
+    version = Path(kernel()).name.removeprefix("vmlinuz-")
+    # named by what goes in: an image built from an older /init or for another kernel is never reused
+    key = hashlib.sha256(f"{INIT}\0{version}\0{Path(shutil.which('busybox') or '/bin/busybox').stat().st_size}"
+                         .encode()).hexdigest()[:12]
+    image = CACHE / (f"uptime-agent-initramfs-{key}.gz" if agent else f"uptime-initramfs-{key}.gz")
     if image.exists():
         return image
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -75,7 +80,6 @@ def initramfs(agent: bool = True) -> Path:
         for directory in ("dev", "tmp", "sbin", "modules", "usr/sbin"):
             (stage / directory).mkdir(parents=True, exist_ok=True)
         (stage / "sbin/hwclock").symlink_to("/bin/busybox")
-        version = Path(kernel()).name.removeprefix("vmlinuz-")
         for module in AGENT_MODULES if agent else ():
             found = glob.glob(f"/lib/modules/{version}/kernel/drivers/**/{module}.ko", recursive=True)
             if not found:

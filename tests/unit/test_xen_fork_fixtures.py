@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 import tests.vm.test_xen as xen
-from tests.vm.test_xen import (clone, copy_mail, forked,  # noqa: F401 - the fixtures under test
-                               test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently)
+from tests.vm.test_xen import (  # noqa: F401 - the fixtures and the collecting tests under test
+    clone, copy_mail, forked, test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0,
+    test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently)
 
 SNAPSHOT_FAILS, CLONE_FAILS, RUNS_FAIL = {snapshot_fails}, {clone_fails}, {runs_fail}
+LIBVIRT_FAILS = {libvirt_fails}
 
 
 class Original:
@@ -56,8 +58,15 @@ def site_runs(dom0, installed, tmp):
     return xen.SiteRuns('hypervisor = "auto"', done, done)
 
 
+def libvirt_story(vm, tmp_path):
+    assert vm is not None
+    if LIBVIRT_FAILS:
+        raise AssertionError("timed out after 600 s waiting for the dom0 to reboot")
+
+
 xen.from_snapshot = from_snapshot
 xen.site_runs = site_runs
+xen.libvirt_story = libvirt_story
 
 
 def test_on_the_clone(clone):
@@ -66,6 +75,7 @@ def test_on_the_clone(clone):
 
 
 def outcomes(pytester: pytest.Pytester, **faults: bool) -> dict[str, str]:
+    faults.setdefault("libvirt_fails", False)
     pytester.makepyfile(test_fork=MODULE.format(**{f"{k}": v for k, v in faults.items()}))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA", "-W", "ignore::UserWarning")
     said = {}
@@ -78,6 +88,7 @@ def outcomes(pytester: pytest.Pytester, **faults: bool) -> dict[str, str]:
 
 
 SITE = "test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently"
+LIBVIRT = "test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0"
 
 
 def test_a_clone_that_cannot_start_hides_nothing_of_the_originals_runs(pytester: pytest.Pytester) -> None:
@@ -94,4 +105,14 @@ def test_a_failed_snapshot_fails_the_clones_tests_and_the_original_still_runs(py
 
 def test_both_sides_pass_alone(pytester: pytest.Pytester) -> None:
     said = outcomes(pytester, snapshot_fails=False, clone_fails=False, runs_fail=False)
-    assert said["test_on_the_clone"] == "PASSED" and said[SITE] == "PASSED", said["output"]
+    assert said["test_on_the_clone"] == "PASSED" and said[SITE] == "PASSED" and said[LIBVIRT] == "PASSED", \
+        said["output"]
+
+
+def test_the_originals_libvirt_story_fails_in_its_own_test_only(pytester: pytest.Pytester) -> None:
+    """The libvirt story runs on the original, in its pool after the runs: its failure is its test's verdict,
+    raised there with its message, and the clone's tests and the site test keep theirs."""
+    said = outcomes(pytester, snapshot_fails=False, clone_fails=False, runs_fail=False, libvirt_fails=True)
+    assert said[LIBVIRT] == "FAILED" and said[SITE] == "PASSED" and said["test_on_the_clone"] == "PASSED", \
+        said["output"]
+    assert "waiting for the dom0 to reboot" in said["output"]

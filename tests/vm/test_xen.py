@@ -5,16 +5,17 @@ One dom0 boot serves the whole module:
 2. ansible/site.yml installs the agent and the controller on the dom0 (tests/ansible_run.py's
    checks, on the dom0 instead of a plain Debian VM).  Then the installed dom0 is snapshotted and a
    copy of it (the ``clone``) is started from that instant (``forked``): the original runs the
-   operator's checks, a second run and a check-mode run, which change nothing (the last test
-   collects them), then the killed story of 4, while the clone runs the rest of 3-6 beside it,
-   each machine as the first run left it;
+   operator's checks, a second run and a check-mode run (through Mitogen), which change nothing,
+   then the killed story of 4 and the libvirt story of 5, while the clone runs 3, the rest of 4 and 6
+   beside it, each machine as the first run left it; the tests of the original's parts come last and
+   collect them;
 3. the installed agent saves three PV DomUs with xl, dom0 reboots for real, hostagent.service
    restores them at boot, and the owners' notices reach an aiosmtpd sink on this machine;
 4. failures on real Xen: a save that cannot be written and a save image deleted before the restore;
    and, on the original once its Ansible runs are done, the agent killed between the saves and the
-   reboot, with a guest libxl lost the configuration of and a guest started during the saves (then
-   the original is paused: an idle dom0 under TCG still takes CPU);
-5. the same cycle through libvirtd's libxl driver (``xen:///system``);
+   reboot, with a guest libxl lost the configuration of and a guest started during the saves;
+5. the same cycle through libvirtd's libxl driver (``xen:///system``), on the original after the
+   killed story (then the original is paused: an idle dom0 under TCG still takes CPU);
 6. mdadm's monitor beside the agent, as the role sets it up: a failed member of a mirror on the
    dom0's two extra disks is mailed once, by hostagent.
 
@@ -33,6 +34,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -253,12 +255,14 @@ class Fork:
     error: BaseException | None = None  # why there is no snapshot: the clone's tests report it
     runs: concurrent.futures.Future[SiteRuns] | None = None  # None when the site test is not selected
     killed: concurrent.futures.Future[KilledStory] | None = None  # None when the killed test is not selected
+    libvirt: concurrent.futures.Future[None] | None = None  # None when the libvirt test is not selected
     stop_clone: Callable[[], None] | None = None  # set by ``clone``
     collected: set[str] = field(default_factory=set)  # the tests that took their part's result
 
 
 SITE_TEST = "test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently"
 KILLED_TEST = "test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_rebooting"
+LIBVIRT_TEST = "test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0"
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +284,8 @@ def forked(request: pytest.FixtureRequest, dom0: DebianVM, installed: tuple[Path
             fork.runs = pool.submit(site_runs, dom0, installed, tmp_path_factory.mktemp("operator"))
         if KILLED_TEST in selected:
             fork.killed = pool.submit(killed_story, dom0)
+        if LIBVIRT_TEST in selected:
+            fork.libvirt = pool.submit(libvirt_story, dom0, tmp_path_factory.mktemp("libvirt"))
         # then the original is paused: an idle Xen dom0 under TCG still takes CPU from the clone and the
         # rest of the suite (docs/testing.md, "Fourth round")
         parked = pool.submit(lambda: dom0.qmp.command("stop") if dom0.qmp is not None else None)
@@ -287,7 +293,7 @@ def forked(request: pytest.FixtureRequest, dom0: DebianVM, installed: tuple[Path
             yield fork
         finally:
             concurrent.futures.wait([parked])  # the original's work ends before the original does
-            for future, test in ((fork.runs, SITE_TEST), (fork.killed, KILLED_TEST)):
+            for future, test in ((fork.runs, SITE_TEST), (fork.killed, KILLED_TEST), (fork.libvirt, LIBVIRT_TEST)):
                 if future is not None and test not in fork.collected and future.exception() is not None:
                     warnings.warn(f"the original dom0's part for {test} failed, and no test collected it: "
                                   f"{future.exception()!r}", stacklevel=1)
@@ -322,7 +328,9 @@ def site_runs(dom0: DebianVM, installed: tuple[Path, subprocess.CompletedProcess
     extra = ("-e", f"@{(hosts.parent / 'extra').read_text()}")
     ansible_run.check_installation(dom0, first, tmp)
     config = ssh_ok(dom0, f"cat {CONFIG}")
-    second, checked = ansible_run.playbooks(hosts, extra, ("--check", "--diff", *extra))
+    # through Mitogen: the first run above is the README's way, and installed; these two only ask the same
+    # modules, with the same arguments, whether anything is left to change (docs/testing.md, "Fifth round")
+    second, checked = ansible_run.playbooks(hosts, extra, ("--check", "--diff", *extra), mitogen=True)
     return SiteRuns(config, second, checked)
 
 
@@ -388,29 +396,6 @@ def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_t
     wait_for(f"the consoles to show these boots: {expected}", booted, 120, vm=clone)
 
 
-def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0(
-        clone: DebianVM, tmp_path: Path) -> None:
-    ssh_ok(clone, "for d in pv1 pv2 pv3; do xl destroy $d; done")
-    for name in ("lv1", "lv2"):
-        ssh_ok(clone, f"virsh -c xen:///system domxml-from-native xen-xl /etc/xen/{name}.cfg > /root/{name}.xml && "
-                     f"virsh -c xen:///system define /root/{name}.xml && virsh -c xen:///system start {name}")
-        before = printed(clone, name)
-        wait_for(f"{name} to print", lambda n=name, b=before: printed(clone, n) > b, 120, vm=clone)
-    configure(clone, 'uri = "xen:///system"')
-    preview = json.loads(ssh_ok(clone, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
-    assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
-        "guest lv1 (96 MiB): save", "guest lv2 (96 MiB): save"]  # Domain-0 is not a guest
-    old_boot = boot_id(clone)
-    journal_id = schedule(clone, 30, "libvirt")
-    wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 600, 5, vm=clone)
-    final = finish(clone, journal_id)
-    assert final.phase == "done", final
-    assert {n: (g.outcome, g.image) for n, g in final.guests.items()} == {
-        n: ("restored", f"/var/lib/libvirt/libxl/save/{n}.save") for n in ("lv1", "lv2")}
-    assert ssh_ok(clone, "ls -A /var/lib/libvirt/libxl/save").split() == []  # the used images are deleted
-    kept_running(clone, ("lv1", "lv2"), tmp_path)
-
-
 def audit_records(vm: DebianVM) -> list[dict[str, object]]:
     text = vm.ssh("cat /var/lib/hostagent/audit.jsonl").stdout
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
@@ -473,6 +458,24 @@ def test_mdadm_monitor_hands_a_failed_member_to_hostagent_and_only_hostagent_mai
     ssh_ok(clone, "mdadm --stop /dev/md9 && mdadm --zero-superblock /dev/vdb /dev/vdc")
 
 
+T = TypeVar("T")
+
+
+def collect(forked: Fork, test: str, part: concurrent.futures.Future[T] | None) -> T:
+    """The original dom0's part for ``test``: its result, or what it raised.  The clone's stories are
+    done by now (the tests that collect come last): the idle clone is stopped, so it takes no CPU."""
+    if forked.stop_clone is not None:
+        forked.stop_clone()
+    assert part is not None
+    forked.collected.add(test)
+    try:
+        return part.result(timeout=3600)
+    except concurrent.futures.TimeoutError:
+        tails = "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}"
+                        for log in sorted(forked.logs.glob("playbook-*.log")))
+        raise AssertionError(f"the original dom0's part for {test} did not end within an hour{tails}") from None
+
+
 @dataclass
 class KilledStory:
     """What the original dom0 showed in the killed story (``killed_story``)."""
@@ -527,14 +530,7 @@ def killed_story(vm: DebianVM) -> KilledStory:
 
 def test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_rebooting(forked: Fork) -> None:
     """``killed_story``, on the original dom0 beside the clone's stories."""
-    if forked.stop_clone is not None:  # the clone's stories are done: its idle machine takes no CPU
-        forked.stop_clone()
-    assert forked.killed is not None
-    forked.collected.add(KILLED_TEST)
-    try:
-        story = forked.killed.result(timeout=3600)
-    except concurrent.futures.TimeoutError:
-        raise AssertionError("the original dom0's killed story did not end within an hour") from None
+    story = collect(forked, KILLED_TEST, forked.killed)
     long_before, short_before = story.hidden
     assert '"pv3"' not in long_before and "pv3" in short_before.split()  # libxl lost pv3's configuration
     assert "pv1" not in story.at_pause.split() and "pv9" not in story.at_pause.split()  # saved: the reboot is left
@@ -547,18 +543,40 @@ def test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_reboo
     assert '"pv3"' in story.listed_long  # restored from its image: libxl knows its configuration again
 
 
+def libvirt_story(vm: DebianVM, tmp_path: Path) -> None:
+    """On the original dom0, after the killed story (the clone's chain was the module's longest): the
+    same cycle through libvirtd's libxl driver, two DomUs defined from xl's files, saved and restored
+    across a real reboot; Domain-0 is never a guest."""
+    ssh_ok(vm, "for d in pv1 pv2 pv3; do xl destroy $d; done")
+    for name in ("lv1", "lv2"):
+        ssh_ok(vm, f"virsh -c xen:///system domxml-from-native xen-xl /etc/xen/{name}.cfg > /root/{name}.xml && "
+                   f"virsh -c xen:///system define /root/{name}.xml && virsh -c xen:///system start {name}")
+        before = printed(vm, name)
+        wait_for(f"{name} to print", lambda n=name, b=before: printed(vm, n) > b, 120, vm=vm)
+    configure(vm, 'uri = "xen:///system"')
+    preview = json.loads(ssh_ok(vm, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
+    assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
+        "guest lv1 (96 MiB): save", "guest lv2 (96 MiB): save"]  # Domain-0 is not a guest
+    old_boot = boot_id(vm)
+    journal_id = schedule(vm, 30, "libvirt")
+    wait_for("the dom0 to reboot", lambda: boot_id(vm) not in (old_boot, None), 600, 5, vm=vm)
+    final = finish(vm, journal_id)
+    assert final.phase == "done", final
+    assert {n: (g.outcome, g.image) for n, g in final.guests.items()} == {
+        n: ("restored", f"/var/lib/libvirt/libxl/save/{n}.save") for n in ("lv1", "lv2")}
+    assert ssh_ok(vm, "ls -A /var/lib/libvirt/libxl/save").split() == []  # the used images are deleted
+    kept_running(vm, ("lv1", "lv2"), tmp_path)
+
+
+def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0(
+        forked: Fork) -> None:
+    """``libvirt_story``, on the original dom0 beside the clone's stories (its failure is raised here)."""
+    collect(forked, LIBVIRT_TEST, forked.libvirt)
+
+
 def test_site_installs_the_agent_and_controller_on_the_xen_dom0_idempotently(forked: Fork) -> None:
     """The original dom0's part (``site_runs``), which ran beside the maintenance tests on the clone."""
-    forked.collected.add(SITE_TEST)
-    if forked.stop_clone is not None:
-        forked.stop_clone()
-    assert forked.runs is not None
-    try:
-        runs = forked.runs.result(timeout=3600)
-    except concurrent.futures.TimeoutError:
-        tails = "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}"
-                        for log in sorted(forked.logs.glob("playbook-*.log")))
-        raise AssertionError(f"the original dom0's checks and runs did not end within an hour{tails}") from None
+    runs = collect(forked, SITE_TEST, forked.runs)
     assert 'hypervisor = "auto"' in runs.config and "save_dir" not in runs.config  # xl on this dom0, its own
     # each run changes nothing (the archive each ships is its own)
     second, checked = runs.second, runs.checked
