@@ -34,6 +34,8 @@ APT_PACKAGES += tcpdump nsd
 # monitoring: promtool (check metrics on the textfile and the fleet's metrics) and visudo (the sudoers
 # line in docs/monitoring.md); the prometheus service the package brings is stopped and disabled
 APT_PACKAGES += prometheus sudo
+# libvirt's hook on btrfs (tests/unit/test_gate.py): /proc/locks names the superblock, st_dev the subvolume
+APT_PACKAGES += btrfs-progs
 
 .PHONY: demo test test-fast lint fuzz bench bench-hung bench-alert bench-idle bench-maintenance bench-journals bench-xen bench-fleet bench-net deps apt clean
 

@@ -322,8 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from hostagent.maintenance import gate
 
-            return gate.main(Path(args.state_dir or _state_dir_or_default(args.config)), args.object,
-                             args.operation, args.suboperation)
+            state_dir, reboot_wait = _hook_settings(args.config)
+            return gate.main(Path(args.state_dir or state_dir), args.object, args.operation, args.suboperation,
+                             reboot_wait)
         if args.command in ("status", "log", "alert"):
             from hostagent.commands import daemon_view
 
@@ -358,16 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _state_dir_or_default(config_path: str | None) -> str:
-    """agent.state_dir, or its default when the configuration cannot be read: libvirt's hook fails open
-    (hostagent.maintenance.gate), and a broken configuration must not refuse every guest start."""
-    from hostagent.config import AgentConfig, load_config
+def _hook_settings(config_path: str | None) -> tuple[str, float]:
+    """agent.state_dir and maintenance.reboot_wait, or their defaults when the configuration cannot be read:
+    libvirt's hook fails open (hostagent.maintenance.gate), and a broken configuration must not refuse
+    every guest start."""
+    from hostagent.config import AgentConfig, MaintenanceConfig, load_config
 
     try:
-        return load_config(config_path).agent.state_dir
+        config = load_config(config_path)
+        return config.agent.state_dir, config.maintenance.reboot_wait
     except HostagentError as err:
         print(f"hostagent: {err}; looking in {AgentConfig().state_dir}", file=sys.stderr)
-        return AgentConfig().state_dir
+        return AgentConfig().state_dir, MaintenanceConfig().reboot_wait
 
 
 def md_event_main() -> int:

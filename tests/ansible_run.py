@@ -51,9 +51,8 @@ def inventory(vm: DebianVM, tmp: Path) -> Path:
     return path
 
 
-def playbook(inventory_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """ansible/site.yml as the README runs it: Ansible's own linear strategy, a Python per task."""
-    return playbooks(inventory_path, args)[0]
+def playbook(inventory_path: Path, *args: str, mitogen: bool = False) -> subprocess.CompletedProcess[str]:
+    return playbooks(inventory_path, args, mitogen=mitogen)[0]
 
 
 def playbooks(inventory_path: Path, *runs: tuple[str, ...], mitogen: bool = False

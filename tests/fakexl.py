@@ -7,12 +7,14 @@ executable into ``directory`` that runs this module with ``FAKEXL_STATE`` naming
   ``xl list -l`` shows it: libxl skips a domain whose stored configuration it cannot read)};
 - ``fail``: "<verb>:<name>" -> how that call goes wrong: ``error`` (exit 1, the domain as it was),
   ``suspend`` (a partial image is written, the domain is left suspended, exit 1), ``hang`` (as
-  suspend, then the process sleeps until killed);
+  suspend, then the process sleeps until killed; for ``restore``: the domain is built paused, then
+  the process sleeps until killed);
 - ``calls``: every call, appended.
 
 ``xl list -l`` prints the fixture's real JSON for each domain shown, ``xl list`` its real columns,
 ``xl save`` writes an image (JSON) and destroys the domain, ``xl restore`` and ``xl create``
-create one; ``xl start`` is not a verb of xl (hostagent's ``start`` is ``xl create``).
+create one, ``xl domname ID`` prints the exact name; ``xl start`` is not a verb of xl (hostagent's
+``start`` is ``xl create``).
 Every call holds an flock on the state file, as parallel saves run parallel ``xl`` processes.
 """
 
@@ -115,6 +117,9 @@ def _run(verb: str, args: list[str], domains: dict[str, dict[str, Any]],
         return 0, "".join(lines), "", False
     if verb == "pci-list":
         return 0, "", "", False
+    if verb == "domname":  # the exact name, from xenstore: trailing spaces too, and for domains -l omits
+        found = [n for n, d in domains.items() if str(d["domid"]) == (args[0] if args else "")]
+        return (0, f"{found[0]}\n", "", False) if found else (1, "", "Can't get domain name of domain id\n", False)
     name = args[0] if args else ""
     how = fail.pop(f"{verb}:{name}", None)
     if verb == "save":
@@ -139,6 +144,9 @@ def _run(verb: str, args: list[str], domains: dict[str, dict[str, Any]],
             return 1, "", "xc: error: Failed to restore: invalid image (injected or partial)\n", False
         if image["name"] in domains:
             return 1, "", f"domain with name \"{image['name']}\" already exists.\n", False
+        if how == "hang":  # built paused, then its memory loads for longer than anyone waits
+            domains[image["name"]] = {"domid": _next(data), "flags": "--p---", "memkb": image["memkb"], "long": True}
+            return 0, "", "", True
         domains[image["name"]] = {"domid": _next(data), "flags": "-b----", "memkb": image["memkb"], "long": True}
         return 0, "", "", False
     if verb == "create":

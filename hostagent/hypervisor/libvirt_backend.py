@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -116,7 +117,16 @@ class LibvirtHypervisor(Hypervisor):
                 os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
             except OSError as err:
                 raise HostagentError(f"guest {name}: cannot save to {image}: {err.strerror or err}") from None
-            self._call(name, "save", domain.save, image)
+            started = time.time()
+            try:
+                self._call(name, "save", domain.save, image)
+            except HostagentError:
+                # libxl leaves what it wrote when a save fails (libvirt's libxlDoDomainSave unlinks nothing),
+                # and the guest runs on: that file is not its memory and must never be restored (I5)
+                with contextlib.suppress(OSError):
+                    if os.stat(image).st_mtime >= started - 1:
+                        os.unlink(image)
+                raise
             return image
         self._call(name, "managedSave", domain.managedSave, 0)
         return "managed"

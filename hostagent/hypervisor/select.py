@@ -60,7 +60,7 @@ def connect(m: MaintenanceConfig) -> Hypervisor:
     if m.hypervisor == "xl":
         from hostagent.hypervisor.xl_backend import XlHypervisor
 
-        return XlHypervisor(m.save_dir, m.xl_config_dirs)
+        return XlHypervisor(m.save_dir, m.xl_config_dirs, restore_timeout=m.restore_timeout)
     from hostagent.hypervisor.libvirt_backend import LibvirtHypervisor
 
     return LibvirtHypervisor(m.uri)

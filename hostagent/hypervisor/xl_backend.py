@@ -26,6 +26,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from hostagent.durable import write_durable
@@ -42,10 +43,11 @@ _NAME_LINE = re.compile(r"""^\s*name\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 
 class XlHypervisor(Hypervisor):
     def __init__(self, save_dir: str, config_dirs: tuple[str, ...] = ("/etc/xen/auto", "/etc/xen"),
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, restore_timeout: float = 300.0) -> None:
         if shutil.which("xl") is None:
             raise ProbeUnavailable("xl: command not found (install xen-utils, or set maintenance.hypervisor)")
         self.save_dir, self.config_dirs, self.timeout = save_dir, config_dirs, timeout
+        self.restore_timeout = restore_timeout
         self._jobs: dict[str, subprocess.Popen[bytes]] = {}
         self._progress: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
@@ -62,13 +64,24 @@ class XlHypervisor(Hypervisor):
             raise HostagentError(f"xl {' '.join(args)}: more than {OUTPUT_LIMIT} bytes of output")
         return result.stdout
 
-    def _states(self) -> dict[str, parse.XlState]:
-        return {s.name: s for s in parse.parse_list(self._xl("list")) if s.domid != parse.DOM0}
+    def _states(self) -> list[parse.XlState]:
+        """``xl list``'s domains but Domain-0, a line each: two names that differ only in trailing spaces
+        (``web`` and ``web ``) look the same there, so nothing is keyed by these names."""
+        return [s for s in parse.parse_list(self._xl("list")) if s.domid != parse.DOM0]
+
+    def _domname(self, state: parse.XlState) -> str:
+        """The domain's exact name (``xl domname``, from xenstore: its trailing spaces included, and for a
+        domain ``xl list -l`` omits too); ``xl list``'s when xl cannot say."""
+        try:
+            return self._xl("domname", str(state.domid)).removesuffix("\n") or state.name
+        except HostagentError:
+            return state.name
 
     def _state_of(self, name: str) -> parse.XlState | None:
-        """``name``'s line in ``xl list``; a name's trailing spaces are lost in the column's padding there."""
-        states = self._states()
-        return states.get(name) or states.get(name.rstrip())
+        """``name``'s line in ``xl list``, matched by its exact name: a name's trailing spaces are lost in the
+        column's padding there, so each line that could be it is asked for its own (``xl domname``)."""
+        candidates = [s for s in self._states() if s.name == name.rstrip()]
+        return next((s for s in candidates if self._domname(s) == name), None)
 
     def guests(self) -> list[GuestInfo]:
         try:
@@ -78,14 +91,15 @@ class XlHypervisor(Hypervisor):
             raise ProbeUnavailable(f"hypervisor xl not usable: {err}") from None
         found = []
         described = {domain.domid for domain in domains}
-        by_domid = {seen.domid: seen for seen in states.values()}  # xl list -l's names are exact; xl list's padded
-        for name, seen in states.items():  # xl list -l skips a domain whose stored configuration libxl
-            if seen.domid not in described:  # cannot read: xl list still shows it, and it is never invisible
+        by_domid = {seen.domid: seen for seen in states}  # xl list -l's names are exact; xl list's padded
+        for seen in states:  # xl list -l skips a domain whose stored configuration libxl cannot read: xl list
+            if seen.domid not in described:  # still shows it, and it is never invisible
+                name = self._domname(seen)
                 saveable = self._kept_config(name).is_file() or bool(self._configs(name))
                 found.append(GuestInfo(
                     name=name, running=seen.alive, persistent=True, memory_kib=seen.mem_mib * 1024,
-                    unsaveable=None if saveable else "xl list -l omits it (libxl cannot read its stored "
-                    "configuration) and no configuration file names it, so xl cannot save it",
+                    unsaveable=_unfileable(name) or (None if saveable else "xl list -l omits it (libxl cannot "
+                    "read its stored configuration) and no configuration file names it, so xl cannot save it"),
                     autostart=any(Path(d).name == "auto" for d in self._config_owners(name))))
         for domain in domains:
             state = by_domid.get(domain.domid)
@@ -93,15 +107,15 @@ class XlHypervisor(Hypervisor):
             found.append(GuestInfo(
                 name=domain.name, running=state is not None and state.alive, persistent=True,
                 memory_kib=domain.max_memkb,
-                unsaveable=f"PCI passthrough ({', '.join(pci)})" if pci else None,
+                unsaveable=_unfileable(domain.name) or (f"PCI passthrough ({', '.join(pci)})" if pci else None),
                 autostart=any(Path(d).name == "auto" for d in self._config_owners(domain.name))))
         return sorted(found, key=lambda g: g.name)
 
     def image_for(self, name: str, save_dir: str) -> str:
-        return os.path.join(save_dir, f"{name}.save")
+        return os.path.join(save_dir, f"{_file_name(name)}.save")
 
     def _kept_config(self, name: str) -> Path:
-        return Path(self.save_dir) / f"{name}.cfg"
+        return Path(self.save_dir) / f"{_file_name(name)}.cfg"
 
     def _config_owners(self, name: str) -> list[str]:
         """The directories of ``config_dirs`` holding a configuration file for this guest."""
@@ -180,9 +194,22 @@ class XlHypervisor(Hypervisor):
             return False
 
     def restore(self, name: str, image: str) -> None:
+        """``xl restore``, bounded by ``restore_timeout``.  xl builds the domain paused and unpauses it last:
+        a restore that fails or times out (its process group killed) can leave it paused, half loaded, and
+        such a domain is destroyed here, before anyone can take it for the restored guest (I5)."""
         if self._state_of(name) is not None:
             raise HostagentError(f"guest {name}: a domain of that name already exists; not restoring {image}")
-        self._xl("restore", image, timeout=max(self.timeout, 300.0), name=name)
+        try:
+            self._xl("restore", image, timeout=self.restore_timeout, name=name)
+        except HostagentError as err:
+            try:
+                cleared = self.clear_interrupted_restore(name)
+            except HostagentError as destroy:
+                raise HostagentError(f"{err}; the half-restored domain it left paused could not be destroyed: "
+                                     f"{destroy}") from None
+            if cleared:
+                raise HostagentError(f"{err}; the half-restored domain it left paused was destroyed") from None
+            raise
 
     def has_image(self, name: str, image: str) -> bool:
         return os.path.isfile(image)
@@ -251,6 +278,20 @@ class XlHypervisor(Hypervisor):
     def job_progress(self, name: str) -> tuple[int, int] | None:
         progress = self._progress.get(name)
         return (progress[0] * PAGE, progress[1] * PAGE) if progress else None
+
+
+def _unfileable(name: str) -> str | None:
+    """Why the name cannot be a file name in ``save_dir`` as it is, if it cannot (its image would be written
+    elsewhere): such a guest is not saved, and ``on_save_failure`` decides."""
+    if "/" in name or "\0" in name or name in (".", ".."):
+        return "its name cannot be a file name in the save directory (a slash, a NUL, or . or ..)"
+    return None
+
+
+def _file_name(name: str) -> str:
+    """The guest's file name in ``save_dir``: the name itself, or, for one ``_unfileable`` refuses, a quoted
+    form that stays inside the directory (never reached through a save, which such a guest never gets)."""
+    return name if _unfileable(name) is None else "%" + urllib.parse.quote(name, safe="")
 
 
 def _kill_tree(pid: int) -> None:

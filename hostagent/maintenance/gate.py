@@ -33,6 +33,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ STAT = "/proc/stat"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 LOCKS = "/proc/locks"
 READ_LIMIT = 1 << 20
+DEFAULT_REBOOT_WAIT = 900.0  # maintenance.reboot_wait's default, when the configuration cannot be read
 
 
 def beacon(journal_id: str) -> bytes:
@@ -101,33 +103,56 @@ def restore_under_way(journal_id: str) -> bool:
 def worker_holds(store: JournalStore, journal_id: str) -> bool | None:
     """Whether a worker holds maintenance ``journal_id`` (JournalStore.worker's flock), read from
     /proc/locks so that the look takes no lock a starting worker could trip on; None when unknown."""
-    try:
-        info = os.stat(store.path(journal_id).with_suffix(".worker"))
+    try:  # opened, never locked: an flock belongs to the descriptor that took it
+        fd = os.open(store.path(journal_id).with_suffix(".worker"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        devices = {(os.major(info.st_dev), os.minor(info.st_dev))} | _superblock_device(fd)
+    finally:
+        os.close(fd)
     text = _read(LOCKS)
     if text is None:
         return None
-    wanted = f":{info.st_ino}"
     for line in text.splitlines():
         fields = line.split()
         if "->" in fields:  # a waiter's line: "1: -> FLOCK ..."
             continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[5].endswith(wanted) \
-                and _same_device(fields[5], info.st_dev):
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" \
+                and _lock_file(fields[5]) in {(*device, info.st_ino) for device in devices}:
             return True
     return False
 
 
-def _same_device(field: str, device: int) -> bool:
-    """``MAJ:MIN:INODE`` from /proc/locks (major and minor in hex) against ``st_dev``."""
+def _lock_file(field: str) -> tuple[int, int, int] | None:
+    """``MAJ:MIN:INODE`` from /proc/locks (major and minor in hex, the inode in decimal)."""
     try:
-        major, minor, _ = field.split(":")
-        return int(major, 16) == os.major(device) and int(minor, 16) == os.minor(device)
+        major, minor, inode = field.split(":")
+        return int(major, 16), int(minor, 16), int(inode)
     except ValueError:
-        return False
+        return None
+
+
+def _superblock_device(fd: int) -> set[tuple[int, int]]:
+    """The device of the file system's superblock, which /proc/locks names: on btrfs ``st_dev`` is each
+    subvolume's own anonymous device, never the superblock's (lsof's lock test fails there alike).  Found
+    through the descriptor's mount (``mnt_id`` in /proc/self/fdinfo) and that mount's line in
+    /proc/self/mountinfo; empty when either cannot be read."""
+    fdinfo = _read(f"/proc/self/fdinfo/{fd}")
+    mountinfo = _read("/proc/self/mountinfo")
+    if fdinfo is None or mountinfo is None:
+        return set()
+    mount = next((line.split(":", 1)[1].strip() for line in fdinfo.splitlines() if line.startswith("mnt_id:")), None)
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if mount is not None and len(fields) > 2 and fields[0] == mount:
+            major, _, minor = fields[2].partition(":")
+            if major.isdigit() and minor.isdigit():
+                return {(int(major), int(minor))}
+    return set()
 
 
 def verdict(journal: Journal | None, boot_id: str | None, booted_at: float | None) -> str | None:
@@ -171,17 +196,28 @@ def _read(path: str) -> str | None:
         return None
 
 
-def decide(state_dir: Path, domain: str, operation: str, suboperation: str) -> tuple[int, str | None]:
-    """The hook's exit status and what it says on stderr.  Never raises: an error lets the start through."""
+def decide(state_dir: Path, domain: str, operation: str, suboperation: str,
+           reboot_wait: float = DEFAULT_REBOOT_WAIT) -> tuple[int, str | None]:
+    """The hook's exit status and what it says on stderr.  Never raises: an error lets the start through.
+    ``reboot_wait``: maintenance.reboot_wait, how long after the reboot command the host may take to go down."""
     if (operation, suboperation) != GATED:
         return 0, None
     try:
-        return _decide(state_dir, domain)
+        return _decide(state_dir, domain, reboot_wait)
     except Exception as err:  # the gate fails open, whatever the cause
         return 0, f"hostagent: the start gate failed ({type(err).__name__}); {shown(domain, 80)} may start"
 
 
-def _decide(state_dir: Path, domain: str) -> tuple[int, str | None]:
+def going_down(journal: Journal, now: float, reboot_wait: float) -> bool:
+    """Whether ``journal``'s reboot command was given less than ``reboot_wait`` ago (pure): the worker exits
+    once the command returns (``systemctl reboot`` only queues the shutdown), and a guest that starts while
+    the host goes down goes down with it, unsaved.  A clock that went back, or a time in the future, is not
+    placed: no refusal."""
+    issued = journal.reboot_issued
+    return journal.phase == "rebooting" and issued is not None and 0 <= now - issued <= reboot_wait
+
+
+def _decide(state_dir: Path, domain: str, reboot_wait: float) -> tuple[int, str | None]:
     try:
         store = JournalStore(state_dir / "maintenance")
         journals, unreadable = store.scan()
@@ -195,7 +231,8 @@ def _decide(state_dir: Path, domain: str) -> tuple[int, str | None]:
                      boot_time(booted) if booted else None)
     if reason is not None and restore_under_way(pending[0].id):
         return 0, None  # the maintenance's own restores, whatever its journal on disk says
-    if reason is not None and not worker_holds(store, pending[0].id):  # stuck, or unknown: no refusal
+    if reason is not None and not worker_holds(store, pending[0].id) \
+            and not going_down(pending[0], time.time(), reboot_wait):  # stuck, or unknown: no refusal
         return 0, (f"hostagent: maintenance {pending[0].id} says {pending[0].phase}, but no worker runs it; "
                    f"{shown(domain, 80)} may start")
     if reason is not None:
@@ -206,8 +243,9 @@ def _decide(state_dir: Path, domain: str) -> tuple[int, str | None]:
     return 0, None
 
 
-def main(state_dir: Path, domain: str, operation: str, suboperation: str) -> int:
-    status, said = decide(state_dir, domain, operation, suboperation)
+def main(state_dir: Path, domain: str, operation: str, suboperation: str,
+         reboot_wait: float = DEFAULT_REBOOT_WAIT) -> int:
+    status, said = decide(state_dir, domain, operation, suboperation, reboot_wait)
     if status:
         from hostagent.actions import AuditLog
 

@@ -477,6 +477,9 @@ def _restore_guest(recorder: Recorder, hypervisor: Hypervisor, config: Maintenan
         has_image, stale = False, (f"the image {image} was written before its last save began (an earlier "
                                    "maintenance's, or one from before it was started again) and was not restored")
     went_down_unsaved = record.unsaved is not None
+    if went_down_unsaved and record.image is None and has_image:  # I5: its save failed or never began, so a file
+        has_image, stale = False, (f"{image} was left by a save that did not complete, not its memory: "  # there
+                                   "not restored")  # is what that save wrote (libxl leaves it), never its memory
     cleared = None
     if record.state == "restoring" and record.attempts > 0 and has_image \
             and hypervisor.clear_interrupted_restore(name):  # I5: a half-loaded domain is never resumed

@@ -115,9 +115,11 @@ def parse_list(text: str, source: str = "xl list") -> list[XlState]:
     states = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if not fields or fields[0] == "Name":
+        if not fields:
             continue
         match = _LINE.match(line)
+        if match is None and fields[:3] == ["Name", "ID", "Mem"]:
+            continue  # the header, by its shape: a domain may be named "Name", or "Name server"
         if match is None or not match.group("name").strip():
             raise ParseError(source, number, f"not a domain line: {line[:80]!r}")
         states.append(XlState(domid=int(match.group("domid")), name=match.group("name"),

@@ -987,7 +987,7 @@ def test_a_domain_a_killed_xl_restore_left_paused_is_restored_again_never_unpaus
     calls_before = len(fakexl.read(state)["calls"])
     after = resume_after_boot(store, hypervisor, MaintenanceConfig(save_dir=hypervisor.save_dir), boot_id="after")
     assert after is not None and after.phase == "done", after
-    calls = [c[:2] for c in fakexl.read(state)["calls"][calls_before:] if c[0] not in ("list", "pci-list")]
+    calls = [c[:2] for c in fakexl.read(state)["calls"][calls_before:] if c[0] not in ("list", "pci-list", "domname")]
     assert ["unpause", "pv1"] not in calls and calls[:2] == [["destroy", "pv1"], ["restore", image]], calls
     pv1 = after.guests["pv1"]
     assert (pv1.outcome, pv1.restored_by) == ("restored", "hostagent") and "pv1" in fake_live(state)
@@ -1028,3 +1028,141 @@ def test_a_restore_libvirts_reconnect_ends_is_restored_again_not_recorded_runnin
     assert after is not None and after.phase == "done", after
     assert live(hypervisor) == ["web1", "web2", "web3"]
     assert after.guests["web1"].outcome == "restored" and after.guests["web1"].attempts == 2
+
+
+# -- the third review (issue #34): each finding's test fails without its fix --------------------------
+
+
+def xl_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...],
+            restore_timeout: float = 300.0) -> tuple[Path, XlHypervisor]:
+    """The fake xl with these domains running, a configuration file naming each, and the backend."""
+    state = tmp_path / "xl.json"
+    fakexl.install(tmp_path / "bin", state, {n: {"domid": 2 + i} for i, n in enumerate(names)})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    configs = tmp_path / "etc-xen"
+    configs.mkdir()
+    for number, name in enumerate(names):
+        (configs / f"g{number}.cfg").write_text(f'name = "{name}"\nmemory = 96\n')
+    return state, XlHypervisor(str(tmp_path / "save"), config_dirs=(str(configs),), timeout=20,
+                               restore_timeout=restore_timeout)
+
+
+@pytest.mark.parametrize("names", [("Name",), ("Name server", "web"), ("web", "web ")],
+                         ids=["Name", "Name-server", "trailing-space-twins"])
+def test_xl_domains_whose_names_look_like_the_header_or_a_twin_are_saved_and_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> None:
+    """Third review, findings 1 and 2 (I1, I5): parse_list took any line whose first word is "Name" for
+    the header, so a domain named "Name" or "Name server" was never seen running and went down unsaved;
+    and "web" and "web " (trailing space) were one key in the backend, so the restore of "web " was
+    refused ("already exists") and it was recorded running on web's state while it was down."""
+    state, hypervisor = xl_with(tmp_path, monkeypatch, names)
+    assert sorted((g.name, g.running) for g in hypervisor.guests()) == sorted((n, True) for n in names)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    journal = store.create(Journal.new(0.0, "kernel", list(names)))
+    config = MaintenanceConfig(save_dir=hypervisor.save_dir, concurrency=1)
+    at_reboot: list[list[str]] = []
+    result = run_now(store, journal, hypervisor, seen(hypervisor), config, lambda: at_reboot.append(fake_live(state)))
+    assert at_reboot == [[]], (at_reboot, result.guests)
+    after = resume_after_boot(store, hypervisor, config)
+    assert after is not None and after.phase == "done", after
+    assert {n: (g.outcome, g.restored_by) for n, g in after.guests.items()} == dict.fromkeys(
+        names, ("restored", "hostagent"))
+    assert fake_live(state) == sorted(names)
+    assert sorted(c[1] for c in fakexl.read(state)["calls"] if c[0] == "restore") == sorted(
+        hypervisor.image_for(n, hypervisor.save_dir) for n in names)
+
+
+def test_an_xl_restore_that_times_out_is_destroyed_and_restored_again_never_recorded_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Third review, finding 3 (I5): an xl restore killed by its own timeout (a large guest on a slow disk)
+    left the domain paused, half loaded; the next attempt saw it "running" and recorded it restored by
+    another service.  The backend now destroys what the failed restore left, and its timeout is the
+    configured ``restore_timeout``, not a fixed 300 s."""
+    state, hypervisor = xl_with(tmp_path, monkeypatch, ("pv1",), restore_timeout=3)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    config = MaintenanceConfig(save_dir=hypervisor.save_dir)
+    result = run_now(store, store.create(Journal.new(0.0, "kernel", ["pv1"])), hypervisor, seen(hypervisor),
+                     config, lambda: None)
+    image = result.guests["pv1"].image
+    assert image is not None
+    fakexl.fail(state, "restore", image, "hang")  # the first restore builds pv1 paused and never ends
+    after = resume_after_boot(store, hypervisor, config)
+    assert after is not None
+    pv1 = after.guests["pv1"]
+    assert (after.phase, pv1.outcome, pv1.restored_by) == ("done", "restored", "hostagent"), pv1
+    assert fakexl.read(state)["domains"]["pv1"]["flags"] == "-b----"
+    calls = [c[:2] for c in fakexl.read(state)["calls"] if c[0] in ("restore", "destroy")]
+    assert calls == [["restore", image], ["destroy", "pv1"], ["restore", image]], calls
+
+
+def test_an_xl_name_that_is_no_file_name_is_unsaveable_and_nothing_is_written_outside_save_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Third review, finding 9 (hardening): an xl name went into the image's and the kept configuration's
+    paths as it was, so "../../outside/web" was saved beside save_dir.  Such a name is unsaveable (the
+    save-failure policy decides), and the paths built from it stay inside save_dir all the same."""
+    name = "../../outside/web"
+    state, hypervisor = xl_with(tmp_path, monkeypatch, (name, "web"))
+    [guest] = [g for g in hypervisor.guests() if g.name == name]
+    assert guest.unsaveable is not None and "file name" in guest.unsaveable
+    for path in (hypervisor.image_for(name, hypervisor.save_dir), str(hypervisor._kept_config(name))):
+        assert Path(path).parent == Path(hypervisor.save_dir), path
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    result = run_now(store, store.create(Journal.new(0.0, "kernel", [name, "web"])), hypervisor, seen(hypervisor),
+                     MaintenanceConfig(save_dir=hypervisor.save_dir, concurrency=1), lambda: None)
+    assert result.guests["web"].state == "saved" and result.guests[name].state != "saved", result.guests
+    assert not any(path.is_file() for path in tmp_path.rglob("*") if hypervisor.save_dir not in str(path)
+                   and path.suffix in (".save", ".cfg") and "etc-xen" not in str(path))
+    assert not [c for c in fakexl.read(state)["calls"] if c[:2] == ["save", name]]
+
+
+class LibxlLeavesItsFile(LibvirtHypervisor):
+    """libvirt's test driver as its libxl (Xen) driver fails a save: part of the file is written, libxl
+    resumes the domain, and libvirt's libxlDoDomainSave unlinks nothing."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.xen = True
+
+    def _call(self, name: str, what: str, method: Any, *args: Any) -> Any:
+        if what == "save" and name == "web2":
+            Path(args[0]).write_bytes(b"LibvirtXLSave" + b"\0" * 64)  # its header, then libxl failed
+            raise HostagentError(f"guest {name}: save failed: internal error: Failed to save domain with libxenlight")
+        return super()._call(name, what, method, *args)
+
+
+class KeepsItsPartialFile(LibxlLeavesItsFile):
+    """The same, with the partial file left in place whatever the backend does (its removal can fail)."""
+
+    def save(self, name: str, image: str) -> str:
+        if name == "web2":
+            Path(image).parent.mkdir(parents=True, exist_ok=True)
+            Path(image).write_bytes(b"LibvirtXLSave" + b"\0" * 64)
+            raise HostagentError(f"guest {name}: save failed: internal error: Failed to save domain with libxenlight")
+        return super().save(name, image)
+
+
+@pytest.mark.parametrize("kind", [LibxlLeavesItsFile, KeepsItsPartialFile], ids=["backend-removes", "file-left"])
+def test_the_file_a_failed_libxl_save_left_is_never_restored_as_the_guests_memory(
+        tmp_path: Path, kind: type[LibvirtHypervisor]) -> None:
+    """Third review, finding 6 (I5): libvirt's libxl driver leaves what a failed save wrote; the libvirt
+    backend kept it, and after the reboot it was taken for web2's memory image (written after its save
+    began, so not stale): the restore failed on it, and web2 ended lost, its owner told NOT RUNNING.  The
+    backend now removes a file its failed save wrote, and a guest whose save did not complete is never
+    restored from an image, whichever file is there: it is started afresh ("restarted")."""
+    (tmp_path / "node.xml").write_text("<node>\n" + "\n".join(
+        DOMAIN.format(name=n, memory=64, metadata="", devices="") for n in ("web1", "web2")) + "\n</node>\n")
+    hypervisor = kind(f"test://{tmp_path / 'node.xml'}")
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    config = MaintenanceConfig(save_dir=str(tmp_path / "save"), concurrency=1, on_save_failure="shutdown",
+                               restore_attempts=2)
+    result = run_now(store, store.create(Journal.new(0.0, "kernel", ["web1", "web2"])), hypervisor,
+                     seen(hypervisor), config, lambda: None)
+    assert result.guests["web2"].unsaved == "shut_down", result.guests
+    partial = tmp_path / "save" / "web2.save"
+    assert partial.exists() == (kind is KeepsItsPartialFile)
+    after = resume_after_boot(store, hypervisor, config)
+    assert after is not None and after.phase == "done", after
+    web2 = after.guests["web2"]
+    assert (web2.outcome, web2.restored_by) == ("restarted", "hostagent") and hypervisor.is_running("web2"), web2
+    assert after.guests["web1"].outcome == "restored"
+    assert "NOT RUNNING" not in notices.owner_text(web2)

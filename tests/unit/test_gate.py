@@ -3,7 +3,9 @@ role's hook script around it (issue #34, I1: refuse new starts where the hypervi
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -177,3 +179,63 @@ def test_saving_is_of_the_boot_the_saves_began_in_whatever_the_clock_says() -> N
     clock_behind = BOOTED - 5 * 3600  # this boot's btime, five hours before the recorded save time
     assert gate.verdict(saving, "the-next-boot", clock_behind) is None
     assert gate.verdict(saving, None, BOOTED) is None  # unknown: the start goes on
+
+
+def test_the_host_going_down_after_the_reboot_command_refuses_with_no_worker(tmp_path: Path) -> None:
+    """Third review, finding 4 (I1): the worker exits once the reboot command returns, and ``systemctl
+    reboot`` only queues the shutdown: with the refusal tied to a worker holding the maintenance, every
+    start went through while the host went down, and the guest went down with it, unsaved.  Within
+    reboot_wait of the command, a journal rebooting in this boot refuses without a worker; after it (the
+    host did not go down: the daemon restores), or with a clock that cannot place the command, it does not."""
+    this_boot = Path(gate.BOOT_ID).read_text().strip()
+    now = time.time()
+    store = JournalStore(tmp_path / "maintenance")
+    store.create(journal("rebooting", at=now - 30, boot_id=this_boot))
+    assert gate.decide(tmp_path, "web1", "prepare", "begin")[0] == 0  # no reboot command recorded yet
+    for issued, wait, refused in ((now - 10, 900.0, True), (now - 10, 5.0, False), (now - 1000, 900.0, False),
+                                  (now + 600, 900.0, False)):
+        store.update("0123456789ab", lambda j, at=issued: dataclasses.replace(j, reboot_issued=at))
+        status, said = gate.decide(tmp_path, "web1", "prepare", "begin", reboot_wait=wait)
+        assert (status == gate.REFUSED) == refused, (issued - now, wait, said)
+        assert said is not None and (said.endswith(": web1 refused") if refused else "no worker runs it" in said)
+
+
+def test_going_down_is_the_reboot_commands_window_only() -> None:
+    rebooting = dataclasses.replace(journal("rebooting", boot_id=THIS_BOOT), reboot_issued=BOOTED + 100)
+    assert gate.going_down(rebooting, BOOTED + 100, 900)
+    assert gate.going_down(rebooting, BOOTED + 1000, 900)
+    assert not gate.going_down(rebooting, BOOTED + 1001, 900)
+    assert not gate.going_down(rebooting, BOOTED + 99, 900)  # the clock went back: not placed
+    assert not gate.going_down(dataclasses.replace(rebooting, reboot_issued=None), BOOTED + 100, 900)
+    saving = dataclasses.replace(journal("saving"), reboot_issued=BOOTED + 100)
+    assert not gate.going_down(saving, BOOTED + 100, 900)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mkfs.btrfs"),
+                    reason="needs root and btrfs-progs (make deps installs it; CI runs as root)")
+@pytest.mark.parametrize("where", ["top", "subvolume"])
+def test_a_worker_holding_its_maintenance_is_seen_on_btrfs(tmp_path: Path, where: str) -> None:
+    """Third review, finding 5 (I1): /proc/locks names the superblock's device, and btrfs gives each
+    subvolume (the top level too) an anonymous st_dev of its own: the held worker lock was never seen, so
+    the hook never refused where /var/lib is on btrfs.  The device is now also read through the lock
+    file's own mount (/proc/self/fdinfo's mnt_id, then /proc/self/mountinfo)."""
+    image, mount = tmp_path / "btrfs.img", tmp_path / "mnt"
+    with image.open("wb") as handle:
+        handle.truncate(160 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True, capture_output=True)
+    try:
+        state = mount
+        if where == "subvolume":
+            subprocess.run(["btrfs", "subvolume", "create", str(mount / "var")], check=True, capture_output=True)
+            state = mount / "var"
+        store = JournalStore(state / "maintenance")
+        store.create(journal("saving", at=time.time(), boot_id=Path(gate.BOOT_ID).read_text().strip()))
+        assert gate.worker_holds(store, "0123456789ab") is False
+        with store.worker("0123456789ab"):
+            assert gate.worker_holds(store, "0123456789ab") is True
+            assert gate.decide(state, "web1", "prepare", "begin")[0] == gate.REFUSED
+        assert gate.worker_holds(store, "0123456789ab") is False
+    finally:
+        subprocess.run(["umount", str(mount)], check=True, capture_output=True)

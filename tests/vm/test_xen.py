@@ -235,7 +235,7 @@ def installed(dom0: DebianVM, mail: tuple[Controller, Sink],
     for name in ("libvirt-guests", "xendomains"):  # Debian's own files, as libvirt and Xen install them
         text = (ansible_run.REPO / "tests/fixtures/coexist" / name).read_text()
         ssh_ok(dom0, f"cat > /etc/default/{name} <<'EOF'\n{text}EOF")
-    first = ansible_run.playbook(hosts, "-e", f"@{extra}")
+    first = ansible_run.playbook(hosts, "-e", f"@{extra}", mitogen=True)  # docs/testing.md, "Fifth round"
     (tmp / "extra").write_text(str(extra))
     return hosts, first
 
@@ -328,8 +328,6 @@ def site_runs(dom0: DebianVM, installed: tuple[Path, subprocess.CompletedProcess
     extra = ("-e", f"@{(hosts.parent / 'extra').read_text()}")
     ansible_run.check_installation(dom0, first, tmp)
     config = ssh_ok(dom0, f"cat {CONFIG}")
-    # through Mitogen: the first run above is the README's way, and installed; these two only ask the same
-    # modules, with the same arguments, whether anything is left to change (docs/testing.md, "Fifth round")
     second, checked = ansible_run.playbooks(hosts, extra, ("--check", "--diff", *extra), mitogen=True)
     return SiteRuns(config, second, checked)
 
