@@ -138,9 +138,10 @@ def cancel(config: Config, state_dir: str | None) -> dict[str, Any]:
             cancelled = store.update(active.id, lambda current: current.cancel())
     except PhaseMoved as moved:
         raise HostagentError(str(moved)) from None
-    AuditLog.configured(state_dir or config.agent.state_dir, config.agent).record(
-        {"event": "maintenance", "action": "cancel", "maintenance": cancelled.id, "subject": cancelled.id,
-         "state": cancelled.phase})
+    # the cancel is on disk: a record that cannot be written goes to syslog, and the operator is told the truth
+    _audit_or_log(AuditLog.configured(state_dir or config.agent.state_dir, config.agent),
+                  {"event": "maintenance", "action": "cancel", "maintenance": cancelled.id, "subject": cancelled.id,
+                   "state": cancelled.phase})
     note = "no reboot; the guests already saved are being restored" if cancelled.phase == "restoring" else \
         "nothing was touched"
     return {"id": cancelled.id, "phase": "cancelled", "journal_phase": cancelled.phase, "note": note}
@@ -152,7 +153,7 @@ def run_now(config: Config, config_path: str | None, state_dir: str | None) -> d
     import subprocess
     import sys
 
-    from hostagent.maintenance.worker import command, deadline_for
+    from hostagent.maintenance.worker import command, deadline_for, kill_group
 
     store = store_for(config, state_dir)
     active = store.active()
@@ -166,7 +167,7 @@ def run_now(config: Config, config_path: str | None, state_dir: str | None) -> d
     try:
         process.wait(timeout=deadline)
     except subprocess.TimeoutExpired:
-        process.kill()
+        kill_group(process)  # the worker's session: its saves and shutdowns go with it
         raise HostagentError(f"maintenance {active.id}: the worker overran {deadline:.0f} s and was killed; "
                              "hostagent watch resumes it from the journal") from None
     result = store.load(active.id)

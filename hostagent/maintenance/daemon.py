@@ -223,10 +223,12 @@ class MaintenanceDaemon:
         keys = notices.due_before(journal, now, self.config.maintenance.notice_lead_times)
         if keys:
             hostname = self.host.hostname()
-            self._mail_owners(journal, [(owner, notices.before_notice(journal, guests, hostname, now))
-                                        for owner, guests in notices.by_owner(journal).items()], "maintenance.notice")
-            journal = self.store.update(journal.id, lambda current: current.mark_sent(*keys))
-            log.info("maintenance %s: owners notified (%s)", journal.id, ", ".join(keys))
+            letters = [(owner, notices.before_notice(journal, guests, hostname, now))
+                       for owner, guests in notices.by_owner(journal).items()]
+            if self._mail_owners(journal, letters, "maintenance.notice") < len(letters) or not letters:
+                # sent: queued for at least one owner (each fails alone); none queued is tried next tick
+                journal = self.store.update(journal.id, lambda current: current.mark_sent(*keys))
+                log.info("maintenance %s: owners notified (%s)", journal.id, ", ".join(keys))
             faults.point("notices-sent")
         verdict = due(journal, now, self.config.maintenance.late_start_grace)
         if verdict == "missed":
@@ -303,13 +305,17 @@ class MaintenanceDaemon:
                                     Severity.WARNING, f"the report of maintenance {journal.id} could not be sent: "
                                                       f"{type(err).__name__}: {shown(str(err))}"))
 
-    def _mail_owners(self, journal: Journal, letters: list[tuple[str, tuple[str, str]]], kind: str) -> None:
-        """One notice per owner, each on its own: an address no mail can go to is logged and skipped."""
+    def _mail_owners(self, journal: Journal, letters: list[tuple[str, tuple[str, str]]], kind: str) -> int:
+        """One notice per owner, each on its own: an address no mail can go to is logged and skipped.
+        Returns how many could not be queued."""
+        failed = 0
         for owner, (subject, text) in letters:
             try:
                 self.alerter.mail(subject, text, [owner], kind)
             except (HostagentError, ValueError) as err:
+                failed += 1
                 log.error("maintenance %s: no %s to %s: %s", journal.id, kind, shown(owner), shown(str(err)))
+        return failed
 
     def _report(self, journal: Journal) -> None:
         hostname = self.host.hostname()

@@ -184,13 +184,17 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
     does not even return ``abort_grace`` s after the abort leaves its guest in an unknown state, so
     the maintenance stops before the reboot whatever ``on_save_failure`` says.  A cancel stops
     further saves (``Recorder.start_save``)."""
-    clock = clock or time.time
+    clock = clock or time.time  # the journal's times; the timeouts run on the monotonic clock: a step of the
+    # wall clock (NTP at boot, an operator's date) must neither abort every save nor switch the timeout off
     board = progress or ProgressBoard(tty=False, every=float("inf"))
     names = [n for n, g in recorder.journal.guests.items() if g.state == "planned"]
     transfer: dict[str, tuple[int, int] | None] = {}
+    began: dict[str, float] = {}  # time.monotonic() at each save's start
 
     def save(name: str) -> None:
+        began[name] = time.monotonic()
         if not recorder.start_save(name, clock()):
+            began.pop(name, None)
             return
         saved = threading.Event()  # the watcher ends with the save, whatever ended it
         threading.Thread(target=watch_job, args=(name, saved), daemon=True).start()
@@ -229,13 +233,13 @@ def save_phase(recorder: Recorder, hypervisor: Hypervisor, config: MaintenanceCo
         if not running:
             break
         wait(running, timeout=1.0)
-        now = clock()
+        now = time.monotonic()
         for future in running:
             name = futures[future]
             record = recorder.journal.guests[name]
-            if future.done() or record.state != "saving" or record.save_started is None:
+            if future.done() or record.state != "saving" or name not in began:
                 continue
-            elapsed = now - record.save_started
+            elapsed = now - began[name]
             done, total = transfer.get(name) or (None, None)
             board.update(name, "saving " + describe_transfer(done, total, elapsed))
             if elapsed > config.save_timeout and name not in aborted:
@@ -366,8 +370,8 @@ def _apply_failure_policy(recorder: Recorder, hypervisor: Hypervisor, config: Ma
             if not recorder.while_saving(name, functools.partial(hypervisor.shutdown, name), "save_failed",
                                          error=f"{error}; shutting down"):
                 return None  # cancelled (I4): no guest is shut down once the cancel is on disk
-            deadline = clock() + config.shutdown_timeout
-            while hypervisor.present(name) is not None and clock() < deadline:
+            deadline = time.monotonic() + config.shutdown_timeout
+            while hypervisor.present(name) is not None and time.monotonic() < deadline:
                 time.sleep(0.2)
             if hypervisor.present(name) is None:  # it is gone (not merely not running): true whatever came meanwhile
                 recorder.guest(name, "shut_down", error=f"{error}; shut down gracefully", unsaved="shut_down")

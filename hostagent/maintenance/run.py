@@ -28,18 +28,29 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def due(journal: Journal, now: float, grace: float) -> Literal["wait", "run", "missed"]:
-    """Whether a planned maintenance should start now; past its grace it is missed, never run late."""
+    """Whether a planned maintenance should start now; past its grace it is missed, never run late.  One
+    whose owners were to be told beforehand (``notify_owners``) and were not (the daemon was down through
+    every lead time, or no notice could be queued) is missed too: they were promised notice (I2)."""
     if journal.phase != "planned" or now < journal.reboot_at:
         return "wait"
+    if unannounced(journal):
+        return "missed"
     return "run" if now - journal.reboot_at <= grace else "missed"
 
 
+def unannounced(journal: Journal) -> bool:
+    """Owners to be told beforehand, and no notice before the maintenance went out."""
+    return journal.notify_owners and not any(key.startswith("before:") for key in journal.sent)
+
+
 def mark_missed(store: JournalStore, journal: Journal, now: float) -> Journal:
-    """Planned, and past its grace: missed (refused, PhaseMoved, if it was cancelled or started meanwhile)."""
+    """Planned, and past its grace or never announced: missed (refused, PhaseMoved, if it was cancelled or
+    started meanwhile)."""
     late = now - journal.reboot_at
-    return store.update(journal.id, lambda current: current.advance(
-        "missed", now=now, error=f"the daemon was down at the scheduled time; {late:.0f} s late is past the grace: "
-                                 "not rebooted"))
+    why = ("the owners were to be told beforehand, and no notice went out before the scheduled time (was the "
+           "daemon down, or the mail spool full?): not rebooted" if unannounced(journal) else
+           f"the daemon was down at the scheduled time; {late:.0f} s late is past the grace: not rebooted")
+    return store.update(journal.id, lambda current: current.advance("missed", now=now, error=why))
 
 
 def run_now(store: JournalStore, journal: Journal, hypervisor: Hypervisor, preflight: Callable[[], Preflight],

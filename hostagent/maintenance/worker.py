@@ -97,10 +97,16 @@ class Worker:
         return (time.monotonic() if now is None else now) > self.deadline
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):  # a child in D state cannot be reaped: leave it
-            self.process.wait(timeout=KILL_GRACE)
+        kill_group(self.process)
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and its whole process group (it runs in a session of its own): an ``xl save`` or a
+    shutdown it started must not outlive it and take a guest down after a later worker restored it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a child in D state cannot be reaped: leave it
+        process.wait(timeout=KILL_GRACE)
 
 
 def restorers_on(host: Host, hypervisor: Hypervisor) -> dict[str, str]:

@@ -1166,3 +1166,109 @@ def test_the_file_a_failed_libxl_save_left_is_never_restored_as_the_guests_memor
     assert (web2.outcome, web2.restored_by) == ("restarted", "hostagent") and hypervisor.is_running("web2"), web2
     assert after.guests["web1"].outcome == "restored"
     assert "NOT RUNNING" not in notices.owner_text(web2)
+
+
+@pytest.mark.parametrize("case", ["daemon-down", "no-notice-queued"])
+def test_owners_promised_notice_and_never_told_mean_a_missed_maintenance_not_a_reboot(tmp_path: Path,
+                                                                                       case: str) -> None:
+    """Third review, finding 7 (I2): the daemon, down through every lead time and back within the late-start
+    grace, sent no notice (they are due only before the time) and started the maintenance at once: owners
+    promised notice were told nothing.  And a notice that could not be queued for anyone was recorded as
+    sent.  Such a maintenance is now missed, not run; a notice counts once it is queued for an owner."""
+    from tests.integration.test_maintenance_daemon import daemon_for
+
+    daemon = daemon_for(tmp_path, 1)
+    store = JournalStore(tmp_path / "state" / "maintenance")
+    now = time.time()
+    started: list[str] = []
+    object.__setattr__(daemon, "_start", lambda action, journal: started.append(action))
+    if case == "daemon-down":  # scheduled yesterday for a minute ago; the daemon was down since
+        late = store.create(Journal.new(now - 60, "kernel", ["web1"], owners={"web1": "alice@example.com"},
+                                        notify_owners=True))
+    else:  # in time, but the one owner's notice cannot be queued (a name from a journal, not an address)
+        late = store.create(Journal.new(now + 30, "kernel", ["web1"], owners={"web1": "alice"},
+                                        notify_owners=True))
+        daemon.tick(now)
+        assert store.load(late.id).sent == () and store.load(late.id).phase == "planned"
+    daemon.tick(now + 31)
+    after = store.load(late.id)
+    assert started == [] and after.phase == "missed", (started, after)
+    assert "no notice went out" in (after.error or ""), after.error
+    # told in time, with one owner of two unreachable (each fails alone): it runs
+    told = store.create(Journal.new(now + 7200, "kernel", ["web2", "web3"], notify_owners=True,
+                                    owners={"web2": "bob@example.com", "web3": "carol"}))
+    daemon.tick(now + 7200 - 600)  # the notices of every lead time up to ten minutes, at once
+    assert store.load(told.id).sent, store.load(told.id)
+    daemon.tick(now + 7201)
+    assert started == ["run"], started
+
+
+def test_a_cancel_whose_audit_record_fails_says_it_cancelled(tmp_path: Path) -> None:
+    """Third review, finding 8 (I6): ``cancel`` wrote the cancel, then raised on the audit record, and the
+    operator read "...; nothing was changed" while the journal on disk said cancelled.  The record goes to
+    syslog instead, as ``schedule``'s does, and the operator reads what was done."""
+    from hostagent.config import Config
+    from hostagent.maintenance import cli as maintenance_cli
+
+    store = JournalStore(tmp_path / "maintenance")
+    planned = store.create(Journal.new(time.time() + 86400, "kernel", ["web1"]))
+    (tmp_path / "audit.jsonl").mkdir()  # the audit log cannot be written (as on a full disk)
+    said = maintenance_cli.cancel(Config(), str(tmp_path))
+    assert said["id"] == planned.id and said["phase"] == "cancelled" and store.load(planned.id).phase == "cancelled"
+
+
+class SlowSave(Faulty):
+    """Saves that take two seconds, so the save phase looks at its clocks while they run; an abort ends
+    one at once, as a hypervisor's job abort does."""
+
+    aborted: set[str] = set()
+
+    def save(self, name: str, image: str) -> str:
+        for _ in range(20):
+            if name in self.aborted:
+                raise HostagentError(f"guest {name}: save failed: operation aborted")
+            time.sleep(0.1)
+        return super().save(name, image)
+
+    def abort(self, name: str) -> None:
+        self.aborted = self.aborted | {name}
+
+
+def test_a_wall_clock_step_during_the_saves_aborts_no_save(tmp_path: Path) -> None:
+    """Third review, from the code (I5): the save timeout was measured on the wall clock (the journal's
+    save_started against time.time()), so a step forward (NTP after boot, an operator's ``date``) aborted
+    every save under way and shut the guests down as "timed out after 600 s", and a step back switched the
+    timeout off.  The timeouts now run on the monotonic clock; the journal keeps wall times."""
+    from hostagent.maintenance.phases import save_phase
+    from tests.integration.test_maintenance_phases import setup
+
+    _, _, recorder = setup(tmp_path)
+    hypervisor = SlowSave(f"test://{tmp_path / 'node.xml'}", {})
+    started = time.time()
+    stepped = lambda: time.time() + (3600.0 if time.time() > started + 0.5 else 0.0)  # noqa: E731
+    assert save_phase(recorder, hypervisor, MaintenanceConfig(save_dir=str(tmp_path), save_timeout=600,
+                                                              concurrency=3), stepped) is None
+    assert {n: g.state for n, g in recorder.journal.guests.items()} == dict.fromkeys(("a", "b", "c"), "saved")
+
+
+def test_run_now_kills_the_workers_whole_session_when_it_overruns(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Third review, from the code (I1, I5): ``maintenance run-now`` killed only the worker process when
+    it overran its deadline, so an ``xl save`` it had started lived on, and could take its guest down after
+    ``hostagent watch`` resumed the maintenance.  It now kills the worker's session, as the daemon does."""
+    from hostagent.config import Config
+    from hostagent.maintenance import cli as maintenance_cli
+    from hostagent.maintenance import worker
+
+    store = JournalStore(tmp_path / "maintenance")
+    store.create(Journal.new(time.time() + 600, "kernel", ["web1"]))
+    child = tmp_path / "child.pid"
+    # the worker: starts a child of its own (as an xl save), then hangs
+    monkeypatch.setattr(worker, "command", lambda *args: [
+        sys.executable, "-c", "import subprocess, sys, time; "
+        f"p = subprocess.Popen(['sleep', '600']); open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(600)"])
+    monkeypatch.setattr(worker, "deadline_for", lambda *args: 2.0)
+    with pytest.raises(HostagentError, match="overran"):
+        maintenance_cli.run_now(Config(), None, str(tmp_path))
+    pid = int(child.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
