@@ -8,14 +8,15 @@ other status lets the start through); libvirt hands our message on to whoever as
 panel, virsh).
 
 The refusal holds while a maintenance of this boot (the boot id the journal recorded when the saves
-began, and again with the reboot command) is in ``saving`` or ``rebooting``: those are the
-phases in which a guest that starts would go down with the host.  It needs a worker holding the
-maintenance (one left behind by a dead worker refuses nothing), except in the ``reboot_wait`` after
-the reboot command: the worker exits once ``systemctl reboot`` returns, and the host goes down after.  It is a courtesy that spares the
-guest that, not the guarantee: the worker's final listing under the lock (phases.final_listing) saves
-any guest that started anyway (no hook, an older libvirt, xl, a start that read the journal an instant
-before the saves began).  So the gate fails open: when it cannot tell (an unreadable journal, no boot
-id, a clock it cannot place), it lets the start through and says why on stderr, which libvirtd logs.
+began, and again with the reboot command) is in ``saving`` or ``rebooting``: those are the phases in
+which a guest that starts would go down with the host. It needs a worker holding the maintenance
+(one left behind by a dead worker refuses nothing), except in the ``reboot_wait`` after the reboot
+command: the worker exits once ``systemctl reboot`` returns, and the host goes down after. It is a
+courtesy that spares the guest that, not the guarantee: the worker's final listing under the lock
+(phases.final_listing) saves any guest that started anyway (no hook, an older libvirt, xl, a start
+that read the journal an instant before the saves began). So the gate fails open: when it cannot
+tell (an unreadable journal, no boot id, a clock it cannot place), it lets the start through and
+says why on stderr, which libvirtd logs.
 
 It never calls libvirt (libvirtd waits for the hook: a call back would deadlock) and takes no lock
 (the worker holds the maintenance lock through its final listing and the reboot command).
