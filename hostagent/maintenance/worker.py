@@ -54,8 +54,8 @@ class Worker:
     journal_id: str
     process: subprocess.Popen[bytes]
     deadline: float
+    started: float  # monotonic, when the process started: no default (0 is a machine's boot, not a start)
     log_path: Path | None = None
-    started: float = 0.0  # monotonic
 
     def extend_to(self, journal: Journal, config: MaintenanceConfig) -> None:
         """The deadline for the guests the journal has now: the run-time plan and the final listing add
@@ -75,8 +75,8 @@ class Worker:
             if out is not None:
                 out.close()
         now = time.monotonic()
-        return cls(action, journal.id, process, now + deadline_for(action, journal, config.maintenance), log_path,
-                   now)
+        return cls(action, journal.id, process, now + deadline_for(action, journal, config.maintenance), started=now,
+                   log_path=log_path)
 
     def last_words(self) -> str:
         """The last line the worker wrote to its log (its outcome or its error)."""

@@ -139,7 +139,10 @@ def test_an_overdue_worker_is_killed_and_the_guests_are_brought_back(tmp_path: P
     journal = journal.guest("web1", "saving", save_started=time.time())
     daemon.store.create(journal)
     hung = subprocess.Popen(["sleep", "600"], start_new_session=True)
-    daemon.worker = Worker("run", journal.id, hung, deadline=time.monotonic() - 1)
+    # started long ago: the deadline its guests get from the start has passed too (with the start left at
+    # 0, the machine's boot, a machine up for less than that deadline found the worker on time)
+    daemon.worker = Worker("run", journal.id, hung, deadline=time.monotonic() - 1,
+                           started=time.monotonic() - 30 * 86400)
     daemon.tick()
     assert hung.poll() is not None  # killed at its deadline
     assert daemon.worker is not None and daemon.worker.action == "restore"  # and the journal says what is next

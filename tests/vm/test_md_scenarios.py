@@ -89,7 +89,10 @@ def keep(n, state):
             for name in MEMBER_ATTRS:
                 copy(f"{base}/{entry}/{name}", root)
         elif entry.startswith("rd"):
-            os.symlink(os.readlink(f"{base}/{entry}"), f"{root}{base}/{entry}")
+            try:  # md takes rdN away as the failed member leaves the array: the moment goes on without it
+                os.symlink(os.readlink(f"{base}/{entry}"), f"{root}{base}/{entry}")
+            except FileNotFoundError:
+                pass
 seen, last = [], None
 fail = subprocess.Popen(["mdadm", "--manage", "/dev/md0", "--fail", member])
 end = time.monotonic() + 2
