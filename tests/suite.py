@@ -48,6 +48,17 @@ def counts(output: str) -> dict[str, int]:
     return found
 
 
+def reasons(output: str) -> list[str]:
+    """pytest's short summary (``FAILED tests/x.py::test_y - AssertionError: timed out ...``): each failed
+    test and the first line of why, so that the end of the output, which CI shows, says it."""
+    lines = COLOUR.sub("", output).splitlines()
+    start = next((i for i in range(len(lines) - 1, -1, -1) if "short test summary info" in lines[i]), None)
+    if start is None:
+        return []
+    # on CI pytest gives the whole message, lines and all: the line that names the test is enough here
+    return [line[:400] for line in lines[start + 1:] if line.startswith(("FAILED ", "ERROR "))]
+
+
 def closing_line(parts: dict[str, dict[str, object]], ok: bool) -> str:
     """One line for every process's tests: ``N passed, N failed[, N skipped]``; never "0 failed" when
     anything failed (a linter, or a pytest that ended without its closing line)."""
@@ -108,6 +119,7 @@ def main() -> int:
         signal.signal(signum, interrupt)
 
     xen: dict[str, subprocess.Popen[bytes]] = {}
+    texts: list[str] = []  # each pytest part's output, for the reasons at the end
     ended: dict[str, float] = {}
     ok = True
     try:
@@ -134,6 +146,7 @@ def main() -> int:
                       "--ignore=tests/fuzz"], output,
                      {**os.environ, "HOSTAGENT_CPU_LOG": str(cache / "cpu-rest.json")})
             parts["the rest"] = {"seconds": time.monotonic() - began, "ok": rc == 0, "tests": counts("".join(output))}
+            texts.append("".join(output))
             ok = rc == 0
         else:
             for process in xen.values():
@@ -153,6 +166,7 @@ def main() -> int:
         text = (cache / f"test-xen-{number}.log").read_text(errors="replace")
         print(f"=== {module} (ran beside the rest) ===")
         print(text, end="" if text.endswith("\n") else "\n")
+        texts.append(text)
         parts[f"{module} (beside the rest)"] = {"seconds": ended[module] - xen_started,
                                                 "ok": process.returncode == 0, "tests": counts(text)}
         ok = ok and process.returncode == 0
@@ -165,6 +179,10 @@ def main() -> int:
         said = ", ".join(f"{n} {k}" for k, n in tests.items()) if isinstance(tests, dict) else ""
         status = "ok" if part["ok"] else "FAILED"
         print(f"{name:<48} {minutes(float(part['seconds'])):>13}  {status}{'  (' + said + ')' if said else ''}")
+    why = [line for part in texts for line in reasons(part)]
+    if why:
+        print("=== what failed, and the first line of why (each part's output above has the rest) ===")
+        print("\n".join(why))
     print(closing_line(parts, ok))
     return 0 if ok else 1
 

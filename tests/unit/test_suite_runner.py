@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.suite import closing_line, counts
+from tests.suite import closing_line, counts, reasons
 
 
 def test_the_closing_line_with_its_rule_is_read_in_full() -> None:
@@ -37,3 +37,17 @@ def test_the_closing_line_never_says_none_failed_when_a_part_failed() -> None:
     parts["the rest"] = {"ok": False, "tests": {"passed": 800, "failed": 2, "errors": 1, "skipped": 3}}
     assert closing_line(parts, ok=False) == "837 passed, 3 failed, 3 skipped"
     assert closing_line({"x": {"ok": True, "tests": {"passed": 4}}}, ok=True) == "4 passed, 0 failed"
+
+
+def test_the_reasons_are_the_last_short_summary_s_failed_lines_whole_or_cut() -> None:
+    output = ("tests/a.py F\n=== FAILURES ===\nFAILED in a captured log, not a summary\n"
+              "\x1b[31m=== short test summary info ===\x1b[0m\n"
+              "\x1b[31mFAILED\x1b[0m tests/vm/test_xen.py::test_x - AssertionError: timed out after 600 s waiting for"
+              " the dom0 to reboot\n--- the dom0's console:\n"
+              "ERROR tests/a.py::test_y - RuntimeError: no SSH" + "!" * 500 + "\n== 1 failed, 1 error in 3.0s ==\n")
+    said = reasons(output)
+    assert said[0] == ("FAILED tests/vm/test_xen.py::test_x - AssertionError: timed out after 600 s waiting for the "
+                       "dom0 to reboot")
+    assert said[1].startswith("ERROR tests/a.py::test_y - RuntimeError: no SSH!") and len(said[1]) == 400
+    assert len(said) == 2
+    assert reasons("....\n== 4 passed in 1.0s ==\n") == []
