@@ -28,7 +28,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,7 +42,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from hostagent.maintenance import notices
-from hostagent.maintenance.journal import Journal
+from hostagent.maintenance.journal import FINAL, Journal
 from tests import ansible_run, guests
 from tests.debian_vm import DebianVM, Snapshot, debian_vm, from_snapshot, kernel
 from tests.integration.test_alerts import Sink, sink_server
@@ -52,6 +54,62 @@ OWNERS = {"pv1": "alice@example.com", "pv2": "bob@example.com", "pv3": "bob@exam
 PV = ("pv1", "pv2", "pv3")
 
 
+class Phases:
+    """Each machine's phases, as the module goes (docs/testing.md, "Suite time"): the wall time and the
+    CPU its QEMU used since the machine's last mark (``/proc/<pid>/stat``), printed at the module's end.
+    The original's part runs in a thread beside the clone's: each machine keeps its own last mark."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, float, float]] = []
+        self.last: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, machine: str, vm: DebianVM, wall: float | None = None) -> None:
+        with self.lock:
+            self.last[machine] = (time.monotonic() if wall is None else wall, qemu_cpu(vm))
+
+    def mark(self, machine: str, vm: DebianVM, phase: str) -> None:
+        now, cpu = time.monotonic(), qemu_cpu(vm)
+        with self.lock:
+            wall, before = self.last.get(machine, (now, cpu))
+            self.rows.append((machine, phase, now - wall, cpu - before))
+            self.last[machine] = (now, cpu)
+
+    def table(self) -> list[str]:
+        lines = [f"{'machine':<9} {'phase':<58} {'wall s':>7} {'QEMU CPU s':>10}"]
+        for machine in dict.fromkeys(row[0] for row in self.rows):
+            rows = [row for row in self.rows if row[0] == machine]
+            lines += [f"{m:<9} {phase[:58]:<58} {wall:>7.0f} {cpu:>10.0f}" for m, phase, wall, cpu in rows]
+            lines.append(f"{machine:<9} {'(all of it)':<58} {sum(r[2] for r in rows):>7.0f} "
+                         f"{sum(r[3] for r in rows):>10.0f}")
+        return lines
+
+
+def qemu_cpu(vm: DebianVM) -> float:
+    """The CPU seconds the VM's QEMU has used (0 once it has been reaped, or for a stand-in without one:
+    tests/unit/test_xen_fork_fixtures.py)."""
+    process = getattr(vm, "process", None)
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[union-attr]
+    except (OSError, IndexError, AttributeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PHASES = Phases()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def phases(request: pytest.FixtureRequest) -> Iterator[Phases]:
+    """The module's phase table, written when the module ends, passed or failed."""
+    yield PHASES
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and PHASES.rows:
+        reporter.write_sep("=", "the Xen module's phases (tests/vm/test_xen.py, Phases)")
+        for line in PHASES.table():
+            reporter.write_line(line)
+
+
 @pytest.fixture(scope="module")
 def mail() -> Iterator[tuple[Controller, Sink]]:
     with sink_server() as server:
@@ -60,8 +118,11 @@ def mail() -> Iterator[tuple[Controller, Sink]]:
 
 @pytest.fixture(scope="module")
 def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]) -> Iterator[DebianVM]:
+    began = time.monotonic()
     with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True, smtp_port=mail[0].port,
                    extra_disks=2) as machine:
+        PHASES.start("original", machine, began)
+        PHASES.mark("original", machine, "the image, the boot to SSH")
         vmlinuz = Path(kernel()[0])
         initrd = guests.initramfs(agent=False)  # no guest agent: PV guests have no virtio channel for it
         subprocess.run(["scp", "-q", "-i", str(machine.key), "-P", str(machine.port), "-o", "BatchMode=yes", "-o",
@@ -71,6 +132,7 @@ def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]
             ssh_ok(machine, f"cat > /etc/xen/{name}.cfg <<'EOF'\nname = \"{name}\"\ntype = \"pv\"\n"
                             f"kernel = \"/root/{vmlinuz.name}\"\nramdisk = \"/root/{initrd.name}\"\n"
                             "extra = \"console=hvc0 quiet\"\nmemory = 96\nEOF")
+        PHASES.mark("original", machine, "the guests' files")
         yield machine
 
 
@@ -218,6 +280,7 @@ def test_dom0_runs_under_xen_and_a_pv_guest_is_saved_and_restored_without_a_rebo
     log = console(dom0, "pv1", tmp_path / "pv1.log")
     times = guests.uptimes(log)
     assert guests.boots(log) == 1 and times == sorted(times), log.read_text()[-2000:]
+    PHASES.mark("original", dom0, "xl create, save and restore of pv1")
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +298,9 @@ def installed(dom0: DebianVM, mail: tuple[Controller, Sink],
     for name in ("libvirt-guests", "xendomains"):  # Debian's own files, as libvirt and Xen install them
         text = (ansible_run.REPO / "tests/fixtures/coexist" / name).read_text()
         ssh_ok(dom0, f"cat > /etc/default/{name} <<'EOF'\n{text}EOF")
+    PHASES.mark("original", dom0, "(between)")
     first = ansible_run.playbook(hosts, "-e", f"@{extra}", mitogen=True)  # docs/testing.md, "Fifth round"
+    PHASES.mark("original", dom0, "the first site.yml run")
     (tmp / "extra").write_text(str(extra))
     return hosts, first
 
@@ -278,6 +343,7 @@ def forked(request: pytest.FixtureRequest, dom0: DebianVM, installed: tuple[Path
         fork.snapshot = dom0.snapshot(tmp_path_factory.mktemp("xen-snapshot"))
     except Exception as error:
         fork.error = error
+    PHASES.mark("original", dom0, "the snapshot")
     selected = {getattr(item, "originalname", item.name) for item in request.session.items}
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # one after the other, in this order
         if SITE_TEST in selected:
@@ -288,7 +354,7 @@ def forked(request: pytest.FixtureRequest, dom0: DebianVM, installed: tuple[Path
             fork.libvirt = pool.submit(libvirt_story, dom0, tmp_path_factory.mktemp("libvirt"))
         # then the original is paused: an idle Xen dom0 under TCG still takes CPU from the clone and the
         # rest of the suite (docs/testing.md, "Fourth round")
-        parked = pool.submit(lambda: dom0.qmp.command("stop") if dom0.qmp is not None else None)
+        parked = pool.submit(park, dom0)
         try:
             yield fork
         finally:
@@ -299,6 +365,12 @@ def forked(request: pytest.FixtureRequest, dom0: DebianVM, installed: tuple[Path
                                   f"{future.exception()!r}", stacklevel=1)
 
 
+def park(dom0: DebianVM) -> None:
+    PHASES.mark("original", dom0, "(between)")
+    if dom0.qmp is not None:
+        dom0.qmp.command("stop")
+
+
 @pytest.fixture(scope="module")
 def clone(forked: Fork, copy_mail: tuple[Controller, Sink], tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[DebianVM]:
@@ -307,8 +379,11 @@ def clone(forked: Fork, copy_mail: tuple[Controller, Sink], tmp_path_factory: py
     if forked.snapshot is None:
         raise RuntimeError("the installed dom0 could not be snapshotted") from forked.error
     with contextlib.ExitStack() as stack:
+        began = time.monotonic()
         vm = stack.enter_context(from_snapshot(tmp_path_factory.mktemp("xen-copy"), forked.snapshot,
                                                smtp_port=copy_mail[0].port))
+        PHASES.start("clone", vm, began)
+        PHASES.mark("clone", vm, "its start from the snapshot")
         forked.snapshot.state.unlink()  # read: about 1 GiB less on disk
         forked.stop_clone = stack.close
         yield vm
@@ -326,17 +401,22 @@ def site_runs(dom0: DebianVM, installed: tuple[Path, subprocess.CompletedProcess
     check-mode run at once, as two operators might (the dom0's two CPUs share the work)."""
     hosts, first = installed
     extra = ("-e", f"@{(hosts.parent / 'extra').read_text()}")
+    PHASES.mark("original", dom0, "(between)")
     ansible_run.check_installation(dom0, first, tmp)
     config = ssh_ok(dom0, f"cat {CONFIG}")
+    PHASES.mark("original", dom0, "the operator's checks")
     second, checked = ansible_run.playbooks(hosts, extra, ("--check", "--diff", *extra), mitogen=True)
+    PHASES.mark("original", dom0, "the second and check-mode site.yml runs, at once")
     return SiteRuns(config, second, checked)
 
 
 def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them_at_boot(
         clone: DebianVM, copy_mail: tuple[Controller, Sink], tmp_path: Path) -> None:
+    PHASES.mark("clone", clone, "(between)")
     for name in PV:
         if name not in ssh_ok(clone, "xl list"):
             start_pv(clone, name)
+    PHASES.mark("clone", clone, "xl story: pv2 and pv3 started")
     preview = json.loads(ssh_ok(clone, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
     assert "guest Domain-0" not in "\n".join(preview["preflight"])
     assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
@@ -347,8 +427,11 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
     journal_id = schedule(clone, 90, "kernel update")
     wait_for("the owners' notices", lambda: {m["to"][0] for m in sink.messages[sent_before:]} >= {
         "alice@example.com", "bob@example.com"}, 90, vm=clone)
+    PHASES.mark("clone", clone, "xl story: the preview, scheduled, the notices")
     wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 600, 5, vm=clone)
+    PHASES.mark("clone", clone, "xl story: to the time, the saves, the reboot")
     final = finish(clone, journal_id)
+    PHASES.mark("clone", clone, "xl story: the restores at boot")
     assert final.phase == "done", final
     assert {n: g.outcome for n, g in final.guests.items()} == dict.fromkeys(PV, "restored")
     assert all(g.restored_by == "hostagent" and g.downtime_s and g.downtime_s > 0 for g in final.guests.values())
@@ -363,6 +446,7 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
         assert f"{name:<14} {notices.downtime_text(final.guests[name]):<15} " in after[owner], after[owner]
     assert "pv1" not in after["bob@example.com"] and "pv2" not in after["alice@example.com"]
     assert ssh_ok(clone, "ls -A /var/lib/xen/save").split() == []  # used images and their configs are gone
+    PHASES.mark("clone", clone, "xl story: the consoles, the after-notices")
 
 
 def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_the_restore(
@@ -372,12 +456,16 @@ def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_t
     pv3's image first, so pv3 is booted afresh and reported so."""
     ssh_ok(clone, "mkdir -p /var/lib/xen/save/pv2.save && cat > /root/delete-then-reboot <<'EOF'\n#!/bin/sh\n"
                  "rm -f /var/lib/xen/save/pv3.save\nexec systemctl reboot\nEOF\nchmod +x /root/delete-then-reboot")
+    PHASES.mark("clone", clone, "(between)")
     configure(clone, 'on_save_failure = "skip"', 'reboot_command = ["/root/delete-then-reboot"]')
     old_boot = boot_id(clone)
     try:
         journal_id = schedule(clone, 30, "failures")
+        PHASES.mark("clone", clone, "failures: configured, scheduled")
         wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 600, 5, vm=clone)
+        PHASES.mark("clone", clone, "failures: to the time, the saves, the reboot")
         final = finish(clone, journal_id)
+        PHASES.mark("clone", clone, "failures: the restore, the restart, the cold boot")
     finally:  # the next test saves pv2 for real: its image path is a path again, whatever happened here
         clone.ssh("rmdir /var/lib/xen/save/pv2.save")
     outcomes = {n: (g.outcome, g.unsaved) for n, g in final.guests.items()}
@@ -391,7 +479,8 @@ def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_t
 
     def booted() -> bool:
         return {n: guests.boots(console(clone, n, tmp_path / f"{n}.log")) for n in PV} == expected
-    wait_for(f"the consoles to show these boots: {expected}", booted, 120, vm=clone)
+    wait_for(f"the consoles to show these boots: {expected}", booted, 300, vm=clone)
+    PHASES.mark("clone", clone, "failures: the consoles")
 
 
 def audit_records(vm: DebianVM) -> list[dict[str, object]]:
@@ -454,6 +543,7 @@ def test_mdadm_monitor_hands_a_failed_member_to_hostagent_and_only_hostagent_mai
     assert [m for m in sink.messages if m["to"] == ["root@example.com"]] == mdadm_mail  # none from mdadm
 
     ssh_ok(clone, "mdadm --stop /dev/md9 && mdadm --zero-superblock /dev/vdb /dev/vdc")
+    PHASES.mark("clone", clone, "mdadm's monitor")
 
 
 T = TypeVar("T")
@@ -495,10 +585,12 @@ def killed_story(vm: DebianVM) -> KilledStory:
     through once (its flag is a directory in the one path the service may write for this test): the
     final listing finds it, saves it, and it is restored with the others."""
     flag = "/run/hostagent-pauses/pv9-started"
+    PHASES.mark("original", vm, "(between)")
     try:
         for name in PV:
             if name not in ssh_ok(vm, "xl list").split():
                 start_pv(vm, name)
+        PHASES.mark("original", vm, "killed: pv2 and pv3 started")
         ssh_ok(vm, "rm /var/lib/xen/userdata-d.$(xl domid pv3).*.libxl-json")
         hidden = (ssh_ok(vm, "xl list -l"), ssh_ok(vm, "xl list"))
         ssh_ok(vm, "mkdir -p /etc/systemd/system/hostagent.service.d /run/hostagent-pauses && "
@@ -513,13 +605,16 @@ def killed_story(vm: DebianVM) -> KilledStory:
         configure(vm)
         old_boot = boot_id(vm)
         journal_id = schedule(vm, 30, "killed")
+        PHASES.mark("original", vm, "killed: pv3 hidden, the xl wrapper, configured, scheduled")
         wait_for("the worker to reach the reboot", lambda: vm.ssh("test -e /run/hostagent-pauses/before-reboot"
                                                                  ).returncode == 0, 300, vm=vm)
+        PHASES.mark("original", vm, "killed: to the time, pv9 started, the saves")
         at_pause = ssh_ok(vm, "xl list")
         ssh_ok(vm, "systemctl kill -s KILL hostagent.service; "
                    "rm /etc/systemd/system/hostagent.service.d/pause.conf; systemctl daemon-reload; "
                    "systemctl reset-failed hostagent.service; systemctl start hostagent.service")
-        final = finish(vm, journal_id, 300)
+        final = finish(vm, journal_id)  # four restores: minutes on a machine twice as slow, all of it loaded
+        PHASES.mark("original", vm, "killed: the agent killed and started, the restores")
         return KilledStory(hidden, at_pause, old_boot, boot_id(vm), final, ssh_ok(vm, "xl list"),
                            ssh_ok(vm, "xl list -l"))
     finally:
@@ -541,29 +636,47 @@ def test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_reboo
     assert '"pv3"' in story.listed_long  # restored from its image: libxl knows its configuration again
 
 
+def no_open_maintenance(vm: DebianVM) -> bool:
+    """Every journal on the dom0 final (its exit code is a Nagios code, set by what the journals say)."""
+    try:
+        rows = json.loads(vm.ssh(f"{HOSTAGENT} maintenance list --json", timeout=60).stdout)
+    except (ValueError, subprocess.TimeoutExpired):
+        return False
+    return isinstance(rows, list) and all(row.get("phase") in (*FINAL, "unreadable") for row in rows)
+
+
 def libvirt_story(vm: DebianVM, tmp_path: Path) -> None:
     """On the original dom0, after the killed story (the clone's chain was the module's longest): the
     same cycle through libvirtd's libxl driver, two DomUs defined from xl's files, saved and restored
     across a real reboot; Domain-0 is never a guest."""
+    PHASES.mark("original", vm, "(between)")
+    # the story before on this machine (the killed story) may have ended in a failure of its own, with its
+    # maintenance still restoring: this one starts once none is open, so its verdict is its own
+    wait_for("no maintenance open on the dom0", lambda: no_open_maintenance(vm), 900, 5, vm=vm)
     ssh_ok(vm, "for d in pv1 pv2 pv3; do xl destroy $d; done")
     for name in ("lv1", "lv2"):
         ssh_ok(vm, f"virsh -c xen:///system domxml-from-native xen-xl /etc/xen/{name}.cfg > /root/{name}.xml && "
                    f"virsh -c xen:///system define /root/{name}.xml && virsh -c xen:///system start {name}")
         before = printed(vm, name)
         wait_for(f"{name} to print", lambda n=name, b=before: printed(vm, n) > b, 120, vm=vm)
+    PHASES.mark("original", vm, "libvirt: lv1 and lv2 defined and started")
     configure(vm, 'uri = "xen:///system"')
     preview = json.loads(ssh_ok(vm, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
     assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
         "guest lv1 (96 MiB): save", "guest lv2 (96 MiB): save"]  # Domain-0 is not a guest
     old_boot = boot_id(vm)
     journal_id = schedule(vm, 30, "libvirt")
+    PHASES.mark("original", vm, "libvirt: configured, the preview, scheduled")
     wait_for("the dom0 to reboot", lambda: boot_id(vm) not in (old_boot, None), 600, 5, vm=vm)
+    PHASES.mark("original", vm, "libvirt: to the time, the saves, the reboot")
     final = finish(vm, journal_id)
+    PHASES.mark("original", vm, "libvirt: the restores at boot")
     assert final.phase == "done", final
     assert {n: (g.outcome, g.image) for n, g in final.guests.items()} == {
         n: ("restored", f"/var/lib/libvirt/libxl/save/{n}.save") for n in ("lv1", "lv2")}
     assert ssh_ok(vm, "ls -A /var/lib/libvirt/libxl/save").split() == []  # the used images are deleted
     kept_running(vm, ("lv1", "lv2"), tmp_path)
+    PHASES.mark("original", vm, "libvirt: the consoles")
 
 
 def test_libvirt_xen_driver_saves_and_restores_two_domus_across_a_real_reboot_without_domain0(
