@@ -157,18 +157,26 @@ def uri(root: Path) -> str:
     return f"qemu:///embed?root={root}"
 
 
+def whole_lines(console: Path) -> list[str]:
+    """The console's lines that have ended: the serial console reaches its file a few bytes at a time, so
+    a last line without its newline may be half written ("uptime 12" of "uptime 123.45")."""
+    text = console.read_text(errors="replace")
+    lines = text.split("\n")
+    return [line.rstrip("\r") for line in lines[:-1]]  # the part after the last newline is still being written
+
+
 def clocks(console: Path) -> list[int]:
     """The guest's wall clock (``date +%s``), printed beside each uptime."""
     if not console.exists():
         return []
-    return [int(line.split()[1]) for line in console.read_text(errors="replace").splitlines()
+    return [int(line.split()[1]) for line in whole_lines(console)
             if line.startswith("clock ") and len(line.split()) == 2 and line.split()[1].isdigit()]
 
 
 def uptimes(console: Path) -> list[float]:
     if not console.exists():
         return []
-    return [float(line.split()[1]) for line in console.read_text(errors="replace").splitlines()
+    return [float(line.split()[1]) for line in whole_lines(console)
             if line.startswith("uptime ") and len(line.split()) == 2]
 
 

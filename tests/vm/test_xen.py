@@ -218,6 +218,19 @@ def start_pv(vm: DebianVM, name: str) -> None:
             return
 
 
+def current_boot(vm: DebianVM, timeout: float = 600) -> str:
+    """The boot id, asked until the dom0 answers: ``boot_id``'s None (no answer within 20 s, on a loaded
+    machine) taken as the boot before a reboot made every later id look new."""
+    found: list[str] = []
+
+    def answered() -> bool:
+        current = boot_id(vm)
+        found[:] = [current] if current else []
+        return bool(found)
+    wait_for("the dom0's boot id", answered, timeout, vm=vm)
+    return found[0]
+
+
 def boot_id(vm: DebianVM) -> str | None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         done = vm.ssh("cat /proc/sys/kernel/random/boot_id", timeout=20)
@@ -421,14 +434,14 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
     assert "guest Domain-0" not in "\n".join(preview["preflight"])
     assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
         f"guest {name} (96 MiB): save" for name in PV]
-    old_boot = boot_id(clone)
+    old_boot = current_boot(clone)
     sink = copy_mail[1]
     sent_before = len(sink.messages)
     journal_id = schedule(clone, 90, "kernel update")
     wait_for("the owners' notices", lambda: {m["to"][0] for m in sink.messages[sent_before:]} >= {
         "alice@example.com", "bob@example.com"}, 90, vm=clone)
     PHASES.mark("clone", clone, "xl story: the preview, scheduled, the notices")
-    wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 600, 5, vm=clone)
+    wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 900, 5, vm=clone)
     PHASES.mark("clone", clone, "xl story: to the time, the saves, the reboot")
     final = finish(clone, journal_id)
     PHASES.mark("clone", clone, "xl story: the restores at boot")
@@ -458,11 +471,11 @@ def test_xl_failures_a_save_that_cannot_be_written_and_an_image_deleted_before_t
                  "rm -f /var/lib/xen/save/pv3.save\nexec systemctl reboot\nEOF\nchmod +x /root/delete-then-reboot")
     PHASES.mark("clone", clone, "(between)")
     configure(clone, 'on_save_failure = "skip"', 'reboot_command = ["/root/delete-then-reboot"]')
-    old_boot = boot_id(clone)
+    old_boot = current_boot(clone)
     try:
         journal_id = schedule(clone, 30, "failures")
         PHASES.mark("clone", clone, "failures: configured, scheduled")
-        wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 600, 5, vm=clone)
+        wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 900, 5, vm=clone)
         PHASES.mark("clone", clone, "failures: to the time, the saves, the reboot")
         final = finish(clone, journal_id)
         PHASES.mark("clone", clone, "failures: the restore, the restart, the cold boot")
@@ -595,7 +608,7 @@ def killed_story(vm: DebianVM) -> KilledStory:
         hidden = (ssh_ok(vm, "xl list -l"), ssh_ok(vm, "xl list"))
         ssh_ok(vm, "mkdir -p /etc/systemd/system/hostagent.service.d /run/hostagent-pauses && "
                    "printf '[Service]\\nEnvironment=HOSTAGENT_TEST_PAUSE=before-reboot "
-                   "HOSTAGENT_TEST_PAUSE_DIR=/run/hostagent-pauses\\nReadWritePaths=/run/hostagent-pauses\\n' > "
+                   "HOSTAGENT_TEST_PAUSE_DIR=/run/hostagent-pauses\\nReadWritePaths=-/run/hostagent-pauses\\n' > "
                    "/etc/systemd/system/hostagent.service.d/pause.conf && systemctl daemon-reload")
         ssh_ok(vm, "sed 's/\"pv1\"/\"pv9\"/' /etc/xen/pv1.cfg > /etc/xen/pv9.cfg && cat > /usr/local/sbin/xl <<'EOF'\n"
                    "#!/bin/sh\n"
@@ -603,11 +616,11 @@ def killed_story(vm: DebianVM) -> KilledStory:
                    "  /usr/sbin/xl create /etc/xen/pv9.cfg >&2\nfi\n"
                    "exec /usr/sbin/xl \"$@\"\nEOF\nchmod +x /usr/local/sbin/xl")
         configure(vm)
-        old_boot = boot_id(vm)
+        old_boot = current_boot(vm)
         journal_id = schedule(vm, 30, "killed")
         PHASES.mark("original", vm, "killed: pv3 hidden, the xl wrapper, configured, scheduled")
         wait_for("the worker to reach the reboot", lambda: vm.ssh("test -e /run/hostagent-pauses/before-reboot"
-                                                                 ).returncode == 0, 300, vm=vm)
+                                                                 ).returncode == 0, 900, vm=vm)
         PHASES.mark("original", vm, "killed: to the time, pv9 started, the saves")
         at_pause = ssh_ok(vm, "xl list")
         ssh_ok(vm, "systemctl kill -s KILL hostagent.service; "
@@ -615,10 +628,15 @@ def killed_story(vm: DebianVM) -> KilledStory:
                    "systemctl reset-failed hostagent.service; systemctl start hostagent.service")
         final = finish(vm, journal_id)  # four restores: minutes on a machine twice as slow, all of it loaded
         PHASES.mark("original", vm, "killed: the agent killed and started, the restores")
-        return KilledStory(hidden, at_pause, old_boot, boot_id(vm), final, ssh_ok(vm, "xl list"),
+        return KilledStory(hidden, at_pause, old_boot, current_boot(vm), final, ssh_ok(vm, "xl list"),
                            ssh_ok(vm, "xl list -l"))
-    finally:
-        vm.ssh("rm -f /usr/local/sbin/xl; xl destroy pv9; rm -f /etc/xen/pv9.cfg")
+    finally:  # whatever happened: the agent as installed, without the pause (a story that failed before the
+        # kill left it in: the next maintenance on this machine then paused, and after its reboot the service
+        # could not start), its paused worker, if any, killed by the restart (the daemon resumes its journal)
+        vm.ssh("rm -f /usr/local/sbin/xl; xl destroy pv9; rm -f /etc/xen/pv9.cfg; "
+               "if [ -e /etc/systemd/system/hostagent.service.d/pause.conf ]; then "
+               "rm /etc/systemd/system/hostagent.service.d/pause.conf; systemctl daemon-reload; "
+               "systemctl reset-failed hostagent.service; systemctl restart hostagent.service; fi", timeout=180)
 
 
 def test_xl_agent_killed_between_the_saves_and_the_reboot_restores_without_rebooting(forked: Fork) -> None:
@@ -653,7 +671,9 @@ def libvirt_story(vm: DebianVM, tmp_path: Path) -> None:
     # the story before on this machine (the killed story) may have ended in a failure of its own, with its
     # maintenance still restoring: this one starts once none is open, so its verdict is its own
     wait_for("no maintenance open on the dom0", lambda: no_open_maintenance(vm), 900, 5, vm=vm)
-    ssh_ok(vm, "for d in pv1 pv2 pv3; do xl destroy $d; done")
+    ssh_ok(vm, "for d in pv1 pv2 pv3 pv9; do if xl domid $d >/dev/null 2>&1; then xl destroy $d; fi; done")
+    listed = ssh_ok(vm, "xl list").splitlines()[1:]
+    assert [line.split()[0] for line in listed] == ["Domain-0"], listed  # xl's guests gone: libvirt's alone
     for name in ("lv1", "lv2"):
         ssh_ok(vm, f"virsh -c xen:///system domxml-from-native xen-xl /etc/xen/{name}.cfg > /root/{name}.xml && "
                    f"virsh -c xen:///system define /root/{name}.xml && virsh -c xen:///system start {name}")
@@ -664,10 +684,10 @@ def libvirt_story(vm: DebianVM, tmp_path: Path) -> None:
     preview = json.loads(ssh_ok(vm, f"{HOSTAGENT} maintenance --reboot-at now --reason preview --dry-run --json"))
     assert [line for line in preview["preflight"] if line.startswith("guest ")] == [
         "guest lv1 (96 MiB): save", "guest lv2 (96 MiB): save"]  # Domain-0 is not a guest
-    old_boot = boot_id(vm)
+    old_boot = current_boot(vm)
     journal_id = schedule(vm, 30, "libvirt")
     PHASES.mark("original", vm, "libvirt: configured, the preview, scheduled")
-    wait_for("the dom0 to reboot", lambda: boot_id(vm) not in (old_boot, None), 600, 5, vm=vm)
+    wait_for("the dom0 to reboot", lambda: boot_id(vm) not in (old_boot, None), 900, 5, vm=vm)
     PHASES.mark("original", vm, "libvirt: to the time, the saves, the reboot")
     final = finish(vm, journal_id)
     PHASES.mark("original", vm, "libvirt: the restores at boot")
