@@ -14,12 +14,14 @@ process group (and with it the part's QEMU, which dies with its test process).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,12 @@ COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # pytest's closing line, with or without its rule (-q drops the rule): "== 1 failed, 2 passed in 3.45s =="
 CLOSING = re.compile(r"^(=+ )?(\d+ \w+(, )?)+ in [\d.]+s\b")
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# CI stops at 90 minutes: at this many seconds from the Makefile's start every part still running is
+# stopped, and the report (each part's output, its time, what failed and why) is printed all the same
+LIMIT = float(os.environ.get("HOSTAGENT_SUITE_LIMIT", 85 * 60))
+# each checkout's own: two runs on one machine (back-to-back clones, CI beside a local run) never share
+# their VMs' directories
+BASETEMP = f"/tmp/hostagent-pytest-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
 
 
 def minutes(seconds: float) -> str:
@@ -91,10 +99,14 @@ def stop_group(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace: 
     process.wait()
 
 
+FOREGROUND: list[subprocess.Popen[str]] = []  # the part running in the foreground, for the watchdog
+
+
 def run(argv: list[str], log: list[str], env: dict[str, str] | None = None) -> int:
     """Run a part in the foreground, in its own process group, its output passed through and kept."""
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, start_new_session=True, env=env)
+    FOREGROUND[:] = [process]
     try:
         for line in process.stdout:  # type: ignore[union-attr]
             sys.stdout.write(line)
@@ -120,17 +132,29 @@ def main() -> int:
 
     xen: dict[str, subprocess.Popen[bytes]] = {}
     texts: list[str] = []  # each pytest part's output, for the reasons at the end
-    ended: dict[str, float] = {}
+    ended: dict[str, float] = {}  # when each Xen process ended, by a thread waiting on it
+    stopped: list[str] = []  # why the suite stopped its parts early (the limit, a signal)
     ok = True
+    xen_started = time.monotonic()
+
+    def watchdog() -> None:
+        if not limit_passed.wait(max(0.0, started + LIMIT - time.time())):
+            stopped.append(f"the suite's limit of {minutes(LIMIT)} from its start passed")
+            print(f"suite: {stopped[-1]}: stopping every part", file=sys.stderr, flush=True)
+            for process in [*xen.values(), *FOREGROUND]:
+                stop_group(process, grace=60)
+    limit_passed = threading.Event()  # set when every part has ended: the watchdog stands down
+    threading.Thread(target=watchdog, daemon=True).start()
     try:
-        xen_started = time.monotonic()
         for number, module in enumerate(XEN_MODULES):
             with (cache / f"test-xen-{number}.log").open("w") as out:
                 xen[module] = subprocess.Popen(
-                    [str(bin_dir / "pytest"), "--durations=15", f"--basetemp=/tmp/hostagent-pytest-xen{number}",
+                    [str(bin_dir / "pytest"), "--durations=15", f"--basetemp={BASETEMP}-xen{number}",
                      "-p", "no:cacheprovider", module], cwd=REPO, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
                     env={**os.environ, "HOSTAGENT_CPU_LOG": str(cache / f"cpu-xen-{number}.json")})
+            threading.Thread(target=lambda m=module, p=xen[module]: (p.wait(), ended.setdefault(m, time.monotonic())),
+                             daemon=True).start()
         for name, argv in (("lint", ["make", "--no-print-directory", "lint"]),
                            ("fuzz", ["make", "--no-print-directory", "fuzz"])):
             began, output = time.monotonic(), []
@@ -141,7 +165,7 @@ def main() -> int:
                 break
         if ok:
             began, output = time.monotonic(), []
-            rc = run([str(bin_dir / "pytest"), "--durations=40", "--basetemp=/tmp/hostagent-pytest",
+            rc = run([str(bin_dir / "pytest"), "--durations=40", f"--basetemp={BASETEMP}",
                       *[f"--ignore={module}" for module in XEN_MODULES],
                       "--ignore=tests/fuzz"], output,
                      {**os.environ, "HOSTAGENT_CPU_LOG": str(cache / "cpu-rest.json")})
@@ -152,18 +176,22 @@ def main() -> int:
             for process in xen.values():
                 stop_group(process)
         while len(ended) < len(xen):
-            for module, process in xen.items():
-                if module not in ended and process.poll() is not None:
-                    ended[module] = time.monotonic()
             time.sleep(1)
     except Interrupted as why:
+        stopped.append(str(why))
         print(f"suite: {why}: stopping every part", file=sys.stderr, flush=True)
         for process in xen.values():
             stop_group(process)
-        return 130
+        ok = False
+    limit_passed.set()
+    for module, process in xen.items():  # each has ended, or been stopped just now
+        process.wait()
+        ended.setdefault(module, time.monotonic())
 
     for number, (module, process) in enumerate(xen.items()):
         text = (cache / f"test-xen-{number}.log").read_text(errors="replace")
+        if stopped:
+            text += f"\n(stopped: {stopped[0]})\n"
         print(f"=== {module} (ran beside the rest) ===")
         print(text, end="" if text.endswith("\n") else "\n")
         texts.append(text)
@@ -183,8 +211,12 @@ def main() -> int:
     if why:
         print("=== what failed, and the first line of why (each part's output above has the rest) ===")
         print("\n".join(why))
-    print(closing_line(parts, ok))
-    return 0 if ok else 1
+    for why in stopped:
+        print(f"suite: stopped early: {why}")
+    print(closing_line(parts, ok and not stopped))
+    if stopped and not any("limit" in why for why in stopped):
+        return 130
+    return 0 if ok and not stopped else 1
 
 
 if __name__ == "__main__":

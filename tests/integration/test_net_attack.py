@@ -150,20 +150,29 @@ def test_blackhole_dry_run_apply_list_and_expiry(net: Lab, tmp_path: Path) -> No
     assert "blackhole 10.77.1.0/24" not in net.routes(net.target)
     refused = hostagent("blackhole", "10.77.0.0/24", "--apply")
     assert refused.returncode == 3 and "an address of this host (veth-t)" in refused.stderr
-    applied = hostagent("blackhole", "10.77.1.0/24", "--ttl", "3", "--reason", "test flood", "--apply")
+    # one mitigation that cannot expire during the test (an hour) and one that does (3 s): a 3 s one alone
+    # raced the CLI's starts on a loaded machine before the "not yet expired" check
+    applied = hostagent("blackhole", "10.77.1.0/24", "--ttl", "3600", "--reason", "test flood", "--apply")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "blackhole 10.77.1.0/24" in net.routes(net.target)
     listed = json.loads(hostagent("mitigations", "--json").stdout)["mitigations"]
     assert [(m["id"], m["reason"]) for m in listed] == [("blackhole:10.77.1.0/24", "test flood")]
     early = hostagent("expire", "--apply")
     assert "nothing has expired" in early.stdout and "blackhole 10.77.1.0/24" in net.routes(net.target)
+    short = hostagent("blackhole", "10.77.2.0/24", "--ttl", "3", "--reason", "short", "--apply")
+    assert short.returncode == 0 and "blackhole 10.77.2.0/24" in net.routes(net.target), short.stdout + short.stderr
     time.sleep(3.5)
     expired = hostagent("expire", "--apply")
-    assert "[applied] ip route del blackhole 10.77.1.0/24" in expired.stdout, expired.stdout + expired.stderr
-    assert "blackhole 10.77.1.0/24" not in net.routes(net.target)
+    assert "[applied] ip route del blackhole 10.77.2.0/24" in expired.stdout, expired.stdout + expired.stderr
+    assert "10.77.1.0/24" not in expired.stdout  # the hour-long one stays
+    routes = net.routes(net.target)
+    assert "blackhole 10.77.2.0/24" not in routes and "blackhole 10.77.1.0/24" in routes
+    withdrawn = hostagent("withdraw", "blackhole:10.77.1.0/24", "--apply")
+    assert withdrawn.returncode == 0 and "blackhole 10.77.1.0/24" not in net.routes(net.target), withdrawn
     assert json.loads(hostagent("mitigations", "--json").stdout)["mitigations"] == []
     events = [json.loads(line)["event"] for line in (state / "audit.jsonl").read_text().splitlines()]
-    assert events == ["start", "done", "mitigation.start", "start", "done", "mitigation.end"]
+    assert events.count("mitigation.start") == 2 and events.count("mitigation.end") == 2, events
+    assert events[:3] == ["start", "done", "mitigation.start"], events
 
 
 def test_daemon_pages_at_once_blackholes_and_lets_it_expire(net: Lab, tmp_path: Path) -> None:
