@@ -104,10 +104,13 @@ def phases(request: pytest.FixtureRequest) -> Iterator[Phases]:
     """The module's phase table, written when the module ends, passed or failed."""
     yield PHASES
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")  # a teardown's output is captured
     if reporter is not None and PHASES.rows:
-        reporter.write_sep("=", "the Xen module's phases (tests/vm/test_xen.py, Phases)")
-        for line in PHASES.table():
-            reporter.write_line(line)
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line("")
+            reporter.write_sep("=", "the Xen module's phases (tests/vm/test_xen.py, Phases)")
+            for line in PHASES.table():
+                reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
