@@ -31,6 +31,7 @@ COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # pytest's closing line, with or without its rule (-q drops the rule): "== 1 failed, 2 passed in 3.45s =="
 CLOSING = re.compile(r"^(=+ )?(\d+ \w+(, )?)+ in [\d.]+s\b")
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+SECTION = re.compile(r"^_+ (?:ERROR at \w+ of )?(\S+) _+$")
 # CI stops at 90 minutes: at this many seconds from the Makefile's start every part still running is
 # stopped, and the report (each part's output, its time, what failed and why) is printed all the same
 LIMIT = float(os.environ.get("HOSTAGENT_SUITE_LIMIT", 85 * 60))
@@ -63,8 +64,27 @@ def reasons(output: str) -> list[str]:
     start = next((i for i in range(len(lines) - 1, -1, -1) if "short test summary info" in lines[i]), None)
     if start is None:
         return []
+    # each failure's first "E " line, by the test's name in its section's rule ("____ test_x[a] ____"): off
+    # CI pytest drops the message from a summary line that a long test id fills to the terminal's width
+    first_error: dict[str, str] = {}
+    section = None
+    for line in lines[:start]:
+        ruled = SECTION.match(line)
+        if ruled:
+            section = ruled.group(1)
+        elif section and line.startswith("E ") and section not in first_error:
+            first_error[section] = line[1:].strip()
+    said = []
     # on CI pytest gives the whole message, lines and all: the line that names the test is enough here
-    return [line[:400] for line in lines[start + 1:] if line.startswith(("FAILED ", "ERROR "))]
+    for line in lines[start + 1:]:
+        if not line.startswith(("FAILED ", "ERROR ")):
+            continue
+        if " - " not in line:
+            name = line.split(" ", 1)[1].split("::")[-1]
+            if name in first_error:
+                line = f"{line} - {first_error[name]}"
+        said.append(line[:400])
+    return said
 
 
 def closing_line(parts: dict[str, dict[str, object]], ok: bool) -> str:

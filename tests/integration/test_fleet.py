@@ -86,10 +86,11 @@ def test_a_poll_tells_every_host_apart(fleet: SshFleet, tmp_path: Path) -> None:
     assert "garbage reply" in (results["hv5"].error or "") and "'garbage more garbage'" in (results["hv5"].error or "")
     assert "request refused" in (results["hv6"].error or "") and "'report' is not allowed" in (results["hv6"].error
                                                                                                or "")
-    # the stopped sshd cost only its own timeouts: the others answered as fast as ever, and the whole
-    # poll took no more than one host's budget (connect_timeout + command_timeout in controller_config)
-    assert all(results[n].seconds < 3.0 + 20.0 for n in ("hv1", "hv2", "hv5", "hv6"))
-    assert elapsed < 3.0 + 20.0, elapsed
+    # the stopped sshd cost only its own time: the hosts were polled at once, so the whole poll took less
+    # than its hosts' times added up (one after another it takes at least that), whatever the machine's
+    # speed (a bound in seconds here was a timed assertion: docs/testing.md)
+    assert elapsed < sum(r.seconds for r in results.values()), (elapsed, {n: r.seconds for n, r in results.items()})
+    assert results["hv4"].seconds > 0
     assert known.read_text().count(hv["hv3"].address) == 1  # --accept-new never replaces a changed key
     states = {s.name: s for s in controller.store.hosts()}
     assert states["hv1"].version == "0.1.0" and states["hv1"].last_seen is not None

@@ -51,3 +51,20 @@ def test_the_reasons_are_the_last_short_summary_s_failed_lines_whole_or_cut() ->
     assert said[1].startswith("ERROR tests/a.py::test_y - RuntimeError: no SSH!") and len(said[1]) == 400
     assert len(said) == 2
     assert reasons("....\n== 4 passed in 1.0s ==\n") == []
+
+
+def test_a_summary_line_without_its_message_gets_the_sections_first_error_line() -> None:
+    output = ("=== FAILURES ===\n"
+              "____ test_xl_failures_a_save[pv2] ____\n\n    def test():\n>       wait_for()\n"
+              "E               AssertionError: timed out after 900 s waiting for clone to reboot\n"
+              "E               --- the dom0's console\n"
+              "____ ERROR at setup of test_other ____\nE   RuntimeError: no SSH after 300 s\n"
+              "=== short test summary info ===\n"
+              "FAILED tests/vm/test_xen.py::test_xl_failures_a_save[pv2]\n"
+              "ERROR tests/vm/test_xen.py::test_other\n"
+              "FAILED tests/a.py::test_y - KeyError: 'x'\n== 2 failed, 1 error in 9.0s ==\n")
+    assert reasons(output) == [
+        "FAILED tests/vm/test_xen.py::test_xl_failures_a_save[pv2] - AssertionError: timed out after 900 s waiting "
+        "for clone to reboot",
+        "ERROR tests/vm/test_xen.py::test_other - RuntimeError: no SSH after 300 s",
+        "FAILED tests/a.py::test_y - KeyError: 'x'"]

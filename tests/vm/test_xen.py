@@ -64,9 +64,10 @@ class Phases:
         self.last: dict[str, tuple[float, float]] = {}
         self.lock = threading.Lock()
 
-    def start(self, machine: str, vm: DebianVM, wall: float | None = None) -> None:
+    def start(self, machine: str, wall: float) -> None:
+        """A machine whose QEMU was started at ``wall`` (monotonic): its first phase counts all of its CPU."""
         with self.lock:
-            self.last[machine] = (time.monotonic() if wall is None else wall, qemu_cpu(vm))
+            self.last[machine] = (wall, 0.0)
 
     def mark(self, machine: str, vm: DebianVM, phase: str) -> None:
         now, cpu = time.monotonic(), qemu_cpu(vm)
@@ -124,7 +125,7 @@ def dom0(tmp_path_factory: pytest.TempPathFactory, mail: tuple[Controller, Sink]
     began = time.monotonic()
     with debian_vm(tmp_path_factory.mktemp("xen"), memory_mib=2048, xen=True, smtp_port=mail[0].port,
                    extra_disks=2) as machine:
-        PHASES.start("original", machine, began)
+        PHASES.start("original", began)
         PHASES.mark("original", machine, "the image, the boot to SSH")
         vmlinuz = Path(kernel()[0])
         initrd = guests.initramfs(agent=False)  # no guest agent: PV guests have no virtio channel for it
@@ -250,11 +251,17 @@ def journal(vm: DebianVM, journal_id: str) -> Journal | None:
     return None
 
 
-def schedule(vm: DebianVM, ahead: float, reason: str) -> str:
+def schedule(vm: DebianVM, ahead: float, reason: str, notify: bool = False) -> str:
     """A maintenance ``ahead`` seconds from when the dom0 runs the command, by the dom0's clock: an SSH
-    login on a loaded machine took over 30 s, and a time taken here was then in the past."""
+    login on a loaded machine took over 30 s, and a time taken here was then in the past.
+
+    ``notify``: with ``--notify-owners``, which only the xl story is about.  The daemon sends the notices
+    from its main loop, which a cycle of checks holds up on the loaded dom0 (47 s once, after the
+    scheduling), and a maintenance whose owners were promised a notice and not told is missed, not run
+    (issue #34): the failures story, scheduled 30 s ahead with it, was missed once and never rebooted."""
     at = f"$(date -u -d '+{int(ahead)} seconds' +%Y-%m-%dT%H:%M:%S+00:00)"
-    out = ssh_ok(vm, f"{HOSTAGENT} maintenance --reboot-at \"{at}\" --reason '{reason}' --notify-owners --json")
+    flag = " --notify-owners" if notify else ""
+    out = ssh_ok(vm, f"{HOSTAGENT} maintenance --reboot-at \"{at}\" --reason '{reason}'{flag} --json")
     return str(json.loads(out)["id"])
 
 
@@ -398,7 +405,7 @@ def clone(forked: Fork, copy_mail: tuple[Controller, Sink], tmp_path_factory: py
         began = time.monotonic()
         vm = stack.enter_context(from_snapshot(tmp_path_factory.mktemp("xen-copy"), forked.snapshot,
                                                smtp_port=copy_mail[0].port))
-        PHASES.start("clone", vm, began)
+        PHASES.start("clone", began)
         PHASES.mark("clone", vm, "its start from the snapshot")
         forked.snapshot.state.unlink()  # read: about 1 GiB less on disk
         forked.stop_clone = stack.close
@@ -440,9 +447,9 @@ def test_xl_maintenance_saves_every_domu_reboots_dom0_for_real_and_restores_them
     old_boot = current_boot(clone)
     sink = copy_mail[1]
     sent_before = len(sink.messages)
-    journal_id = schedule(clone, 90, "kernel update")
+    journal_id = schedule(clone, 150, "kernel update", notify=True)  # 150 s: the notices go first (schedule)
     wait_for("the owners' notices", lambda: {m["to"][0] for m in sink.messages[sent_before:]} >= {
-        "alice@example.com", "bob@example.com"}, 90, vm=clone)
+        "alice@example.com", "bob@example.com"}, 150, vm=clone)
     PHASES.mark("clone", clone, "xl story: the preview, scheduled, the notices")
     wait_for("clone to reboot", lambda: boot_id(clone) not in (old_boot, None), 900, 5, vm=clone)
     PHASES.mark("clone", clone, "xl story: to the time, the saves, the reboot")
