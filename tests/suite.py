@@ -1,11 +1,12 @@
-"""`make test`'s runner: the Xen module beside the rest of the suite, then the wall time of each part.
+"""`make test`'s runner: three pytest processes on two cores, then the wall time of each part.
 
 Two cores (docs/testing.md, "Suite time"): the Xen module (a dom0 under TCG, the longest chain)
-starts first, in its own pytest process with its own ``--basetemp``; the linters, ``make fuzz``
-and then the rest of the suite run beside it.  A lint or fuzz failure stops both.  At the end it
-prints the Xen module's output, a table of each part's wall time (also kept in
-``.cache/suite-times.json``), and one closing line with the tests of every process:
-``N passed, N failed``.
+starts first, in its own pytest process with its own ``--basetemp``; the linters and ``make fuzz``
+run beside it, then the VM tests in the foreground and the host tests (tests/unit and
+tests/integration, no VM: mostly waits on timers, little CPU) in a third process beside them.  A
+lint or fuzz failure stops every part.  At the end it prints the host tests' and the Xen module's
+output, a table of each part's wall time (also kept in ``.cache/suite-times.json``), and one closing
+line with the tests of every process: ``N passed, N failed``.
 
 It exits non-zero if any part failed.  SIGINT, SIGTERM and SIGHUP stop every part, each in its own
 process group (and with it the part's QEMU, which dies with its test process).
@@ -27,6 +28,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 XEN_MODULES = ("tests/vm/test_xen.py",)
+# the VM tests outside tests/vm: they run with the VM tests, in the foreground
+VM_ELSEWHERE = ("tests/integration/test_shared_ssh.py",)
+VM_PART = "the VM tests"
+HOST_PART = "the host tests (beside)"
+ORDER = ("deps (apt, venv)", "lint", "fuzz", VM_PART, HOST_PART)
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # pytest's closing line, with or without its rule (-q drops the rule): "== 1 failed, 2 passed in 3.45s =="
 CLOSING = re.compile(r"^(=+ )?(\d+ \w+(, )?)+ in [\d.]+s\b")
@@ -138,86 +144,110 @@ def run(argv: list[str], log: list[str], env: dict[str, str] | None = None) -> i
         raise
 
 
+def selections(bin_dir: Path, cache: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each pytest part's command line and environment, by the part's name: the Xen modules, the host
+    tests and the VM tests.  Together they select every test under ``tests/`` but ``tests/fuzz`` (which
+    ``make fuzz`` runs) once: ``tests/unit/test_suite_runner.py`` checks it file by file."""
+    pytest = str(bin_dir / "pytest")
+    parts: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for number, module in enumerate(XEN_MODULES):
+        parts[f"{module} (beside the rest)"] = (
+            [pytest, "--durations=15", f"--basetemp={BASETEMP}-xen{number}", "-p", "no:cacheprovider", module],
+            {"HOSTAGENT_CPU_LOG": str(cache / f"cpu-xen-{number}.json")})
+    parts[HOST_PART] = (
+        [pytest, "--durations=20", f"--basetemp={BASETEMP}-host", "-p", "no:cacheprovider", "tests",
+         "--ignore=tests/fuzz", "--ignore=tests/vm", *[f"--ignore={path}" for path in VM_ELSEWHERE]],
+        {"HOSTAGENT_CPU_LOG": str(cache / "cpu-host.json")})
+    parts[VM_PART] = (
+        [pytest, "--durations=40", f"--basetemp={BASETEMP}", "-p", "no:cacheprovider", "tests/vm",
+         *VM_ELSEWHERE, *[f"--ignore={module}" for module in XEN_MODULES]],
+        {"HOSTAGENT_CPU_LOG": str(cache / "cpu-vm.json")})
+    return parts
+
+
 def main() -> int:
     started = float(os.environ.get("SUITE_STARTED") or time.time())  # the Makefile's start, before `make deps`
     bin_dir = Path(sys.executable).parent
     cache = REPO / ".cache"
     cache.mkdir(exist_ok=True)
     parts: dict[str, dict[str, object]] = {"deps (apt, venv)": {"seconds": time.time() - started, "ok": True}}
+    argvs = selections(bin_dir, cache)
 
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted(f"signal {signum}")
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
 
-    xen: dict[str, subprocess.Popen[bytes]] = {}
+    behind: dict[str, subprocess.Popen[bytes]] = {}  # the parts in the background, by name: Xen, the host tests
+    began: dict[str, float] = {}
+    ended: dict[str, float] = {}  # when each background part ended, by a thread waiting on it
     texts: list[str] = []  # each pytest part's output, for the reasons at the end
-    ended: dict[str, float] = {}  # when each Xen process ended, by a thread waiting on it
     stopped: list[str] = []  # why the suite stopped its parts early (the limit, a signal)
     ok = True
-    xen_started = time.monotonic()
+
+    def background(name: str) -> None:
+        argv, env = argvs[name]
+        with (cache / logname(name)).open("w") as out:
+            began[name] = time.monotonic()
+            behind[name] = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True, env={**os.environ, **env})
+        threading.Thread(target=lambda p=behind[name]: (p.wait(), ended.setdefault(name, time.monotonic())),
+                         daemon=True).start()
 
     def watchdog() -> None:
         if not limit_passed.wait(max(0.0, started + LIMIT - time.time())):
             stopped.append(f"the suite's limit of {minutes(LIMIT)} from its start passed")
             print(f"suite: {stopped[-1]}: stopping every part", file=sys.stderr, flush=True)
-            for process in [*xen.values(), *FOREGROUND]:
+            for process in [*behind.values(), *FOREGROUND]:
                 stop_group(process, grace=60)
     limit_passed = threading.Event()  # set when every part has ended: the watchdog stands down
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        for number, module in enumerate(XEN_MODULES):
-            with (cache / f"test-xen-{number}.log").open("w") as out:
-                xen[module] = subprocess.Popen(
-                    [str(bin_dir / "pytest"), "--durations=15", f"--basetemp={BASETEMP}-xen{number}",
-                     "-p", "no:cacheprovider", module], cwd=REPO, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True,
-                    env={**os.environ, "HOSTAGENT_CPU_LOG": str(cache / f"cpu-xen-{number}.json")})
-            threading.Thread(target=lambda m=module, p=xen[module]: (p.wait(), ended.setdefault(m, time.monotonic())),
-                             daemon=True).start()
+        for module in XEN_MODULES:
+            background(f"{module} (beside the rest)")
         for name, argv in (("lint", ["make", "--no-print-directory", "lint"]),
                            ("fuzz", ["make", "--no-print-directory", "fuzz"])):
-            began, output = time.monotonic(), []
+            start, output = time.monotonic(), []
             rc = run(argv, output)
-            parts[name] = {"seconds": time.monotonic() - began, "ok": rc == 0, "tests": counts("".join(output))}
+            parts[name] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
             ok = ok and rc == 0
             if not ok:
                 break
         if ok:
-            began, output = time.monotonic(), []
-            rc = run([str(bin_dir / "pytest"), "--durations=40", f"--basetemp={BASETEMP}",
-                      *[f"--ignore={module}" for module in XEN_MODULES],
-                      "--ignore=tests/fuzz"], output,
-                     {**os.environ, "HOSTAGENT_CPU_LOG": str(cache / "cpu-rest.json")})
-            parts["the rest"] = {"seconds": time.monotonic() - began, "ok": rc == 0, "tests": counts("".join(output))}
+            background(HOST_PART)
+            argv, env = argvs[VM_PART]
+            start, output = time.monotonic(), []
+            rc = run(argv, output, {**os.environ, **env})
+            parts[VM_PART] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
             texts.append("".join(output))
             ok = rc == 0
         else:
-            for process in xen.values():
+            for process in behind.values():
                 stop_group(process)
-        while len(ended) < len(xen):
+        while len(ended) < len(behind):
             time.sleep(1)
     except Interrupted as why:
         stopped.append(str(why))
         print(f"suite: {why}: stopping every part", file=sys.stderr, flush=True)
-        for process in xen.values():
+        for process in behind.values():
             stop_group(process)
         ok = False
     limit_passed.set()
-    for module, process in xen.items():  # each has ended, or been stopped just now
+    for name, process in behind.items():  # each has ended, or been stopped just now
         process.wait()
-        ended.setdefault(module, time.monotonic())
+        ended.setdefault(name, time.monotonic())
 
-    for number, (module, process) in enumerate(xen.items()):
-        text = (cache / f"test-xen-{number}.log").read_text(errors="replace")
+    for name in sorted(behind, key=lambda n: n != HOST_PART):  # the host tests first, then Xen's
+        process = behind[name]
+        text = (cache / logname(name)).read_text(errors="replace")
         if stopped:
             text += f"\n(stopped: {stopped[0]})\n"
-        print(f"=== {module} (ran beside the rest) ===")
+        print(f"=== {name} ===")
         print(text, end="" if text.endswith("\n") else "\n")
         texts.append(text)
-        parts[f"{module} (beside the rest)"] = {"seconds": ended[module] - xen_started,
-                                                "ok": process.returncode == 0, "tests": counts(text)}
+        parts[name] = {"seconds": ended[name] - began[name], "ok": process.returncode == 0, "tests": counts(text)}
         ok = ok and process.returncode == 0
+    parts = {name: parts[name] for name in [*ORDER, *parts] if name in parts}  # the table's order, whatever ran
     parts["make test"] = {"seconds": time.time() - started, "ok": ok}
     (cache / "suite-times.json").write_text(json.dumps(
         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parts": parts}, indent=2) + "\n")
@@ -237,6 +267,14 @@ def main() -> int:
     if stopped and not any("limit" in why for why in stopped):
         return 130
     return 0 if ok and not stopped else 1
+
+
+def logname(part: str) -> str:
+    """A background part's log under .cache: ``test-xen-0.log``, ``test-host.log``."""
+    if part == HOST_PART:
+        return "test-host.log"
+    module = part.split(" ", 1)[0]
+    return f"test-xen-{XEN_MODULES.index(module)}.log"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tests import suite
 from tests.suite import closing_line, counts, reasons
 
 
@@ -68,3 +71,34 @@ def test_a_summary_line_without_its_message_gets_the_sections_first_error_line()
         "for clone to reboot",
         "ERROR tests/vm/test_xen.py::test_other - RuntimeError: no SSH after 300 s",
         "FAILED tests/a.py::test_y - KeyError: 'x'"]
+
+
+def selected(argv: list[str], path: str) -> bool:
+    """Whether pytest's command line ``argv`` collects the test file ``path`` (its paths and --ignore's)."""
+    roots = [arg for arg in argv[1:] if not arg.startswith("-") and arg not in ("no:cacheprovider",)]
+    ignored = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--ignore=")]
+
+    def under(root: str) -> bool:
+        return path == root or path.startswith(root.rstrip("/") + "/")
+    return any(under(root) for root in roots) and not any(under(root) for root in ignored)
+
+
+def test_the_parts_select_every_test_file_once_and_fuzz_is_make_fuzz_s() -> None:
+    parts = suite.selections(Path("/venv/bin"), Path("/cache"))
+    files = sorted(str(p.relative_to(suite.REPO)) for p in (suite.REPO / "tests").rglob("test_*.py"))
+    assert len(files) > 50
+    for path in files:
+        chosen = [name for name, (argv, _) in parts.items() if selected(argv, path)]
+        expected = 0 if path.startswith("tests/fuzz/") else 1
+        assert len(chosen) == expected, (path, chosen)
+    vm = parts[suite.VM_PART][0]
+    assert all(selected(vm, p) for p in files if p.startswith("tests/vm/") and p not in suite.XEN_MODULES)
+    assert selected(vm, "tests/integration/test_shared_ssh.py")  # it boots a Debian VM
+    assert not selected(parts[suite.HOST_PART][0], "tests/integration/test_shared_ssh.py")
+    assert len({env["HOSTAGENT_CPU_LOG"] for _, env in parts.values()}) == len(parts)  # each its own figures
+    assert len({next(a for a in argv if a.startswith("--basetemp=")) for argv, _ in parts.values()}) == len(parts)
+
+
+def test_each_background_part_has_its_own_log() -> None:
+    names = [name for name in suite.selections(Path("/venv/bin"), Path("/cache")) if name != suite.VM_PART]
+    assert sorted(suite.logname(name) for name in names) == ["test-host.log", "test-xen-0.log"]
