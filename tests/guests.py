@@ -184,6 +184,20 @@ def boots(console: Path) -> int:
     return console.read_text(errors="replace").count(MARK) if console.exists() else 0
 
 
+def embedded(code: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a child process that may open the embedded driver (one process may hold an embed
+    root at a time), its output captured.  The child ends with ``os._exit``: a fresh embedded driver
+    reconnects to the running QEMUs in background threads, and libvirt 9.0's teardown at a normal exit
+    races them (a child that had done its work died with SIGSEGV once, in a fresh-clone run)."""
+    epilogue = "\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(0)\n"
+    done = subprocess.run([sys.executable, "-c", code + epilogue, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"a child on the embedded driver exited {done.returncode}:\n{done.stdout[-2000:]}"
+                             f"{done.stderr[-3000:]}")
+    return done
+
+
 def destroy_all(root: Path) -> None:
     """Stop every guest of an embed root (the tests' cleanup), in a child process."""
     code = ("import sys, libvirt\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
@@ -193,7 +207,7 @@ def destroy_all(root: Path) -> None:
             "        d.destroy()\n"
             "    except libvirt.libvirtError:\n"
             "        pass\n")
-    subprocess.run([sys.executable, "-c", code, uri(root)], cwd=REPO, timeout=60, check=False, capture_output=True)
+    embedded(code, uri(root), timeout=60, check=False)
     subprocess.run(["pkill", "-KILL", "-f", f"{root}/"], check=False)  # whatever libvirt could not stop
 
 

@@ -446,22 +446,28 @@ def test_an_xl_save_runs_in_the_workers_process_group_and_abort_kills_it(
         except HostagentError as err:
             errors.append(str(err))
 
-    thread = threading.Thread(target=save)
+    thread = threading.Thread(target=save, daemon=True)  # a failed assertion below must not hang pytest's exit
     thread.start()
     deadline = time.monotonic() + 30
+    program = str(tmp_path / "bin" / "xl")
+
     def xl_children() -> list[psutil.Process]:
+        """The fake xl's processes, by its path: not any child whose command line says "xl" (a detached
+        probe's ``dd`` of another test, reading under a path such as ``test_a_failed_xl_save0``, did)."""
         found = []
         for child in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):  # one that ended meanwhile (a zombie has no command line)
-                if "xl" in " ".join(child.cmdline()):
+                if program in child.cmdline():
                     found.append(child)
         return found
 
-    while not (children := xl_children()):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert all(os.getpgid(p.pid) == os.getpgid(0) for p in children)  # killing the worker's group stops it
-    hypervisor.abort("pv1")
+    try:
+        while not (children := xl_children()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert all(os.getpgid(p.pid) == os.getpgid(0) for p in children)  # killing the worker's group stops it
+    finally:
+        hypervisor.abort("pv1")
     thread.join(30)
     assert errors and "aborted" in errors[0]
 

@@ -235,15 +235,13 @@ def skew_clock(site: Site, name: str, epoch: int) -> None:
             "    try:\n        print(libvirt_qemu.qemuAgentCommand(d, command, 30, 0))\n        break\n"
             "    except libvirt.libvirtError:\n        if time.monotonic() > deadline:\n            raise\n"
             "        time.sleep(0.5)\n")
-    subprocess.run([sys.executable, "-c", code, guests.uri(site.root), name, str(epoch)], cwd=guests.REPO,
-                   check=True, timeout=120)
+    guests.embedded(code, guests.uri(site.root), name, str(epoch))
 
 
 def set_autostart(site: Site, name: str, on: bool) -> None:
     code = ("import sys\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
             "LibvirtHypervisor(sys.argv[1])._domain(sys.argv[2]).setAutostart(int(sys.argv[3]))\n")
-    subprocess.run([sys.executable, "-c", code, guests.uri(site.root), name, str(int(on))], cwd=guests.REPO,
-                   check=True, timeout=120)
+    guests.embedded(code, guests.uri(site.root), name, str(int(on)))
 
 
 def test_with_libvirt_guests_on_boot_start_and_autostart_every_guest_is_restored_once(site: Site,
@@ -297,9 +295,8 @@ def test_with_libvirt_guests_on_boot_start_and_autostart_every_guest_is_restored
 
 def run_in_child(site: Site, code: str, *args: str) -> None:
     """Act on the embed root from a child process (one process may hold it at a time)."""
-    subprocess.run([sys.executable, "-c", "import sys\nfrom hostagent.hypervisor.libvirt_backend import "
-                    f"LibvirtHypervisor\nh = LibvirtHypervisor(sys.argv[1])\n{code}\n", guests.uri(site.root), *args],
-                   cwd=guests.REPO, check=True, timeout=120)
+    guests.embedded("import sys\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+                    f"h = LibvirtHypervisor(sys.argv[1])\n{code}\n", guests.uri(site.root), *args)
 
 
 # A fresh embedded driver reconnects to the running QEMUs in the background: until it has, a destroy

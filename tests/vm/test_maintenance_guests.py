@@ -117,8 +117,7 @@ def resume_in_child(uri: str, store: JournalStore, **config: object) -> subproce
             "from hostagent.maintenance.run import resume_after_boot\n"
             "config = MaintenanceConfig(**json.loads(sys.argv[3]))\n"
             "print(resume_after_boot(JournalStore(Path(sys.argv[2])), LibvirtHypervisor(sys.argv[1]), config).phase)\n")
-    return subprocess.run([sys.executable, "-c", code, uri, str(store.directory), json.dumps(config)],
-                          capture_output=True, text=True, cwd=guests.REPO, timeout=120)
+    return guests.embedded(code, uri, str(store.directory), json.dumps(config), check=False)
 
 
 def test_a_guest_that_runs_on_is_not_restored_twice(embed_root: Path, tmp_path: Path) -> None:
@@ -141,8 +140,7 @@ def test_a_restore_that_keeps_failing_cold_boots_and_keeps_the_image(embed_root:
     save_dir = embed_root / "lib/qemu/save"
     code = ("import sys\nfrom hostagent.hypervisor.libvirt_backend import LibvirtHypervisor\n"
             "print(LibvirtHypervisor(sys.argv[1]).save('web1', ''))\n")
-    saved = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, cwd=guests.REPO,
-                           timeout=120)
+    saved = guests.embedded(code, uri, check=False)
     assert saved.stdout.strip() == "managed", saved.stderr
     image = save_dir / "web1.save"
     with image.open("r+b") as handle:  # the image is damaged: every restore fails for real
