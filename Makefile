@@ -70,11 +70,11 @@ lint: deps
 	cd ansible && PATH=$(CURDIR)/$(BIN):$$PATH ansible-lint --profile production
 	cd ansible && $(CURDIR)/$(BIN)/ansible-playbook --syntax-check -i inventory.example.ini site.yml maintenance.yml
 
-# Three pytest processes on two cores (tests/suite.py): the Xen module (one dom0 under TCG, the
-# suite's longest chain) starts first; the linters and make fuzz run beside it, then the VM tests in
-# the foreground and the host tests (tests/unit, tests/integration: mostly timers, little CPU) beside
-# them. At the end it prints the background parts' output, each part's wall time (kept in
-# .cache/suite-times.json) and one closing line for all: a lint or fuzz failure stops every part.
+# Every part at once on two cores (tests/suite.py): the Xen module (one dom0 under TCG, the suite's
+# longest chain), the linters and make fuzz start in the background, and the rest of the suite runs
+# in the foreground beside them. At the end it prints the background parts' output, each part's wall
+# time (kept in .cache/suite-times.json) and one closing line for all: a lint or fuzz failure stops
+# every part.
 SUITE_STARTED := $(shell date +%s.%N)
 
 test: deps

@@ -1,12 +1,11 @@
-"""`make test`'s runner: three pytest processes on two cores, then the wall time of each part.
+"""`make test`'s runner: every part at once on two cores, then the wall time of each part.
 
-Two cores (docs/testing.md, "Suite time"): the Xen module (a dom0 under TCG, the longest chain)
-starts first, in its own pytest process with its own ``--basetemp``; the linters and ``make fuzz``
-run beside it, then the VM tests in the foreground and the host tests (tests/unit and
-tests/integration, no VM: mostly waits on timers, little CPU) in a third process beside them.  A
-lint or fuzz failure stops every part.  At the end it prints the host tests' and the Xen module's
-output, a table of each part's wall time (also kept in ``.cache/suite-times.json``), and one closing
-line with the tests of every process: ``N passed, N failed``.
+Two cores (docs/testing.md, "Suite time"): the Xen module (a dom0 under TCG, the longest chain),
+the linters and ``make fuzz`` start in the background, each in its own process (the Xen module's
+pytest with its own ``--basetemp``), and the rest of the suite runs in the foreground beside them.
+A lint or fuzz failure stops every part.  At the end it prints the background parts' output, a
+table of each part's wall time (also kept in ``.cache/suite-times.json``), and one closing line with
+the tests of every process: ``N passed, N failed``.
 
 It exits non-zero if any part failed.  SIGINT, SIGTERM and SIGHUP stop every part, each in its own
 process group (and with it the part's QEMU, which dies with its test process).
@@ -28,11 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 XEN_MODULES = ("tests/vm/test_xen.py",)
-# the VM tests outside tests/vm: they run with the VM tests, in the foreground
-VM_ELSEWHERE = ("tests/integration/test_shared_ssh.py",)
-VM_PART = "the VM tests"
-HOST_PART = "the host tests (beside)"
-ORDER = ("deps (apt, venv)", "lint", "fuzz", VM_PART, HOST_PART)
+GATES = ("lint", "fuzz")  # beside the rest from the start; either one failing stops every part
+REST = "the rest"
+ORDER = ("deps (apt, venv)", *GATES, REST)
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # pytest's closing line, with or without its rule (-q drops the rule): "== 1 failed, 2 passed in 3.45s =="
 CLOSING = re.compile(r"^(=+ )?(\d+ \w+(, )?)+ in [\d.]+s\b")
@@ -145,23 +142,20 @@ def run(argv: list[str], log: list[str], env: dict[str, str] | None = None) -> i
 
 
 def selections(bin_dir: Path, cache: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Each pytest part's command line and environment, by the part's name: the Xen modules, the host
-    tests and the VM tests.  Together they select every test under ``tests/`` but ``tests/fuzz`` (which
-    ``make fuzz`` runs) once: ``tests/unit/test_suite_runner.py`` checks it file by file."""
+    """Each part's command line and environment, by the part's name: the Xen modules, the linters,
+    ``make fuzz`` and the rest.  The pytest parts select every test under ``tests/`` but ``tests/fuzz``
+    (``make fuzz``'s) once: ``tests/unit/test_suite_runner.py`` checks it file by file."""
     pytest = str(bin_dir / "pytest")
     parts: dict[str, tuple[list[str], dict[str, str]]] = {}
     for number, module in enumerate(XEN_MODULES):
         parts[f"{module} (beside the rest)"] = (
             [pytest, "--durations=15", f"--basetemp={BASETEMP}-xen{number}", "-p", "no:cacheprovider", module],
             {"HOSTAGENT_CPU_LOG": str(cache / f"cpu-xen-{number}.json")})
-    parts[HOST_PART] = (
-        [pytest, "--durations=20", f"--basetemp={BASETEMP}-host", "-p", "no:cacheprovider", "tests",
-         "--ignore=tests/fuzz", "--ignore=tests/vm", *[f"--ignore={path}" for path in VM_ELSEWHERE]],
-        {"HOSTAGENT_CPU_LOG": str(cache / "cpu-host.json")})
-    parts[VM_PART] = (
-        [pytest, "--durations=40", f"--basetemp={BASETEMP}", "-p", "no:cacheprovider", "tests/vm",
-         *VM_ELSEWHERE, *[f"--ignore={module}" for module in XEN_MODULES]],
-        {"HOSTAGENT_CPU_LOG": str(cache / "cpu-vm.json")})
+    for name in GATES:
+        parts[name] = (["make", "--no-print-directory", name], {})
+    parts[REST] = ([pytest, "--durations=40", f"--basetemp={BASETEMP}", "tests",
+                    *[f"--ignore={m}" for m in XEN_MODULES], "--ignore=tests/fuzz"],
+                   {"HOSTAGENT_CPU_LOG": str(cache / "cpu-rest.json")})
     return parts
 
 
@@ -178,12 +172,24 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
 
-    behind: dict[str, subprocess.Popen[bytes]] = {}  # the parts in the background, by name: Xen, the host tests
+    behind: dict[str, subprocess.Popen[bytes]] = {}  # the parts in the background, by name
     began: dict[str, float] = {}
     ended: dict[str, float] = {}  # when each background part ended, by a thread waiting on it
     texts: list[str] = []  # each pytest part's output, for the reasons at the end
-    stopped: list[str] = []  # why the suite stopped its parts early (the limit, a signal)
+    stopped: list[str] = []  # why the suite stopped its parts early (the limit, a signal, a gate)
     ok = True
+
+    def stop_everything(why: str) -> None:
+        stopped.append(why)
+        print(f"suite: {why}: stopping every part", file=sys.stderr, flush=True)
+        for process in [*behind.values(), *FOREGROUND]:
+            stop_group(process, grace=60)
+
+    def waiter(name: str, process: subprocess.Popen[bytes]) -> None:
+        process.wait()
+        ended.setdefault(name, time.monotonic())
+        if name in GATES and process.returncode != 0 and not stopped:  # a lint or fuzz failure stops every part
+            stop_everything(f"{name} failed")
 
     def background(name: str) -> None:
         argv, env = argvs[name]
@@ -191,39 +197,23 @@ def main() -> int:
             began[name] = time.monotonic()
             behind[name] = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True, env={**os.environ, **env})
-        threading.Thread(target=lambda p=behind[name]: (p.wait(), ended.setdefault(name, time.monotonic())),
-                         daemon=True).start()
+        threading.Thread(target=waiter, args=(name, behind[name]), daemon=True).start()
 
     def watchdog() -> None:
         if not limit_passed.wait(max(0.0, started + LIMIT - time.time())):
-            stopped.append(f"the suite's limit of {minutes(LIMIT)} from its start passed")
-            print(f"suite: {stopped[-1]}: stopping every part", file=sys.stderr, flush=True)
-            for process in [*behind.values(), *FOREGROUND]:
-                stop_group(process, grace=60)
+            stop_everything(f"the suite's limit of {minutes(LIMIT)} from its start passed")
     limit_passed = threading.Event()  # set when every part has ended: the watchdog stands down
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        for module in XEN_MODULES:
-            background(f"{module} (beside the rest)")
-        for name, argv in (("lint", ["make", "--no-print-directory", "lint"]),
-                           ("fuzz", ["make", "--no-print-directory", "fuzz"])):
-            start, output = time.monotonic(), []
-            rc = run(argv, output)
-            parts[name] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
-            ok = ok and rc == 0
-            if not ok:
-                break
-        if ok:
-            background(HOST_PART)
-            argv, env = argvs[VM_PART]
-            start, output = time.monotonic(), []
-            rc = run(argv, output, {**os.environ, **env})
-            parts[VM_PART] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
-            texts.append("".join(output))
-            ok = rc == 0
-        else:
-            for process in behind.values():
-                stop_group(process)
+        for name in argvs:
+            if name != REST:
+                background(name)
+        argv, env = argvs[REST]
+        start, output = time.monotonic(), []
+        rc = run(argv, output, {**os.environ, **env})
+        parts[REST] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
+        texts.append("".join(output))
+        ok = rc == 0
         while len(ended) < len(behind):
             time.sleep(1)
     except Interrupted as why:
@@ -237,14 +227,14 @@ def main() -> int:
         process.wait()
         ended.setdefault(name, time.monotonic())
 
-    for name in sorted(behind, key=lambda n: n != HOST_PART):  # the host tests first, then Xen's
-        process = behind[name]
+    for name, process in behind.items():  # the linters, fuzz, then Xen's
         text = (cache / logname(name)).read_text(errors="replace")
         if stopped:
             text += f"\n(stopped: {stopped[0]})\n"
         print(f"=== {name} ===")
         print(text, end="" if text.endswith("\n") else "\n")
-        texts.append(text)
+        if name not in GATES:
+            texts.append(text)
         parts[name] = {"seconds": ended[name] - began[name], "ok": process.returncode == 0, "tests": counts(text)}
         ok = ok and process.returncode == 0
     parts = {name: parts[name] for name in [*ORDER, *parts] if name in parts}  # the table's order, whatever ran
@@ -264,17 +254,16 @@ def main() -> int:
     for why in stopped:
         print(f"suite: stopped early: {why}")
     print(closing_line(parts, ok and not stopped))
-    if stopped and not any("limit" in why for why in stopped):
+    if stopped and not any("limit" in why or "failed" in why for why in stopped):
         return 130
     return 0 if ok and not stopped else 1
 
 
 def logname(part: str) -> str:
-    """A background part's log under .cache: ``test-xen-0.log``, ``test-host.log``."""
-    if part == HOST_PART:
-        return "test-host.log"
-    module = part.split(" ", 1)[0]
-    return f"test-xen-{XEN_MODULES.index(module)}.log"
+    """A background part's log under .cache: ``test-xen-0.log``, ``lint.log``, ``fuzz.log``."""
+    if part in GATES:
+        return f"{part}.log"
+    return f"test-xen-{XEN_MODULES.index(part.split(' ', 1)[0])}.log"
 
 
 if __name__ == "__main__":

@@ -85,20 +85,18 @@ def selected(argv: list[str], path: str) -> bool:
 
 def test_the_parts_select_every_test_file_once_and_fuzz_is_make_fuzz_s() -> None:
     parts = suite.selections(Path("/venv/bin"), Path("/cache"))
+    pytests = {name: argv for name, (argv, _) in parts.items() if argv[0].endswith("pytest")}
+    assert set(pytests) == {suite.REST, *(f"{m} (beside the rest)" for m in suite.XEN_MODULES)}
     files = sorted(str(p.relative_to(suite.REPO)) for p in (suite.REPO / "tests").rglob("test_*.py"))
     assert len(files) > 50
     for path in files:
-        chosen = [name for name, (argv, _) in parts.items() if selected(argv, path)]
-        expected = 0 if path.startswith("tests/fuzz/") else 1
-        assert len(chosen) == expected, (path, chosen)
-    vm = parts[suite.VM_PART][0]
-    assert all(selected(vm, p) for p in files if p.startswith("tests/vm/") and p not in suite.XEN_MODULES)
-    assert selected(vm, "tests/integration/test_shared_ssh.py")  # it boots a Debian VM
-    assert not selected(parts[suite.HOST_PART][0], "tests/integration/test_shared_ssh.py")
-    assert len({env["HOSTAGENT_CPU_LOG"] for _, env in parts.values()}) == len(parts)  # each its own figures
-    assert len({next(a for a in argv if a.startswith("--basetemp=")) for argv, _ in parts.values()}) == len(parts)
+        chosen = [name for name, argv in pytests.items() if selected(argv, path)]
+        assert len(chosen) == (0 if path.startswith("tests/fuzz/") else 1), (path, chosen)
+    assert [parts[gate][0][-1] for gate in suite.GATES] == ["lint", "fuzz"]  # make's targets: fuzz runs there
+    assert len({env["HOSTAGENT_CPU_LOG"] for name, (_, env) in parts.items() if name in pytests}) == len(pytests)
+    assert len({next(a for a in argv if a.startswith("--basetemp=")) for argv in pytests.values()}) == len(pytests)
 
 
 def test_each_background_part_has_its_own_log() -> None:
-    names = [name for name in suite.selections(Path("/venv/bin"), Path("/cache")) if name != suite.VM_PART]
-    assert sorted(suite.logname(name) for name in names) == ["test-host.log", "test-xen-0.log"]
+    names = [name for name in suite.selections(Path("/venv/bin"), Path("/cache")) if name != suite.REST]
+    assert sorted(suite.logname(name) for name in names) == ["fuzz.log", "lint.log", "test-xen-0.log"]
