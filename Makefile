@@ -70,11 +70,10 @@ lint: deps
 	cd ansible && PATH=$(CURDIR)/$(BIN):$$PATH ansible-lint --profile production
 	cd ansible && $(CURDIR)/$(BIN)/ansible-playbook --syntax-check -i inventory.example.ini site.yml maintenance.yml
 
-# Every part at once on two cores (tests/suite.py): the Xen module (one dom0 under TCG, the suite's
-# longest chain), the linters and make fuzz start in the background, and the rest of the suite runs
-# in the foreground beside them. At the end it prints the background parts' output, each part's wall
-# time (kept in .cache/suite-times.json) and one closing line for all: a lint or fuzz failure stops
-# every part.
+# The Xen module (one dom0 under TCG, the suite's longest chain) runs beside the rest of the suite:
+# two cores, two pytest processes. tests/suite.py starts it first, runs the linters, make fuzz and
+# the rest beside it, prints the Xen module's output after the rest's, then each part's wall time
+# (kept in .cache/suite-times.json) and one closing line for both: a lint failure stops both.
 SUITE_STARTED := $(shell date +%s.%N)
 
 test: deps

@@ -1,11 +1,11 @@
-"""`make test`'s runner: every part at once on two cores, then the wall time of each part.
+"""`make test`'s runner: the Xen module beside the rest of the suite, then the wall time of each part.
 
-Two cores (docs/testing.md, "Suite time"): the Xen module (a dom0 under TCG, the longest chain),
-the linters and ``make fuzz`` start in the background, each in its own process (the Xen module's
-pytest with its own ``--basetemp``), and the rest of the suite runs in the foreground beside them.
-A lint or fuzz failure stops every part.  At the end it prints the background parts' output, a
-table of each part's wall time (also kept in ``.cache/suite-times.json``), and one closing line with
-the tests of every process: ``N passed, N failed``.
+Two cores (docs/testing.md, "Suite time"): the Xen module (a dom0 under TCG, the longest chain)
+starts first, in its own pytest process with its own ``--basetemp``; the linters, ``make fuzz``
+and then the rest of the suite run beside it.  A lint or fuzz failure stops both.  At the end it
+prints the Xen module's output, a table of each part's wall time (also kept in
+``.cache/suite-times.json``), and one closing line with the tests of every process:
+``N passed, N failed``.
 
 It exits non-zero if any part failed.  SIGINT, SIGTERM and SIGHUP stop every part, each in its own
 process group (and with it the part's QEMU, which dies with its test process).
@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 XEN_MODULES = ("tests/vm/test_xen.py",)
-GATES = ("lint", "fuzz")  # beside the rest from the start; either one failing stops every part
+GATES = ("lint", "fuzz")  # before the rest, beside the Xen module; either one failing stops every part
 REST = "the rest"
 ORDER = ("deps (apt, venv)", *GATES, REST)
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
@@ -188,8 +188,6 @@ def main() -> int:
     def waiter(name: str, process: subprocess.Popen[bytes]) -> None:
         process.wait()
         ended.setdefault(name, time.monotonic())
-        if name in GATES and process.returncode != 0 and not stopped:  # a lint or fuzz failure stops every part
-            stop_everything(f"{name} failed")
 
     def background(name: str) -> None:
         argv, env = argvs[name]
@@ -206,14 +204,23 @@ def main() -> int:
     threading.Thread(target=watchdog, daemon=True).start()
     try:
         for name in argvs:
-            if name != REST:
+            if name not in (REST, *GATES):
                 background(name)
-        argv, env = argvs[REST]
-        start, output = time.monotonic(), []
-        rc = run(argv, output, {**os.environ, **env})
-        parts[REST] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
-        texts.append("".join(output))
-        ok = rc == 0
+        for name in GATES:  # in front of the rest: beside it they only moved CPU (docs/testing.md, run G)
+            start, output = time.monotonic(), []
+            rc = run(argvs[name][0], output)
+            parts[name] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
+            if rc != 0:
+                ok = False
+                stop_everything(f"{name} failed")
+                break
+        if ok:
+            argv, env = argvs[REST]
+            start, output = time.monotonic(), []
+            rc = run(argv, output, {**os.environ, **env})
+            parts[REST] = {"seconds": time.monotonic() - start, "ok": rc == 0, "tests": counts("".join(output))}
+            texts.append("".join(output))
+            ok = rc == 0
         while len(ended) < len(behind):
             time.sleep(1)
     except Interrupted as why:
@@ -227,7 +234,7 @@ def main() -> int:
         process.wait()
         ended.setdefault(name, time.monotonic())
 
-    for name, process in behind.items():  # the linters, fuzz, then Xen's
+    for name, process in behind.items():  # Xen's
         text = (cache / logname(name)).read_text(errors="replace")
         if stopped:
             text += f"\n(stopped: {stopped[0]})\n"
@@ -260,9 +267,7 @@ def main() -> int:
 
 
 def logname(part: str) -> str:
-    """A background part's log under .cache: ``test-xen-0.log``, ``lint.log``, ``fuzz.log``."""
-    if part in GATES:
-        return f"{part}.log"
+    """A background part's log under .cache: ``test-xen-0.log``."""
     return f"test-xen-{XEN_MODULES.index(part.split(' ', 1)[0])}.log"
 
 
