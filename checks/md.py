@@ -158,7 +158,9 @@ def _redundancy(array: MdArray) -> list[Finding]:
     rebuilding = [m for m in array.members if "rebuilding" in m.states]
     detail = [_describe_members(array)]
     if array.missing_slots():
-        detail.append("slots without an in-sync member: " + ", ".join(map(str, array.missing_slots())))
+        slots = array.missing_slots()
+        detail.append(f"no in-sync member in slot{'s' if len(slots) > 1 else ''} "
+                      + ", ".join(f"#{slot}" for slot in slots) + " (mdadm --detail's RaidDevice numbers)")
     if rebuilding:
         action = "Wait for the rebuild onto " + ", ".join(m.device for m in rebuilding) + " to finish"
         commands: tuple[tuple[str, ...], ...] = ()

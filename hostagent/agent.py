@@ -25,6 +25,7 @@ import checks
 from checks import hung
 from hostagent.actions import AuditLog
 from hostagent.alerts.alerter import Alerter
+from hostagent.alerts.settings import silence
 from hostagent.commands.remediate import act, expire_mitigations
 from hostagent.config import Config, load_config
 from hostagent.context import RECHECK, CheckContext
@@ -75,6 +76,7 @@ class Watcher:
     scheduler: Any = None  # APScheduler's, once watch() made it: the next runs in the status file
     inventory: dict[str, Any] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # part of the daemon -> its last error, until it runs clean
+    causes: dict[str, tuple[str, Any]] = field(default_factory=dict)  # part -> the cause last logged
     health_changed: bool = False
     last_error: dict[str, Any] | None = None
     notifier: Notifier = field(default_factory=Notifier)
@@ -150,8 +152,12 @@ class Watcher:
                 break
             if name in self.enabled() and name not in wanted:
                 wanted.append(name)
-        if wanted:
-            self.cycle([m.NAME for m in checks.ALL if m.NAME in wanted])
+        ordered = [m.NAME for m in checks.ALL if m.NAME in wanted]
+        if "md" in ordered and len(ordered) > 1:  # an md event's own verdict is alerted before the slower
+            self.cycle(["md"])                     # checks it also asks for (boot, hung) have run
+            ordered.remove("md")
+        if ordered:
+            self.cycle(ordered)
 
     # -- guards: nothing that fails in one cycle stops the daemon ------------------------------
 
@@ -168,13 +174,18 @@ class Watcher:
 
     def failed(self, part: str, err: BaseException) -> None:
         text = f"{part}: {type(err).__name__}: {str(err)[:300]} (at {innermost_frame(err)})"
-        if self.failing.get(part) != text:  # a part that fails the same way every 250 ms is logged once
+        # logged once per cause (the part, the error's kind and errno), not per text: a write error's text
+        # names a temporary file with a random name, and a part that fails every 250 ms is logged once
+        cause = (type(err).__name__, getattr(err, "errno", None))
+        if self.causes.get(part) != cause:
             log.error("%s", text)
+        self.causes[part] = cause
         self.failing[part] = text
         self.health_changed = True
         self.last_error = {"at": time.time(), "part": part, "error": text}
 
     def succeeded(self, part: str) -> None:
+        self.causes.pop(part, None)
         if self.failing.pop(part, None) is not None:
             self.health_changed = True
             log.info("%s: runs again", part)
@@ -191,7 +202,8 @@ class Watcher:
         try:
             findings += tuple(self.alerter.delivery_findings(SELF))
         except OSError as err:
-            log.error("alert spool %s: %s", self.alerter.spool.directory, err.strerror or err)
+            self.alerter.once.error("outbox", err, f"alert spool {self.alerter.outbox.directory}: "
+                                                   f"{err.strerror or err}")
         if findings:
             error = "; ".join(self.failing.values()) or None  # mail trouble alone is not the daemon failing
             self.results[SELF] = CheckResult(SELF, findings, 0.0, error, time.time())
@@ -295,11 +307,16 @@ class Watcher:
 
     def publish(self, start: float, names: list[str]) -> None:
         report = self.combined()
-        age = self.alerter.spool_age()
+        undelivered = self.alerter.undelivered()
+        ages = [u["age_s"] for u in undelivered if u["where"] in ("waiting", "memory") and u["age_s"] is not None]
+        age = max(ages) if ages else None
         spool_overdue = age is not None and age > self.config.alerts.spool_max_age
         if spool_overdue:
-            log.error("alerts have waited %.0f s in the spool (limit %.0f s): mail is not getting out",
-                      age or 0, self.config.alerts.spool_max_age)
+            self.alerter.once.error("overdue", "overdue", f"alerts have waited {age or 0:.0f} s in the spool (limit "
+                                                          f"{self.config.alerts.spool_max_age:.0f} s): mail is not "
+                                                          "getting out")
+        else:
+            self.alerter.once.clear("overdue")
         status = {
             "pid": os.getpid(), "started": self.started, "hostname": report.hostname,
             "last_cycle": {"at": start, "checks": names, "duration_ms": round((time.time() - start) * 1000, 1)},
@@ -309,7 +326,8 @@ class Watcher:
             "next_runs": self.next_runs(),
             "open_problems": [f.to_json() for f in report.findings],
             "alerts_open": [r.to_json() for r in self.alerter.records().values() if r.status == "open"],
-            "spool": {"messages": len(self.alerter.spool.paths()), "oldest_age_s": age, "overdue": spool_overdue},
+            "spool": {"messages": sum(u["where"] in ("waiting", "memory") for u in undelivered), "oldest_age_s": age,
+                      "overdue": spool_overdue, "undelivered": undelivered},
             "refused_recipients": [{"address": address, **refusal}
                                    for address, refusal in sorted(self.alerter.refused().items())],
             "config": self.config.source,
@@ -517,6 +535,9 @@ def watch(config_path: str | None, root: str = "/", state_dir: str | None = None
         watcher.alerter.start_courier()
     log.info("hostagent watch started (pid %d, root %s, config %s)", os.getpid(), watcher.host.root,
              watcher.config.source)
+    silent = silence(watcher.config.alerts)
+    if silent:
+        log.warning("NOBODY IS ALERTED: %s", silent)
     watcher.notifier.ready(f"watching {watcher.host.root}")  # before the first cycle: it can take minutes
     if not once:  # checks that wait for a state to settle may ask for another look (CheckContext.recheck_by)
         watcher.volatile[RECHECK] = {}

@@ -345,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problems:
                 raise ConfigError("\n".join(problems))
             print(f"{loaded.source}: valid")
+            from hostagent.alerts.settings import silence
+
+            silent = silence(loaded.alerts)
+            if silent:  # valid, and still worth a loud word: a fresh install that mails nobody
+                print(f"hostagent: WARNING: nobody is alerted: {silent}", file=sys.stderr)
             return 0
         if args.command == "rpc":
             from hostagent.rpc import main as rpc_main

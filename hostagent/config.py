@@ -228,6 +228,9 @@ def _rules(config: Config, source: str) -> list[str]:
         bad("agent.audit_max_bytes", f"must be at least 4096, got {config.agent.audit_max_bytes}")
     if not 0 <= config.agent.audit_keep <= 99:
         bad("agent.audit_keep", f"must be from 0 to 99, got {config.agent.audit_keep}")
+    elsewhere = config.alerts.elsewhere
+    if elsewhere is not None and (not elsewhere.strip() or len(elsewhere) > 200 or not elsewhere.isprintable()):
+        bad("alerts.elsewhere", "must say where alerts go, on one line of at most 200 characters")
     smtp = config.alerts.smtp
     if not 1 <= smtp.port <= 65535:
         bad("alerts.smtp.port", f"must be a port from 1 to 65535, got {smtp.port}")

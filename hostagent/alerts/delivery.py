@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.policy
 import hashlib
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -22,37 +24,90 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any
 
 from hostagent.alerts.settings import AlertsConfig
 from hostagent.alerts.state import Alert
-from hostagent.durable import fsync_directory, read_bounded, write_durable
 from hostagent.errors import HostagentError
 from hostagent.model import Severity
-from hostagent.records import record
+
+# every header folded and encoded (RFC 2047) by the standard library, the body quoted-printable or
+# base64 where it is not ASCII: the message itself is always 7-bit ASCII
+POLICY = email.policy.SMTP.clone(cte_type="7bit", max_line_length=78)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_LABEL = re.compile(r"[^a-z0-9-]+")
+_CRLF = re.compile(r"\r?\n")
 
 
 def severity_of(name: str) -> Severity:
     return Severity[name.upper()]
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """Text for a header or a one-line field: control characters (CR and LF among them) become one
+    space, and it is cut at ``limit`` characters."""
+    flat = " ".join(_CONTROL.sub(" ", text).split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def ascii_host(hostname: str) -> str:
+    """The hostname's ASCII form for Message-IDs and addresses: each label in IDNA (``häst`` becomes
+    ``xn--hst-qla``), or, where a label has no IDNA form, its letters, digits and hyphens; never empty."""
+    labels = []
+    for label in one_line(hostname, 253).lower().replace(" ", "").split("."):
+        if not label:
+            continue
+        try:
+            encoded = label.encode("idna").decode("ascii")
+        except UnicodeError:
+            encoded = _LABEL.sub("-", label.encode("ascii", "ignore").decode()).strip("-")
+        if re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", encoded or ""):
+            labels.append(encoded)
+        elif encoded:
+            labels.append(_LABEL.sub("-", encoded)[:63].strip("-") or "x")
+    return ".".join(labels)[:253] or "localhost"
+
+
+def ascii_address(address: str) -> str:
+    """An address with its domain in IDNA; the local part as it is (non-ASCII needs SMTPUTF8)."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    return f"{local}@{ascii_host(domain)}"
+
+
 def subject_line(alert: Alert, hostname: str) -> str:
     what = alert.record.code.split(".", 1)[-1].replace("_", " ")
     severity = "RESOLVED" if alert.kind == "resolved" else alert.record.severity
     tail = {"reminder": " (reminder)", "escalated": " (escalated)", "flapping": " (flapping)"}.get(alert.kind, "")
-    return f"[hostagent] {severity} {alert.record.subject} {what} on {hostname}{tail}"
+    return one_line(f"[hostagent] {severity} {alert.record.subject} {what} on {hostname}{tail}", 400)
+
+
+def _when(at: float) -> str:
+    local = dt.datetime.fromtimestamp(at).astimezone()
+    utc = dt.datetime.fromtimestamp(at, dt.UTC)
+    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({utc:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 def body(alert: Alert, hostname: str, now: float, evidence: str = "") -> str:
-    local = dt.datetime.fromtimestamp(now).astimezone()
-    utc = dt.datetime.fromtimestamp(now, dt.UTC)
-    finding = alert.finding
+    """The mail's text.  A RESOLVED mail says what was fixed, how severe it was and how long it lasted;
+    an open one what happened, what it means, what to do, and the exact line that acknowledges it."""
+    from hostagent.maintenance.when import duration
+
+    finding, record = alert.finding, alert.record
+    if alert.kind == "resolved":
+        lasted = duration(now - record.first_seen) if now >= record.first_seen else "unknown (the clock went back)"
+        lines = [f"Fixed: {record.summary}", f"Host: {hostname}", f"Resolved: {_when(now)}",
+                 f"It lasted: {lasted}, since {_when(record.first_seen)}; it was {record.severity} at its worst"
+                 if record.severity else f"It lasted: {lasted}",
+                 f"Code: {record.code} (check {record.check})" + (f"; {alert.note}" if alert.note else ""),
+                 "", f"More: hostagent status, hostagent log (on {hostname})."]
+        return "\n".join(lines) + "\n"
     lines = [
         f"What happened: {finding.summary}",
         f"Host: {hostname}",
-        f"Time: {local:%Y-%m-%d %H:%M:%S %Z} ({utc:%Y-%m-%d %H:%M:%S} UTC)",
+        f"Time: {_when(now)}",
         f"Alert: {alert.kind}" + (f" ({alert.note})" if alert.note else ""),
-        f"Code: {alert.record.code} (check {alert.record.check}), severity {alert.record.severity}",
+        f"Code: {record.code} (check {record.check}), severity {record.severity}",
     ]
     if finding.detail:
         lines += ["", "What it means:", *(f"  {line}" for line in finding.detail.splitlines())]
@@ -63,8 +118,17 @@ def body(alert: Alert, hostname: str, now: float, evidence: str = "") -> str:
         lines += [f"  $ {' '.join(command)}" for command in finding.remedy.commands]
     if evidence:
         lines += ["", "Evidence:", *(f"  {line}" for line in evidence.rstrip().splitlines())]
-    lines += ["", f"More: hostagent status, hostagent log (on {hostname})."]
+    lines += ["", "On it? Acknowledge it on the host (no reminders until it is fixed or gets worse):",
+              f"  $ {ack_command(record.code, record.subject)}",
+              "", f"More: hostagent status, hostagent log (on {hostname})."]
     return "\n".join(lines) + "\n"
+
+
+def ack_command(code: str, subject: str) -> str:
+    """The exact line that acknowledges an alert, quoted for a POSIX shell."""
+    import shlex
+
+    return f"hostagent alert ack {shlex.quote(code)} {shlex.quote(subject)} --until 24h --comment 'who is on it'"
 
 
 def recipients(config: AlertsConfig, alert: Alert) -> list[str]:
@@ -77,23 +141,29 @@ def recipients(config: AlertsConfig, alert: Alert) -> list[str]:
 
 
 def compose(config: AlertsConfig, subject: str, text: str, to: list[str], now: float,
-            message_id: str | None = None) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = config.smtp.from_addr
-    message["To"] = ", ".join(to)
-    message["Subject"] = subject
+            message_id: str | None = None, thread: str | None = None) -> EmailMessage:
+    """The mail, its headers passed through the standard library's policy: no CR or LF reaches a
+    header, non-ASCII is RFC 2047-encoded, and ``Auto-Submitted`` says no human wrote it.  ``thread``:
+    the Message-ID of the incident's first mail, for ``In-Reply-To`` and ``References``."""
+    message = EmailMessage(policy=POLICY)
+    message["From"] = ascii_address(one_line(config.smtp.from_addr, 320))
+    message["To"] = ", ".join(ascii_address(one_line(address, 320)) for address in to)
+    message["Subject"] = one_line(subject, 400)
     message["Date"] = formatdate(now, localtime=True)
     message["Message-ID"] = message_id or make_msgid(domain="hostagent")
+    if thread and thread != message["Message-ID"]:
+        message["In-Reply-To"] = thread
+        message["References"] = thread
+    message["Auto-Submitted"] = "auto-generated"
     message.set_content(text)
     return message
 
 
 def stable_message_id(hostname: str, *identity: object) -> str:
-    """The same alert event gets the same Message-ID however often it is spooled or sent (after a
-    crash between spooling and saving the state, it is composed again): receivers can drop repeats."""
+    """The same alert event gets the same Message-ID however often it is composed (after a crash
+    between the outbox and the state, it is composed again): the outbox adds it once."""
     digest = hashlib.sha256(json.dumps([hostname, *identity], sort_keys=True, default=str).encode()).hexdigest()
-    domain = "".join(c for c in hostname.lower() if c.isalnum() or c in "-.") or "localhost"
-    return f"<{digest[:40]}@hostagent.{domain}>"
+    return f"<{digest[:40]}@hostagent.{ascii_host(hostname)}>"
 
 
 class TransientError(HostagentError):
@@ -105,123 +175,6 @@ class PermanentError(HostagentError):
 
 
 Refusals = dict[str, tuple[int, str]]  # recipient -> (SMTP code, reply)
-
-
-@record
-class SpoolEntry:
-    path: Path
-    message: str
-    to: list[str]
-    created: float
-    attempts: int = 0
-    next_try: float = 0.0
-    last_error: str | None = None
-    message_id: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"message": self.message, "to": self.to, "created": self.created, "attempts": self.attempts,
-                "next_try": self.next_try, "last_error": self.last_error, "message_id": self.message_id}
-
-
-class Spool:
-    """Messages wait here until a server takes them: one JSON file each, named by its Message-ID,
-    written durably (file and directory fsync'd) before the alert state records it as sent.
-
-    ``corrupt/`` holds entries that could not be read (moved aside, reported), ``failed/`` those
-    refused for good (5xx), and ``refused-recipients`` (JSON) the recipients refused for good.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _name(self, message_id: str) -> Path:
-        return self.directory / f"{hashlib.sha256(message_id.encode()).hexdigest()[:32]}.json"
-
-    def add(self, message: EmailMessage, to: list[str], now: float) -> Path:
-        """Spool durably; a message already spooled (same Message-ID) is left as it is."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        message_id = str(message["Message-ID"])
-        path = self._name(message_id)
-        if path.exists():
-            return path
-        entry = SpoolEntry(path, message.as_string(), to, now, 0, now, None, message_id)
-        write_durable(path, json.dumps(entry.to_json()).encode())
-        return path
-
-    def paths(self) -> list[Path]:
-        try:
-            return sorted(self.directory.glob("*.json"))
-        except OSError:
-            return []
-
-    def load(self, path: Path) -> SpoolEntry:
-        """One entry; ValueError names what is wrong with a corrupt one, OSError if it is unreadable."""
-        data = json.loads(read_bounded(path, MAX_ENTRY))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        try:
-            entry = SpoolEntry(path, data["message"], list(data["to"]), float(data["created"]),
-                               int(data.get("attempts", 0)), float(data.get("next_try", 0)),
-                               data.get("last_error"), str(data.get("message_id", "")))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"missing or wrong field: {err}") from None
-        if not isinstance(entry.message, str) or not all(isinstance(t, str) for t in entry.to):
-            raise ValueError("message or recipients of the wrong type")
-        return entry
-
-    def entries(self) -> list[SpoolEntry]:
-        """The readable entries (a corrupt one is skipped here; the courier moves it aside)."""
-        found = []
-        for path in self.paths():
-            try:
-                found.append(self.load(path))
-            except (OSError, ValueError, RecursionError):
-                continue
-        return found
-
-    def save(self, entry: SpoolEntry) -> None:
-        write_durable(entry.path, json.dumps(entry.to_json()).encode())
-
-    def set_aside(self, path: Path, where: str, note: str) -> Path:
-        """Move an entry into ``corrupt/`` or ``failed/``, with why beside it."""
-        target = self.directory / where
-        target.mkdir(exist_ok=True, mode=0o700)
-        moved = target / path.name
-        os.replace(path, moved)
-        write_durable(moved.with_suffix(".why"), note.encode())
-        fsync_directory(self.directory)
-        return moved
-
-    def set_aside_entries(self, where: str) -> list[tuple[str, str]]:
-        """(file name, why) of every entry in ``corrupt/`` or ``failed/``."""
-        found = []
-        for path in sorted((self.directory / where).glob("*.json")):
-            try:
-                why = read_bounded(path.with_suffix(".why"), 4096).decode(errors="replace").strip()
-            except (OSError, ValueError):
-                why = "reason not recorded"
-            found.append((path.name, why))
-        return found
-
-    def refused(self) -> dict[str, dict[str, Any]]:
-        """Recipients refused for good: address -> {"code", "reply", "at"}."""
-        try:
-            data = json.loads(read_bounded(self.directory / REFUSED_FILE, MAX_ENTRY))
-        except (OSError, ValueError, RecursionError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def set_refused(self, refused: dict[str, dict[str, Any]]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_durable(self.directory / REFUSED_FILE, json.dumps(refused, indent=1).encode())
-
-    def oldest_age(self, now: float) -> float | None:
-        ages = [now - entry.created for entry in self.entries()]
-        return max(ages) if ages else None
-
-
-MAX_ENTRY = 4 << 20
-REFUSED_FILE = "refused-recipients"  # not *.json: the spool's entries are
 
 
 def sender(config: AlertsConfig) -> Callable[[str, list[str], float], Refusals]:
@@ -264,8 +217,17 @@ def sender(config: AlertsConfig) -> Callable[[str, list[str], float], Refusals]:
             if smtp.username:
                 password = Path(smtp.password_file).read_text().strip() if smtp.password_file else ""
                 client.login(smtp.username, password)
+            sender_address = ascii_address(smtp.from_addr)
+            options: list[str] = []
+            if not (text.isascii() and sender_address.isascii() and all(a.isascii() for a in to)):
+                client.ehlo_or_helo_if_needed()
+                if not client.has_extn("smtputf8"):  # the entry's own fault: set aside, never retried
+                    raise PermanentError(f"{smtp.host}:{smtp.port} does not offer SMTPUTF8, which this message's "
+                                         "non-ASCII addresses need")
+                options = ["SMTPUTF8", *(["BODY=8BITMIME"] if client.has_extn("8bitmime") else [])]
+            data = _CRLF.sub("\r\n", text).encode("utf-8")
             try:
-                refused = client.sendmail(smtp.from_addr, to, text)
+                refused = client.sendmail(sender_address, to, data, mail_options=options)
             except smtplib.SMTPRecipientsRefused as err:
                 refused = err.recipients
             except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as err:

@@ -43,3 +43,18 @@ class AlertsConfig:
     hook_timeout: float = 30.0
     spool_max_age: float = 86400.0
     retry_interval: float = 60.0  # s before the first retry of a message; each next waits twice as long (<= 1 h)
+    elsewhere: str | None = None  # where alerts reach people when no route mails anyone (docs/alerts.md)
+
+
+def silence(alerts: AlertsConfig) -> str:
+    """Why nobody would hear of a failed disk, or "" when somebody would (docs/alerts.md, "Never
+    silent"): mail disabled, or no route with a recipient, and neither a hook nor ``elsewhere``."""
+    if alerts.elsewhere:
+        return ""
+    if not alerts.enabled:
+        return ('[alerts] enabled = false: no alert is mailed and no hook runs (say where alerts go instead '
+                'with [alerts] elsewhere = "...")')
+    if not any(route.to for route in alerts.routes) and not alerts.hook:
+        return ("no [[alerts.routes]] has a recipient and no hook is set: add a route with to = [...], or say "
+                'where alerts go instead with [alerts] elsewhere = "..."')
+    return ""

@@ -30,6 +30,8 @@ class AlertRecord:
     resolved_at: float | None = None
     reopenings: tuple[float, ...] = ()
     flapping: bool = False
+    seq: int = 0  # the outbox event that last changed it (hostagent.alerts.outbox): a newer event wins
+    thread: str | None = None  # the Message-ID of the incident's first mail: later mails reply to it
 
     @property
     def key(self) -> str:
@@ -40,7 +42,12 @@ class AlertRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AlertRecord:
-        return cls(**{**data, "reopenings": tuple(data.get("reopenings", ()))})
+        known = {k: v for k, v in data.items() if k in _FIELDS}  # a newer agent's extra field is not fatal
+        return cls(**{**known, "reopenings": tuple(data.get("reopenings", ()))})
+
+
+_FIELDS = frozenset(("code", "subject", "check", "severity", "summary", "status", "first_seen", "last_seen",
+                     "next_reminder", "reminder_interval", "resolved_at", "reopenings", "flapping", "seq", "thread"))
 
 
 @record(frozen=True)
@@ -125,7 +132,8 @@ def _open(record: AlertRecord | None, finding: Finding, policy: Policy,
     flapping = len(reopenings) >= policy.flap_threshold
     fresh = AlertRecord(finding.code, finding.subject, finding.check, finding.severity.name, finding.summary, "open",
                         now, now, now + policy.reminder_interval,
-                        policy.reminder_interval, None, reopenings, flapping)
+                        policy.reminder_interval, None, reopenings, flapping,
+                        record.seq if record is not None else 0, record.thread if record is not None else None)
     if flapping and record is not None and record.flapping:
         return fresh, None
     if flapping:

@@ -119,6 +119,27 @@ def status_line(status: dict[str, Any], running: bool) -> str:
     return f"{STATE[worst]} - {named or 'no problems'} | {counts} last_cycle_age={age:.0f}s;;;0"
 
 
+def undelivered_line(item: dict[str, Any]) -> str:
+    """One undelivered mail for the terminal: where it is, its subject or file, tries, last error."""
+    from hostagent.rpc import shown
+
+    if not isinstance(item, dict):
+        return "  UNDELIVERED (unreadable record)"
+    where = {"waiting": "WAITING", "memory": "IN MEMORY ONLY", "failed": "FAILED", "corrupt": "CORRUPT"}.get(
+        str(item.get("where")), "UNDELIVERED")
+    name = item.get("subject") or item.get("file") or item.get("message_id") or "?"
+    said = f"  {where:14} {shown(str(name), 120)}"
+    if item.get("to"):
+        said += f" to {shown(', '.join(map(str, item['to'])), 120)}"
+    if isinstance(item.get("attempts"), int) and item["attempts"]:
+        said += f", {item['attempts']} tries"
+    if isinstance(item.get("age_s"), int | float):
+        said += f", waiting {float(item['age_s']):.0f} s"
+    if item.get("last_error"):
+        said += f": {shown(str(item['last_error']), 200)}"
+    return said
+
+
 def render_status(status: dict[str, Any], running: bool, acks: dict[str, str] | None = None) -> str:
     def when(at: float, form: str = "%Y-%m-%d %H:%M:%S") -> str:
         return time.strftime(form, time.localtime(at))
@@ -145,6 +166,8 @@ def render_status(status: dict[str, Any], running: bool, acks: dict[str, str] | 
     spool = status["spool"]
     if spool["messages"]:
         lines.append(f"mail spool: {spool['messages']} waiting" + (" (OVERDUE)" if spool["overdue"] else ""))
+    for item in spool.get("undelivered") or []:  # every mail that has not reached its readers, by name
+        lines.append(undelivered_line(item))
     for refused in status.get("refused_recipients") or []:
         lines.append(f"REFUSED recipient {refused['address']}: {refused.get('code')} {refused.get('reply')} "
                      f"(since {when(refused['at'])})")

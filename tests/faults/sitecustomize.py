@@ -52,18 +52,18 @@ if FAULTS.get("inventory_fails"):
 if FAULTS.get("spool_fails") or FAULTS.get("kill_after_spool"):
     import signal
 
-    from hostagent.alerts.delivery import Spool
+    from hostagent.alerts.outbox import Entry, Outbox
 
     failures = [int(FAULTS.get("spool_fails", 0))]
-    real_add = Spool.add
+    real_add = Outbox.add
 
-    def add(self: Spool, message: object, to: list[str], now: float) -> object:
+    def add(self: Outbox, entry: Entry) -> bool:
         if failures[0] > 0:
             failures[0] -= 1
             raise OSError(28, "No space left on device (injected)")
-        path = real_add(self, message, to, now)  # type: ignore[arg-type]
-        if FAULTS.get("kill_after_spool"):  # spooled and fsync'd, neither sent nor recorded in the state
+        added = real_add(self, entry)
+        if FAULTS.get("kill_after_spool"):  # in the outbox and fsync'd, neither sent nor recorded in the state
             os.kill(os.getpid(), signal.SIGKILL)
-        return path
+        return added
 
-    Spool.add = add  # type: ignore[method-assign]
+    Outbox.add = add  # type: ignore[method-assign]

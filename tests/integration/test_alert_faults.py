@@ -205,10 +205,22 @@ class Daemon:
         return {key: json.loads(value) for key, value in rows}
 
     def spooled_ids(self) -> set[str]:
+        """The Message-IDs waiting in the outbox."""
         found = set()
         for path in (self.state / "spool").glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
                 found.add(json.loads(path.read_text())["message_id"])
+        return found
+
+    def outbox_ids(self) -> dict[str, set[str]]:
+        """Message-ID -> the alerts it carries ("code subject"), from the outbox's waiting and sent
+        entries: the event's own record of itself, whatever the audit log could write."""
+        found: dict[str, set[str]] = {}
+        for path in [*(self.state / "spool").glob("*.json"), *(self.state / "spool/sent").glob("*.json")]:
+            with contextlib.suppress(OSError, ValueError):
+                entry = json.loads(path.read_text())
+                found.setdefault(entry["message_id"], set()).update(
+                    key.replace("|", " ", 1) for key in entry.get("records", {}))
         return found
 
     def audited_ids(self) -> dict[str, set[str]]:
@@ -235,10 +247,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, daemon:
 
 
 def nothing_marked_sent_without_delivery_or_spool(daemon: Daemon, mailbox: Mailbox) -> None:
-    """Every open alert in the committed state was delivered, or is waiting in the spool."""
+    """Every open alert in the committed state was delivered, or is waiting in the outbox."""
     delivered_ids = {m["id"] for m in mailbox.messages}
     waiting = daemon.spooled_ids()
     audited = daemon.audited_ids()
+    for message_id, carried in daemon.outbox_ids().items():
+        audited.setdefault(message_id, set()).update(carried)
     for key, record in daemon.recorded().items():
         if record["status"] != "open" or not key.startswith("alert.md."):
             continue

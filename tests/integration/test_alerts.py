@@ -293,7 +293,7 @@ def test_a_corrupt_spool_entry_is_set_aside_reported_and_the_others_are_sent(tmp
         again.process(again.delivery_findings("agent"), ["agent"])  # as the daemon does: through the routes
         assert sum("spool corrupt" in m["subject"] for m in sink.messages) == 2
         assert "Unterminated string" in (spool / "corrupt/0000-garbage.why").read_text()
-        assert "missing or wrong field" in (spool / "corrupt/0001-shape.why").read_text()
+        assert "of the wrong type" in (spool / "corrupt/0001-shape.why").read_text()
 
 
 class Refusing(Sink):
@@ -325,9 +325,9 @@ def test_the_same_alert_event_keeps_its_message_id_and_is_spooled_once(tmp_path:
     second = make(tmp_path / "b", port, clock)
     first.process([degraded()], ["md"])
     clock.now += 5
-    second.spool = first.spool  # the restarted daemon finds the first one's spool
+    second.outbox = first.outbox  # the restarted daemon finds the first one's outbox
     second.process([degraded()], ["md"])
-    entries = first.spool.entries()
+    entries = [first.outbox.load(path) for path in first.outbox.waiting()]
     assert len(entries) == 1 and entries[0].message_id.startswith("<") and "@hostagent.hv1>" in entries[0].message_id
 
 
@@ -351,7 +351,7 @@ def test_a_new_alert_never_waits_for_the_courier_stuck_on_a_slow_server(tmp_path
             alerter.process([degraded(), Finding("smart.pending", "smart", "sda", Severity.WARNING,
                                                  "sda: 8 pending sectors")], ["md", "smart"])
             assert alerter._flush_lock.locked()  # returned while the send is still held
-            assert len(alerter.spool.paths()) == 2  # and the new alert is durably spooled
+            assert len(alerter.outbox.waiting()) == 2  # and the new alert is durably in the outbox
         finally:
             alerter.stop_courier(wait=1.0)
 
@@ -365,5 +365,5 @@ def test_a_spool_that_cannot_be_written_is_itself_an_alert(tmp_path: Path) -> No
     alerter.process([degraded()], ["md"])
     [finding] = [f for f in alerter.delivery_findings("alerts") if f.code == "alert.spool_unwritable"]
     assert finding.severity is Severity.CRITICAL
-    assert finding.summary.startswith("1 alert mail(s) could not be written to ")
+    assert "cannot be written" in finding.summary and "1 mail(s) held in memory only" in finding.summary
     assert "a restart before they are sent loses them" in finding.summary

@@ -104,7 +104,8 @@ def test_the_watch_textfile_holds_the_same_md_samples_as_check_prom(tmp_path: Pa
     """The daemon's report and textfile carry the whole inventory, as ``check --prom`` writes it."""
     checked, watched = tmp_path / "check.prom", tmp_path / "watch.prom"
     conf = tmp_path / "hostagent.toml"
-    conf.write_text(f'[agent]\nprom_file = "{watched}"\n[alerts]\nenabled = false\n')
+    conf.write_text(f'[agent]\nprom_file = "{watched}"\n[alerts]\nenabled = false\n'
+                    'elsewhere = "this test reads the textfile"\n')
     root = str(EXAMPLES / "failed-member")
     hostagent("--config", str(conf), "check", "--root", root, "--prom", str(checked))
     run = hostagent("--config", str(conf), "watch", "--once", "--root", root, "--state-dir", str(tmp_path / "s"))
