@@ -138,19 +138,25 @@ def wait_until(what: str, predicate: Any, timeout: float, log: Path | None = Non
         time.sleep(0.2)
 
 
-def test_a_daemon_whose_state_directory_is_deleted_mails_the_alert_once(
+def test_a_daemon_whose_state_directory_is_deleted_mails_an_alert_once(
         tmp_path: Path, raw: tuple[Controller, Raw]) -> None:
+    """The state directory deleted under a running daemon, then an array degrades: one mail.  (Not yet
+    the issue's reproduction, 11 copies in 22 s: on main before the outbox this passes too, because
+    the outbox recreates the directory and SQLite's journal then has one; the issue's run differs.)"""
     controller, sink = raw
-    state = tmp_path / "state"
-    process, log = start_daemon(tmp_path, daemon_config(tmp_path, controller.port), EXAMPLES / "failed-member",
-                                state)
+    state, root = tmp_path / "state", tmp_path / "root"
+    shutil.copytree(EXAMPLES / "healthy-mirror", root)
+    process, log = start_daemon(tmp_path, daemon_config(tmp_path, controller.port), root, state)
     try:
-        wait_until("the first mail", lambda: len(sink.messages) >= 1, 60, log)
-        shutil.rmtree(state)  # the issue: 11 copies of the same mail in 22 s followed
-        time.sleep(12)  # a dozen cycles of md_interval = 1
+        wait_until("the first status", lambda: (state / "status.json").exists(), 60, log)
+        shutil.rmtree(state)
+        shutil.copytree(EXAMPLES / "failed-member", root, dirs_exist_ok=True)  # md0 loses a member
+        wait_until("the alert", lambda: any("md0 degraded" in subject for subject in sink.subjects()), 60, log)
+        time.sleep(10)  # ten more cycles of md_interval = 1
     finally:
         stop(process)
-    assert sink.subjects().count("[hostagent] CRITICAL md0 degraded on hv-failed (+1 more)") == 1, sink.subjects()
+    degraded = [subject for subject in sink.subjects() if "md0 degraded" in subject]
+    assert len(degraded) == 1, sink.subjects()
     assert len(sink.ids()) == len(set(sink.ids())), sink.subjects()  # and no other mail twice
 
 
