@@ -147,6 +147,7 @@ class Alerter:
         self._unrecorded: dict[str, Entry] = {}  # sent from memory, its sent record not yet written
         self._volatile: dict[str, str] = {}  # alert key -> the Message-ID of its newest event, in memory only
         self._outbox_error: str | None = None  # the last outbox write's failure, until one succeeds
+        self._given_up: dict[str, tuple[Entry, str]] = {}  # refused for good while the outbox could not take it
         self._next_try: dict[str, float] = {}  # Message-ID -> the monotonic time of its next try
         self._first_seen: dict[str, float] = {}  # Message-ID -> when this process first saw it (monotonic)
         self._latest: dict[str, tuple[int, dict[str, Any]]] | None = None  # key -> newest event's record
@@ -221,7 +222,13 @@ class Alerter:
                              "by": ack.by})
         held: set[str] = set()
         for group in incidents(alerts):
-            if not self._queue(group, now, before, after):
+            try:
+                queued = self._queue(group, now, before, after)
+            except Exception as err:  # one incident's own fault (its text, its hook): the others go on
+                self.once.error("queue", err, f"alert {group[0].record.key}: cannot be queued: "
+                                              f"{type(err).__name__}: {one_line(str(err), 300)}")
+                queued = False
+            if not queued:
                 held |= {alert.record.key for alert in group}
         self._commit(before, after, held)
         self.wake()
@@ -238,6 +245,9 @@ class Alerter:
             try:
                 self.state.put(PREFIX + key, record.to_json())
                 self.once.clear("state")
+            except UnicodeError as err:  # this record's own text (a lone surrogate): the outbox holds it
+                self.once.error("state", err, f"alert state: cannot store {one_line(key, 200)}: {err}")
+                continue
             except (sqlite3.Error, OSError) as err:
                 self.once.error("state", err, f"alert state: cannot write it ({err}); the alert outbox holds "
                                               "what was alerted")
@@ -440,8 +450,8 @@ class Alerter:
                 attempt(force=True)
             self._record_unrecorded()
             self.last_errors = errors
-            for error in errors:
-                self.once.error("delivery", error.split(":", 1)[0], f"mail delivery failed: {error}")
+            for error in errors:  # once per cause: the error after the entry's own name
+                self.once.error("delivery", error.split(": ", 1)[-1][:200], f"mail delivery failed: {error}")
             if not errors and sent:  # a server took mail again
                 self.once.clear("delivery")
             self._prune()
@@ -550,6 +560,8 @@ class Alerter:
                     self._durable(entry)
             if entry.path.name.endswith(".json") and entry.path.exists():
                 return self._set_aside(entry.path, FAILED, why)
+            with self._memory_lock:  # nowhere on disk to keep it: status and the findings still name it
+                self._given_up[entry.message_id] = (entry, why)
             return f"{entry.message_id}: {why}"
         return self._set_aside(entry.path, FAILED, why)
 
@@ -630,6 +642,10 @@ class Alerter:
                 continue
             if entry.message_id not in {e.message_id for e in held}:
                 found.append(self._view(entry, "waiting"))
+        with self._memory_lock:
+            given_up = list(self._given_up.values())
+        for entry, why in given_up:
+            found.append({**self._view(entry, "failed"), "file": None, "last_error": why})
         for where in (FAILED, CORRUPT):
             for name, why in self.outbox.set_aside_entries(where):
                 found.append({"where": where, "file": name, "message_id": None, "subject": None, "to": [],
@@ -659,6 +675,12 @@ class Alerter:
             found.append(Finding("alert.undeliverable", check, name, Severity.CRITICAL,
                                  f"an alert mail was {why}; it is kept in {spool}/failed",
                                  "Fix the address or the server's policy, then remove the file."))
+        with self._memory_lock:
+            given_up = list(self._given_up.items())
+        for message_id, (_, why) in given_up:
+            found.append(Finding("alert.undeliverable", check, one_line(message_id, 200), Severity.CRITICAL,
+                                 f"an alert mail was {why}; the outbox could not keep it, so only this process "
+                                 "knows of it"))
         for address, refusal in sorted(self.outbox.refused().items()):
             found.append(Finding("alert.recipient_refused", check, address, Severity.CRITICAL,
                                  f"mail to {address} is refused for good: {refusal.get('code')} "

@@ -42,10 +42,16 @@ def severity_of(name: str) -> Severity:
     return Severity[name.upper()]
 
 
+def encodable(text: str) -> str:
+    """Text that UTF-8 can carry: a lone surrogate (a name read with surrogateescape from bytes that
+    were not UTF-8, or a hostile JSON's "\\ud800") becomes its backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def one_line(text: str, limit: int = 200) -> str:
     """Text for a header or a one-line field: control characters (CR and LF among them) become one
-    space, and it is cut at ``limit`` characters."""
-    flat = " ".join(_CONTROL.sub(" ", text).split())
+    space, a lone surrogate its escape, and it is cut at ``limit`` characters."""
+    flat = " ".join(_CONTROL.sub(" ", encodable(text)).split())
     return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
@@ -155,7 +161,7 @@ def compose(config: AlertsConfig, subject: str, text: str, to: list[str], now: f
         message["In-Reply-To"] = thread
         message["References"] = thread
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text)
+    message.set_content(encodable(text))
     return message
 
 

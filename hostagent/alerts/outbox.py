@@ -231,7 +231,19 @@ class Outbox:
             data = json.loads(read_bounded(self.directory / REFUSED_FILE, MAX_ENTRY))
         except (OSError, ValueError, RecursionError):
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        for address, refusal in data.items():  # a hand-edited or foreign file: each value checked
+            if not isinstance(address, str) or not isinstance(refusal, dict):
+                continue
+            code, reply, at = refusal.get("code"), refusal.get("reply"), refusal.get("at")
+            found[address[:320]] = {
+                "code": code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < 1000 else 0,
+                "reply": reply[:300] if isinstance(reply, str) else "",
+                "at": float(at) if isinstance(at, int | float) and not isinstance(at, bool) and 0 <= at < 1e11
+                else 0.0}
+        return found
 
     def set_refused(self, refused: dict[str, dict[str, Any]]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,6 +5,7 @@ before the outbox."""
 from __future__ import annotations
 
 import email.policy
+import json
 import os
 import shutil
 import signal
@@ -278,3 +279,60 @@ def test_a_non_ascii_mailbox_is_sent_with_smtputf8_where_the_server_offers_it(tm
         controller.stop()
     assert sorted(str(m["Subject"]) for m in sink.messages) == ["a notice", "to a non-ASCII mailbox"]
     assert agent.outbox.set_aside_entries("failed") == []
+
+
+# -- the adversarial review of issue #35 (each failed before its fix) --------------------------------
+
+
+def test_a_finding_with_a_surrogate_neither_stops_the_cycle_nor_the_other_alerts(
+        tmp_path: Path, raw: tuple[Controller, Raw]) -> None:
+    """A device name read with surrogateescape from bytes that were not UTF-8 raised in compose and
+    lost every other alert of the run, every cycle."""
+    controller, sink = raw
+    agent = alerter(tmp_path, controller.port)
+    bad = Finding("md.degraded", "md", "md\udcff0", Severity.CRITICAL, "md\udcff0 degraded \ud800")
+    good = Finding("smart.failing", "smart", "sda", Severity.CRITICAL, "sda failing")
+    agent.process([bad, good], ["md", "smart"])
+    assert sorted(sink.subjects()) == ["[hostagent] CRITICAL md\\udcff0 degraded on hv1",
+                                       "[hostagent] CRITICAL sda failing on hv1"]
+
+
+def test_one_cause_is_logged_once_however_many_entries_it_holds_up(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    agent = alerter(tmp_path, free_port())  # nothing listens: every entry fails the same way
+    for number in range(5):
+        agent.process([Finding("md.degraded", "md", f"md{number}", Severity.CRITICAL, f"md{number} degraded")],
+                      ["md"])
+    agent.flush()
+    refused = [r for r in caplog.records if "mail delivery failed" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+
+
+class Refusing(Raw):
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "554 5.7.1 refused by policy"
+
+
+def test_a_mail_refused_for_good_while_the_outbox_cannot_be_written_is_still_named(tmp_path: Path) -> None:
+    sink = Refusing()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state/spool").write_text("not a directory\n")  # the outbox cannot be written
+        agent = alerter(tmp_path, controller.port)
+        agent.process([DEGRADED], ["md"])
+    finally:
+        controller.stop()
+    assert [item["where"] for item in agent.undelivered()] == ["failed"]
+    assert "554" in agent.undelivered()[0]["last_error"]
+    assert "alert.undeliverable" in {f.code for f in agent.delivery_findings("agent-self")}
+
+
+def test_a_foreign_refused_recipients_file_is_read_value_by_value(tmp_path: Path) -> None:
+    agent = alerter(tmp_path, free_port())
+    (tmp_path / "state/spool").mkdir(parents=True)
+    (tmp_path / "state/spool/refused-recipients").write_text(json.dumps(
+        {"ops@example.com": "550 no", "noc@example.com": {"code": "x", "reply": "\x1b[2J", "at": "yesterday"}}))
+    found = agent.delivery_findings("agent-self")
+    assert [f.subject for f in found if f.code == "alert.recipient_refused"] == ["noc@example.com"]
