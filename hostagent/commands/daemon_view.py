@@ -108,7 +108,10 @@ def status_line(status: dict[str, Any], running: bool) -> str:
     worst = status_severity(status, running)
     problems = [p for p in status.get("open_problems") or []
                 if isinstance(p, dict) and p.get("severity") not in ("OK", "INFO")]
-    named = "; ".join(str(p.get("short") or f"{p.get('subject')} {p.get('code')}") for p in problems[:SHOWN])
+    from hostagent.rpc import shown
+
+    named = "; ".join(shown(str(p.get("short") or f"{p.get('subject')} {p.get('code')}"), 200)
+                      for p in problems[:SHOWN])
     if len(problems) > SHOWN:
         named += f" (+{len(problems) - SHOWN} more)"
     if not running:
@@ -151,15 +154,18 @@ def render_status(status: dict[str, Any], running: bool, acks: dict[str, str] | 
     lines.append(f"last cycle: {when(cycle['at'])} ({', '.join(cycle['checks'])}, {cycle['duration_ms']} ms)")
     for name, at in sorted(status["next_runs"].items(), key=lambda item: item[1]):
         lines.append(f"next {name}: {when(at, '%H:%M:%S')}")
+    from hostagent.rpc import shown  # every string below came from a host or a file: the terminal's boundary
+
     for part, error in sorted((status.get("failing") or {}).items()):
-        lines.append(f"FAILING {part}: {error}")
+        lines.append(f"FAILING {shown(str(part), 120)}: {shown(str(error), 400)}")
     last_error = status.get("last_error")
     if last_error:
-        lines.append(f"last error: {when(last_error['at'])} {last_error['error']}")
+        lines.append(f"last error: {when(last_error['at'])} {shown(str(last_error['error']), 400)}")
     problems = status["open_problems"]
     lines.append(f"open problems: {len(problems)}")
     for problem in problems:
-        lines.append(f"  {problem['severity']:8} {problem['code']:24} {problem['subject']:12} {problem['summary']}")
+        lines.append(f"  {shown(str(problem['severity']), 12):8} {shown(str(problem['code']), 60):24} "
+                     f"{shown(str(problem['subject']), 120):12} {shown(str(problem['summary']), 400)}")
         ack = (acks or {}).get(f"{problem['code']}|{problem['subject']}")
         if ack:
             lines.append(f"  {'':8} {ack}")
@@ -169,6 +175,8 @@ def render_status(status: dict[str, Any], running: bool, acks: dict[str, str] | 
     for item in spool.get("undelivered") or []:  # every mail that has not reached its readers, by name
         lines.append(undelivered_line(item))
     for refused in status.get("refused_recipients") or []:
-        lines.append(f"REFUSED recipient {refused['address']}: {refused.get('code')} {refused.get('reply')} "
-                     f"(since {when(refused['at'])})")
+        at = refused.get("at")
+        since = when(at) if isinstance(at, int | float) and not isinstance(at, bool) and 0 <= at < 1e11 else "?"
+        lines.append(f"REFUSED recipient {shown(str(refused.get('address')), 320)}: "
+                     f"{shown(str(refused.get('code')), 10)} {shown(str(refused.get('reply')), 300)} (since {since})")
     return "\n".join(lines) + "\n"

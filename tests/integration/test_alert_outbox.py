@@ -336,3 +336,19 @@ def test_a_foreign_refused_recipients_file_is_read_value_by_value(tmp_path: Path
         {"ops@example.com": "550 no", "noc@example.com": {"code": "x", "reply": "\x1b[2J", "at": "yesterday"}}))
     found = agent.delivery_findings("agent-self")
     assert [f.subject for f in found if f.code == "alert.recipient_refused"] == ["noc@example.com"]
+
+
+def test_status_shows_a_hosts_strings_escaped_on_the_terminal() -> None:
+    from hostagent.commands.daemon_view import render_status
+
+    hostile = "\x1b]0;pwned\x07\x1b[2J\r\nOK - all fine"
+    status = {"pid": 1, "hostname": "hv1", "status": "CRITICAL", "next_runs": {}, "started": 0,
+              "last_cycle": {"at": time.time(), "checks": ["md"], "duration_ms": 1.0},
+              "failing": {"cycle": hostile}, "last_error": {"at": time.time(), "error": hostile},
+              "open_problems": [{"severity": "CRITICAL", "code": "md.degraded", "subject": hostile,
+                                 "summary": hostile}],
+              "spool": {"messages": 0, "overdue": False, "undelivered": []},
+              "refused_recipients": [{"address": hostile, "code": 550, "reply": hostile, "at": "yesterday"}]}
+    text = render_status(status, running=True)
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert not any(line.startswith("OK - all fine") for line in text.splitlines())
